@@ -1,0 +1,188 @@
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tracing::debug;
+use triad_protocol::{CommitOutcome, CommitRequest, ErrorCode, KeyRange, Lsn, Message, Row, TxnId};
+use triad_transport::{Peer, TlsConfig};
+
+use crate::cache::ReadCache;
+use crate::{ShimError, Txn};
+
+#[derive(Clone)]
+pub struct ClientConfig {
+    pub sequencer: SocketAddr,
+    pub replayers: Vec<SocketAddr>,
+    pub tls: TlsConfig,
+    /// Read cache budget in bytes; 0 disables it.
+    pub cache_bytes: u64,
+    /// Bound on any one request to the cluster.
+    pub request_timeout: Duration,
+    /// Attempts [`Client::run`] makes before giving up on conflicts.
+    pub max_attempts: u32,
+}
+
+impl ClientConfig {
+    pub fn new(sequencer: SocketAddr, replayers: Vec<SocketAddr>, tls: TlsConfig) -> ClientConfig {
+        ClientConfig {
+            sequencer,
+            replayers,
+            tls,
+            cache_bytes: 64 << 20,
+            request_timeout: Duration::from_secs(15),
+            max_attempts: 50,
+        }
+    }
+}
+
+/// A handle on a Triad cluster; cheap to clone and share between tasks.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sequencer: Peer,
+    replayers: Vec<Peer>,
+    next_replayer: AtomicUsize,
+    cache: ReadCache,
+    cfg: ClientConfig,
+}
+
+impl Client {
+    pub fn connect(cfg: ClientConfig) -> Result<Client, ShimError> {
+        if cfg.replayers.is_empty() {
+            return Err(ShimError::Unavailable("no replayer address configured".into()));
+        }
+        let bind: IpAddr = if cfg.sequencer.is_ipv6() { IpAddr::from([0u16; 8]) } else { Ipv4Addr::UNSPECIFIED.into() };
+        let endpoint = cfg
+            .tls
+            .client_endpoint(bind)
+            .map_err(|e| ShimError::Unavailable(format!("client endpoint: {e}")))?;
+        let inner = Inner {
+            sequencer: Peer::new(endpoint.clone(), cfg.sequencer),
+            replayers: cfg.replayers.iter().map(|&a| Peer::new(endpoint.clone(), a)).collect(),
+            next_replayer: AtomicUsize::new(0),
+            cache: ReadCache::new(cfg.cache_bytes),
+            cfg,
+        };
+        Ok(Client { inner: Arc::new(inner) })
+    }
+
+    /// Starts a transaction at the sequencer's current commit watermark.
+    pub async fn begin(&self) -> Result<Txn, ShimError> {
+        let read_lsn = match self.sequencer_call(&Message::BeginRequest).await? {
+            Message::BeginResponse { read_lsn } => read_lsn,
+            Message::CommitResponse(CommitOutcome::Unavailable { reason }) => return Err(ShimError::Unavailable(reason)),
+            other => return Err(unexpected(other)),
+        };
+        Ok(Txn::new(self.clone(), read_lsn, TxnId(rand::rng().random())))
+    }
+
+    /// Runs `body` in a transaction and commits it, retrying from the start (new snapshot) on
+    /// conflicts and too-old snapshots, with jittered exponential backoff. `body` may run more
+    /// than once: keep side effects out of it.
+    pub async fn run<T, F>(&self, mut body: F) -> Result<(T, Lsn), ShimError>
+    where
+        F: AsyncFnMut(&mut Txn) -> Result<T, ShimError>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut txn = self.begin().await?;
+            let result = match body(&mut txn).await {
+                Ok(value) => txn.commit().await.map(|lsn| (value, lsn)),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(e) if e.is_retryable() && attempt < self.inner.cfg.max_attempts => {
+                    let cap = 1u64 << attempt.min(8);
+                    let pause = Duration::from_micros(rand::rng().random_range(0..=cap * 250));
+                    debug!(attempt, "retrying after {e}");
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(crate) async fn commit(&self, req: CommitRequest) -> Result<Lsn, ShimError> {
+        match self.sequencer_call(&Message::CommitRequest(req)).await? {
+            Message::CommitResponse(CommitOutcome::Committed { lsn }) => Ok(lsn),
+            Message::CommitResponse(CommitOutcome::Conflict { keys }) => Err(ShimError::Conflict { keys }),
+            Message::CommitResponse(CommitOutcome::TooOld { floor }) => Err(ShimError::TooOld { floor }),
+            Message::CommitResponse(CommitOutcome::Unavailable { reason }) => Err(ShimError::Unavailable(reason)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads `key` at `at`: from the cache when it can answer, else from a replayer.
+    pub(crate) async fn read(&self, key: &[u8], at: Lsn) -> Result<Option<Vec<u8>>, ShimError> {
+        if let Some((value, _)) = self.inner.cache.get(key, at) {
+            return Ok(value);
+        }
+        let req = Message::GetRequest { key: key.to_vec(), read_lsn: at };
+        match self.replayer_call(&req).await? {
+            Message::GetResponse { value, version_lsn } => {
+                self.inner.cache.insert(key, value.as_deref(), version_lsn, at);
+                Ok(value)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub(crate) async fn scan(&self, range: &KeyRange, at: Lsn, limit: u32) -> Result<(Vec<Row>, bool), ShimError> {
+        let req = Message::ScanRequest { range: range.clone(), read_lsn: at, limit };
+        match self.replayer_call(&req).await? {
+            Message::ScanResponse { rows, more } => {
+                for r in &rows {
+                    self.inner.cache.insert(&r.key, Some(&r.value), r.version_lsn, at);
+                }
+                Ok((rows, more))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn sequencer_call(&self, req: &Message) -> Result<Message, ShimError> {
+        let timeout = self.inner.cfg.request_timeout;
+        self.inner
+            .sequencer
+            .call_timeout(req, timeout)
+            .await
+            .map_err(|e| ShimError::Unavailable(format!("sequencer {}: {e}", self.inner.sequencer.addr())))
+    }
+
+    /// Asks replayers in turn; a read that times out on one (it lags) or cannot reach it moves
+    /// on to the next before giving up.
+    async fn replayer_call(&self, req: &Message) -> Result<Message, ShimError> {
+        let n = self.inner.replayers.len();
+        let start = self.inner.next_replayer.fetch_add(1, Ordering::Relaxed);
+        let mut last_err = String::new();
+        for i in 0..n {
+            let peer = &self.inner.replayers[(start + i) % n];
+            match peer.call_timeout(req, self.inner.cfg.request_timeout).await {
+                Ok(Message::Error(e)) if e.code == ErrorCode::Timeout => {
+                    last_err = format!("replayer {}: {}", peer.addr(), e.message);
+                }
+                Ok(Message::Error(e)) => return Err(ShimError::Protocol(format!("replayer {}: {}", peer.addr(), e.message))),
+                Ok(m) => return Ok(m),
+                Err(e) => last_err = format!("replayer {}: {e}", peer.addr()),
+            }
+        }
+        if last_err.contains("not applied within") {
+            Err(ShimError::ReadTimeout(last_err))
+        } else {
+            Err(ShimError::Unavailable(last_err))
+        }
+    }
+}
+
+fn unexpected(m: Message) -> ShimError {
+    match m {
+        Message::Error(e) => ShimError::Protocol(format!("{:?}: {}", e.code, e.message)),
+        other => ShimError::Protocol(format!("unexpected answer {other:?}")),
+    }
+}

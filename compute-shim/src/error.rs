@@ -1,0 +1,38 @@
+use triad_protocol::Lsn;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShimError {
+    /// Another transaction committed a write to these keys after this one's snapshot. Retrying
+    /// with a new snapshot may succeed (SQLSTATE 40001).
+    #[error("conflict on {} key(s): {}", keys.len(), show_keys(keys))]
+    Conflict { keys: Vec<Vec<u8>> },
+    /// The snapshot is older than the sequencer's conflict window; retry with a new one.
+    #[error("snapshot too old: read lsn below the conflict floor {floor}")]
+    TooOld { floor: Lsn },
+    /// The cluster could not answer (no sequencer, no journal quorum, no replayer).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A replayer did not reach the transaction's read LSN in time.
+    #[error("read timed out: {0}")]
+    ReadTimeout(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The caller's own code asked to abort.
+    #[error("aborted: {0}")]
+    Aborted(String),
+}
+
+impl ShimError {
+    /// Whether running the transaction again from the start may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ShimError::Conflict { .. } | ShimError::TooOld { .. })
+    }
+}
+
+fn show_keys(keys: &[Vec<u8>]) -> String {
+    let mut shown: Vec<String> = keys.iter().take(5).map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+    if keys.len() > 5 {
+        shown.push("…".into());
+    }
+    shown.join(", ")
+}

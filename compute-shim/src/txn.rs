@@ -1,0 +1,125 @@
+use std::collections::BTreeMap;
+
+use triad_protocol::{CommitRequest, Isolation, KeyRange, Lsn, Row, TxnId, Write};
+
+use crate::{Client, ShimError};
+
+/// One transaction: reads at `read_lsn`, writes buffered here until [`Txn::commit`].
+pub struct Txn {
+    client: Client,
+    read_lsn: Lsn,
+    txn_id: TxnId,
+    isolation: Isolation,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    read_keys: Vec<Vec<u8>>,
+    read_ranges: Vec<KeyRange>,
+}
+
+impl Txn {
+    pub(crate) fn new(client: Client, read_lsn: Lsn, txn_id: TxnId) -> Txn {
+        Txn {
+            client,
+            read_lsn,
+            txn_id,
+            isolation: Isolation::Snapshot,
+            writes: BTreeMap::new(),
+            read_keys: Vec::new(),
+            read_ranges: Vec::new(),
+        }
+    }
+
+    pub fn read_lsn(&self) -> Lsn {
+        self.read_lsn
+    }
+
+    pub fn id(&self) -> TxnId {
+        self.txn_id
+    }
+
+    /// Snapshot isolation by default; serializable also checks what was read.
+    pub fn set_isolation(&mut self, isolation: Isolation) {
+        self.isolation = isolation;
+    }
+
+    /// The value of `key` at the snapshot, with this transaction's own writes applied.
+    pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ShimError> {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        self.read_keys.push(key.to_vec());
+        self.client.read(key, self.read_lsn).await
+    }
+
+    /// Up to `limit` live rows of `range` at the snapshot, with this transaction's own writes
+    /// applied, in key order.
+    pub async fn scan(&mut self, range: KeyRange, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ShimError> {
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut cursor = range.start.clone();
+        // Page through the replayer until we have `limit` rows after applying local deletes.
+        let exhausted = loop {
+            let page = KeyRange { start: cursor.clone(), end: range.end.clone() };
+            let (rows, more) = self.client.scan(&page, self.read_lsn, limit.clamp(1, 10_000) as u32).await?;
+            let last_key = rows.last().map(|r| r.key.clone());
+            for Row { key, value, .. } in rows {
+                out.insert(key, value);
+            }
+            let live_local = |out: &BTreeMap<Vec<u8>, Vec<u8>>| {
+                out.keys().filter(|k| !matches!(self.writes.get(*k), Some(None))).count()
+            };
+            match last_key {
+                Some(k) if more && live_local(&out) < limit => {
+                    cursor = k;
+                    cursor.push(0);
+                }
+                _ => break !more,
+            }
+        };
+        self.read_ranges.push(range.clone());
+        // Overlay local writes within the range — only up to where the replayer's answer
+        // reaches, or a local key could jump ahead of stored keys not fetched yet.
+        let covered_to = if exhausted { None } else { out.keys().next_back().cloned() };
+        for (k, v) in self.writes.range(range.start.clone()..) {
+            if !range.contains(k) || covered_to.as_ref().is_some_and(|c| k > c) {
+                continue;
+            }
+            match v {
+                Some(v) => {
+                    out.insert(k.clone(), v.clone());
+                }
+                None => {
+                    out.remove(k);
+                }
+            }
+        }
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = out.into_iter().collect();
+        if rows.len() > limit {
+            rows.truncate(limit);
+        }
+        Ok(rows)
+    }
+
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), Some(value.into()));
+    }
+
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.writes.insert(key.into(), None);
+    }
+
+    /// Sends the transaction to the sequencer; `Ok(lsn)` once a majority of journal nodes holds
+    /// it. A read-only transaction at snapshot isolation commits without a round trip.
+    pub async fn commit(self) -> Result<Lsn, ShimError> {
+        if self.writes.is_empty() && self.isolation == Isolation::Snapshot {
+            return Ok(self.read_lsn);
+        }
+        let req = CommitRequest {
+            txn_id: self.txn_id,
+            read_lsn: self.read_lsn,
+            isolation: self.isolation,
+            read_keys: self.read_keys,
+            read_ranges: self.read_ranges,
+            writes: self.writes.into_iter().map(|(key, value)| Write { key, value }).collect(),
+        };
+        self.client.commit(req).await
+    }
+}

@@ -1,0 +1,14 @@
+//! The journal: Triad's replicated log, the acceptors of its Paxos.
+//!
+//! - [`acceptor`]: the rules (promises, log matching, truncation, fenced reads), free of I/O.
+//! - [`storage`]: durable checksummed segments behind the `LogStore` trait (and an in-memory twin).
+//! - [`server`]: a journal node over QUIC that executes the rules with group-committed fsyncs.
+//! - [`client`]: what the sequencer and learners use to talk to nodes.
+
+pub mod acceptor;
+pub mod storage;
+pub mod client;
+pub mod server;
+
+pub use client::{JournalClient, JournalError, Promise, TailReader};
+pub use server::{JournalNode, NodeError};

@@ -1,0 +1,518 @@
+//! A journal node: executes the acceptor's rules over a [`LogStore`] and serves them over QUIC.
+//!
+//! Appends arrive on one long-lived stream per sequencer, in order. They are written to the OS
+//! at once and acknowledged cumulatively after an fdatasync; one fsync covers every append that
+//! arrived while the previous one was in flight (group commit). Learners tail committed entries
+//! on streams of their own.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{debug, error, info, warn};
+use triad_protocol::{Entry, EntryId, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT};
+use triad_transport::{read_msg, write_msg, Service, Stream, TransportError};
+
+use crate::acceptor::{self, AcceptorState, AppendDecision, FetchDecision, LogView, SealDecision};
+use crate::storage::{LogStore, Meta, StoreError};
+
+/// Limits of one fetch response.
+const FETCH_MAX_ENTRIES: usize = 4096;
+const FETCH_MAX_BYTES: usize = 4 << 20;
+/// How often a raised commit watermark is persisted. It is only a lower bound that shortens
+/// recovery after a restart, so losing the last second of it is harmless.
+const COMMIT_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a node stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("storage failed, refusing to acknowledge anything again: {0}")]
+    Failed(String),
+}
+
+pub struct JournalNode {
+    id: u32,
+    inner: Mutex<Inner>,
+    durable: watch::Sender<EntryId>,
+    commit: watch::Sender<Lsn>,
+    dirty: Notify,
+    failed: AtomicBool,
+    fatal: watch::Sender<Option<String>>,
+}
+
+struct Inner {
+    store: Box<dyn LogStore>,
+    state: AcceptorState,
+    /// Bumped by every truncation, so an fsync that started before it cannot declare durable
+    /// an entry that no longer exists.
+    generation: u64,
+    durable: EntryId,
+    saved_commit: Lsn,
+}
+
+struct View<'a>(&'a dyn LogStore);
+
+impl LogView for View<'_> {
+    fn last(&self) -> EntryId {
+        self.0.last()
+    }
+    fn first_lsn(&self) -> Lsn {
+        self.0.first_lsn()
+    }
+    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        self.0.epoch_at(lsn)
+    }
+    fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
+        self.0.first_lsn_of_epoch(epoch)
+    }
+}
+
+fn err(code: ErrorCode, message: impl Into<String>, epoch: Epoch, lsn: Lsn) -> Message {
+    Message::Error(ErrorResponse { code, message: message.into(), epoch, lsn })
+}
+
+/// What the append reader tells the ack writer.
+enum AckEvent {
+    Matched { epoch: Epoch, matched: EntryId, heartbeat: bool },
+    Refuse(Message),
+}
+
+impl JournalNode {
+    /// Wraps a recovered store. Everything in it is taken as durable: it was read back from disk.
+    pub fn new(id: u32, store: Box<dyn LogStore>) -> Arc<JournalNode> {
+        let meta = store.meta();
+        let last = store.last();
+        let state = AcceptorState { promised: meta.promised, commit_lsn: meta.commit_lsn.min(last.lsn) };
+        info!(node = id, promised = %state.promised, last_lsn = last.lsn, last_epoch = %last.epoch,
+              commit_lsn = state.commit_lsn, "journal log recovered");
+        Arc::new(JournalNode {
+            id,
+            inner: Mutex::new(Inner { store, state, generation: 0, durable: last, saved_commit: meta.commit_lsn }),
+            durable: watch::channel(last).0,
+            commit: watch::channel(state.commit_lsn).0,
+            dirty: Notify::new(),
+            failed: AtomicBool::new(false),
+            fatal: watch::channel(None).0,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Runs the node's background work (fsync, watermark persistence). Returns only when the node
+    /// failed and must stop: after a storage error it never acknowledges again.
+    pub async fn run_background(self: Arc<Self>) -> NodeError {
+        let syncer = tokio::spawn(self.clone().sync_loop());
+        let persister = tokio::spawn(self.clone().persist_loop());
+        let mut fatal = self.fatal.subscribe();
+        let reason = loop {
+            if let Some(reason) = fatal.borrow_and_update().clone() {
+                break reason;
+            }
+            if fatal.changed().await.is_err() {
+                break "node dropped".to_string();
+            }
+        };
+        syncer.abort();
+        persister.abort();
+        NodeError::Failed(reason)
+    }
+
+    pub fn last(&self) -> EntryId {
+        self.lock().store.last()
+    }
+
+    pub fn commit_lsn(&self) -> Lsn {
+        *self.commit.borrow()
+    }
+
+    pub fn durable(&self) -> EntryId {
+        *self.durable.borrow()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the state in doubt: stopping is the only safe answer.
+        self.inner.lock().expect("journal state lock poisoned")
+    }
+
+    fn fail(&self, reason: String) {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            error!(node = self.id, "{reason}");
+            self.fatal.send_replace(Some(reason));
+        }
+    }
+
+    fn failed_msg(&self) -> Message {
+        err(ErrorCode::StorageFailed, "journal node storage failed; it no longer acknowledges", Epoch::ZERO, 0)
+    }
+
+    async fn sync_loop(self: Arc<Self>) {
+        loop {
+            self.dirty.notified().await;
+            loop {
+                let (handle, generation) = {
+                    let mut inner = self.lock();
+                    if self.failed.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if inner.store.last() == inner.durable {
+                        break;
+                    }
+                    match inner.store.sync_handle() {
+                        Ok(h) => (h, inner.generation),
+                        Err(e) => return self.fail(format!("preparing fsync: {e}")),
+                    }
+                };
+                let res = tokio::task::spawn_blocking(move || handle.sync()).await;
+                match res {
+                    Ok(Ok(upto)) => {
+                        let mut inner = self.lock();
+                        if generation == inner.generation && upto.lsn > inner.durable.lsn {
+                            inner.durable = upto;
+                            self.durable.send_replace(upto);
+                        }
+                    }
+                    Ok(Err(e)) => return self.fail(format!("fdatasync failed: {e}")),
+                    Err(e) => return self.fail(format!("fsync task failed: {e}")),
+                }
+            }
+        }
+    }
+
+    async fn persist_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(COMMIT_PERSIST_INTERVAL);
+        loop {
+            tick.tick().await;
+            let mut inner = self.lock();
+            if inner.state.commit_lsn > inner.saved_commit {
+                let meta = Meta { promised: inner.state.promised, commit_lsn: inner.state.commit_lsn };
+                if let Err(e) = inner.store.save_meta(&meta) {
+                    drop(inner);
+                    return self.fail(format!("persisting metadata: {e}"));
+                }
+                inner.saved_commit = meta.commit_lsn;
+            }
+        }
+    }
+
+    /// Seal: persist the promise before answering.
+    pub fn seal(&self, epoch: Epoch) -> Message {
+        if self.failed.load(Ordering::SeqCst) {
+            return self.failed_msg();
+        }
+        let mut inner = self.lock();
+        match acceptor::on_seal(&inner.state, epoch) {
+            SealDecision::Refuse { promised } => err(
+                ErrorCode::StaleEpoch,
+                format!("node {} has promised epoch {promised}; refusing seal of {epoch}", self.id),
+                promised,
+                0,
+            ),
+            SealDecision::Promise { epoch } => {
+                let meta = Meta { promised: epoch, commit_lsn: inner.state.commit_lsn };
+                if let Err(e) = inner.store.save_meta(&meta) {
+                    drop(inner);
+                    self.fail(format!("persisting promise: {e}"));
+                    return self.failed_msg();
+                }
+                inner.state.promised = epoch;
+                inner.saved_commit = meta.commit_lsn;
+                info!(node = self.id, %epoch, "promised");
+                Message::SealResponse {
+                    promised: epoch,
+                    last: inner.store.last(),
+                    commit_lsn: inner.state.commit_lsn,
+                }
+            }
+        }
+    }
+
+    /// Executes one append. `Ok` carries what the stream has now matched; `Err` the refusal.
+    fn append(
+        &self,
+        epoch: Epoch,
+        prev: EntryId,
+        entries: &[Entry],
+        commit_lsn: Lsn,
+    ) -> Result<EntryId, Message> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(self.failed_msg());
+        }
+        let mut floor = prev.epoch;
+        for (i, e) in entries.iter().enumerate() {
+            if e.lsn != prev.lsn + 1 + i as u64 || e.epoch < floor || e.epoch > epoch {
+                return Err(err(
+                    ErrorCode::Malformed,
+                    format!("append entries must be dense after {prev:?} with epochs in order up to {epoch}"),
+                    epoch,
+                    e.lsn,
+                ));
+            }
+            floor = e.epoch;
+        }
+        let ids: Vec<EntryId> = entries.iter().map(Entry::id).collect();
+        let mut inner = self.lock();
+        let decision =
+            acceptor::on_append(&inner.state, &View(inner.store.as_ref()), epoch, prev, &ids, commit_lsn);
+        match decision {
+            AppendDecision::Stale { promised } => Err(err(
+                ErrorCode::StaleEpoch,
+                format!("epoch {epoch} is deposed: node {} has promised {promised}", self.id),
+                promised,
+                0,
+            )),
+            AppendDecision::Mismatch { retry_from } => Err(err(
+                ErrorCode::LogMismatch,
+                format!("node {} does not hold {prev:?}; retry from lsn {retry_from}", self.id),
+                inner.state.promised,
+                retry_from,
+            )),
+            AppendDecision::CommittedConflict { lsn } => {
+                error!(node = self.id, lsn, %epoch, "append would overwrite a committed entry; refused");
+                Err(err(ErrorCode::Internal, format!("append would overwrite committed lsn {lsn}"), epoch, lsn))
+            }
+            AppendDecision::Accept { promise, truncate_after, skip, commit_lsn, matched } => {
+                let res = (|| -> Result<(), StoreError> {
+                    if let Some(p) = promise {
+                        inner.store.save_meta(&Meta { promised: p, commit_lsn: inner.state.commit_lsn })?;
+                        inner.state.promised = p;
+                    }
+                    if let Some(cut) = truncate_after {
+                        warn!(node = self.id, after = cut, "truncating a divergent unacknowledged suffix");
+                        inner.store.truncate_after(cut)?;
+                        inner.generation += 1;
+                        if inner.durable.lsn > cut {
+                            let epoch = inner.store.epoch_at(cut).unwrap_or(Epoch::ZERO);
+                            inner.durable = EntryId::new(epoch, cut);
+                            self.durable.send_replace(inner.durable);
+                        }
+                    }
+                    if skip < entries.len() {
+                        inner.store.append(&entries[skip..])?;
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = res {
+                    drop(inner);
+                    self.fail(format!("writing the log: {e}"));
+                    return Err(self.failed_msg());
+                }
+                if commit_lsn > inner.state.commit_lsn {
+                    inner.state.commit_lsn = commit_lsn;
+                    self.commit.send_replace(commit_lsn);
+                }
+                drop(inner);
+                if skip < entries.len() {
+                    self.dirty.notify_one();
+                }
+                Ok(matched)
+            }
+        }
+    }
+
+    async fn append_stream(
+        self: Arc<Self>,
+        first: Message,
+        stream: Stream,
+    ) -> Result<(), TransportError> {
+        let Stream { send, mut recv, peer } = stream;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(ack_writer(send, rx, self.durable.subscribe()));
+        let mut next = Some(first);
+        loop {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => match read_msg(&mut recv, MAX_FRAME_DEFAULT).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(node = self.id, %peer, "append stream: {e}");
+                        let _ = tx.send(AckEvent::Refuse(err(ErrorCode::Malformed, e.to_string(), Epoch::ZERO, 0)));
+                        break;
+                    }
+                },
+            };
+            let Message::AppendRequest { epoch, prev, entries, commit_lsn } = msg else {
+                let _ = tx.send(AckEvent::Refuse(err(
+                    ErrorCode::Malformed,
+                    "only appends may follow an append on its stream",
+                    Epoch::ZERO,
+                    0,
+                )));
+                break;
+            };
+            match self.append(epoch, prev, &entries, commit_lsn) {
+                Ok(matched) => {
+                    let heartbeat = entries.is_empty();
+                    if tx.send(AckEvent::Matched { epoch, matched, heartbeat }).is_err() {
+                        break;
+                    }
+                }
+                Err(refusal) => {
+                    // The sender's pipeline behind a refused append is void; it reopens the stream
+                    // with a fresh probe.
+                    let _ = tx.send(AckEvent::Refuse(refusal));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+        Ok(())
+    }
+
+    async fn fetch_stream(
+        self: Arc<Self>,
+        from_lsn: Lsn,
+        max_entries: u32,
+        follow: bool,
+        epoch: Option<Epoch>,
+        mut stream: Stream,
+    ) -> Result<(), TransportError> {
+        let mut next = from_lsn.max(1);
+        let max_entries = (max_entries as usize).clamp(1, FETCH_MAX_ENTRIES);
+        let mut commit_rx = self.commit.subscribe();
+        loop {
+            commit_rx.borrow_and_update();
+            let (entries, commit_lsn, upto) = {
+                let inner = self.lock();
+                let upto = match acceptor::on_fetch(&inner.state, &View(inner.store.as_ref()), epoch) {
+                    FetchDecision::Stale { promised } => {
+                        drop(inner);
+                        let msg = err(
+                            ErrorCode::StaleEpoch,
+                            format!("recovery read of a deposed epoch; node {} has promised {promised}", self.id),
+                            promised,
+                            0,
+                        );
+                        stream.reply(&msg).await?;
+                        let _ = stream.send.finish();
+                        return Ok(());
+                    }
+                    FetchDecision::Serve { upto } => upto,
+                };
+                let first = inner.store.first_lsn();
+                if next < first {
+                    drop(inner);
+                    let msg = err(
+                        ErrorCode::Trimmed,
+                        format!("lsn {next} was trimmed; node {} holds the log from lsn {first}", self.id),
+                        Epoch::ZERO,
+                        first,
+                    );
+                    stream.reply(&msg).await?;
+                    let _ = stream.send.finish();
+                    return Ok(());
+                }
+                let entries = if next <= upto {
+                    match inner.store.read(next, max_entries, FETCH_MAX_BYTES) {
+                        Ok(mut v) => {
+                            v.retain(|e| e.lsn <= upto);
+                            v
+                        }
+                        Err(e) => {
+                            drop(inner);
+                            stream.reply(&err(ErrorCode::Internal, e.to_string(), Epoch::ZERO, next)).await?;
+                            let _ = stream.send.finish();
+                            return Ok(());
+                        }
+                    }
+                } else {
+                    Vec::new()
+                };
+                (entries, inner.state.commit_lsn, upto)
+            };
+            if let Some(last) = entries.last() {
+                next = last.lsn + 1;
+            }
+            let empty = entries.is_empty();
+            if !empty || !follow {
+                stream.reply(&Message::FetchResponse { entries, commit_lsn }).await?;
+            }
+            if next > upto || empty {
+                if !follow {
+                    let _ = stream.send.finish();
+                    return Ok(());
+                }
+                // Wait for the watermark to move, or for the reader to go away.
+                tokio::select! {
+                    changed = commit_rx.changed() => if changed.is_err() { return Ok(()) },
+                    _ = stream.send.stopped() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+async fn ack_writer(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<AckEvent>,
+    mut durable: watch::Receiver<EntryId>,
+) {
+    let mut matched = EntryId::ZERO;
+    let mut epoch = Epoch::ZERO;
+    let mut sent = None;
+    loop {
+        let mut force = false;
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                None => break,
+                Some(AckEvent::Matched { epoch: e, matched: m, heartbeat }) => {
+                    epoch = e;
+                    matched = m;
+                    force = heartbeat;
+                }
+                Some(AckEvent::Refuse(msg)) => {
+                    let _ = write_msg(&mut send, &msg).await;
+                    break;
+                }
+            },
+            changed = durable.changed() => if changed.is_err() { break },
+        }
+        if epoch == Epoch::ZERO {
+            continue;
+        }
+        let d = *durable.borrow_and_update();
+        // Everything up to `matched` equals the sender's log; of that, only the durable prefix
+        // may be acknowledged.
+        let ack = if d.lsn >= matched.lsn { matched } else { d };
+        if force || sent != Some(ack) {
+            if write_msg(&mut send, &Message::AppendResponse { epoch, durable: ack }).await.is_err() {
+                return;
+            }
+            sent = Some(ack);
+        }
+    }
+    let _ = send.finish();
+}
+
+impl Service for JournalNode {
+    fn handle(self: Arc<Self>, first: Message, mut stream: Stream) -> BoxFuture<'static, Result<(), TransportError>> {
+        async move {
+            match first {
+                Message::SealRequest { epoch } => {
+                    let answer = self.seal(epoch);
+                    stream.reply(&answer).await?;
+                    let _ = stream.send.finish();
+                    Ok(())
+                }
+                m @ Message::AppendRequest { .. } => self.append_stream(m, stream).await,
+                Message::FetchRequest { from_lsn, max_entries, follow, epoch } => {
+                    self.fetch_stream(from_lsn, max_entries, follow, epoch, stream).await
+                }
+                other => {
+                    debug!("journal got an unexpected {other:?}");
+                    let msg = err(ErrorCode::Unsupported, "a journal node serves seal, append and fetch only", Epoch::ZERO, 0);
+                    stream.reply(&msg).await?;
+                    let _ = stream.send.finish();
+                    Ok(())
+                }
+            }
+        }
+        .boxed()
+    }
+}

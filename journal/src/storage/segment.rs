@@ -1,0 +1,1091 @@
+//! [`SegmentStore`]: the journal's log on disk, a directory of checksummed segment files.
+//!
+//! # Layout
+//!
+//! ```text
+//! <dir>/00000000000000000001.seg   segments, named by the LSN of their first record
+//! <dir>/00000000000000004097.seg
+//! <dir>/meta                       promised epoch + commit watermark
+//! ```
+//!
+//! A segment starts with a 32-byte header and continues with records:
+//!
+//! ```text
+//! header: "TRIADSEG" | first_lsn u64 | prev_epoch u64 | version u32 | crc32c(previous 28 bytes) u32
+//! record: len u32 | crc32c(body) u32 | body = epoch u64 | lsn u64 | payload      (all little endian)
+//! ```
+//!
+//! The header names the entry just before the segment (`prev_epoch`, `first_lsn - 1`). That lets
+//! recovery check that consecutive segments join up, and lets a log whose older segments were
+//! trimmed still know the identity of its tail when it holds no entry at all.
+//!
+//! # Crash safety
+//!
+//! - Segment files and the meta file appear under their final names only by `rename` of a fully
+//!   written and fsynced temporary file, followed by an fsync of the directory. A header can
+//!   therefore never be torn, and a bad one is corruption.
+//! - Before a new segment is created the previous one is fdatasynced. Every segment but the last
+//!   is thus complete on disk, which is why damage anywhere but at the end of the last segment is
+//!   reported as [`StoreError::Corrupt`] instead of being cut away.
+//! - Recovery cuts a torn tail of the last segment (a record running past the end of the file, a
+//!   zeroed tail, a bad checksum) back to the last valid record, unless a valid record with an
+//!   LSN at or above the expected one follows the damage: then acknowledged entries may lie
+//!   behind it, and the store refuses to open instead of silently forgetting them.
+//! - Deleting segments (truncation, trimming) goes one file at a time, each unlink made durable
+//!   before the next, so that a crash part-way leaves a prefix or suffix of the old segments,
+//!   never a gap.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use triad_protocol::{Entry, EntryId, Epoch, Lsn};
+
+use super::{check_append, LogStore, Meta, ReadBudget, Shared, StoreError, SyncHandle};
+
+const SEGMENT_MAGIC: &[u8; 8] = b"TRIADSEG";
+const META_MAGIC: &[u8; 8] = b"TRIADMTA";
+const FORMAT_VERSION: u32 = 1;
+/// Size of the segment header and of the meta file.
+const HEADER_LEN: u64 = 32;
+/// `len` and `crc` in front of every record body.
+const RECORD_HEADER: usize = 8;
+/// `epoch` and `lsn` at the start of every record body.
+const BODY_PREFIX: usize = 16;
+/// Distance between two points of a segment's sparse offset index: bounds both the index's
+/// memory (a few KiB per 64 MiB segment) and the bytes a read skips to find its first record.
+const INDEX_INTERVAL: u64 = 64 * 1024;
+/// How much recovery reads at a time.
+const RECOVERY_CHUNK: usize = 1 << 20;
+/// Reads ask for about their byte budget, within these bounds.
+const MIN_READ_CHUNK: usize = 4 * 1024;
+const MAX_READ_CHUNK: usize = 1 << 20;
+/// The append buffer keeps its capacity between appends, unless one huge batch inflated it.
+const MAX_RETAINED_BUFFER: usize = 8 << 20;
+const META_FILE: &str = "meta";
+const META_TMP: &str = "meta.tmp";
+const SEGMENT_SUFFIX: &str = ".seg";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Tuning of a [`SegmentStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentOptions {
+    /// A segment is closed and a new one started once a record would take it over this size
+    /// (a segment always holds at least one record, so a single larger record makes it larger).
+    pub segment_bytes: u64,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        SegmentOptions {
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A [`LogStore`] over a directory of segment files; see the module documentation.
+#[derive(Debug)]
+pub struct SegmentStore {
+    dir: PathBuf,
+    opts: SegmentOptions,
+    /// In LSN order; every one but the last holds at least one record and is fully synced.
+    segments: Vec<Segment>,
+    epochs: EpochIndex,
+    meta: Meta,
+    shared: Arc<Shared>,
+    /// Reused for every append, so that the write path allocates nothing per record.
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    first_lsn: Lsn,
+    /// The entry just before this segment, from its header.
+    prev: EntryId,
+    path: PathBuf,
+    file: Arc<File>,
+    /// Bytes of valid data (header and whole records); the file is never longer on purpose.
+    size: u64,
+    /// The last record's entry, or `prev` when the segment holds none.
+    last: EntryId,
+    /// `(lsn, offset)` of the first record and then of one record every `INDEX_INTERVAL` bytes.
+    index: Vec<(Lsn, u64)>,
+}
+
+impl Segment {
+    fn is_empty(&self) -> bool {
+        self.last.lsn < self.first_lsn
+    }
+
+    /// Where to start scanning for the record of `lsn`.
+    fn scan_start(&self, lsn: Lsn) -> u64 {
+        let i = self.index.partition_point(|&(l, _)| l <= lsn);
+        if i == 0 {
+            HEADER_LEN
+        } else {
+            self.index[i - 1].1
+        }
+    }
+
+    fn note_record(&mut self, lsn: Lsn, offset: u64) {
+        if self
+            .index
+            .last()
+            .is_none_or(|&(_, o)| offset - o >= INDEX_INTERVAL)
+        {
+            self.index.push((lsn, offset));
+        }
+    }
+}
+
+/// Where each epoch's run of entries starts, among the entries held. Epochs never decrease along
+/// the log, so this is sorted by both fields and small (one element per epoch change).
+#[derive(Debug, Default)]
+struct EpochIndex {
+    runs: Vec<(Epoch, Lsn)>,
+}
+
+impl EpochIndex {
+    fn push(&mut self, epoch: Epoch, lsn: Lsn) {
+        if self.runs.last().is_none_or(|&(e, _)| e != epoch) {
+            self.runs.push((epoch, lsn));
+        }
+    }
+
+    /// The epoch of `lsn`, which the caller knows to be held.
+    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        let i = self.runs.partition_point(|&(_, start)| start <= lsn);
+        i.checked_sub(1).map(|i| self.runs[i].0)
+    }
+
+    fn first_lsn_of(&self, epoch: Epoch) -> Option<Lsn> {
+        self.runs
+            .binary_search_by_key(&epoch, |&(e, _)| e)
+            .ok()
+            .map(|i| self.runs[i].1)
+    }
+
+    fn truncate_after(&mut self, lsn: Lsn) {
+        let keep = self.runs.partition_point(|&(_, start)| start <= lsn);
+        self.runs.truncate(keep);
+    }
+
+    /// The log now holds `first..=last` (nothing when `first > last`).
+    fn trim_before(&mut self, first: Lsn, last: Lsn) {
+        if first > last {
+            self.runs.clear();
+            return;
+        }
+        let covering = self.runs.partition_point(|&(_, start)| start <= first);
+        if covering > 0 {
+            self.runs.drain(..covering - 1);
+            self.runs[0].1 = first;
+        }
+    }
+}
+
+impl SegmentStore {
+    /// Opens (creating it if needed) the log in `dir`, recovering from whatever a crash left:
+    /// every record is checksummed and checked for dense LSNs and non-decreasing epochs, a torn
+    /// tail of the last segment is cut away, and anything else that is wrong is
+    /// [`StoreError::Corrupt`]. Everything recovered is synced before this returns, so
+    /// [`LogStore::durable`] starts at [`LogStore::last`].
+    pub fn open(dir: &Path, opts: SegmentOptions) -> Result<SegmentStore, StoreError> {
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(io_err("creating log directory", dir))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        let mut names = Vec::new();
+        let mut has_meta = false;
+        for dirent in fs::read_dir(dir).map_err(io_err("listing log directory", dir))? {
+            let dirent = dirent.map_err(io_err("listing log directory", dir))?;
+            let path = dirent.path();
+            let Some(name) = dirent.file_name().to_str().map(str::to_owned) else {
+                tracing::warn!(path = %path.display(), "ignoring unknown file in log directory");
+                continue;
+            };
+            if name == META_FILE {
+                has_meta = true;
+            } else if let Some(lsn) = parse_segment_name(&name) {
+                names.push((lsn, path));
+            } else if name == META_TMP
+                || name
+                    .strip_suffix(TMP_SUFFIX)
+                    .and_then(parse_segment_name)
+                    .is_some()
+            {
+                // A file this store was creating when it stopped; it never became visible
+                // under its final name, so nothing depends on it.
+                tracing::warn!(path = %path.display(), "removing unfinished temporary file");
+                fs::remove_file(&path).map_err(io_err("removing temporary file", &path))?;
+            } else {
+                tracing::warn!(path = %path.display(), "ignoring unknown file in log directory");
+            }
+        }
+        names.sort_unstable_by_key(|&(lsn, _)| lsn);
+
+        let meta = if has_meta {
+            load_meta(&dir.join(META_FILE))?
+        } else {
+            Meta::default()
+        };
+
+        let mut epochs = EpochIndex::default();
+        let mut segments: Vec<Segment> = Vec::with_capacity(names.len());
+        let count = names.len();
+        for (i, (lsn, path)) in names.into_iter().enumerate() {
+            let prev = segments.last().map(|s| s.last);
+            let seg = recover_segment(path, lsn, prev, i + 1 == count, &mut epochs)?;
+            segments.push(seg);
+        }
+        // Only the last segment can hold writes a killed process left unsynced in the page cache;
+        // they must be on disk before anyone reports them durable.
+        if let Some(seg) = segments.last() {
+            seg.file
+                .sync_data()
+                .map_err(io_err("syncing recovered segment", &seg.path))?;
+        }
+
+        let mut store = SegmentStore {
+            dir: dir.to_owned(),
+            opts,
+            segments,
+            epochs,
+            meta,
+            shared: Shared::with_durable(EntryId::ZERO),
+            buf: Vec::new(),
+        };
+        store.shared = Shared::with_durable(store.last());
+        tracing::info!(
+            dir = %store.dir.display(),
+            segments = store.segments.len(),
+            first_lsn = store.first_lsn(),
+            last_lsn = store.last().lsn,
+            last_epoch = %store.last().epoch,
+            "opened log"
+        );
+        Ok(store)
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether an earlier failure poisoned the store.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.is_poisoned()
+    }
+
+    /// Makes the next [`SyncHandle::sync`] fail as a failed fdatasync would.
+    #[cfg(test)]
+    pub(crate) fn fail_next_sync(&self) {
+        self.shared
+            .inject_failure
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("caller checked there is a segment")
+    }
+
+    /// Poisons the store when `result` is an error: after a failure part-way through a change,
+    /// memory and disk may disagree, and only recovery from disk can tell what is really there.
+    fn poison_on_err<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "log store failed; poisoned until restart");
+            self.shared.poison();
+        }
+        result
+    }
+
+    fn append_checked(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        if self.segments.is_empty() {
+            let seg = self.create_segment(entries[0].lsn, self.last())?;
+            self.segments.push(seg);
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut run_start = 0;
+        for (i, entry) in entries.iter().enumerate() {
+            let active = self.active();
+            let holds_records = !active.is_empty() || !buf.is_empty();
+            let size_after = active.size + buf.len() as u64 + record_len(entry);
+            if holds_records && size_after > self.opts.segment_bytes {
+                self.write_run(&buf, &entries[run_start..i])?;
+                buf.clear();
+                self.roll(entry.lsn)?;
+                run_start = i;
+            }
+            encode_record(&mut buf, entry);
+        }
+        self.write_run(&buf, &entries[run_start..])?;
+        buf.clear();
+        if buf.capacity() <= MAX_RETAINED_BUFFER {
+            self.buf = buf;
+        }
+        Ok(())
+    }
+
+    /// Writes `buf`, the encoding of `run`, at the end of the active segment.
+    fn write_run(&mut self, buf: &[u8], run: &[Entry]) -> Result<(), StoreError> {
+        let Some(last) = run.last() else {
+            return Ok(());
+        };
+        let seg = self.segments.last_mut().expect("append made a segment");
+        seg.file
+            .write_all_at(buf, seg.size)
+            .map_err(io_err("writing segment", &seg.path))?;
+        let mut offset = seg.size;
+        for entry in run {
+            seg.note_record(entry.lsn, offset);
+            self.epochs.push(entry.epoch, entry.lsn);
+            offset += record_len(entry);
+        }
+        seg.size = offset;
+        seg.last = last.id();
+        Ok(())
+    }
+
+    /// Closes the active segment and starts one at `first_lsn`.
+    fn roll(&mut self, first_lsn: Lsn) -> Result<(), StoreError> {
+        let old = self.active();
+        // Recovery treats damage in any segment but the last as corruption, so a segment must be
+        // complete on disk before a newer one can exist.
+        old.file
+            .sync_data()
+            .map_err(io_err("syncing full segment", &old.path))?;
+        let old_last = old.last;
+        // Every older segment was synced the same way, so the whole log so far is durable.
+        self.shared.advance_to(old_last);
+        let seg = self.create_segment(first_lsn, old_last)?;
+        tracing::debug!(segment = %seg.path.display(), "started new log segment");
+        self.segments.push(seg);
+        Ok(())
+    }
+
+    fn create_segment(&self, first_lsn: Lsn, prev: EntryId) -> Result<Segment, StoreError> {
+        let name = segment_name(first_lsn);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err("creating segment", &tmp))?;
+        file.write_all_at(&encode_header(first_lsn, prev.epoch), 0)
+            .map_err(io_err("writing segment header", &tmp))?;
+        file.sync_all()
+            .map_err(io_err("syncing segment header", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("renaming new segment", &path))?;
+        sync_dir(&self.dir)?;
+        Ok(Segment {
+            first_lsn,
+            prev,
+            path,
+            file: Arc::new(file),
+            size: HEADER_LEN,
+            last: prev,
+            index: Vec::new(),
+        })
+    }
+
+    fn truncate_files(&mut self, lsn: Lsn, new_last: EntryId) -> Result<(), StoreError> {
+        // Newest first, so that a crash part-way leaves a shorter version of the old log.
+        while self.segments.len() > 1 && self.active().first_lsn > lsn {
+            let seg = self.segments.pop().expect("len > 1");
+            remove_segment(&self.dir, &seg)?;
+        }
+        let seg = self
+            .segments
+            .last_mut()
+            .expect("one segment is always kept");
+        let new_size = if lsn < seg.first_lsn {
+            HEADER_LEN
+        } else if lsn >= seg.last.lsn {
+            seg.size
+        } else {
+            offset_of(seg, lsn + 1)?
+        };
+        seg.file
+            .set_len(new_size)
+            .map_err(io_err("truncating segment", &seg.path))?;
+        // The size change must be durable too, hence sync_all rather than sync_data.
+        seg.file
+            .sync_all()
+            .map_err(io_err("syncing truncated segment", &seg.path))?;
+        seg.size = new_size;
+        seg.last = new_last;
+        seg.index.retain(|&(l, _)| l <= lsn);
+        self.epochs.truncate_after(lsn);
+        Ok(())
+    }
+
+    fn trim_files(&mut self, lsn: Lsn) -> Result<(), StoreError> {
+        // Oldest first, so that a crash part-way leaves a suffix of the old segments.
+        while self.segments.len() > 1 && self.segments[1].first_lsn <= lsn {
+            let seg = self.segments.remove(0);
+            remove_segment(&self.dir, &seg)?;
+        }
+        self.epochs.trim_before(self.first_lsn(), self.last().lsn);
+        Ok(())
+    }
+
+    fn save_meta_files(&self, meta: &Meta) -> Result<(), StoreError> {
+        let tmp = self.dir.join(META_TMP);
+        let path = self.dir.join(META_FILE);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err("creating meta file", &tmp))?;
+        file.write_all_at(&encode_meta(meta), 0)
+            .map_err(io_err("writing meta file", &tmp))?;
+        file.sync_all().map_err(io_err("syncing meta file", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("renaming meta file", &path))?;
+        sync_dir(&self.dir)
+    }
+}
+
+impl LogStore for SegmentStore {
+    fn last(&self) -> EntryId {
+        self.segments.last().map_or(EntryId::ZERO, |s| s.last)
+    }
+
+    fn first_lsn(&self) -> Lsn {
+        self.segments.first().map_or(1, |s| s.first_lsn)
+    }
+
+    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        if lsn < self.first_lsn() || lsn > self.last().lsn {
+            return None;
+        }
+        self.epochs.epoch_at(lsn)
+    }
+
+    fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
+        self.epochs.first_lsn_of(epoch)
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        self.shared.check()?;
+        check_append(self.last(), entries)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let result = self.append_checked(entries);
+        self.poison_on_err(result)
+    }
+
+    fn truncate_after(&mut self, lsn: Lsn) -> Result<(), StoreError> {
+        self.shared.check()?;
+        let last = self.last();
+        if lsn >= last.lsn {
+            return Ok(());
+        }
+        let first = self.first_lsn();
+        if lsn + 1 < first {
+            return Err(StoreError::Trimmed { first });
+        }
+        let new_last = match self.epoch_at(lsn) {
+            Some(epoch) => EntryId::new(epoch, lsn),
+            None => self.segments[0].prev,
+        };
+        // Before touching the files: a sync handle completing from here on must not report a
+        // dropped entry durable.
+        self.shared.truncating_to(new_last);
+        let result = self.truncate_files(lsn, new_last);
+        self.poison_on_err(result)?;
+        // Older segments were synced when they were closed and the last one just now.
+        self.shared.advance_to(new_last);
+        Ok(())
+    }
+
+    fn read(
+        &self,
+        from: Lsn,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.shared.check()?;
+        let first = self.first_lsn();
+        if from < first {
+            return Err(StoreError::Trimmed { first });
+        }
+        let mut out = Vec::new();
+        if from > self.last().lsn || max_entries == 0 {
+            return Ok(out);
+        }
+        let mut budget = ReadBudget::new(max_entries, max_bytes);
+        let chunk = max_bytes
+            .saturating_add(MIN_READ_CHUNK)
+            .clamp(MIN_READ_CHUNK, MAX_READ_CHUNK);
+        let mut next = from;
+        let start = self.segments.partition_point(|s| s.first_lsn <= from) - 1;
+        'segments: for seg in &self.segments[start..] {
+            let mut scanner = Scanner::new(&seg.file, seg.scan_start(next), seg.size, chunk);
+            loop {
+                let step = scanner
+                    .next()
+                    .map_err(io_err("reading segment", &seg.path))?;
+                match step {
+                    Step::End => break,
+                    Step::Bad { offset, reason } => {
+                        return Err(corrupt(&seg.path, offset, reason));
+                    }
+                    Step::Record { lsn, .. } if lsn < next => {}
+                    Step::Record {
+                        offset,
+                        epoch,
+                        lsn,
+                        payload,
+                    } => {
+                        if lsn != next {
+                            let reason = format!("expected lsn {next}, found {lsn}");
+                            return Err(corrupt(&seg.path, offset, reason));
+                        }
+                        if !budget.take(payload.len()) {
+                            break 'segments;
+                        }
+                        out.push(Entry {
+                            epoch,
+                            lsn,
+                            payload: Bytes::copy_from_slice(payload),
+                        });
+                        next += 1;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sync_handle(&mut self) -> Result<SyncHandle, StoreError> {
+        self.shared.check()?;
+        let last = self.last();
+        // Every segment but the last was synced when it was closed.
+        let files = match self.segments.last() {
+            Some(seg) if self.shared.durable().lsn < last.lsn => vec![Arc::clone(&seg.file)],
+            _ => Vec::new(),
+        };
+        Ok(self.shared.handle(last, files))
+    }
+
+    fn durable(&self) -> EntryId {
+        self.shared.durable()
+    }
+
+    fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    fn save_meta(&mut self, meta: &Meta) -> Result<(), StoreError> {
+        self.shared.check()?;
+        let result = self.save_meta_files(meta);
+        self.poison_on_err(result)?;
+        self.meta = *meta;
+        Ok(())
+    }
+
+    fn trim_before(&mut self, lsn: Lsn) -> Result<(), StoreError> {
+        self.shared.check()?;
+        let result = self.trim_files(lsn);
+        self.poison_on_err(result)
+    }
+}
+
+/// Reads one segment from disk, checking everything, cutting a torn tail if it is the last.
+/// `prev` is the last entry of the previous segment (`None` for the first segment).
+fn recover_segment(
+    path: PathBuf,
+    name_lsn: Lsn,
+    prev: Option<EntryId>,
+    is_last: bool,
+    epochs: &mut EpochIndex,
+) -> Result<Segment, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("opening segment", &path))?;
+    let file_len = file
+        .metadata()
+        .map_err(io_err("reading segment metadata", &path))?
+        .len();
+    if file_len < HEADER_LEN {
+        let reason = format!("file of {file_len} bytes is shorter than a segment header");
+        return Err(corrupt(&path, 0, reason));
+    }
+    let mut header = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut header, 0)
+        .map_err(io_err("reading segment header", &path))?;
+    let (first_lsn, prev_epoch) =
+        decode_header(&header).map_err(|reason| corrupt(&path, 0, reason))?;
+    if first_lsn != name_lsn || first_lsn == 0 {
+        let reason = format!("header says first lsn {first_lsn}, file name says {name_lsn}");
+        return Err(corrupt(&path, 0, reason));
+    }
+    let prev_id = EntryId::new(prev_epoch, first_lsn - 1);
+    if let Some(expected) = prev {
+        if expected != prev_id {
+            let reason = format!(
+                "segment follows entry (epoch {}, lsn {}) but the previous segment ends at \
+                 (epoch {}, lsn {}): a segment is missing or foreign",
+                prev_id.epoch, prev_id.lsn, expected.epoch, expected.lsn
+            );
+            return Err(corrupt(&path, 0, reason));
+        }
+    }
+
+    let mut seg = Segment {
+        first_lsn,
+        prev: prev_id,
+        path,
+        file: Arc::new(file),
+        size: HEADER_LEN,
+        last: prev_id,
+        index: Vec::new(),
+    };
+    let file = Arc::clone(&seg.file);
+    let mut scanner = Scanner::new(&file, HEADER_LEN, file_len, RECOVERY_CHUNK);
+    let bad = loop {
+        let step = scanner
+            .next()
+            .map_err(io_err("reading segment", &seg.path))?;
+        match step {
+            Step::End => break None,
+            Step::Bad { offset, reason } => break Some((offset, reason)),
+            Step::Record {
+                offset,
+                epoch,
+                lsn,
+                payload,
+            } => {
+                // A record with a valid checksum in the wrong place cannot come from a torn write.
+                if lsn != seg.last.lsn + 1 {
+                    let reason = format!("expected lsn {}, found {lsn}", seg.last.lsn + 1);
+                    return Err(corrupt(&seg.path, offset, reason));
+                }
+                if epoch < seg.last.epoch {
+                    let reason = format!(
+                        "epoch {epoch} of lsn {lsn} is below the previous epoch {}",
+                        seg.last.epoch
+                    );
+                    return Err(corrupt(&seg.path, offset, reason));
+                }
+                seg.note_record(lsn, offset);
+                epochs.push(epoch, lsn);
+                seg.last = EntryId::new(epoch, lsn);
+                seg.size = offset + (RECORD_HEADER + BODY_PREFIX + payload.len()) as u64;
+            }
+        }
+    };
+    if let Some((offset, reason)) = bad {
+        if !is_last {
+            return Err(corrupt(&seg.path, offset, reason));
+        }
+        if let Some((found_at, lsn)) =
+            find_valid_record(&seg.file, offset + 1, file_len, seg.last.lsn + 1)
+                .map_err(io_err("reading segment", &seg.path))?
+        {
+            let reason = format!("{reason}, but a valid record (lsn {lsn}) follows at {found_at}");
+            return Err(corrupt(&seg.path, offset, reason));
+        }
+        tracing::warn!(
+            segment = %seg.path.display(),
+            offset,
+            dropped_bytes = file_len - offset,
+            reason,
+            "cutting torn tail of the last log segment"
+        );
+        seg.file
+            .set_len(offset)
+            .map_err(io_err("truncating torn tail", &seg.path))?;
+        seg.file
+            .sync_all()
+            .map_err(io_err("syncing truncated segment", &seg.path))?;
+    }
+    Ok(seg)
+}
+
+/// Looks for a record with a valid checksum and an LSN of at least `min_lsn` anywhere in
+/// `from..end`: proof that the damage before it is not a torn tail.
+fn find_valid_record(
+    file: &File,
+    from: u64,
+    end: u64,
+    min_lsn: Lsn,
+) -> io::Result<Option<(u64, Lsn)>> {
+    if from >= end {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; (end - from) as usize];
+    file.read_exact_at(&mut buf, from)?;
+    let min_record = RECORD_HEADER + BODY_PREFIX;
+    // No record in this tail can be further ahead than one per minimal record size.
+    let max_lsn = min_lsn.saturating_add((buf.len() / min_record) as u64);
+    for p in 0..buf.len().saturating_sub(min_record - 1) {
+        let len = read_u32(&buf[p..]) as usize;
+        if len < BODY_PREFIX || buf.len() - p - RECORD_HEADER < len {
+            continue;
+        }
+        let lsn = read_u64(&buf[p + RECORD_HEADER + 8..]);
+        if lsn < min_lsn || lsn > max_lsn {
+            continue;
+        }
+        let body = &buf[p + RECORD_HEADER..p + RECORD_HEADER + len];
+        if crc32c::crc32c(body) == read_u32(&buf[p + 4..]) {
+            return Ok(Some((from + p as u64, lsn)));
+        }
+    }
+    Ok(None)
+}
+
+/// The byte offset of the record of `lsn`, which the caller knows `seg` holds.
+fn offset_of(seg: &Segment, lsn: Lsn) -> Result<u64, StoreError> {
+    let mut scanner = Scanner::new(
+        &seg.file,
+        seg.scan_start(lsn),
+        seg.size,
+        INDEX_INTERVAL as usize,
+    );
+    loop {
+        match scanner
+            .next()
+            .map_err(io_err("reading segment", &seg.path))?
+        {
+            Step::Record { offset, lsn: l, .. } if l == lsn => return Ok(offset),
+            Step::Record { lsn: l, .. } if l < lsn => {}
+            Step::Record { offset, lsn: l, .. } => {
+                let reason = format!("looking for lsn {lsn}, found {l}");
+                return Err(corrupt(&seg.path, offset, reason));
+            }
+            Step::Bad { offset, reason } => return Err(corrupt(&seg.path, offset, reason)),
+            Step::End => {
+                let reason = format!("lsn {lsn} not found");
+                return Err(corrupt(&seg.path, seg.size, reason));
+            }
+        }
+    }
+}
+
+fn remove_segment(dir: &Path, seg: &Segment) -> Result<(), StoreError> {
+    fs::remove_file(&seg.path).map_err(io_err("removing segment", &seg.path))?;
+    sync_dir(dir)
+}
+
+/// Sequential record reader over `start..end` of a segment file, in chunks.
+struct Scanner<'a> {
+    file: &'a File,
+    /// File offset of `buf[0]`.
+    buf_pos: u64,
+    buf: Vec<u8>,
+    /// Index in `buf` of the next record.
+    cursor: usize,
+    end: u64,
+    chunk: usize,
+}
+
+enum Step<'a> {
+    Record {
+        offset: u64,
+        epoch: Epoch,
+        lsn: Lsn,
+        payload: &'a [u8],
+    },
+    /// Not a valid record at `offset`; the scanner does not move past it.
+    Bad {
+        offset: u64,
+        reason: String,
+    },
+    End,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(file: &'a File, start: u64, end: u64, chunk: usize) -> Scanner<'a> {
+        Scanner {
+            file,
+            buf_pos: start,
+            buf: Vec::new(),
+            cursor: 0,
+            end,
+            chunk,
+        }
+    }
+
+    fn offset(&self) -> u64 {
+        self.buf_pos + self.cursor as u64
+    }
+
+    /// Makes `need` bytes after the cursor available; false if fewer are left before `end`.
+    fn fill(&mut self, need: usize) -> io::Result<bool> {
+        let have = self.buf.len() - self.cursor;
+        if have >= need {
+            return Ok(true);
+        }
+        let offset = self.offset();
+        let left = self.end.saturating_sub(offset);
+        if need as u64 > left {
+            return Ok(false);
+        }
+        self.buf.drain(..self.cursor);
+        self.buf_pos = offset;
+        self.cursor = 0;
+        let want = (need.max(self.chunk) as u64).min(left) as usize;
+        self.buf.resize(want, 0);
+        self.file
+            .read_exact_at(&mut self.buf[have..], offset + have as u64)?;
+        Ok(true)
+    }
+
+    fn next(&mut self) -> io::Result<Step<'_>> {
+        let offset = self.offset();
+        if offset >= self.end {
+            return Ok(Step::End);
+        }
+        if !self.fill(RECORD_HEADER)? {
+            let reason = format!(
+                "{} bytes at the end are too short for a record header",
+                self.end - offset
+            );
+            return Ok(Step::Bad { offset, reason });
+        }
+        let header = &self.buf[self.cursor..];
+        let len = read_u32(header) as usize;
+        let crc = read_u32(&header[4..]);
+        if len < BODY_PREFIX {
+            let reason = format!("record length {len} is below the minimum {BODY_PREFIX}");
+            return Ok(Step::Bad { offset, reason });
+        }
+        let total = RECORD_HEADER + len;
+        if !self.fill(total)? {
+            let reason = format!(
+                "record of {total} bytes runs past the end ({} bytes left)",
+                self.end - offset
+            );
+            return Ok(Step::Bad { offset, reason });
+        }
+        let start = self.cursor;
+        let body = &self.buf[start + RECORD_HEADER..start + total];
+        if crc32c::crc32c(body) != crc {
+            let reason = "record checksum mismatch".to_owned();
+            return Ok(Step::Bad { offset, reason });
+        }
+        let epoch = Epoch(read_u64(body));
+        let lsn = read_u64(&body[8..]);
+        self.cursor += total;
+        Ok(Step::Record {
+            offset,
+            epoch,
+            lsn,
+            payload: &self.buf[start + RECORD_HEADER + BODY_PREFIX..start + total],
+        })
+    }
+}
+
+fn record_len(entry: &Entry) -> u64 {
+    (RECORD_HEADER + BODY_PREFIX + entry.payload.len()) as u64
+}
+
+fn encode_record(buf: &mut Vec<u8>, entry: &Entry) {
+    let body_len = BODY_PREFIX + entry.payload.len();
+    buf.reserve(RECORD_HEADER + body_len);
+    // `check_append` bounded the payload so that the body length fits.
+    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+    let crc_at = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    let body_at = buf.len();
+    buf.extend_from_slice(&entry.epoch.0.to_le_bytes());
+    buf.extend_from_slice(&entry.lsn.to_le_bytes());
+    buf.extend_from_slice(&entry.payload);
+    let crc = crc32c::crc32c(&buf[body_at..]);
+    buf[crc_at..body_at].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encode_header(first_lsn: Lsn, prev_epoch: Epoch) -> [u8; HEADER_LEN as usize] {
+    seal_block(SEGMENT_MAGIC, first_lsn, prev_epoch.0)
+}
+
+fn decode_header(header: &[u8; HEADER_LEN as usize]) -> Result<(Lsn, Epoch), String> {
+    let (first_lsn, prev_epoch) = open_block(SEGMENT_MAGIC, header)?;
+    Ok((first_lsn, Epoch(prev_epoch)))
+}
+
+fn encode_meta(meta: &Meta) -> [u8; HEADER_LEN as usize] {
+    seal_block(META_MAGIC, meta.promised.0, meta.commit_lsn)
+}
+
+fn load_meta(path: &Path) -> Result<Meta, StoreError> {
+    let bytes = fs::read(path).map_err(io_err("reading meta file", path))?;
+    // The meta file is only ever replaced whole by rename, so anything but a valid block is
+    // damage; defaulting it would forget a promise and break fencing.
+    let block: &[u8; HEADER_LEN as usize] = bytes.as_slice().try_into().map_err(|_| {
+        let reason = format!("meta file has {} bytes, expected {HEADER_LEN}", bytes.len());
+        corrupt(path, 0, reason)
+    })?;
+    let (promised, commit_lsn) =
+        open_block(META_MAGIC, block).map_err(|reason| corrupt(path, 0, reason))?;
+    Ok(Meta {
+        promised: Epoch(promised),
+        commit_lsn,
+    })
+}
+
+/// The 32-byte layout shared by segment headers and the meta file:
+/// `magic | a u64 | b u64 | version u32 | crc32c of the 28 bytes before it`.
+fn seal_block(magic: &[u8; 8], a: u64, b: u64) -> [u8; HEADER_LEN as usize] {
+    let mut block = [0u8; HEADER_LEN as usize];
+    block[..8].copy_from_slice(magic);
+    block[8..16].copy_from_slice(&a.to_le_bytes());
+    block[16..24].copy_from_slice(&b.to_le_bytes());
+    block[24..28].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let crc = crc32c::crc32c(&block[..28]);
+    block[28..].copy_from_slice(&crc.to_le_bytes());
+    block
+}
+
+fn open_block(magic: &[u8; 8], block: &[u8; HEADER_LEN as usize]) -> Result<(u64, u64), String> {
+    if &block[..8] != magic {
+        return Err("bad magic".to_owned());
+    }
+    if crc32c::crc32c(&block[..28]) != read_u32(&block[28..]) {
+        return Err("header checksum mismatch".to_owned());
+    }
+    let version = read_u32(&block[24..]);
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported format version {version}"));
+    }
+    Ok((read_u64(&block[8..]), read_u64(&block[16..])))
+}
+
+fn segment_name(first_lsn: Lsn) -> String {
+    format!("{first_lsn:020}{SEGMENT_SUFFIX}")
+}
+
+fn parse_segment_name(name: &str) -> Option<Lsn> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn read_u32(b: &[u8]) -> u32 {
+    u32::from_le_bytes(b[..4].try_into().expect("4 bytes"))
+}
+
+fn read_u64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
+}
+
+fn io_err<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        context,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: String) -> StoreError {
+    StoreError::Corrupt {
+        segment: path.to_owned(),
+        offset,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(epoch: u64, lsns: std::ops::RangeInclusive<Lsn>) -> Vec<Entry> {
+        lsns.map(|lsn| Entry {
+            epoch: Epoch(epoch),
+            lsn,
+            payload: Bytes::from(vec![lsn as u8; 10]),
+        })
+        .collect()
+    }
+
+    #[test]
+    fn failed_sync_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SegmentStore::open(dir.path(), SegmentOptions::default()).unwrap();
+        s.append(&entries(1, 1..=3)).unwrap();
+        s.fail_next_sync();
+        let handle = s.sync_handle().unwrap();
+        assert!(handle.sync().is_err());
+        assert!(s.is_poisoned());
+        assert!(matches!(
+            s.append(&entries(1, 4..=4)),
+            Err(StoreError::Poisoned)
+        ));
+        assert!(matches!(s.sync_handle(), Err(StoreError::Poisoned)));
+        assert!(matches!(s.truncate_after(1), Err(StoreError::Poisoned)));
+        assert!(matches!(s.read(1, 10, 100), Err(StoreError::Poisoned)));
+        assert!(matches!(
+            s.save_meta(&Meta::default()),
+            Err(StoreError::Poisoned)
+        ));
+        assert!(matches!(s.trim_before(2), Err(StoreError::Poisoned)));
+        assert_eq!(s.durable(), EntryId::ZERO);
+        drop(s);
+        // A restart recovers from disk.
+        let s = SegmentStore::open(dir.path(), SegmentOptions::default()).unwrap();
+        assert_eq!(s.last(), EntryId::new(Epoch(1), 3));
+    }
+
+    #[test]
+    fn handles_taken_earlier_fail_once_poisoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SegmentStore::open(dir.path(), SegmentOptions::default()).unwrap();
+        s.append(&entries(1, 1..=3)).unwrap();
+        let first = s.sync_handle().unwrap();
+        s.append(&entries(1, 4..=5)).unwrap();
+        let second = s.sync_handle().unwrap();
+        s.fail_next_sync();
+        assert!(first.sync().is_err());
+        assert!(second.sync().is_err());
+        assert_eq!(s.durable(), EntryId::ZERO);
+    }
+
+    #[test]
+    fn epoch_index_trims_and_truncates() {
+        let mut ix = EpochIndex::default();
+        for (e, l) in [(1, 1), (1, 2), (3, 3), (3, 4), (5, 5)] {
+            ix.push(Epoch(e), l);
+        }
+        assert_eq!(ix.runs, vec![(Epoch(1), 1), (Epoch(3), 3), (Epoch(5), 5)]);
+        ix.trim_before(4, 5);
+        assert_eq!(ix.runs, vec![(Epoch(3), 4), (Epoch(5), 5)]);
+        assert_eq!(ix.epoch_at(4), Some(Epoch(3)));
+        ix.truncate_after(4);
+        assert_eq!(ix.first_lsn_of(Epoch(5)), None);
+        ix.trim_before(5, 4);
+        assert!(ix.runs.is_empty());
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_name(1), "00000000000000000001.seg");
+        assert_eq!(parse_segment_name(&segment_name(u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_segment_name("1.seg"), None);
+        assert_eq!(parse_segment_name("0000000000000000000x.seg"), None);
+    }
+}

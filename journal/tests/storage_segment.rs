@@ -1,0 +1,602 @@
+//! Crash recovery and on-disk behaviour of `SegmentStore`: torn tails at every byte, mid-log
+//! corruption, truncation, roll-over, trimming and metadata, all across reopens.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use triad_journal::storage::{LogStore, Meta, SegmentOptions, SegmentStore, StoreError};
+use triad_protocol::{Entry, EntryId, Epoch, Lsn};
+
+const RECORD_OVERHEAD: u64 = 24;
+const SEGMENT_HEADER: u64 = 32;
+
+fn payload(epoch: u64, lsn: Lsn) -> Bytes {
+    // Varying sizes, and contents that differ per epoch so a resurrected entry would show.
+    let unit = format!("<e{epoch}:l{lsn}>");
+    Bytes::from(unit.repeat(1 + (lsn % 4) as usize))
+}
+
+fn batch(epoch: u64, lsns: std::ops::RangeInclusive<Lsn>) -> Vec<Entry> {
+    lsns.map(|lsn| Entry {
+        epoch: Epoch(epoch),
+        lsn,
+        payload: payload(epoch, lsn),
+    })
+    .collect()
+}
+
+fn id(epoch: u64, lsn: Lsn) -> EntryId {
+    EntryId::new(Epoch(epoch), lsn)
+}
+
+fn opts(segment_bytes: u64) -> SegmentOptions {
+    SegmentOptions { segment_bytes }
+}
+
+fn open(dir: &Path, segment_bytes: u64) -> SegmentStore {
+    SegmentStore::open(dir, opts(segment_bytes)).expect("open")
+}
+
+fn all(store: &impl LogStore) -> Vec<Entry> {
+    store
+        .read(store.first_lsn(), usize::MAX, usize::MAX)
+        .expect("read")
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn record_len(e: &Entry) -> u64 {
+    RECORD_OVERHEAD + e.payload.len() as u64
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}
+
+fn set_len(path: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x5a;
+    fs::write(path, bytes).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn expect_corrupt(result: Result<SegmentStore, StoreError>) -> (PathBuf, u64, String) {
+    match result {
+        Err(StoreError::Corrupt {
+            segment,
+            offset,
+            reason,
+        }) => (segment, offset, reason),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// Writes `n` records, then for every length that cuts into the last record: reopen recovers
+/// exactly `n - 1` records, appending continues, and the result survives another reopen.
+fn torn_tail_at_every_offset(segment_bytes: u64, n: Lsn) {
+    let template = tempfile::tempdir().unwrap();
+    let written = batch(1, 1..=n);
+    {
+        let mut store = open(template.path(), segment_bytes);
+        for e in &written {
+            store.append(std::slice::from_ref(e)).unwrap();
+        }
+    }
+    let files = segment_files(template.path());
+    let last_file_name = files.last().unwrap().file_name().unwrap().to_owned();
+    let full = file_len(files.last().unwrap());
+    let last_start = full - record_len(written.last().unwrap());
+    let replacement = Entry {
+        epoch: Epoch(2),
+        lsn: n,
+        payload: Bytes::from_static(b"the new entry n"),
+    };
+
+    for cut in last_start..full {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let last_file = dir.path().join(&last_file_name);
+        set_len(&last_file, cut);
+
+        let mut store = open(dir.path(), segment_bytes);
+        assert_eq!(store.last(), id(1, n - 1), "cut at {cut}");
+        assert_eq!(store.durable(), store.last());
+        assert_eq!(all(&store), written[..n as usize - 1], "cut at {cut}");
+        assert_eq!(file_len(&last_file), last_start, "torn bytes are cut away");
+
+        store.append(std::slice::from_ref(&replacement)).unwrap();
+        let upto = store.sync_handle().unwrap().sync().unwrap();
+        assert_eq!(upto, replacement.id());
+        drop(store);
+
+        let store = open(dir.path(), segment_bytes);
+        let mut expected = written[..n as usize - 1].to_vec();
+        expected.push(replacement.clone());
+        assert_eq!(all(&store), expected, "cut at {cut}, after reopen");
+        assert_eq!(store.epoch_at(n), Some(Epoch(2)));
+    }
+}
+
+#[test]
+fn torn_tail_at_every_offset_of_the_last_record() {
+    torn_tail_at_every_offset(SegmentOptions::default().segment_bytes, 7);
+}
+
+#[test]
+fn torn_tail_of_a_one_record_last_segment() {
+    // Segments this small hold one record each: the torn record is all the last segment holds.
+    torn_tail_at_every_offset(SEGMENT_HEADER + 1, 4);
+}
+
+#[test]
+fn zero_filled_tail_keeps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = batch(1, 1..=9);
+    open(dir.path(), 1 << 20).append(&written).unwrap();
+    let file = segment_files(dir.path()).pop().unwrap();
+    let full = file_len(&file);
+    set_len(&file, full + 8192);
+
+    let store = open(dir.path(), 1 << 20);
+    assert_eq!(all(&store), written);
+    assert_eq!(file_len(&file), full);
+}
+
+#[test]
+fn torn_record_followed_by_zeros_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = batch(1, 1..=5);
+    open(dir.path(), 1 << 20).append(&written).unwrap();
+    let file = segment_files(dir.path()).pop().unwrap();
+    let full = file_len(&file);
+    // Half of the last record made it, the rest of the block reads back as zeros.
+    set_len(&file, full - record_len(&written[4]) / 2);
+    set_len(&file, full + 4096);
+
+    let mut store = open(dir.path(), 1 << 20);
+    assert_eq!(all(&store), written[..4]);
+    store.append(&written[4..]).unwrap();
+    drop(store);
+    assert_eq!(all(&open(dir.path(), 1 << 20)), written);
+}
+
+#[test]
+fn bad_checksum_of_the_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = batch(1, 1..=5);
+    open(dir.path(), 1 << 20).append(&written).unwrap();
+    let file = segment_files(dir.path()).pop().unwrap();
+    flip_byte(&file, file_len(&file) - 1);
+
+    let store = open(dir.path(), 1 << 20);
+    assert_eq!(all(&store), written[..4]);
+}
+
+#[test]
+fn mid_log_corruption_is_detected() {
+    let written = batch(1, 1..=6);
+    let offset_of = |lsn: Lsn| {
+        SEGMENT_HEADER
+            + written[..lsn as usize - 1]
+                .iter()
+                .map(record_len)
+                .sum::<u64>()
+    };
+    // A byte of the payload, of the checksum, of the LSN and of the length of record 3.
+    for within in [30, 5, 17, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path(), 1 << 20).append(&written).unwrap();
+        let file = segment_files(dir.path()).pop().unwrap();
+        flip_byte(&file, offset_of(3) + within);
+        let before = fs::read(&file).unwrap();
+
+        let (segment, offset, reason) =
+            expect_corrupt(SegmentStore::open(dir.path(), opts(1 << 20)));
+        assert_eq!(segment, file, "flip at +{within}");
+        assert_eq!(offset, offset_of(3), "flip at +{within}: {reason}");
+        assert_eq!(
+            fs::read(&file).unwrap(),
+            before,
+            "nothing is cut on corruption"
+        );
+    }
+}
+
+#[test]
+fn damage_in_an_earlier_segment_is_corruption_even_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 200);
+    store.append(&batch(1, 1..=30)).unwrap();
+    drop(store);
+    let files = segment_files(dir.path());
+    assert!(files.len() > 3);
+
+    // Cutting the end of a middle segment looks like a torn tail, but only the last may be torn.
+    let victim = &files[1];
+    let len = file_len(victim);
+    set_len(victim, len - 3);
+    let (segment, offset, _) = expect_corrupt(SegmentStore::open(dir.path(), opts(200)));
+    assert_eq!(&segment, victim);
+    assert!(offset < len);
+}
+
+#[test]
+fn missing_segment_is_corruption_and_unknown_files_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 200);
+    store.append(&batch(1, 1..=30)).unwrap();
+    drop(store);
+    fs::write(dir.path().join("NOTES.txt"), b"not a segment").unwrap();
+    fs::create_dir(dir.path().join("subdir")).unwrap();
+    assert_eq!(all(&open(dir.path(), 200)), batch(1, 1..=30));
+
+    let files = segment_files(dir.path());
+    fs::remove_file(&files[2]).unwrap();
+    let (segment, offset, reason) = expect_corrupt(SegmentStore::open(dir.path(), opts(200)));
+    assert_eq!(segment, files[3], "{reason}");
+    assert_eq!(offset, 0);
+}
+
+#[test]
+fn truncate_then_append_a_new_epoch() {
+    for segment_bytes in [150, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path(), segment_bytes);
+        store.append(&batch(1, 1..=10)).unwrap();
+        store.truncate_after(6).unwrap();
+        assert_eq!(store.last(), id(1, 6));
+        assert_eq!(
+            store.durable(),
+            id(1, 6),
+            "truncation leaves the log durable"
+        );
+        assert_eq!(store.epoch_at(7), None);
+        assert!(matches!(
+            store.append(&batch(2, 8..=8)),
+            Err(StoreError::NotContiguous { expected, got })
+                if expected == id(1, 7) && got == id(2, 8)
+        ));
+        store.append(&batch(2, 7..=9)).unwrap();
+        drop(store);
+
+        let store = open(dir.path(), segment_bytes);
+        let mut expected = batch(1, 1..=6);
+        expected.extend(batch(2, 7..=9));
+        assert_eq!(all(&store), expected);
+        assert_eq!(store.first_lsn_of_epoch(Epoch(2)), Some(7));
+        assert_eq!(store.epoch_at(6), Some(Epoch(1)));
+    }
+}
+
+#[test]
+fn truncate_everything_and_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 150);
+    store.append(&batch(1, 1..=10)).unwrap();
+    store.truncate_after(0).unwrap();
+    assert_eq!(store.last(), EntryId::ZERO);
+    assert_eq!(store.first_lsn(), 1);
+    assert!(all(&store).is_empty());
+    drop(store);
+
+    let mut store = open(dir.path(), 150);
+    assert_eq!(store.last(), EntryId::ZERO);
+    store.append(&batch(3, 1..=4)).unwrap();
+    drop(store);
+    assert_eq!(all(&open(dir.path(), 150)), batch(3, 1..=4));
+}
+
+#[test]
+fn sync_handle_taken_before_a_truncation_cannot_cover_the_new_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 1 << 20);
+    store.append(&batch(1, 1..=5)).unwrap();
+    let stale = store.sync_handle().unwrap();
+    assert_eq!(stale.upto(), id(1, 5));
+    store.truncate_after(2).unwrap();
+    store.append(&batch(2, 3..=5)).unwrap();
+    assert_eq!(stale.sync().unwrap(), id(1, 2));
+    assert_eq!(store.durable(), id(1, 2));
+    assert_eq!(store.sync_handle().unwrap().sync().unwrap(), id(2, 5));
+}
+
+#[test]
+fn appends_continue_while_a_sync_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 4096);
+    store.append(&batch(1, 1..=5)).unwrap();
+    let handle = store.sync_handle().unwrap();
+    std::thread::scope(|scope| {
+        let syncing = scope.spawn(move || handle.sync());
+        // The store is not borrowed by the sync: appends, rolls and reads go on.
+        for lsn in 6..=60 {
+            store.append(&batch(1, lsn..=lsn)).unwrap();
+        }
+        assert_eq!(store.read(1, 5, usize::MAX).unwrap(), batch(1, 1..=5));
+        let durable = syncing.join().unwrap().unwrap();
+        assert!(durable.lsn >= 5);
+    });
+    assert!(store.durable().lsn >= 5);
+    assert_eq!(store.sync_handle().unwrap().sync().unwrap(), id(1, 60));
+    assert_eq!(store.durable(), id(1, 60));
+}
+
+#[test]
+fn roll_over_and_read_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 200;
+    let written = batch(1, 1..=40)
+        .into_iter()
+        .chain(batch(2, 41..=80))
+        .collect::<Vec<_>>();
+    let mut store = open(dir.path(), segment_bytes);
+    // Batches of different sizes, some of which span several segments.
+    let mut rest = &written[..];
+    for size in [1, 7, 3, 20, 2, 11, 5, 31].iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (now, later) = rest.split_at((*size).min(rest.len()));
+        store.append(now).unwrap();
+        rest = later;
+    }
+
+    let check = |store: &SegmentStore| {
+        assert_eq!(all(store), written);
+        for from in 1..=81 {
+            for (max_entries, max_bytes) in [(1, usize::MAX), (5, usize::MAX), (100, 90), (3, 1)] {
+                let got = store.read(from, max_entries, max_bytes).unwrap();
+                let avail = &written[(from as usize - 1).min(written.len())..];
+                let mut expected = Vec::new();
+                let mut bytes = 0;
+                for e in avail {
+                    if expected.len() == max_entries
+                        || (!expected.is_empty() && bytes + e.payload.len() > max_bytes)
+                    {
+                        break;
+                    }
+                    bytes += e.payload.len();
+                    expected.push(e.clone());
+                }
+                assert_eq!(got, expected, "from {from} max {max_entries}/{max_bytes}");
+            }
+        }
+    };
+    check(&store);
+    drop(store);
+
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 15, "{} segments", files.len());
+    for f in &files {
+        assert!(file_len(f) <= segment_bytes, "{} is too big", f.display());
+    }
+    let store = open(dir.path(), segment_bytes);
+    check(&store);
+    assert_eq!(store.first_lsn_of_epoch(Epoch(2)), Some(41));
+    assert_eq!(store.epoch_at(40), Some(Epoch(1)));
+}
+
+#[test]
+fn a_record_bigger_than_a_segment_gets_one_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 100);
+    let big = Entry {
+        epoch: Epoch(1),
+        lsn: 2,
+        payload: Bytes::from(vec![7u8; 1000]),
+    };
+    store.append(&batch(1, 1..=1)).unwrap();
+    store.append(std::slice::from_ref(&big)).unwrap();
+    store.append(&batch(1, 3..=3)).unwrap();
+    drop(store);
+    assert_eq!(segment_files(dir.path()).len(), 3);
+    let store = open(dir.path(), 100);
+    assert_eq!(store.read(2, 1, 1).unwrap(), vec![big]);
+}
+
+#[test]
+fn trim_drops_whole_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 200;
+    let mut store = open(dir.path(), segment_bytes);
+    store.append(&batch(1, 1..=25)).unwrap();
+    store.append(&batch(2, 26..=50)).unwrap();
+    let before = segment_files(dir.path());
+
+    store.trim_before(20).unwrap();
+    let first = store.first_lsn();
+    assert!(first <= 20 && first > 1, "first lsn {first}");
+    let after = segment_files(dir.path());
+    assert_eq!(
+        after[0].file_name().unwrap().to_str().unwrap(),
+        format!("{first:020}.seg"),
+        "the log now starts at a segment boundary"
+    );
+    assert_eq!(&before[before.len() - after.len()..], &after[..]);
+    assert!(matches!(
+        store.read(first - 1, 10, usize::MAX),
+        Err(StoreError::Trimmed { first: f }) if f == first
+    ));
+    assert!(matches!(
+        store.truncate_after(first - 2),
+        Err(StoreError::Trimmed { .. })
+    ));
+    assert_eq!(store.read(first, 1, 0).unwrap(), batch(1, first..=first));
+    assert_eq!(store.epoch_at(first - 1), None);
+    assert_eq!(store.first_lsn_of_epoch(Epoch(1)), Some(first));
+    assert_eq!(store.last(), id(2, 50));
+    drop(store);
+
+    let mut store = open(dir.path(), segment_bytes);
+    assert_eq!(store.first_lsn(), first);
+    assert_eq!(store.first_lsn_of_epoch(Epoch(1)), Some(first));
+
+    // Trimming far ahead keeps the segment with the tail.
+    store.trim_before(1000).unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    assert_eq!(store.last(), id(2, 50));
+    assert_eq!(store.epoch_at(50), Some(Epoch(2)));
+    assert_eq!(store.first_lsn_of_epoch(Epoch(1)), None);
+    let first = store.first_lsn();
+
+    // Dropping everything that is left keeps the tail's identity, even across a reopen.
+    store.truncate_after(first - 1).unwrap();
+    assert_eq!(store.first_lsn(), first);
+    assert_eq!(store.last(), id(2, first - 1));
+    assert!(store.read(first, 10, 10).unwrap().is_empty());
+    drop(store);
+    let mut store = open(dir.path(), segment_bytes);
+    assert_eq!(store.last(), id(2, first - 1));
+    assert!(matches!(
+        store.append(&batch(1, first..=first)),
+        Err(StoreError::NotContiguous { .. })
+    ));
+    store.append(&batch(3, first..=first + 2)).unwrap();
+    drop(store);
+    let store = open(dir.path(), segment_bytes);
+    assert_eq!(all(&store), batch(3, first..=first + 2));
+    assert_eq!(store.first_lsn_of_epoch(Epoch(3)), Some(first));
+}
+
+#[test]
+fn meta_round_trips_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 1 << 20);
+    assert_eq!(store.meta(), Meta::default());
+    let meta = Meta {
+        promised: Epoch::new(3, 2),
+        commit_lsn: 17,
+    };
+    store.save_meta(&meta).unwrap();
+    assert_eq!(store.meta(), meta);
+    drop(store);
+
+    let mut store = open(dir.path(), 1 << 20);
+    assert_eq!(store.meta(), meta);
+    let newer = Meta {
+        promised: Epoch::new(4, 1),
+        commit_lsn: 40,
+    };
+    store.save_meta(&newer).unwrap();
+    drop(store);
+    // A temporary file left by a crash mid-save is not the meta.
+    fs::write(dir.path().join("meta.tmp"), b"half-written").unwrap();
+    assert_eq!(open(dir.path(), 1 << 20).meta(), newer);
+    assert!(!dir.path().join("meta.tmp").exists());
+
+    // A damaged meta must not silently become "promised nothing".
+    flip_byte(&dir.path().join("meta"), 10);
+    let (segment, _, _) = expect_corrupt(SegmentStore::open(dir.path(), opts(1 << 20)));
+    assert_eq!(segment, dir.path().join("meta"));
+}
+
+#[test]
+fn epoch_lookups_after_appends_truncations_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 150);
+    assert_eq!(store.epoch_at(0), None);
+    assert_eq!(store.epoch_at(1), None);
+    assert_eq!(store.first_lsn_of_epoch(Epoch(0)), None);
+    store.append(&batch(1, 1..=3)).unwrap();
+    store.append(&batch(3, 4..=6)).unwrap();
+    store.append(&batch(5, 7..=9)).unwrap();
+    let check_before_truncation = |s: &SegmentStore| {
+        assert_eq!(s.epoch_at(0), None);
+        assert_eq!(s.epoch_at(1), Some(Epoch(1)));
+        assert_eq!(s.epoch_at(3), Some(Epoch(1)));
+        assert_eq!(s.epoch_at(4), Some(Epoch(3)));
+        assert_eq!(s.epoch_at(9), Some(Epoch(5)));
+        assert_eq!(s.epoch_at(10), None);
+        assert_eq!(s.first_lsn_of_epoch(Epoch(1)), Some(1));
+        assert_eq!(s.first_lsn_of_epoch(Epoch(3)), Some(4));
+        assert_eq!(s.first_lsn_of_epoch(Epoch(5)), Some(7));
+        assert_eq!(s.first_lsn_of_epoch(Epoch(2)), None);
+        assert_eq!(s.first_lsn_of_epoch(Epoch(6)), None);
+    };
+    check_before_truncation(&store);
+    drop(store);
+    let mut store = open(dir.path(), 150);
+    check_before_truncation(&store);
+
+    store.truncate_after(5).unwrap();
+    assert_eq!(store.first_lsn_of_epoch(Epoch(5)), None);
+    assert_eq!(store.first_lsn_of_epoch(Epoch(3)), Some(4));
+    assert_eq!(store.epoch_at(6), None);
+    store.append(&batch(7, 6..=8)).unwrap();
+    let check_after = |s: &SegmentStore| {
+        assert_eq!(s.epoch_at(5), Some(Epoch(3)));
+        assert_eq!(s.epoch_at(6), Some(Epoch(7)));
+        assert_eq!(s.first_lsn_of_epoch(Epoch(7)), Some(6));
+        assert_eq!(s.first_lsn_of_epoch(Epoch(5)), None);
+        assert_eq!(s.last(), id(7, 8));
+    };
+    check_after(&store);
+    drop(store);
+    check_after(&open(dir.path(), 150));
+}
+
+#[test]
+fn non_contiguous_appends_are_refused_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 1 << 20);
+    assert!(matches!(
+        store.append(&batch(1, 2..=3)),
+        Err(StoreError::NotContiguous { expected, .. }) if expected.lsn == 1
+    ));
+    store.append(&batch(2, 1..=3)).unwrap();
+    // A bad entry in the middle of a batch refuses the whole batch.
+    let mut bad = batch(2, 4..=6);
+    bad[2].epoch = Epoch(1);
+    assert!(matches!(
+        store.append(&bad),
+        Err(StoreError::NotContiguous { expected, got })
+            if expected == id(2, 6) && got == id(1, 6)
+    ));
+    assert!(matches!(
+        store.append(&batch(2, 3..=3)),
+        Err(StoreError::NotContiguous { .. })
+    ));
+    store.append(&[]).unwrap();
+    assert_eq!(store.last(), id(2, 3));
+    drop(store);
+    assert_eq!(all(&open(dir.path(), 1 << 20)), batch(2, 1..=3));
+}
+
+#[test]
+fn reads_outside_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 1 << 20);
+    assert!(store.read(1, 10, 10).unwrap().is_empty());
+    assert!(matches!(
+        store.read(0, 10, 10),
+        Err(StoreError::Trimmed { first: 1 })
+    ));
+    store.append(&batch(1, 1..=3)).unwrap();
+    assert!(store.read(4, 10, 10).unwrap().is_empty());
+    assert!(store.read(1, 0, 10).unwrap().is_empty());
+    assert_eq!(store.read(1, 10, 0).unwrap(), batch(1, 1..=1));
+}

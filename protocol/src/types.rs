@@ -1,0 +1,260 @@
+//! Owned Rust views of every message and log record.
+//!
+//! The wire format is flatbuffers (see `schema/triad.fbs` and [`crate::codec`]); these types are what
+//! the tiers program against. Keeping them separate from the generated code means a schema change
+//! shows up as a compile error in exactly one place: the codec.
+
+use bytes::Bytes;
+
+/// A log sequence number. LSNs are dense: the first record is 1, and 0 means "nothing".
+pub type Lsn = u64;
+
+/// A sequencer's term of office. Epochs are unique to one sequencer: the high 48 bits are a
+/// counter and the low 16 bits the sequencer's id, so comparing the `u64` compares the pair
+/// `(counter, sequencer id)` and two sequencers can never choose the same epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    pub const ZERO: Epoch = Epoch(0);
+    const ID_BITS: u32 = 16;
+
+    pub fn new(counter: u64, sequencer_id: u16) -> Epoch {
+        Epoch((counter << Self::ID_BITS) | u64::from(sequencer_id))
+    }
+    pub fn counter(self) -> u64 {
+        self.0 >> Self::ID_BITS
+    }
+    pub fn sequencer_id(self) -> u16 {
+        (self.0 & ((1 << Self::ID_BITS) - 1)) as u16
+    }
+    /// The smallest epoch owned by `sequencer_id` that is above `self`.
+    pub fn next_for(self, sequencer_id: u16) -> Epoch {
+        Epoch::new(self.counter() + 1, sequencer_id)
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.counter(), self.sequencer_id())
+    }
+}
+
+/// The identity of one log entry. By the log-matching rule two logs that hold the same
+/// `EntryId` hold the same entries up to and including it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId {
+    pub epoch: Epoch,
+    pub lsn: Lsn,
+}
+
+impl EntryId {
+    pub const ZERO: EntryId = EntryId {
+        epoch: Epoch::ZERO,
+        lsn: 0,
+    };
+    pub fn new(epoch: Epoch, lsn: Lsn) -> EntryId {
+        EntryId { epoch, lsn }
+    }
+}
+
+/// A transaction id chosen by the client; it travels in the commit record so that outcomes can
+/// be answered and retries deduplicated from the log itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TxnId(pub u128);
+
+/// One entry of the replicated log. The journal treats `payload` as opaque bytes; it is an
+/// encoded [`LogRecord`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub epoch: Epoch,
+    pub lsn: Lsn,
+    pub payload: Bytes,
+}
+
+impl Entry {
+    pub fn id(&self) -> EntryId {
+        EntryId::new(self.epoch, self.lsn)
+    }
+}
+
+/// A buffered write: `value: None` deletes the key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Write {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A half-open key range `[start, end)`; `end: None` is unbounded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KeyRange {
+    pub start: Vec<u8>,
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
+}
+
+/// What a log entry's payload means. Only the sequencer writes records and only learners
+/// interpret them; the journal never looks inside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogRecord {
+    /// A committed transaction's writes.
+    Commit { txn_id: TxnId, writes: Vec<Write> },
+    /// Written by a sequencer after reconfirmation; once it is on a majority, the recovered
+    /// suffix before it counts as committed.
+    EpochStart { epoch: Epoch },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// Write set checked against writes committed after the read LSN.
+    #[default]
+    Snapshot,
+    /// Read set (keys and ranges) checked against writes committed after the read LSN.
+    Serializable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitRequest {
+    pub txn_id: TxnId,
+    pub read_lsn: Lsn,
+    pub isolation: Isolation,
+    pub read_keys: Vec<Vec<u8>>,
+    pub read_ranges: Vec<KeyRange>,
+    pub writes: Vec<Write>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed {
+        lsn: Lsn,
+    },
+    /// Another transaction committed a write to these keys after the read LSN.
+    Conflict {
+        keys: Vec<Vec<u8>>,
+    },
+    /// The read LSN is below the conflict index's floor; retry with a fresh snapshot.
+    TooOld {
+        floor: Lsn,
+    },
+    /// The sequencer could not get the record onto a majority (or is not active).
+    Unavailable {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub version_lsn: Lsn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Internal,
+    /// The request could not be decoded or makes no sense.
+    Malformed,
+    /// The request's epoch is below the node's promise; `ErrorResponse::epoch` names the promise.
+    StaleEpoch,
+    /// An append's `prev` does not match the node's log; `ErrorResponse::lsn` is a hint where to
+    /// retry from (the node's log is known to be consistent below it).
+    LogMismatch,
+    /// A read waited too long for its LSN to be applied.
+    Timeout,
+    /// The requested LSN lies below the trim point named in `ErrorResponse::lsn`.
+    Trimmed,
+    Unavailable,
+    Unsupported,
+    /// The node's storage failed (for example fsync); it will not acknowledge anything again.
+    StorageFailed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorResponse {
+    pub code: ErrorCode,
+    pub message: String,
+    pub epoch: Epoch,
+    pub lsn: Lsn,
+}
+
+/// Every message any tier sends. One frame carries one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    // compute → sequencer
+    BeginRequest,
+    BeginResponse {
+        read_lsn: Lsn,
+    },
+    CommitRequest(CommitRequest),
+    CommitResponse(CommitOutcome),
+
+    // sequencer → journal
+    /// Paxos prepare: promise to refuse every epoch below `epoch`.
+    SealRequest {
+        epoch: Epoch,
+    },
+    /// The promise, with the node's log tail and the commit watermark it knows.
+    SealResponse {
+        promised: Epoch,
+        last: EntryId,
+        commit_lsn: Lsn,
+    },
+    /// Append `entries` after `prev`. `commit_lsn` tells the node how far the log is committed.
+    /// An append with no entries is a heartbeat.
+    AppendRequest {
+        epoch: Epoch,
+        prev: EntryId,
+        entries: Vec<Entry>,
+        commit_lsn: Lsn,
+    },
+    /// Cumulative: every entry up to `durable` (in the node's log, matching the sender's) is fsynced.
+    AppendResponse {
+        epoch: Epoch,
+        durable: EntryId,
+    },
+
+    // learner (or recovering sequencer) → journal
+    /// Read entries from `from_lsn` on. Without `epoch`, only committed entries are served; a
+    /// recovering sequencer names its epoch to read the uncommitted tail, and the read fences
+    /// (it is refused below the node's promise). With `follow` the stream stays open and
+    /// delivers new committed entries as they arrive.
+    FetchRequest {
+        from_lsn: Lsn,
+        max_entries: u32,
+        follow: bool,
+        epoch: Option<Epoch>,
+    },
+    FetchResponse {
+        entries: Vec<Entry>,
+        commit_lsn: Lsn,
+    },
+
+    // compute → replayer
+    GetRequest {
+        key: Vec<u8>,
+        read_lsn: Lsn,
+    },
+    /// `value: None` when the key has no live version at the LSN; `version_lsn` is the LSN of the
+    /// version returned (or of the deletion, 0 when the key never existed).
+    GetResponse {
+        value: Option<Vec<u8>>,
+        version_lsn: Lsn,
+    },
+    ScanRequest {
+        range: KeyRange,
+        read_lsn: Lsn,
+        limit: u32,
+    },
+    /// `more` is set when `limit` cut the scan short; continue after the last row's key.
+    ScanResponse {
+        rows: Vec<Row>,
+        more: bool,
+    },
+
+    Error(ErrorResponse),
+}

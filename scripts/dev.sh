@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds Triad (installing what the build needs) and runs `triad dev` with the given flags:
+#   scripts/dev.sh            a local cluster on loopback, serving until Ctrl-C
+#   scripts/dev.sh --demo     the same, plus the bank-transfer demo, verified, then exit
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+echo "dev: building (the first build compiles RocksDB: about 13 minutes on 2 cores)…" >&2
+cargo build --release --bin triad
+exec "$CARGO_TARGET_DIR/release/triad" dev "$@"

@@ -1,0 +1,572 @@
+//! The active sequencer: recovery at start, admission (conflict check + LSN), group commit to
+//! the journal nodes, and answering clients once a majority holds their record.
+//!
+//! Tasks: one admission task owns the order (conflict index, next LSN) so checks and LSNs are
+//! decided in one place; one replicator per journal node streams the window of recent entries
+//! to it and reads its cumulative acks; the commit watermark is the LSN a majority has fsynced.
+//! A node that lags behind the window catches up from a peer's log, never from memory here.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{join_all, BoxFuture};
+use futures::FutureExt;
+use quinn::Endpoint;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+use triad_journal::{JournalClient, JournalError};
+use triad_protocol::{
+    encode_record, CommitOutcome, CommitRequest, Entry, EntryId, Epoch, ErrorCode, ErrorResponse, LogRecord,
+    Lsn, Message, MAX_FRAME_DEFAULT,
+};
+use triad_transport::{read_msg, Service, Stream, TransportError};
+
+use crate::conflict::{ConflictIndex, Verdict};
+
+#[derive(Clone, Debug)]
+pub struct SequencerConfig {
+    /// Unique among the cluster's sequencers; part of every epoch this sequencer chooses.
+    pub id: u16,
+    pub journal: Vec<SocketAddr>,
+    /// Most commits admitted into one append.
+    pub max_batch: usize,
+    /// Most entries admitted but not yet committed; admission waits beyond it.
+    pub max_in_flight: usize,
+    /// Recent entries kept for streaming to nodes; a node further behind catches up from a peer.
+    pub window_entries: usize,
+    /// Memory budget of the conflict index, in keys.
+    pub conflict_keys: usize,
+    /// How long a client request waits for the sequencer to become active or for a quorum.
+    pub request_timeout: Duration,
+    /// Pause between heartbeats to an idle node.
+    pub heartbeat: Duration,
+}
+
+impl SequencerConfig {
+    pub fn new(id: u16, journal: Vec<SocketAddr>) -> SequencerConfig {
+        SequencerConfig {
+            id,
+            journal,
+            max_batch: 1024,
+            max_in_flight: 16384,
+            window_entries: 65536,
+            conflict_keys: 1 << 20,
+            request_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SequencerError {
+    #[error("deposed: the journal has promised epoch {promised}")]
+    Deposed { promised: Epoch },
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error("recovery: {0}")]
+    Recovery(String),
+}
+
+struct Pending {
+    req: CommitRequest,
+    reply: oneshot::Sender<CommitOutcome>,
+}
+
+/// Recent entries, dense from `first`.
+struct Window {
+    first: Lsn,
+    entries: VecDeque<Entry>,
+}
+
+impl Window {
+    fn last_lsn(&self) -> Lsn {
+        self.first + self.entries.len() as u64 - 1
+    }
+    fn get(&self, lsn: Lsn) -> Option<&Entry> {
+        lsn.checked_sub(self.first).and_then(|i| self.entries.get(i as usize))
+    }
+}
+
+pub struct Sequencer {
+    cfg: SequencerConfig,
+    journal: JournalClient,
+    epoch: Epoch,
+    /// The epoch-start record's LSN: the conflict floor, and the first LSN this epoch commits.
+    epoch_start: Lsn,
+    /// Node that supplied the recovered log; it holds everything up to `epoch_start - 1`.
+    source: usize,
+    window: Mutex<Window>,
+    appended: watch::Sender<Lsn>,
+    commit: watch::Sender<Lsn>,
+    acks: Mutex<Vec<Lsn>>,
+    waiters: Mutex<VecDeque<(Lsn, oneshot::Sender<CommitOutcome>)>>,
+    admit: mpsc::Sender<Pending>,
+    deposed: watch::Sender<Option<Epoch>>,
+    stopped: AtomicBool,
+}
+
+impl Sequencer {
+    /// Seals a new epoch on a majority, reconfirms the log and starts serving. Returns once
+    /// the sequencer is active (its epoch-start record is on a majority).
+    pub async fn start(cfg: SequencerConfig, endpoint: &Endpoint) -> Result<Arc<Sequencer>, SequencerError> {
+        let journal = JournalClient::new(endpoint, &cfg.journal);
+        let (epoch, promises) = seal_majority(&journal, cfg.id, cfg.request_timeout).await?;
+        // Reconfirmation: the promise with the highest (last epoch, last lsn) holds every
+        // committed entry; its suffix above the highest known commit watermark is what others
+        // may miss. Entries keep their original epoch.
+        let source = promises.iter().max_by_key(|p| p.last).expect("a majority is not empty");
+        let committed = promises.iter().map(|p| p.commit_lsn).max().unwrap_or(0).min(source.last.lsn);
+        let suffix = if source.last.lsn > committed {
+            journal.fetch_range(source.node, committed + 1, source.last.lsn, Some(epoch)).await?
+        } else {
+            Vec::new()
+        };
+        if suffix.len() as u64 != source.last.lsn - committed {
+            return Err(SequencerError::Recovery(format!(
+                "node {} promised a log up to {:?} but served {} entries above {committed}",
+                journal.node(source.node).addr(),
+                source.last,
+                suffix.len()
+            )));
+        }
+        let epoch_start = source.last.lsn + 1;
+        let start_record = encode_record(&LogRecord::EpochStart { epoch });
+        let mut entries: VecDeque<Entry> = suffix.into();
+        entries.push_back(Entry { epoch, lsn: epoch_start, payload: Bytes::from(start_record) });
+        info!(%epoch, recovered_from = %journal.node(source.node).addr(), committed,
+              recovered = epoch_start - 1 - committed, epoch_start, "sealed; reconfirming the log");
+
+        let (admit, admit_rx) = mpsc::channel(cfg.max_batch * 4);
+        let n = journal.len();
+        let seq = Arc::new(Sequencer {
+            epoch,
+            epoch_start,
+            source: source.node,
+            window: Mutex::new(Window { first: committed + 1, entries }),
+            appended: watch::channel(epoch_start).0,
+            commit: watch::channel(committed).0,
+            acks: Mutex::new(vec![0; n]),
+            waiters: Mutex::new(VecDeque::new()),
+            admit,
+            deposed: watch::channel(None).0,
+            stopped: AtomicBool::new(false),
+            journal,
+            cfg,
+        });
+        for node in 0..n {
+            tokio::spawn(seq.clone().replicate(node));
+        }
+        tokio::spawn(seq.clone().admission(admit_rx));
+        tokio::spawn(seq.clone().complete_waiters());
+
+        // Active only once the epoch-start record (and so the recovered suffix) is committed.
+        let mut commit = seq.commit.subscribe();
+        let mut deposed = seq.deposed.subscribe();
+        loop {
+            if *commit.borrow_and_update() >= epoch_start {
+                break;
+            }
+            if let Some(promised) = *deposed.borrow_and_update() {
+                return Err(SequencerError::Deposed { promised });
+            }
+            tokio::select! {
+                _ = commit.changed() => {}
+                _ = deposed.changed() => {}
+            }
+        }
+        info!(%epoch, epoch_start, "sequencer active");
+        Ok(seq)
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn commit_lsn(&self) -> Lsn {
+        *self.commit.borrow()
+    }
+
+    /// Resolves when the sequencer learns it was deposed; it stops answering from then on.
+    pub async fn deposed(&self) -> Epoch {
+        let mut rx = self.deposed.subscribe();
+        loop {
+            if let Some(e) = *rx.borrow_and_update() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return self.epoch;
+            }
+        }
+    }
+
+    fn depose(&self, promised: Epoch) {
+        if !self.stopped.swap(true, Ordering::SeqCst) {
+            warn!(epoch = %self.epoch, %promised, "deposed by a higher epoch; no longer accepting commits");
+            self.deposed.send_replace(Some(promised));
+            // Whatever was in flight has an outcome the next epoch's recovery decides.
+            let mut waiters = self.waiters.lock().expect("waiters lock");
+            for (_, reply) in waiters.drain(..) {
+                let _ = reply.send(CommitOutcome::Unavailable {
+                    reason: format!("sequencer deposed by epoch {promised}; outcome decided by its recovery"),
+                });
+            }
+        }
+    }
+
+    /// The read LSN for a new transaction.
+    // TODO(read barrier, issue 3): confirm the epoch on a majority with one heartbeat round
+    // shared by every begin in flight before answering; today the watermark is answered as is.
+    pub fn begin(&self) -> Result<Lsn, CommitOutcome> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
+        }
+        Ok(self.commit_lsn())
+    }
+
+    pub async fn commit(&self, req: CommitRequest) -> CommitOutcome {
+        if self.stopped.load(Ordering::SeqCst) {
+            return CommitOutcome::Unavailable { reason: "sequencer deposed".into() };
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.admit.send(Pending { req, reply }).await.is_err() {
+            return CommitOutcome::Unavailable { reason: "sequencer stopping".into() };
+        }
+        match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => CommitOutcome::Unavailable { reason: "sequencer stopping".into() },
+            Err(_) => CommitOutcome::Unavailable {
+                reason: format!("no journal quorum within {:?}", self.cfg.request_timeout),
+            },
+        }
+    }
+
+    /// Owns the order: checks each commit against the conflict index and gives it the next LSN.
+    async fn admission(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
+        let mut index = ConflictIndex::new(self.epoch_start, self.cfg.conflict_keys);
+        let mut next_lsn = self.epoch_start + 1;
+        let mut commit_rx = self.commit.subscribe();
+        let mut batch = Vec::with_capacity(self.cfg.max_batch);
+        while rx.recv_many(&mut batch, self.cfg.max_batch).await > 0 {
+            // Bound what is admitted but not committed, so a slow journal slows clients down
+            // instead of growing memory.
+            while next_lsn.saturating_sub(*commit_rx.borrow_and_update()) > self.cfg.max_in_flight as u64 {
+                if commit_rx.changed().await.is_err() || self.stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+            if self.stopped.load(Ordering::SeqCst) {
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
+                }
+                continue;
+            }
+            let mut entries = Vec::with_capacity(batch.len());
+            let mut waiters = Vec::with_capacity(batch.len());
+            for p in batch.drain(..) {
+                if p.req.read_lsn > self.commit_lsn() {
+                    let _ = p.reply.send(CommitOutcome::Unavailable {
+                        reason: format!("read lsn {} is beyond the commit watermark", p.req.read_lsn),
+                    });
+                    continue;
+                }
+                match index.check_and_record(&p.req, next_lsn) {
+                    Verdict::Commit => {
+                        let record = LogRecord::Commit { txn_id: p.req.txn_id, writes: p.req.writes };
+                        entries.push(Entry {
+                            epoch: self.epoch,
+                            lsn: next_lsn,
+                            payload: Bytes::from(encode_record(&record)),
+                        });
+                        waiters.push((next_lsn, p.reply));
+                        next_lsn += 1;
+                    }
+                    Verdict::Conflict { keys } => {
+                        let _ = p.reply.send(CommitOutcome::Conflict { keys });
+                    }
+                    Verdict::TooOld { floor } => {
+                        let _ = p.reply.send(CommitOutcome::TooOld { floor });
+                    }
+                }
+            }
+            let Some(last) = entries.last().map(|e| e.lsn) else { continue };
+            self.waiters.lock().expect("waiters lock").extend(waiters);
+            self.window.lock().expect("window lock").entries.extend(entries);
+            self.appended.send_replace(last);
+        }
+    }
+
+    async fn complete_waiters(self: Arc<Self>) {
+        let mut commit_rx = self.commit.subscribe();
+        while commit_rx.changed().await.is_ok() {
+            let commit = *commit_rx.borrow_and_update();
+            let done: Vec<_> = {
+                let mut waiters = self.waiters.lock().expect("waiters lock");
+                let n = waiters.iter().take_while(|(lsn, _)| *lsn <= commit).count();
+                waiters.drain(..n).collect()
+            };
+            for (lsn, reply) in done {
+                let _ = reply.send(CommitOutcome::Committed { lsn });
+            }
+            self.trim_window(commit);
+        }
+    }
+
+    fn trim_window(&self, commit: Lsn) {
+        let slowest = *self.acks.lock().expect("acks lock").iter().min().unwrap_or(&0);
+        let mut w = self.window.lock().expect("window lock");
+        while let Some(front) = w.entries.front() {
+            // Keep what some node still needs, unless the window is over budget: then a lagging
+            // node catches up from a peer instead of from our memory.
+            let needed = front.lsn > slowest && w.entries.len() <= self.cfg.window_entries;
+            if front.lsn > commit || needed {
+                break;
+            }
+            w.entries.pop_front();
+            w.first += 1;
+        }
+    }
+
+    fn record_ack(&self, node: usize, durable: Lsn) {
+        let quorum = {
+            let mut acks = self.acks.lock().expect("acks lock");
+            if durable <= acks[node] {
+                return;
+            }
+            acks[node] = durable;
+            let mut sorted = acks.clone();
+            sorted.sort_unstable_by(|a, b| b.cmp(a));
+            sorted[self.journal.majority() - 1]
+        };
+        // The recovered suffix counts as committed only with the epoch-start record on a majority.
+        if quorum >= self.epoch_start && quorum > *self.commit.borrow() {
+            self.commit.send_replace(quorum);
+        }
+    }
+
+    /// Epoch of our log's entry at `lsn`: from the window, else from a node known to hold it.
+    async fn epoch_at(&self, lsn: Lsn) -> Result<Epoch, JournalError> {
+        if lsn == 0 {
+            return Ok(Epoch::ZERO);
+        }
+        if let Some(e) = self.window.lock().expect("window lock").get(lsn) {
+            return Ok(e.epoch);
+        }
+        let peer = self.peer_holding(lsn, usize::MAX);
+        let entries = self.journal.fetch_range(peer, lsn, lsn, Some(self.epoch)).await?;
+        entries.first().map(|e| e.epoch).ok_or(JournalError::Unexpected("empty fetch".into()))
+    }
+
+    /// A node whose log equals ours up to `lsn`, other than `not`.
+    fn peer_holding(&self, lsn: Lsn, not: usize) -> usize {
+        let acks = self.acks.lock().expect("acks lock");
+        (0..acks.len())
+            .filter(|&i| i != not && acks[i] >= lsn)
+            .max_by_key(|&i| acks[i])
+            .unwrap_or(self.source)
+    }
+
+    async fn replicate(self: Arc<Self>, node: usize) {
+        let addr = self.journal.node(node).addr();
+        let mut failures = 0u32;
+        while !self.stopped.load(Ordering::SeqCst) {
+            match self.replicate_once(node).await {
+                Err(JournalError::Stale { promised }) => return self.depose(promised),
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 50 == 0 {
+                        warn!(node = %addr, "replication interrupted: {e}");
+                    } else {
+                        debug!(node = %addr, "replication interrupted: {e}");
+                    }
+                    let pause = Duration::from_millis(10 * u64::from(failures.min(20)))
+                        + Duration::from_millis(rand::rng().random_range(0..10));
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(()) => failures = 0,
+            }
+        }
+    }
+
+    /// Finds where the node's log matches ours, then streams the rest until something breaks.
+    async fn replicate_once(self: &Arc<Self>, node: usize) -> Result<(), JournalError> {
+        let peer = self.journal.node(node).clone();
+        // Probe from our tip backwards; the node's hints skip a whole divergent epoch at a time.
+        let mut prev_lsn = *self.appended.borrow();
+        let (mut send, mut recv, matched) = loop {
+            let prev = EntryId::new(self.epoch_at(prev_lsn).await?, prev_lsn);
+            let probe = Message::AppendRequest {
+                epoch: self.epoch,
+                prev,
+                entries: Vec::new(),
+                commit_lsn: self.commit_lsn(),
+            };
+            let (send, mut recv) = peer.open(&probe).await?;
+            match read_msg(&mut recv, MAX_FRAME_DEFAULT).await? {
+                Some(Message::AppendResponse { durable, .. }) => {
+                    self.record_ack(node, durable.lsn);
+                    break (send, recv, prev);
+                }
+                Some(Message::Error(e)) if e.code == ErrorCode::LogMismatch => {
+                    prev_lsn = e.lsn.min(prev_lsn.saturating_sub(1));
+                }
+                Some(Message::Error(e)) => return Err(JournalError::from_response(e, 0)),
+                Some(other) => return Err(JournalError::Unexpected(format!("{other:?}"))),
+                None => return Err(JournalError::Transport(TransportError::Closed)),
+            }
+        };
+        debug!(node = %peer.addr(), matched = matched.lsn, "replica matched");
+
+        let mut reader = {
+            let seq = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    match read_msg(&mut recv, MAX_FRAME_DEFAULT).await {
+                        Ok(Some(Message::AppendResponse { durable, .. })) => seq.record_ack(node, durable.lsn),
+                        Ok(Some(Message::Error(e))) => return JournalError::from_response(e, 0),
+                        Ok(Some(other)) => return JournalError::Unexpected(format!("{other:?}")),
+                        Ok(None) => return JournalError::Transport(TransportError::Closed),
+                        Err(e) => return JournalError::Transport(e),
+                    }
+                }
+            })
+        };
+        let reader_abort = reader.abort_handle();
+        let _abort_reader = AbortOnDrop(reader_abort);
+        let mut appended = self.appended.subscribe();
+        let mut commit = self.commit.subscribe();
+        let mut prev = matched;
+        let mut sent_commit = self.commit_lsn();
+        loop {
+            if reader.is_finished() {
+                return Err((&mut reader).await.unwrap_or_else(|e| JournalError::Unexpected(e.to_string())));
+            }
+            if self.stopped.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let commit_lsn = *commit.borrow_and_update();
+            let tip = *appended.borrow_and_update();
+            let batch = if prev.lsn < tip { self.entries_for(node, prev.lsn + 1, tip).await? } else { Vec::new() };
+            if !batch.is_empty() || commit_lsn > sent_commit {
+                let next_prev = batch.last().map(Entry::id).unwrap_or(prev);
+                let msg = Message::AppendRequest { epoch: self.epoch, prev, entries: batch, commit_lsn };
+                triad_transport::write_msg(&mut send, &msg).await?;
+                prev = next_prev;
+                sent_commit = commit_lsn;
+                continue;
+            }
+            tokio::select! {
+                _ = appended.changed() => {}
+                _ = commit.changed() => {}
+                res = &mut reader => {
+                    return Err(res.unwrap_or_else(|e| JournalError::Unexpected(e.to_string())));
+                }
+                _ = tokio::time::sleep(self.cfg.heartbeat) => {
+                    // Keeps the node's view of the watermark fresh and detects a deposed epoch
+                    // even when no client commits.
+                    let msg = Message::AppendRequest { epoch: self.epoch, prev, entries: Vec::new(), commit_lsn };
+                    triad_transport::write_msg(&mut send, &msg).await?;
+                }
+            }
+        }
+    }
+
+    /// Entries `[from, upto]` for one node: from the window, or from a peer's log when the
+    /// window no longer holds them.
+    async fn entries_for(&self, node: usize, from: Lsn, upto: Lsn) -> Result<Vec<Entry>, JournalError> {
+        const MAX_PER_APPEND: u64 = 512;
+        {
+            let w = self.window.lock().expect("window lock");
+            if from >= w.first {
+                let end = upto.min(w.last_lsn()).min(from + MAX_PER_APPEND - 1);
+                return Ok((from..=end).filter_map(|l| w.get(l).cloned()).collect());
+            }
+        }
+        let end = upto.min(from + MAX_PER_APPEND * 8 - 1);
+        let peer = self.peer_holding(end, node);
+        if peer == node {
+            return Err(JournalError::Unexpected("no peer holds the entries a lagging node needs".into()));
+        }
+        debug!(node, from, end, peer, "catching a lagging node up from a peer");
+        self.journal.fetch_range(peer, from, end, Some(self.epoch)).await
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Seals the lowest epoch of ours above every promise seen, until a majority promises it.
+/// Competing sequencers back off randomly so that one of them wins.
+async fn seal_majority(
+    journal: &JournalClient,
+    id: u16,
+    timeout: Duration,
+) -> Result<(Epoch, Vec<triad_journal::Promise>), SequencerError> {
+    let mut epoch = Epoch::new(1, id);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let answers = join_all((0..journal.len()).map(|i| journal.seal(i, epoch, timeout))).await;
+        let mut promises = Vec::new();
+        let mut highest = Epoch::ZERO;
+        let mut errors = Vec::new();
+        for (i, a) in answers.into_iter().enumerate() {
+            match a {
+                Ok(p) => promises.push(p),
+                Err(JournalError::Stale { promised }) => highest = highest.max(promised),
+                Err(e) => errors.push(format!("{}: {e}", journal.node(i).addr())),
+            }
+        }
+        if promises.len() >= journal.majority() {
+            return Ok((epoch, promises));
+        }
+        if highest >= epoch {
+            epoch = highest.next_for(id);
+        } else {
+            // Not enough nodes reachable; the promises we got stay valid for this epoch, but a
+            // fresh round with a higher epoch is simpler and just as safe.
+            epoch = epoch.next_for(id);
+        }
+        let pause = Duration::from_millis(rand::rng().random_range(20..200) * u64::from(attempt.min(10)));
+        if attempt % 5 == 1 {
+            warn!(attempt, next_epoch = %epoch, "no majority of promises yet ({} of {} needed); unreachable: {}",
+                  promises.len(), journal.majority(), errors.join("; "));
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn error_msg(code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::Error(ErrorResponse { code, message: message.into(), epoch: Epoch::ZERO, lsn: 0 })
+}
+
+impl Service for Sequencer {
+    fn handle(self: Arc<Self>, first: Message, mut stream: Stream) -> BoxFuture<'static, Result<(), TransportError>> {
+        async move {
+            let answer = match first {
+                Message::BeginRequest => match self.begin() {
+                    Ok(read_lsn) => Message::BeginResponse { read_lsn },
+                    Err(outcome) => Message::CommitResponse(outcome),
+                },
+                Message::CommitRequest(req) => Message::CommitResponse(self.commit(req).await),
+                other => {
+                    debug!("sequencer got an unexpected {other:?}");
+                    error_msg(ErrorCode::Unsupported, "a sequencer serves begin and commit only")
+                }
+            };
+            stream.reply(&answer).await?;
+            let _ = stream.send.finish();
+            Ok(())
+        }
+        .boxed()
+    }
+}

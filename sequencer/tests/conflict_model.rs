@@ -1,0 +1,212 @@
+//! The conflict index against a naive model that keeps every write forever and checks a commit
+//! by walking the whole history. Above the index's floor the two must agree exactly (same
+//! verdict, same conflicting keys); below it the index must answer `TooOld`. So a small memory
+//! budget may cost aborts, never a commit the model would refuse.
+
+use proptest::prelude::*;
+use triad_protocol::types::{CommitRequest, Isolation, KeyRange, Lsn, TxnId, Write};
+use triad_sequencer::conflict::{ConflictIndex, Verdict};
+
+#[derive(Default)]
+struct Model {
+    history: Vec<(Lsn, Vec<Vec<u8>>)>,
+}
+
+impl Model {
+    fn check(&self, req: &CommitRequest) -> Verdict {
+        let serializable = req.isolation == Isolation::Serializable;
+        let mut keys: Vec<Vec<u8>> = self
+            .history
+            .iter()
+            .filter(|(lsn, _)| *lsn > req.read_lsn)
+            .flat_map(|(_, keys)| keys.iter())
+            .filter(|key| {
+                req.writes.iter().any(|w| &w.key == *key)
+                    || (serializable
+                        && (req.read_keys.contains(key)
+                            || req.read_ranges.iter().any(|r| r.contains(key))))
+            })
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            Verdict::Commit
+        } else {
+            Verdict::Conflict { keys }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Commit {
+        /// Picks the read LSN: usually a few commits behind the last, sometimes anywhere.
+        read_pick: u64,
+        /// Gap to the commit's LSN after the last one (LSNs need not be dense here: other
+        /// records, such as epoch starts, take LSNs too).
+        gap: u64,
+        isolation: Isolation,
+        read_keys: Vec<Vec<u8>>,
+        read_ranges: Vec<KeyRange>,
+        writes: Vec<Vec<u8>>,
+    },
+    RaiseFloor {
+        back: u64,
+    },
+}
+
+/// A small key space (one or two bytes from `a..=d`, plus the empty key) so that commits
+/// collide often and range bounds fall between, on and around keys.
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(b'a'..=b'd', 0..=2)
+}
+
+fn range() -> impl Strategy<Value = KeyRange> {
+    (key(), prop::option::of(key())).prop_map(|(start, end)| KeyRange { start, end })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let commit = (
+        0..1000u64,
+        1..=3u64,
+        prop_oneof![Just(Isolation::Snapshot), Just(Isolation::Serializable)],
+        prop::collection::vec(key(), 0..4),
+        prop::collection::vec(range(), 0..3),
+        prop::collection::vec(key(), 0..4),
+    )
+        .prop_map(
+            |(read_pick, gap, isolation, read_keys, read_ranges, writes)| Op::Commit {
+                read_pick,
+                gap,
+                isolation,
+                read_keys,
+                read_ranges,
+                writes,
+            },
+        );
+    prop_oneof![
+        30 => commit,
+        1 => (0..6u64).prop_map(|back| Op::RaiseFloor { back }),
+    ]
+}
+
+/// Runs `ops` through an index and the model; returns the number of commits decided above the
+/// floor so callers can tell the run was not vacuous.
+fn run(initial_floor: Lsn, max_keys: usize, ops: &[Op]) -> Result<usize, TestCaseError> {
+    let mut index = ConflictIndex::new(initial_floor, max_keys);
+    let mut model = Model::default();
+    let mut raised = initial_floor;
+    let mut decided = 0;
+    for op in ops {
+        match op {
+            Op::RaiseFloor { back } => {
+                let to = index.last_lsn().saturating_sub(*back);
+                index.raise_floor(to);
+                raised = raised.max(to);
+            }
+            Op::Commit {
+                read_pick,
+                gap,
+                isolation,
+                read_keys,
+                read_ranges,
+                writes,
+            } => {
+                let last = index.last_lsn();
+                let read_lsn = if *read_pick < 800 {
+                    last.saturating_sub(read_pick % 12)
+                } else {
+                    read_pick % (last + 1)
+                };
+                let req = CommitRequest {
+                    txn_id: TxnId(u128::from(last)),
+                    read_lsn,
+                    isolation: *isolation,
+                    read_keys: read_keys.clone(),
+                    read_ranges: read_ranges.clone(),
+                    writes: writes
+                        .iter()
+                        .map(|key| Write {
+                            key: key.clone(),
+                            value: Some(vec![1]),
+                        })
+                        .collect(),
+                };
+                let lsn = last + gap;
+                let floor_before = index.floor();
+                let checked = index.check(&req);
+                let verdict = index.check_and_record(&req, lsn);
+                prop_assert_eq!(&checked, &verdict, "check and check_and_record disagree");
+                if read_lsn < floor_before {
+                    prop_assert_eq!(verdict, Verdict::TooOld { floor: floor_before });
+                } else {
+                    decided += 1;
+                    let expected = model.check(&req);
+                    prop_assert_eq!(&verdict, &expected, "request {:?}", req);
+                    if verdict == Verdict::Commit {
+                        model.history.push((lsn, writes.clone()));
+                        prop_assert_eq!(index.last_lsn(), lsn);
+                    } else {
+                        prop_assert_eq!(index.last_lsn(), last);
+                    }
+                }
+            }
+        }
+        prop_assert!(index.retained_writes() <= max_keys);
+        prop_assert!(index.tracked_keys() <= index.retained_writes());
+        prop_assert!(index.floor() >= raised);
+        prop_assert!(index.floor() <= index.last_lsn());
+    }
+    if max_keys >= 10_000 {
+        // Nothing was ever forgotten, so the floor moved only when told to.
+        prop_assert_eq!(index.floor(), raised);
+    }
+    Ok(decided)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn agrees_with_full_history_when_nothing_is_forgotten(
+        floor in 0..3u64,
+        ops in prop::collection::vec(op(), 1..120),
+    ) {
+        run(floor, 10_000, &ops)?;
+    }
+
+    #[test]
+    fn small_budget_may_refuse_as_too_old_but_never_admits_a_conflict(
+        max_keys in 0..8usize,
+        ops in prop::collection::vec(op(), 1..120),
+    ) {
+        run(0, max_keys, &ops)?;
+    }
+}
+
+/// A long deterministic run with a small budget that must still decide most commits: pruning
+/// only raises the floor as far as the forgotten writes require.
+#[test]
+fn small_budget_still_decides_fresh_snapshots() {
+    let keys: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i]).collect();
+    let ops: Vec<Op> = (0..2000usize)
+        .map(|i| Op::Commit {
+            read_pick: (i % 3) as u64,
+            gap: 1,
+            isolation: if i % 2 == 0 {
+                Isolation::Snapshot
+            } else {
+                Isolation::Serializable
+            },
+            read_keys: vec![keys[(i * 7) % 50].clone()],
+            read_ranges: vec![KeyRange {
+                start: keys[(i * 11) % 50].clone(),
+                end: Some(keys[((i * 11) % 50 + 3).min(49)].clone()),
+            }],
+            writes: vec![keys[(i * 13) % 50].clone(), keys[(i * 17) % 50].clone()],
+        })
+        .collect();
+    let decided = run(0, 16, &ops).unwrap();
+    assert!(decided > 1500, "only {decided} of 2000 decided above the floor");
+}

@@ -1,0 +1,496 @@
+//! The default storage format: MVCC rows in RocksDB.
+//!
+//! # Layout
+//!
+//! Every version of every key is one RocksDB entry in the default column family:
+//!
+//! ```text
+//! key   = esc(user_key) 0x00 0x01  be64(u64::MAX - lsn)
+//! value = 0x01 value_bytes          (put)
+//!       | 0x00                      (delete: a tombstone version)
+//! ```
+//!
+//! `esc` replaces every `0x00` byte with `0x00 0xFF`, and `0x00 0x01` terminates the user key.
+//! Together they make the encoding order-preserving and prefix-free for arbitrary bytes: a
+//! shorter key that is a prefix of a longer one ends in `0x00 0x01`, which sorts below whatever
+//! the longer key continues with (a non-zero byte, or `0x00 0xFF`). The inverted, big-endian LSN
+//! then sorts a key's versions newest first, so "the newest version at or below `at`" is a single
+//! seek to `enc(key) be64(MAX - at)` plus a check that the entry found still belongs to `key`.
+//! RocksDB's default bytewise comparator is all this needs.
+//!
+//! Bookkeeping lives under keys starting `0x00 0x00`, which no encoded user key can start with
+//! (a leading `0x00` is always followed by `0xFF` or `0x01`). They sort before all data, so no
+//! scan ever meets them. The applied LSN is written in the same `WriteBatch` as the versions it
+//! covers, which is what makes a restart resume exactly after the last applied record. Keeping it
+//! in the same column family (rather than a separate one) also keeps it in the same memtable and
+//! flush, so no flush order can ever persist the LSN without its data.
+//!
+//! # Durability
+//!
+//! `apply` writes with `sync = false`: the batch is in RocksDB's WAL file (the OS page cache)
+//! when `apply` returns, which survives `kill -9` but not a power cut. `sync` fsyncs the WAL and
+//! only then advances the durable LSN — the only LSN a learner may report for journal trimming.
+//!
+//! # Garbage collection (not done yet)
+//!
+//! Old versions and tombstones are never removed, so the database grows with every write and
+//! scans walk over shadowed versions. The intended fix is a compaction filter with a GC horizon
+//! LSN (the oldest read LSN any reader may still use): for each key, keep the newest version at
+//! or below the horizon and everything above it; drop older versions, and drop that newest one
+//! too if it is a tombstone. Until then, disk use is proportional to the write history.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{
+    BlockBasedOptions, Cache, DBCompressionType, DBRawIterator, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB,
+};
+use tracing::{debug, error, info, warn};
+use triad_protocol::{KeyRange, Lsn, Row};
+
+use super::{new_records, CommittedRecord, FormatError, StorageFormat, Version};
+
+/// The plugin name for [`super::open_format`].
+pub const NAME: &str = "rocksdb";
+
+/// Bookkeeping keys start with `0x00 0x00`, which no encoded user key can (see module docs).
+const META_APPLIED_LSN: &[u8] = b"\x00\x00applied_lsn";
+const META_FORMAT: &[u8] = b"\x00\x00format";
+/// Identifies this layout, so a database written by another layout (or program) is refused
+/// instead of being misread.
+const FORMAT_ID: &[u8] = b"triad-mvcc-v1";
+
+const TAG_DELETE: u8 = 0x00;
+const TAG_PUT: u8 = 0x01;
+
+/// Length of the inverted LSN suffix of a version key.
+const LSN_LEN: usize = 8;
+
+/// How many `next()` steps a scan tries before it seeks past the rest of a key's versions.
+/// Most keys have a version or two, and stepping over those is cheaper than a seek (which
+/// repositions every level's iterator); keys with long histories are skipped with one seek.
+const SEQUENTIAL_SKIPS: usize = 0;
+
+/// Appends `esc(key) 0x00 0x01` to `out`.
+pub fn encode_user_key_into(key: &[u8], out: &mut Vec<u8>) {
+    out.reserve(key.len() + 2);
+    for &byte in key {
+        out.push(byte);
+        if byte == 0x00 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0x00, 0x01]);
+}
+
+/// `esc(key) 0x00 0x01`: the prefix shared by all versions of `key`.
+pub fn encode_user_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 2 + LSN_LEN);
+    encode_user_key_into(key, &mut out);
+    out
+}
+
+/// The RocksDB key of `key`'s version at `lsn`.
+pub fn encode_version_key(key: &[u8], lsn: Lsn) -> Vec<u8> {
+    let mut out = encode_user_key(key);
+    out.extend_from_slice(&inverted(lsn));
+    out
+}
+
+/// Splits a RocksDB version key into the user key and the version's LSN.
+pub fn decode_version_key(raw: &[u8]) -> Result<(Vec<u8>, Lsn), FormatError> {
+    let (prefix_len, lsn) = split_version_key(raw)?;
+    Ok((decode_user_key(&raw[..prefix_len])?, lsn))
+}
+
+/// Inverts `esc(key) 0x00 0x01` back into `key`.
+fn decode_user_key(encoded: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut key = Vec::with_capacity(encoded.len().saturating_sub(2));
+    let mut bytes = encoded.iter().copied();
+    while let Some(byte) = bytes.next() {
+        if byte != 0x00 {
+            key.push(byte);
+            continue;
+        }
+        match bytes.next() {
+            Some(0xFF) => key.push(0x00),
+            Some(0x01) if bytes.len() == 0 => return Ok(key),
+            _ => break,
+        }
+    }
+    Err(FormatError::Corrupt(format!(
+        "malformed encoded user key {encoded:02x?}"
+    )))
+}
+
+/// Returns the length of the `esc(key) 0x00 0x01` prefix and the LSN of a version key, checking
+/// only the framing (the prefix is fully validated when it is decoded).
+fn split_version_key(raw: &[u8]) -> Result<(usize, Lsn), FormatError> {
+    let prefix_len = raw.len().checked_sub(LSN_LEN).filter(|&len| len >= 2);
+    match prefix_len {
+        Some(len) if raw[len - 2..len] == [0x00, 0x01] => {
+            let mut inverted_lsn = [0u8; LSN_LEN];
+            inverted_lsn.copy_from_slice(&raw[len..]);
+            Ok((len, u64::MAX - u64::from_be_bytes(inverted_lsn)))
+        }
+        _ => Err(FormatError::Corrupt(format!(
+            "malformed version key {raw:02x?}"
+        ))),
+    }
+}
+
+fn inverted(lsn: Lsn) -> [u8; LSN_LEN] {
+    (u64::MAX - lsn).to_be_bytes()
+}
+
+fn encode_value(value: Option<&[u8]>, out: &mut Vec<u8>) {
+    out.clear();
+    match value {
+        Some(bytes) => {
+            out.reserve(1 + bytes.len());
+            out.push(TAG_PUT);
+            out.extend_from_slice(bytes);
+        }
+        None => out.push(TAG_DELETE),
+    }
+}
+
+/// `Some(value)` for a put, `None` for a tombstone.
+fn decode_value(raw: &[u8]) -> Result<Option<Vec<u8>>, FormatError> {
+    match raw.split_first() {
+        Some((&TAG_PUT, value)) => Ok(Some(value.to_vec())),
+        Some((&TAG_DELETE, [])) => Ok(None),
+        _ => Err(FormatError::Corrupt(format!(
+            "malformed version value {:02x?}",
+            &raw[..raw.len().min(16)]
+        ))),
+    }
+}
+
+/// Moves `it` to the first entry at or after `target`, stepping a few times before falling back
+/// to a seek (see [`SEQUENTIAL_SKIPS`]). `target` must not be behind the current position.
+fn skip_to(it: &mut DBRawIterator<'_>, target: &[u8]) {
+    for _ in 0..SEQUENTIAL_SKIPS {
+        it.next();
+        match it.key() {
+            Some(key) if key < target => {}
+            _ => return,
+        }
+    }
+    it.seek(target);
+}
+
+/// Resource knobs for [`RocksFormat`]. The defaults suit a replayer sharing a machine with
+/// other tiers.
+#[derive(Clone, Debug)]
+pub struct RocksConfig {
+    /// Bounded LRU block cache, shared by data, index and filter blocks.
+    pub block_cache_bytes: usize,
+    /// Memtable size before a flush to L0.
+    pub write_buffer_bytes: usize,
+    /// Flush and compaction threads.
+    pub background_jobs: i32,
+}
+
+impl Default for RocksConfig {
+    fn default() -> RocksConfig {
+        RocksConfig {
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 32 << 20,
+            background_jobs: 2,
+        }
+    }
+}
+
+/// MVCC rows in RocksDB; see the module docs for the layout.
+pub struct RocksFormat {
+    db: DB,
+    dir: PathBuf,
+    applied: AtomicU64,
+    durable: AtomicU64,
+    /// Serializes `apply` (the gap check and the batch must see the same applied LSN) and keeps
+    /// `snapshot` from racing an apply, so the LSN it reports is the checkpoint's. Guards no data,
+    /// so a poisoned lock carries no meaning and is ignored.
+    writer: Mutex<()>,
+    /// Set when a WAL sync failed; see [`FormatError::Poisoned`].
+    poisoned: OnceLock<String>,
+}
+
+impl RocksFormat {
+    /// Opens (creating if missing) the database in `dir` with default tuning.
+    pub fn open(dir: &Path) -> Result<RocksFormat, FormatError> {
+        RocksFormat::open_with(dir, &RocksConfig::default())
+    }
+
+    /// Opens (creating if missing) the database in `dir`, resuming from its applied LSN.
+    pub fn open_with(dir: &Path, config: &RocksConfig) -> Result<RocksFormat, FormatError> {
+        let context = |what: &str| format!("{what} {}", dir.display());
+
+        let cache = Cache::new_lru_cache(config.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        // Index and filter blocks count against the cache too, so memory stays bounded by it.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // No bloom filter: reads are seeks to a (key, LSN) position, never exact-key gets, and a
+        // whole-key filter cannot answer seeks.
+
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_block_based_table_factory(&table);
+        opts.set_compression_type(DBCompressionType::Lz4);
+        opts.set_write_buffer_size(config.write_buffer_bytes);
+        opts.set_max_background_jobs(config.background_jobs);
+        opts.set_keep_log_file_num(4);
+
+        let db = DB::open(&opts, dir).map_err(|e| FormatError::rocks(context("open"), e))?;
+
+        match db
+            .get(META_FORMAT)
+            .map_err(|e| FormatError::rocks(context("read format id in"), e))?
+        {
+            Some(id) if id == FORMAT_ID => {}
+            Some(id) => {
+                return Err(FormatError::Corrupt(format!(
+                    "{} holds format {:?}, expected {:?}",
+                    dir.display(),
+                    String::from_utf8_lossy(&id),
+                    String::from_utf8_lossy(FORMAT_ID)
+                )))
+            }
+            None => db
+                .put(META_FORMAT, FORMAT_ID)
+                .map_err(|e| FormatError::rocks(context("write format id in"), e))?,
+        }
+
+        let applied = match db
+            .get(META_APPLIED_LSN)
+            .map_err(|e| FormatError::rocks(context("read applied LSN in"), e))?
+        {
+            None => 0,
+            Some(bytes) => {
+                let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                    FormatError::Corrupt(format!(
+                        "applied LSN in {} is {} bytes, expected 8",
+                        dir.display(),
+                        bytes.len()
+                    ))
+                })?;
+                u64::from_be_bytes(bytes)
+            }
+        };
+
+        // What we just read back may have come from a WAL that was written but never fsynced
+        // (the previous process was killed). Flushing the memtable writes it to SST files, which
+        // RocksDB fsyncs, so everything applied is power-cut durable from here on and we can
+        // start with durable == applied instead of making the learner wait for a first sync.
+        db.flush()
+            .map_err(|e| FormatError::rocks(context("flush after opening"), e))?;
+
+        info!(dir = %dir.display(), applied_lsn = applied, "opened rocksdb storage format");
+        Ok(RocksFormat {
+            db,
+            dir: dir.to_owned(),
+            applied: AtomicU64::new(applied),
+            durable: AtomicU64::new(applied),
+            writer: Mutex::new(()),
+            poisoned: OnceLock::new(),
+        })
+    }
+
+    /// The directory this instance was opened on.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_poisoned(&self) -> Result<(), FormatError> {
+        match self.poisoned.get() {
+            Some(reason) => Err(FormatError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Iterators need no RocksDB snapshot: versions are immutable once written, and readers only
+    /// ask at LSNs ≤ the applied LSN, so a concurrent `apply` can only add versions newer than
+    /// the reader's LSN, which every read skips anyway.
+    fn iterator(&self, upper_bound: Option<Vec<u8>>) -> DBRawIterator<'_> {
+        let mut opts = ReadOptions::default();
+        if let Some(bound) = upper_bound {
+            opts.set_iterate_upper_bound(bound);
+        }
+        self.db.raw_iterator_opt(opts)
+    }
+
+    fn iterator_status(&self, it: &DBRawIterator<'_>, what: &str) -> Result<(), FormatError> {
+        it.status()
+            .map_err(|e| FormatError::rocks(format!("{what} in {}", self.dir.display()), e))
+    }
+}
+
+impl StorageFormat for RocksFormat {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn applied_lsn(&self) -> Lsn {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    fn apply(&self, records: &[CommittedRecord]) -> Result<Lsn, FormatError> {
+        self.check_poisoned()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = self.applied.load(Ordering::Acquire);
+        let (fresh, new_applied) = new_records(applied, records).inspect_err(|e| {
+            warn!(dir = %self.dir.display(), error = %e, "refusing a batch with a gap");
+        })?;
+        if fresh.is_empty() {
+            return Ok(applied);
+        }
+
+        let mut batch = WriteBatch::default();
+        let mut key = Vec::new();
+        let mut value = Vec::new();
+        for record in &fresh {
+            for write in &record.writes {
+                key.clear();
+                encode_user_key_into(&write.key, &mut key);
+                key.extend_from_slice(&inverted(record.lsn));
+                encode_value(write.value.as_deref(), &mut value);
+                batch.put(&key, &value);
+            }
+        }
+        batch.put(META_APPLIED_LSN, new_applied.to_be_bytes());
+
+        // No fsync per batch: the WAL write alone survives a process crash, and `sync` makes
+        // batches power-cut durable in bulk (see module docs).
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        self.db.write_opt(batch, &opts).map_err(|e| {
+            FormatError::rocks(format!("apply LSNs {}..={new_applied}", applied + 1), e)
+        })?;
+        // Published only after the write: a reader that sees this LSN finds its versions.
+        self.applied.store(new_applied, Ordering::Release);
+        debug!(from = applied + 1, to = new_applied, "applied records");
+        Ok(new_applied)
+    }
+
+    fn sync(&self) -> Result<Lsn, FormatError> {
+        self.check_poisoned()?;
+        // Everything up to this LSN was written to the WAL before it was published, so the
+        // fsync below covers it; records applied meanwhile wait for the next sync.
+        let applied = self.applied.load(Ordering::Acquire);
+        if applied <= self.durable.load(Ordering::Acquire) {
+            return Ok(self.durable_lsn());
+        }
+        if let Err(e) = self.db.flush_wal(true) {
+            let reason = format!("WAL sync in {} failed: {e}", self.dir.display());
+            error!(dir = %self.dir.display(), error = %e, "WAL sync failed; refusing further work");
+            let _ = self.poisoned.set(reason);
+            return Err(FormatError::rocks("sync WAL", e));
+        }
+        let durable = self
+            .durable
+            .fetch_max(applied, Ordering::AcqRel)
+            .max(applied);
+        debug!(durable_lsn = durable, "synced");
+        Ok(durable)
+    }
+
+    fn get(&self, key: &[u8], at: Lsn) -> Result<Option<Version>, FormatError> {
+        let prefix = encode_user_key(key);
+        // `esc(key) 0x00 0x02` lies above every version of `key` and below every other key
+        // that sorts after it, so the iterator never wanders into a neighbour's versions.
+        let mut bound = prefix.clone();
+        *bound.last_mut().expect("encoded keys end in 0x00 0x01") = 0x02;
+        let mut target = prefix;
+        target.extend_from_slice(&inverted(at));
+
+        let mut it = self.iterator(Some(bound));
+        it.seek(&target);
+        let (Some(raw_key), Some(raw_value)) = (it.key(), it.value()) else {
+            self.iterator_status(&it, "get")?;
+            return Ok(None);
+        };
+        if raw_key.len() != target.len() {
+            return Err(FormatError::Corrupt(format!(
+                "malformed version key {raw_key:02x?}"
+            )));
+        }
+        let (_, lsn) = split_version_key(raw_key)?;
+        let value = decode_value(raw_value)?;
+        Ok(Some(Version { value, lsn }))
+    }
+
+    fn scan(
+        &self,
+        range: &KeyRange,
+        at: Lsn,
+        limit: usize,
+    ) -> Result<(Vec<Row>, bool), FormatError> {
+        if range.end.as_ref().is_some_and(|end| *end <= range.start) {
+            return Ok((Vec::new(), false));
+        }
+        // Every version of every key below `end` sorts below `enc(end)` (the encoding is
+        // order-preserving and prefix-free), and every version of `end` itself at or above it.
+        let mut it = self.iterator(range.end.as_deref().map(encode_user_key));
+        let mut target = encode_user_key(&range.start);
+        target.extend_from_slice(&inverted(at));
+        it.seek(&target);
+
+        let mut rows = Vec::new();
+        let mut more = false;
+        while let (Some(raw_key), Some(raw_value)) = (it.key(), it.value()) {
+            let (prefix_len, lsn) = split_version_key(raw_key)?;
+            target.clear();
+            target.extend_from_slice(&raw_key[..prefix_len]);
+            if lsn > at {
+                // Newer than the reader: go to this key's newest version at or below `at`
+                // (or, if it has none, to the next key).
+                target.extend_from_slice(&inverted(at));
+                skip_to(&mut it, &target);
+                continue;
+            }
+            // The newest version of this key visible at `at`.
+            if let Some(value) = decode_value(raw_value)? {
+                if rows.len() == limit {
+                    more = true;
+                    break;
+                }
+                rows.push(Row {
+                    key: decode_user_key(&raw_key[..prefix_len])?,
+                    value,
+                    version_lsn: lsn,
+                });
+            }
+            // Skip this key's older versions: `esc(key) 0x00 0x02` is the first position past
+            // them (see `get`).
+            *target.last_mut().expect("encoded keys end in 0x00 0x01") = 0x02;
+            skip_to(&mut it, &target);
+        }
+        self.iterator_status(&it, "scan")?;
+        Ok((rows, more))
+    }
+
+    fn snapshot(&self, dir: &Path) -> Result<Lsn, FormatError> {
+        self.check_poisoned()?;
+        // Holding the writer lock pins the applied LSN for the duration of the checkpoint, so
+        // the LSN we return is exactly the one stored in the checkpoint.
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = self.applied.load(Ordering::Acquire);
+        let context = || format!("checkpoint into {}", dir.display());
+        // A checkpoint hard-links the immutable SST files (after flushing the memtable) rather
+        // than copying them, so it is cheap when `dir` is on the same file system.
+        Checkpoint::new(&self.db)
+            .and_then(|checkpoint| checkpoint.create_checkpoint(dir))
+            .map_err(|e| FormatError::rocks(context(), e))?;
+        info!(dir = %dir.display(), applied_lsn = applied, "wrote rocksdb snapshot");
+        Ok(applied)
+    }
+}

@@ -1,0 +1,154 @@
+//! A learner: tails committed entries from the journal, applies them in LSN order to its
+//! storage format, and serves reads at an LSN once it has applied that far.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use quinn::Endpoint;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use triad_journal::{JournalClient, JournalError, TailReader};
+use triad_protocol::{decode_record, Epoch, ErrorCode, ErrorResponse, Lsn, Message};
+use triad_transport::{Service, Stream, TransportError};
+
+use crate::format::{CommittedRecord, FormatError, StorageFormat};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayerError {
+    #[error("storage format: {0}")]
+    Format(#[from] FormatError),
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error("log entry {lsn} is not a valid record: {reason}")]
+    BadRecord { lsn: Lsn, reason: String },
+}
+
+/// How often applied state is made durable (RocksDB WAL fsync). Between syncs a crash of the
+/// machine loses only applied state, which the journal still holds and replays.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Replayer {
+    format: Arc<dyn StorageFormat>,
+    applied: watch::Sender<Lsn>,
+    read_timeout: Duration,
+}
+
+impl Replayer {
+    pub fn new(format: Arc<dyn StorageFormat>, read_timeout: Duration) -> Arc<Replayer> {
+        let applied = format.applied_lsn();
+        info!(format = format.name(), applied, "replayer opened");
+        Arc::new(Replayer { applied: watch::channel(applied).0, format, read_timeout })
+    }
+
+    pub fn applied_lsn(&self) -> Lsn {
+        *self.applied.borrow()
+    }
+
+    /// Tails the journal from the applied LSN on, forever (or until something is wrong that no
+    /// retry can fix: a trimmed gap, an undecodable record, a failing disk).
+    pub async fn run(self: Arc<Self>, endpoint: &Endpoint, journal: &[SocketAddr]) -> ReplayerError {
+        let client = JournalClient::new(endpoint, journal);
+        let mut tail = TailReader::new(client, self.applied_lsn() + 1);
+        let mut last_sync = tokio::time::Instant::now();
+        loop {
+            let batch = match tail.next_batch().await {
+                Ok(b) => b,
+                Err(e) => return e.into(),
+            };
+            let mut records = Vec::with_capacity(batch.len());
+            for entry in &batch {
+                match decode_record(&entry.payload) {
+                    Ok(rec) => records.push(CommittedRecord::from_log_record(entry.lsn, rec)),
+                    Err(e) => return ReplayerError::BadRecord { lsn: entry.lsn, reason: e.to_string() },
+                }
+            }
+            let format = self.format.clone();
+            let applied = match tokio::task::spawn_blocking(move || format.apply(&records)).await {
+                Ok(Ok(lsn)) => lsn,
+                Ok(Err(e)) => return e.into(),
+                Err(e) => return ReplayerError::BadRecord { lsn: 0, reason: format!("apply task failed: {e}") },
+            };
+            debug!(applied, "applied");
+            self.applied.send_replace(applied);
+            if last_sync.elapsed() >= SYNC_INTERVAL {
+                last_sync = tokio::time::Instant::now();
+                let format = self.format.clone();
+                match tokio::task::spawn_blocking(move || format.sync()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return e.into(),
+                    Err(e) => warn!("sync task failed: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) until `lsn` is applied.
+    async fn wait_applied(&self, lsn: Lsn) -> Result<(), Message> {
+        let mut rx = self.applied.subscribe();
+        let wait = async {
+            while *rx.borrow_and_update() < lsn {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(self.read_timeout, wait).await.map_err(|_| {
+            error(
+                ErrorCode::Timeout,
+                format!(
+                    "lsn {lsn} not applied within {:?} (applied: {}); the replayer is behind or cut off from the journal",
+                    self.read_timeout,
+                    self.applied_lsn()
+                ),
+                self.applied_lsn(),
+            )
+        })
+    }
+
+    async fn answer(&self, msg: Message) -> Message {
+        match msg {
+            Message::GetRequest { key, read_lsn } => {
+                if let Err(e) = self.wait_applied(read_lsn).await {
+                    return e;
+                }
+                match self.format.get(&key, read_lsn) {
+                    Ok(Some(v)) => Message::GetResponse { value: v.value, version_lsn: v.lsn },
+                    Ok(None) => Message::GetResponse { value: None, version_lsn: 0 },
+                    Err(e) => error(ErrorCode::Internal, e.to_string(), 0),
+                }
+            }
+            Message::ScanRequest { range, read_lsn, limit } => {
+                if let Err(e) = self.wait_applied(read_lsn).await {
+                    return e;
+                }
+                match self.format.scan(&range, read_lsn, limit.max(1) as usize) {
+                    Ok((rows, more)) => Message::ScanResponse { rows, more },
+                    Err(e) => error(ErrorCode::Internal, e.to_string(), 0),
+                }
+            }
+            other => {
+                debug!("replayer got an unexpected {other:?}");
+                error(ErrorCode::Unsupported, "a replayer serves get and scan only", 0)
+            }
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>, lsn: Lsn) -> Message {
+    Message::Error(ErrorResponse { code, message: message.into(), epoch: Epoch::ZERO, lsn })
+}
+
+impl Service for Replayer {
+    fn handle(self: Arc<Self>, first: Message, mut stream: Stream) -> BoxFuture<'static, Result<(), TransportError>> {
+        async move {
+            let answer = self.answer(first).await;
+            stream.reply(&answer).await?;
+            let _ = stream.send.finish();
+            Ok(())
+        }
+        .boxed()
+    }
+}

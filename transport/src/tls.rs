@@ -1,0 +1,205 @@
+//! The cluster's TLS material. Every tier presents a certificate signed by the cluster CA and
+//! accepts only peers that do the same: an unknown peer fails the handshake.
+//!
+//! `triad certs` writes `ca.pem`, `ca.key` and a `NAME.pem`/`NAME.key` pair per node into one
+//! directory; `triad dev` generates the same in memory.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::{TransportError, ALPN, SERVER_NAME};
+
+/// A freshly generated cluster certificate authority.
+pub struct ClusterCa {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A node's certificate and private key, PEM encoded.
+pub struct NodeCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn tls_err(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Tls(e.to_string())
+}
+
+impl ClusterCa {
+    pub fn generate() -> Result<ClusterCa, TransportError> {
+        let key = KeyPair::generate().map_err(tls_err)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Triad cluster CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).map_err(tls_err)?;
+        Ok(ClusterCa { cert, key })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Issues a certificate for node `name`, valid both as a server and as a client.
+    pub fn issue(&self, name: &str) -> Result<NodeCert, TransportError> {
+        let key = KeyPair::generate().map_err(tls_err)?;
+        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string(), name.to_string()])
+            .map_err(tls_err)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(tls_err)?;
+        Ok(NodeCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes the CA and one certificate per name into `dir` (created if missing).
+    pub fn write_cluster(&self, dir: &Path, names: &[String]) -> Result<(), TransportError> {
+        let write = |file: String, contents: &str| {
+            let path = dir.join(file);
+            std::fs::write(&path, contents).map_err(|source| TransportError::File { path, source })
+        };
+        std::fs::create_dir_all(dir).map_err(|source| TransportError::File {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        write("ca.pem".into(), &self.cert_pem())?;
+        write("ca.key".into(), &self.key_pem())?;
+        for name in names {
+            let node = self.issue(name)?;
+            write(format!("{name}.pem"), &node.cert_pem)?;
+            write(format!("{name}.key"), &node.key_pem)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ready-to-use QUIC configurations for one node, as server and as client.
+#[derive(Clone)]
+pub struct TlsConfig {
+    pub server: quinn::ServerConfig,
+    pub client: quinn::ClientConfig,
+}
+
+impl TlsConfig {
+    /// Loads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME.key`.
+    pub fn load(dir: &Path, name: &str) -> Result<TlsConfig, TransportError> {
+        let read = |file: String| {
+            let path = dir.join(file);
+            std::fs::read_to_string(&path).map_err(|source| TransportError::File { path, source })
+        };
+        TlsConfig::from_pem(
+            &read("ca.pem".into())?,
+            &read(format!("{name}.pem"))?,
+            &read(format!("{name}.key"))?,
+        )
+    }
+
+    pub fn from_pem(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<TlsConfig, TransportError> {
+        let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(tls_err)?;
+        let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(tls_err)?];
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).map_err(tls_err)?;
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(tls_err)?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(tls_err)?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        let server_quic =
+            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(tls_err)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
+        server.transport_config(transport_config());
+
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(tls_err)?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        let client_quic =
+            quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(tls_err)?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_quic));
+        client.transport_config(transport_config());
+        Ok(TlsConfig { server, client })
+    }
+
+    /// A generated, in-memory configuration for node `name` of `ca` (tests and `triad dev`).
+    pub fn issue(ca: &ClusterCa, name: &str) -> Result<TlsConfig, TransportError> {
+        let node = ca.issue(name)?;
+        TlsConfig::from_pem(&ca.cert_pem(), &node.cert_pem, &node.key_pem)
+    }
+
+    /// An endpoint that accepts connections on `addr` and can also open them.
+    pub fn server_endpoint(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<quinn::Endpoint, TransportError> {
+        let mut ep = quinn::Endpoint::server(self.server.clone(), addr)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        ep.set_default_client_config(self.client.clone());
+        Ok(ep)
+    }
+
+    /// An endpoint that only opens connections, bound to an ephemeral port on `bind_ip`.
+    pub fn client_endpoint(
+        &self,
+        bind_ip: std::net::IpAddr,
+    ) -> Result<quinn::Endpoint, TransportError> {
+        let addr = std::net::SocketAddr::new(bind_ip, 0);
+        let mut ep = quinn::Endpoint::client(addr)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        ep.set_default_client_config(self.client.clone());
+        Ok(ep)
+    }
+}
+
+/// Timeouts tuned for failure detection inside a cluster: a silent peer is declared gone after
+/// a few seconds, and keep-alives stop idle connections from being declared gone.
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(3)
+            .try_into()
+            .expect("3 s fits a QUIC idle timeout"),
+    ));
+    t.max_concurrent_bidi_streams(4096u32.into());
+    Arc::new(t)
+}

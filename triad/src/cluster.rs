@@ -1,0 +1,224 @@
+//! A local cluster of real `triad` processes on loopback: 3 journal nodes, a sequencer and a
+//! replayer, each a child process with its own data directory and log file, all talking QUIC
+//! with certificates from a freshly generated cluster CA. `triad dev` serves one; the fault
+//! tests kill and restart its members.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use triad_protocol::Message;
+use triad_shim::ClientConfig;
+use triad_transport::{ClusterCa, Peer, TlsConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Journal(usize),
+    Sequencer,
+    Replayer,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Journal(i) => write!(f, "journal-{}", i + 1),
+            Role::Sequencer => write!(f, "sequencer-1"),
+            Role::Replayer => write!(f, "replayer-1"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Data directories, TLS material and logs live under here.
+    pub dir: PathBuf,
+    /// Journal nodes listen on base+1.., the sequencer on base+10, the replayer on base+20.
+    pub base_port: u16,
+    pub journals: usize,
+    /// The `triad` executable to run for each member.
+    pub exe: PathBuf,
+    /// `RUST_LOG` for the members.
+    pub log_filter: String,
+}
+
+pub struct LocalCluster {
+    spec: ClusterSpec,
+    children: Vec<(Role, Option<Child>)>,
+    client_tls: TlsConfig,
+}
+
+const CLIENT_NAME: &str = "client";
+
+impl LocalCluster {
+    /// Generates certificates (unless present) and starts every member.
+    pub fn start(spec: ClusterSpec) -> Result<LocalCluster> {
+        std::fs::create_dir_all(spec.dir.join("logs"))
+            .with_context(|| format!("creating {}", spec.dir.display()))?;
+        let tls_dir = spec.dir.join("tls");
+        if !tls_dir.join("ca.pem").exists() {
+            let mut names: Vec<String> = (0..spec.journals).map(|i| Role::Journal(i).to_string()).collect();
+            names.extend([Role::Sequencer.to_string(), Role::Replayer.to_string(), CLIENT_NAME.to_string()]);
+            ClusterCa::generate()?.write_cluster(&tls_dir, &names)?;
+        }
+        let client_tls = TlsConfig::load(&tls_dir, CLIENT_NAME)?;
+        let mut roles: Vec<Role> = (0..spec.journals).map(Role::Journal).collect();
+        roles.extend([Role::Sequencer, Role::Replayer]);
+        let mut cluster = LocalCluster { spec, children: roles.into_iter().map(|r| (r, None)).collect(), client_tls };
+        for i in 0..cluster.children.len() {
+            let role = cluster.children[i].0;
+            cluster.spawn(role)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    pub fn journal_addrs(&self) -> Vec<SocketAddr> {
+        (0..self.spec.journals).map(|i| self.addr(Role::Journal(i))).collect()
+    }
+
+    pub fn addr(&self, role: Role) -> SocketAddr {
+        let port = match role {
+            Role::Journal(i) => self.spec.base_port + 1 + i as u16,
+            Role::Sequencer => self.spec.base_port + 10,
+            Role::Replayer => self.spec.base_port + 20,
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    pub fn log_path(&self, role: Role) -> PathBuf {
+        self.spec.dir.join("logs").join(format!("{role}.log"))
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.spec.dir.join("tls")
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.addr(Role::Sequencer), vec![self.addr(Role::Replayer)], self.client_tls.clone())
+    }
+
+    fn args(&self, role: Role) -> Vec<String> {
+        let tls = self.tls_dir().display().to_string();
+        let journal = self.journal_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        let listen = self.addr(role).to_string();
+        let data = |name: String| self.spec.dir.join(name).display().to_string();
+        let mut args = match role {
+            Role::Journal(i) => vec![
+                "journal".into(),
+                "--id".into(),
+                (i + 1).to_string(),
+                "--data-dir".into(),
+                data(role.to_string()),
+            ],
+            Role::Sequencer => vec!["sequencer".into(), "--id".into(), "1".into(), "--journal".into(), journal],
+            Role::Replayer => {
+                vec!["replayer".into(), "--journal".into(), journal, "--data-dir".into(), data(role.to_string())]
+            }
+        };
+        args.extend(["--listen".into(), listen, "--tls-dir".into(), tls, "--tls-name".into(), role.to_string()]);
+        args
+    }
+
+    fn spawn(&mut self, role: Role) -> Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(role))
+            .with_context(|| format!("opening the log of {role}"))?;
+        let child = Command::new(&self.spec.exe)
+            .args(self.args(role))
+            .env("RUST_LOG", &self.spec.log_filter)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {role} ({})", self.spec.exe.display()))?;
+        let slot = self.children.iter_mut().find(|(r, _)| *r == role).expect("known role");
+        slot.1 = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self, role: Role) -> Result<()> {
+        let slot = self.children.iter_mut().find(|(r, _)| *r == role).expect("known role");
+        if let Some(mut child) = slot.1.take() {
+            child.kill().with_context(|| format!("killing {role}"))?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn restart(&mut self, role: Role) -> Result<()> {
+        self.kill(role)?;
+        self.spawn(role)
+    }
+
+    /// Members that exited on their own, with their exit status.
+    pub fn exited(&mut self) -> Vec<(Role, std::process::ExitStatus)> {
+        let mut out = Vec::new();
+        for (role, child) in &mut self.children {
+            if let Some(c) = child {
+                if let Ok(Some(status)) = c.try_wait() {
+                    out.push((*role, status));
+                    *child = None;
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until the sequencer answers a begin and the replayer has applied up to it.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let endpoint = self.client_tls.client_endpoint([127, 0, 0, 1].into())?;
+        let sequencer = Peer::new(endpoint.clone(), self.addr(Role::Sequencer));
+        let replayer = Peer::new(endpoint.clone(), self.addr(Role::Replayer));
+        let mut last_err = String::from("not tried");
+        while Instant::now() < deadline {
+            if let Some((role, status)) = self.exited().into_iter().next() {
+                bail!("{role} exited with {status} while starting; see {}", self.log_path(role).display());
+            }
+            let probe = async {
+                let read_lsn = match sequencer.call_timeout(&Message::BeginRequest, Duration::from_secs(2)).await? {
+                    Message::BeginResponse { read_lsn } => read_lsn,
+                    other => anyhow::bail!("sequencer answered {other:?}"),
+                };
+                match replayer
+                    .call_timeout(&Message::GetRequest { key: b"\0ready".to_vec(), read_lsn }, Duration::from_secs(2))
+                    .await?
+                {
+                    Message::GetResponse { .. } => Ok(()),
+                    other => anyhow::bail!("replayer answered {other:?}"),
+                }
+            };
+            match probe.await {
+                Ok(()) => return Ok(()),
+                Err(e) => last_err = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("cluster not ready within {timeout:?}: {last_err}")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            if let Some(c) = child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

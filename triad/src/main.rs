@@ -1,0 +1,335 @@
+//! `triad`: one binary, a subcommand per tier, plus `dev` (a whole local cluster) and `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+use triad::bank::{Bank, BankConfig};
+use triad::cluster::{ClusterSpec, LocalCluster, Role};
+use triad_journal::storage::{SegmentOptions, SegmentStore};
+use triad_journal::JournalNode;
+use triad_replayer::format::{open_format, FORMATS};
+use triad_replayer::Replayer;
+use triad_sequencer::{Sequencer, SequencerConfig};
+use triad_shim::{Client, ClientConfig};
+use triad_transport::{ClusterCa, TlsConfig};
+
+#[derive(Parser)]
+#[command(name = "triad", version, about = "Triad: a transactional store whose log is the database.",
+          long_about = "Triad: a transactional store whose log is the database.\n\n\
+Compute, log and storage are separate tiers that meet only at a replicated log: a transaction \
+is committed once its record is fsynced on a majority of journal nodes.\n\n\
+Start with `triad dev` (a whole cluster on loopback) or `triad dev --demo`.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a whole local cluster (3 journal nodes, a sequencer, a replayer) on loopback.
+    Dev(DevArgs),
+    /// Run the bank-transfer workload against a running cluster and verify it.
+    Demo(DemoArgs),
+    /// Run a journal node (an acceptor of the replicated log).
+    Journal(JournalArgs),
+    /// Run a sequencer (conflict check, ordering, group commit into the journal).
+    Sequencer(SequencerArgs),
+    /// Run a storage replayer (tails the journal, serves reads at an LSN).
+    Replayer(ReplayerArgs),
+    /// Generate the cluster's TLS material: a CA and one certificate per node name.
+    Certs(CertsArgs),
+}
+
+#[derive(Args, Clone)]
+struct TlsArgs {
+    /// Directory holding ca.pem and NAME.pem/NAME.key (see `triad certs`).
+    #[arg(long, env = "TRIAD_TLS_DIR")]
+    tls_dir: PathBuf,
+    /// Which certificate in --tls-dir this process presents.
+    #[arg(long)]
+    tls_name: String,
+}
+
+impl TlsArgs {
+    fn load(&self) -> Result<TlsConfig> {
+        TlsConfig::load(&self.tls_dir, &self.tls_name)
+            .with_context(|| format!("loading TLS material {:?} from {}", self.tls_name, self.tls_dir.display()))
+    }
+}
+
+#[derive(Args)]
+struct JournalArgs {
+    /// This node's id (for logs and status).
+    #[arg(long)]
+    id: u32,
+    /// UDP address to serve QUIC on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Where the log segments and the promise live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Segment size before rolling over to a new file.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    segment_size: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Args)]
+struct SequencerArgs {
+    /// Unique among the cluster's sequencers (1..65535); part of every epoch it chooses.
+    #[arg(long)]
+    id: u16,
+    /// Journal nodes, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    journal: Vec<SocketAddr>,
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Conflict-index budget in keys; snapshots older than what it remembers abort as too old.
+    #[arg(long, default_value_t = 1 << 20)]
+    conflict_keys: usize,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Args)]
+struct ReplayerArgs {
+    #[arg(long, value_delimiter = ',', required = true)]
+    journal: Vec<SocketAddr>,
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Storage format plugin.
+    #[arg(long, default_value = "rocksdb")]
+    format: String,
+    /// How long a read waits for its LSN to be applied before failing.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    read_timeout: Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Output directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Node names, comma separated (each gets NAME.pem and NAME.key).
+    #[arg(long, value_delimiter = ',', required = true)]
+    names: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+struct BankArgs {
+    /// How long the workload runs.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Number of accounts (fewer means more conflicts).
+    #[arg(long, default_value_t = 100)]
+    accounts: u32,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Keep data here (reused across runs); default: a temporary directory removed at exit.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Journal nodes listen on BASE+1..3, the sequencer on BASE+10, the replayer on BASE+20.
+    #[arg(long, default_value_t = 7100)]
+    base_port: u16,
+    /// Run the bank demo against the cluster, verify it and exit (instead of serving).
+    #[arg(long)]
+    demo: bool,
+    #[command(flatten)]
+    bank: BankArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[arg(long)]
+    sequencer: SocketAddr,
+    #[arg(long, value_delimiter = ',', required = true)]
+    replayer: Vec<SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    bank: BankArgs,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB or GiB)")),
+    };
+    Ok(n * mult)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let default_level = match cli.cmd {
+        Cmd::Dev(_) | Cmd::Demo(_) => "warn",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Journal(a) => journal(a).await,
+            Cmd::Sequencer(a) => sequencer(a).await,
+            Cmd::Replayer(a) => replayer(a).await,
+            Cmd::Certs(a) => certs(a),
+            Cmd::Dev(a) => dev(a).await,
+            Cmd::Demo(a) => demo(a).await,
+        }
+    })
+}
+
+async fn journal(a: JournalArgs) -> Result<()> {
+    let tls = a.tls.load()?;
+    let opts = SegmentOptions { segment_bytes: a.segment_size, ..SegmentOptions::default() };
+    let store = SegmentStore::open(&a.data_dir, opts)
+        .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
+    let node = JournalNode::new(a.id, Box::new(store));
+    let endpoint = tls.server_endpoint(a.listen)?;
+    info!(id = a.id, listen = %a.listen, data_dir = %a.data_dir.display(), "journal node serving");
+    tokio::spawn(triad_transport::serve(endpoint.clone(), node.clone()));
+    tokio::select! {
+        e = node.run_background() => {
+            endpoint.close(0u32.into(), b"storage failed");
+            Err(e).context("journal node stopped")
+        }
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+async fn sequencer(a: SequencerArgs) -> Result<()> {
+    let tls = a.tls.load()?;
+    let endpoint = tls.server_endpoint(a.listen)?;
+    let mut cfg = SequencerConfig::new(a.id, a.journal.clone());
+    cfg.conflict_keys = a.conflict_keys;
+    info!(id = a.id, journal = ?a.journal, "sealing a new epoch");
+    let seq = Sequencer::start(cfg, &endpoint).await.context("sequencer failed to become active")?;
+    info!(listen = %a.listen, epoch = %seq.epoch(), "sequencer serving");
+    tokio::spawn(triad_transport::serve(endpoint.clone(), seq.clone()));
+    tokio::select! {
+        promised = seq.deposed() => bail!("deposed: the journal promised epoch {promised}"),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+async fn replayer(a: ReplayerArgs) -> Result<()> {
+    let tls = a.tls.load()?;
+    let format = open_format(&a.format, &a.data_dir)
+        .with_context(|| format!("opening format {:?} in {} (known: {})", a.format, a.data_dir.display(), FORMATS.join(", ")))?;
+    let replayer = Replayer::new(format, a.read_timeout);
+    let endpoint = tls.server_endpoint(a.listen)?;
+    info!(listen = %a.listen, applied = replayer.applied_lsn(), "replayer serving");
+    tokio::spawn(triad_transport::serve(endpoint.clone(), replayer.clone()));
+    tokio::select! {
+        e = replayer.clone().run(&endpoint, &a.journal) => Err(e).context("replayer stopped"),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+fn certs(a: CertsArgs) -> Result<()> {
+    ClusterCa::generate()?.write_cluster(&a.dir, &a.names)?;
+    println!("wrote ca.pem, ca.key and {} node certificate(s) to {}", a.names.len(), a.dir.display());
+    Ok(())
+}
+
+fn bank_config(b: &BankArgs) -> BankConfig {
+    BankConfig { accounts: b.accounts, clients: b.clients, duration: b.duration, ..BankConfig::default() }
+}
+
+async fn run_demo(client: Client, b: &BankArgs) -> Result<()> {
+    let bank = Bank::new(client, bank_config(b));
+    let lsn = bank.setup().await.context("opening the accounts")?;
+    println!(
+        "demo: {} accounts opened at lsn {lsn}; {} clients transferring for {:?}…",
+        b.accounts, b.clients, b.duration
+    );
+    let (history, elapsed) = bank.run(|n| println!("  … {n} commits")).await?;
+    for e in history.errors.iter().take(5) {
+        println!("  client error: {e}");
+    }
+    let report = bank.verify(&history, elapsed).await.context("VERIFICATION FAILED")?;
+    println!("demo: {report}");
+    println!("demo: verified: money conserved, every acknowledged transfer visible, no aborted one visible");
+    Ok(())
+}
+
+async fn demo(a: DemoArgs) -> Result<()> {
+    let cfg = ClientConfig::new(a.sequencer, a.replayer.clone(), a.tls.load()?);
+    run_demo(Client::connect(cfg)?, &a.bank).await
+}
+
+async fn dev(a: DevArgs) -> Result<()> {
+    let (dir, _temp) = match &a.data_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new().prefix("triad-dev-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let spec = ClusterSpec {
+        dir: dir.clone(),
+        base_port: a.base_port,
+        journals: 3,
+        exe: std::env::current_exe().context("locating the triad executable")?,
+        log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    };
+    let mut cluster = LocalCluster::start(spec)?;
+    println!("triad dev: starting a local cluster in {}", dir.display());
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let mut roles: Vec<Role> = (0..3).map(Role::Journal).collect();
+    roles.extend([Role::Sequencer, Role::Replayer]);
+    for role in &roles {
+        println!("  {:<12} {:<16} log: {}", role.to_string(), cluster.addr(*role), cluster.log_path(*role).display());
+    }
+    println!("  TLS material: {}", cluster.tls_dir().display());
+    let client = Client::connect(cluster.client_config())?;
+    if a.demo {
+        return run_demo(client, &a.bank).await;
+    }
+    println!(
+        "ready. Try: triad demo --sequencer {} --replayer {} --tls-dir {} --tls-name client",
+        cluster.addr(Role::Sequencer),
+        cluster.addr(Role::Replayer),
+        cluster.tls_dir().display()
+    );
+    println!("serving until Ctrl-C");
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                println!("stopping");
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                for (role, status) in cluster.exited() {
+                    warn!("{role} exited with {status}");
+                    println!("{role} exited with {status}; see its log");
+                }
+            }
+        }
+    }
+}
