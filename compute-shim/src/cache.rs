@@ -24,7 +24,8 @@ impl ReadCache {
             Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|k: &Vec<u8>, v: &Cached| {
-                    (k.len() + v.value.as_ref().map_or(0, |v| v.len()) + 32).min(u32::MAX as usize) as u32
+                    (k.len() + v.value.as_ref().map_or(0, |v| v.len()) + 32).min(u32::MAX as usize)
+                        as u32
                 })
                 .build()
         });
@@ -34,7 +35,8 @@ impl ReadCache {
     /// `Some((value, version_lsn))` when the cache can answer a read at `at`.
     pub(crate) fn get(&self, key: &[u8], at: Lsn) -> Option<(Option<Vec<u8>>, Lsn)> {
         let c = self.cache.as_ref()?.get(key)?;
-        (c.version_lsn <= at && at <= c.seen_at).then(|| (c.value.as_ref().map(|v| v.to_vec()), c.version_lsn))
+        (c.version_lsn <= at && at <= c.seen_at)
+            .then(|| (c.value.as_ref().map(|v| v.to_vec()), c.version_lsn))
     }
 
     /// Records that a read at `at` returned `value` written at `version_lsn`.
@@ -53,7 +55,11 @@ impl ReadCache {
             Some(c) if c.version_lsn > version_lsn => {}
             _ => cache.insert(
                 key,
-                Cached { value: value.map(|v| Arc::new(v.to_vec())), version_lsn, seen_at: at },
+                Cached {
+                    value: value.map(|v| Arc::new(v.to_vec())),
+                    version_lsn,
+                    seen_at: at,
+                },
             ),
         }
     }
@@ -70,7 +76,11 @@ mod tests {
         assert_eq!(c.get(b"k", 4), None, "before the version existed");
         assert_eq!(c.get(b"k", 5), Some((Some(b"v1".to_vec()), 5)));
         assert_eq!(c.get(b"k", 10), Some((Some(b"v1".to_vec()), 5)));
-        assert_eq!(c.get(b"k", 11), None, "a newer version may exist after seen_at");
+        assert_eq!(
+            c.get(b"k", 11),
+            None,
+            "a newer version may exist after seen_at"
+        );
         c.insert(b"k", Some(b"v1"), 5, 20);
         assert_eq!(c.get(b"k", 15), Some((Some(b"v1".to_vec()), 5)));
     }

@@ -54,31 +54,49 @@ struct Inner {
 impl Client {
     pub fn connect(cfg: ClientConfig) -> Result<Client, ShimError> {
         if cfg.replayers.is_empty() {
-            return Err(ShimError::Unavailable("no replayer address configured".into()));
+            return Err(ShimError::Unavailable(
+                "no replayer address configured".into(),
+            ));
         }
-        let bind: IpAddr = if cfg.sequencer.is_ipv6() { IpAddr::from([0u16; 8]) } else { Ipv4Addr::UNSPECIFIED.into() };
+        let bind: IpAddr = if cfg.sequencer.is_ipv6() {
+            IpAddr::from([0u16; 8])
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
         let endpoint = cfg
             .tls
             .client_endpoint(bind)
             .map_err(|e| ShimError::Unavailable(format!("client endpoint: {e}")))?;
         let inner = Inner {
             sequencer: Peer::new(endpoint.clone(), cfg.sequencer),
-            replayers: cfg.replayers.iter().map(|&a| Peer::new(endpoint.clone(), a)).collect(),
+            replayers: cfg
+                .replayers
+                .iter()
+                .map(|&a| Peer::new(endpoint.clone(), a))
+                .collect(),
             next_replayer: AtomicUsize::new(0),
             cache: ReadCache::new(cfg.cache_bytes),
             cfg,
         };
-        Ok(Client { inner: Arc::new(inner) })
+        Ok(Client {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Starts a transaction at the sequencer's current commit watermark.
     pub async fn begin(&self) -> Result<Txn, ShimError> {
         let read_lsn = match self.sequencer_call(&Message::BeginRequest).await? {
             Message::BeginResponse { read_lsn } => read_lsn,
-            Message::CommitResponse(CommitOutcome::Unavailable { reason }) => return Err(ShimError::Unavailable(reason)),
+            Message::CommitResponse(CommitOutcome::Unavailable { reason }) => {
+                return Err(ShimError::Unavailable(reason))
+            }
             other => return Err(unexpected(other)),
         };
-        Ok(Txn::new(self.clone(), read_lsn, TxnId(rand::rng().random())))
+        Ok(Txn::new(
+            self.clone(),
+            read_lsn,
+            TxnId(rand::rng().random()),
+        ))
     }
 
     /// Runs `body` in a transaction and commits it, retrying from the start (new snapshot) on
@@ -111,9 +129,15 @@ impl Client {
     pub(crate) async fn commit(&self, req: CommitRequest) -> Result<Lsn, ShimError> {
         match self.sequencer_call(&Message::CommitRequest(req)).await? {
             Message::CommitResponse(CommitOutcome::Committed { lsn }) => Ok(lsn),
-            Message::CommitResponse(CommitOutcome::Conflict { keys }) => Err(ShimError::Conflict { keys }),
-            Message::CommitResponse(CommitOutcome::TooOld { floor }) => Err(ShimError::TooOld { floor }),
-            Message::CommitResponse(CommitOutcome::Unavailable { reason }) => Err(ShimError::Unavailable(reason)),
+            Message::CommitResponse(CommitOutcome::Conflict { keys }) => {
+                Err(ShimError::Conflict { keys })
+            }
+            Message::CommitResponse(CommitOutcome::TooOld { floor }) => {
+                Err(ShimError::TooOld { floor })
+            }
+            Message::CommitResponse(CommitOutcome::Unavailable { reason }) => {
+                Err(ShimError::Unavailable(reason))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -123,22 +147,38 @@ impl Client {
         if let Some((value, _)) = self.inner.cache.get(key, at) {
             return Ok(value);
         }
-        let req = Message::GetRequest { key: key.to_vec(), read_lsn: at };
+        let req = Message::GetRequest {
+            key: key.to_vec(),
+            read_lsn: at,
+        };
         match self.replayer_call(&req).await? {
             Message::GetResponse { value, version_lsn } => {
-                self.inner.cache.insert(key, value.as_deref(), version_lsn, at);
+                self.inner
+                    .cache
+                    .insert(key, value.as_deref(), version_lsn, at);
                 Ok(value)
             }
             other => Err(unexpected(other)),
         }
     }
 
-    pub(crate) async fn scan(&self, range: &KeyRange, at: Lsn, limit: u32) -> Result<(Vec<Row>, bool), ShimError> {
-        let req = Message::ScanRequest { range: range.clone(), read_lsn: at, limit };
+    pub(crate) async fn scan(
+        &self,
+        range: &KeyRange,
+        at: Lsn,
+        limit: u32,
+    ) -> Result<(Vec<Row>, bool), ShimError> {
+        let req = Message::ScanRequest {
+            range: range.clone(),
+            read_lsn: at,
+            limit,
+        };
         match self.replayer_call(&req).await? {
             Message::ScanResponse { rows, more } => {
                 for r in &rows {
-                    self.inner.cache.insert(&r.key, Some(&r.value), r.version_lsn, at);
+                    self.inner
+                        .cache
+                        .insert(&r.key, Some(&r.value), r.version_lsn, at);
                 }
                 Ok((rows, more))
             }
@@ -152,7 +192,9 @@ impl Client {
             .sequencer
             .call_timeout(req, timeout)
             .await
-            .map_err(|e| ShimError::Unavailable(format!("sequencer {}: {e}", self.inner.sequencer.addr())))
+            .map_err(|e| {
+                ShimError::Unavailable(format!("sequencer {}: {e}", self.inner.sequencer.addr()))
+            })
     }
 
     /// Asks replayers in turn; a read that times out on one (it lags) or cannot reach it moves
@@ -167,7 +209,13 @@ impl Client {
                 Ok(Message::Error(e)) if e.code == ErrorCode::Timeout => {
                     last_err = format!("replayer {}: {}", peer.addr(), e.message);
                 }
-                Ok(Message::Error(e)) => return Err(ShimError::Protocol(format!("replayer {}: {}", peer.addr(), e.message))),
+                Ok(Message::Error(e)) => {
+                    return Err(ShimError::Protocol(format!(
+                        "replayer {}: {}",
+                        peer.addr(),
+                        e.message
+                    )))
+                }
                 Ok(m) => return Ok(m),
                 Err(e) => last_err = format!("replayer {}: {e}", peer.addr()),
             }

@@ -13,5 +13,5 @@ mod txn;
 
 pub use client::{Client, ClientConfig};
 pub use error::ShimError;
-pub use txn::Txn;
 pub use triad_protocol::{Isolation, KeyRange, Lsn, TxnId};
+pub use txn::Txn;

@@ -6,9 +6,9 @@
 //! - [`client`]: what the sequencer and learners use to talk to nodes.
 
 pub mod acceptor;
-pub mod storage;
 pub mod client;
 pub mod server;
+pub mod storage;
 
 pub use client::{JournalClient, JournalError, Promise, TailReader};
 pub use server::{JournalNode, NodeError};

@@ -13,7 +13,9 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
-use triad_protocol::{Entry, EntryId, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT};
+use triad_protocol::{
+    Entry, EntryId, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT,
+};
 use triad_transport::{read_msg, write_msg, Service, Stream, TransportError};
 
 use crate::acceptor::{self, AcceptorState, AppendDecision, FetchDecision, LogView, SealDecision};
@@ -71,12 +73,21 @@ impl LogView for View<'_> {
 }
 
 fn err(code: ErrorCode, message: impl Into<String>, epoch: Epoch, lsn: Lsn) -> Message {
-    Message::Error(ErrorResponse { code, message: message.into(), epoch, lsn })
+    Message::Error(ErrorResponse {
+        code,
+        message: message.into(),
+        epoch,
+        lsn,
+    })
 }
 
 /// What the append reader tells the ack writer.
 enum AckEvent {
-    Matched { epoch: Epoch, matched: EntryId, heartbeat: bool },
+    Matched {
+        epoch: Epoch,
+        matched: EntryId,
+        heartbeat: bool,
+    },
     Refuse(Message),
 }
 
@@ -85,12 +96,21 @@ impl JournalNode {
     pub fn new(id: u32, store: Box<dyn LogStore>) -> Arc<JournalNode> {
         let meta = store.meta();
         let last = store.last();
-        let state = AcceptorState { promised: meta.promised, commit_lsn: meta.commit_lsn.min(last.lsn) };
+        let state = AcceptorState {
+            promised: meta.promised,
+            commit_lsn: meta.commit_lsn.min(last.lsn),
+        };
         info!(node = id, promised = %state.promised, last_lsn = last.lsn, last_epoch = %last.epoch,
               commit_lsn = state.commit_lsn, "journal log recovered");
         Arc::new(JournalNode {
             id,
-            inner: Mutex::new(Inner { store, state, generation: 0, durable: last, saved_commit: meta.commit_lsn }),
+            inner: Mutex::new(Inner {
+                store,
+                state,
+                generation: 0,
+                durable: last,
+                saved_commit: meta.commit_lsn,
+            }),
             durable: watch::channel(last).0,
             commit: watch::channel(state.commit_lsn).0,
             dirty: Notify::new(),
@@ -147,7 +167,12 @@ impl JournalNode {
     }
 
     fn failed_msg(&self) -> Message {
-        err(ErrorCode::StorageFailed, "journal node storage failed; it no longer acknowledges", Epoch::ZERO, 0)
+        err(
+            ErrorCode::StorageFailed,
+            "journal node storage failed; it no longer acknowledges",
+            Epoch::ZERO,
+            0,
+        )
     }
 
     async fn sync_loop(self: Arc<Self>) {
@@ -189,7 +214,10 @@ impl JournalNode {
             tick.tick().await;
             let mut inner = self.lock();
             if inner.state.commit_lsn > inner.saved_commit {
-                let meta = Meta { promised: inner.state.promised, commit_lsn: inner.state.commit_lsn };
+                let meta = Meta {
+                    promised: inner.state.promised,
+                    commit_lsn: inner.state.commit_lsn,
+                };
                 if let Err(e) = inner.store.save_meta(&meta) {
                     drop(inner);
                     return self.fail(format!("persisting metadata: {e}"));
@@ -208,12 +236,18 @@ impl JournalNode {
         match acceptor::on_seal(&inner.state, epoch) {
             SealDecision::Refuse { promised } => err(
                 ErrorCode::StaleEpoch,
-                format!("node {} has promised epoch {promised}; refusing seal of {epoch}", self.id),
+                format!(
+                    "node {} has promised epoch {promised}; refusing seal of {epoch}",
+                    self.id
+                ),
                 promised,
                 0,
             ),
             SealDecision::Promise { epoch } => {
-                let meta = Meta { promised: epoch, commit_lsn: inner.state.commit_lsn };
+                let meta = Meta {
+                    promised: epoch,
+                    commit_lsn: inner.state.commit_lsn,
+                };
                 if let Err(e) = inner.store.save_meta(&meta) {
                     drop(inner);
                     self.fail(format!("persisting promise: {e}"));
@@ -256,33 +290,64 @@ impl JournalNode {
         }
         let ids: Vec<EntryId> = entries.iter().map(Entry::id).collect();
         let mut inner = self.lock();
-        let decision =
-            acceptor::on_append(&inner.state, &View(inner.store.as_ref()), epoch, prev, &ids, commit_lsn);
+        let decision = acceptor::on_append(
+            &inner.state,
+            &View(inner.store.as_ref()),
+            epoch,
+            prev,
+            &ids,
+            commit_lsn,
+        );
         match decision {
             AppendDecision::Stale { promised } => Err(err(
                 ErrorCode::StaleEpoch,
-                format!("epoch {epoch} is deposed: node {} has promised {promised}", self.id),
+                format!(
+                    "epoch {epoch} is deposed: node {} has promised {promised}",
+                    self.id
+                ),
                 promised,
                 0,
             )),
             AppendDecision::Mismatch { retry_from } => Err(err(
                 ErrorCode::LogMismatch,
-                format!("node {} does not hold {prev:?}; retry from lsn {retry_from}", self.id),
+                format!(
+                    "node {} does not hold {prev:?}; retry from lsn {retry_from}",
+                    self.id
+                ),
                 inner.state.promised,
                 retry_from,
             )),
             AppendDecision::CommittedConflict { lsn } => {
                 error!(node = self.id, lsn, %epoch, "append would overwrite a committed entry; refused");
-                Err(err(ErrorCode::Internal, format!("append would overwrite committed lsn {lsn}"), epoch, lsn))
+                Err(err(
+                    ErrorCode::Internal,
+                    format!("append would overwrite committed lsn {lsn}"),
+                    epoch,
+                    lsn,
+                ))
             }
-            AppendDecision::Accept { promise, truncate_after, skip, commit_lsn, matched } => {
+            AppendDecision::Accept {
+                promise,
+                truncate_after,
+                skip,
+                commit_lsn,
+                matched,
+            } => {
                 let res = (|| -> Result<(), StoreError> {
                     if let Some(p) = promise {
-                        inner.store.save_meta(&Meta { promised: p, commit_lsn: inner.state.commit_lsn })?;
+                        let commit_lsn = inner.state.commit_lsn;
+                        inner.store.save_meta(&Meta {
+                            promised: p,
+                            commit_lsn,
+                        })?;
                         inner.state.promised = p;
                     }
                     if let Some(cut) = truncate_after {
-                        warn!(node = self.id, after = cut, "truncating a divergent unacknowledged suffix");
+                        warn!(
+                            node = self.id,
+                            after = cut,
+                            "truncating a divergent unacknowledged suffix"
+                        );
                         inner.store.truncate_after(cut)?;
                         inner.generation += 1;
                         if inner.durable.lsn > cut {
@@ -319,7 +384,11 @@ impl JournalNode {
         first: Message,
         stream: Stream,
     ) -> Result<(), TransportError> {
-        let Stream { send, mut recv, peer } = stream;
+        let Stream {
+            send,
+            mut recv,
+            peer,
+        } = stream;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(ack_writer(send, rx, self.durable.subscribe()));
         let mut next = Some(first);
@@ -331,12 +400,23 @@ impl JournalNode {
                     Ok(None) => break,
                     Err(e) => {
                         warn!(node = self.id, %peer, "append stream: {e}");
-                        let _ = tx.send(AckEvent::Refuse(err(ErrorCode::Malformed, e.to_string(), Epoch::ZERO, 0)));
+                        let _ = tx.send(AckEvent::Refuse(err(
+                            ErrorCode::Malformed,
+                            e.to_string(),
+                            Epoch::ZERO,
+                            0,
+                        )));
                         break;
                     }
                 },
             };
-            let Message::AppendRequest { epoch, prev, entries, commit_lsn } = msg else {
+            let Message::AppendRequest {
+                epoch,
+                prev,
+                entries,
+                commit_lsn,
+            } = msg
+            else {
                 let _ = tx.send(AckEvent::Refuse(err(
                     ErrorCode::Malformed,
                     "only appends may follow an append on its stream",
@@ -348,7 +428,14 @@ impl JournalNode {
             match self.append(epoch, prev, &entries, commit_lsn) {
                 Ok(matched) => {
                     let heartbeat = entries.is_empty();
-                    if tx.send(AckEvent::Matched { epoch, matched, heartbeat }).is_err() {
+                    if tx
+                        .send(AckEvent::Matched {
+                            epoch,
+                            matched,
+                            heartbeat,
+                        })
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -365,6 +452,53 @@ impl JournalNode {
         Ok(())
     }
 
+    /// One read for a fetch stream: entries from `next`, the watermark, and how far this reader
+    /// may read; or the refusal to send.
+    fn fetch_step(
+        &self,
+        next: Lsn,
+        max_entries: usize,
+        epoch: Option<Epoch>,
+    ) -> Result<(Vec<Entry>, Lsn, Lsn), Message> {
+        let inner = self.lock();
+        let upto = match acceptor::on_fetch(&inner.state, &View(inner.store.as_ref()), epoch) {
+            FetchDecision::Stale { promised } => {
+                return Err(err(
+                    ErrorCode::StaleEpoch,
+                    format!(
+                        "recovery read of a deposed epoch; node {} has promised {promised}",
+                        self.id
+                    ),
+                    promised,
+                    0,
+                ))
+            }
+            FetchDecision::Serve { upto } => upto,
+        };
+        let first = inner.store.first_lsn();
+        if next < first {
+            return Err(err(
+                ErrorCode::Trimmed,
+                format!(
+                    "lsn {next} was trimmed; node {} holds the log from lsn {first}",
+                    self.id
+                ),
+                Epoch::ZERO,
+                first,
+            ));
+        }
+        let mut entries = if next <= upto {
+            inner
+                .store
+                .read(next, max_entries, FETCH_MAX_BYTES)
+                .map_err(|e| err(ErrorCode::Internal, e.to_string(), Epoch::ZERO, next))?
+        } else {
+            Vec::new()
+        };
+        entries.retain(|e| e.lsn <= upto);
+        Ok((entries, inner.state.commit_lsn, upto))
+    }
+
     async fn fetch_stream(
         self: Arc<Self>,
         from_lsn: Lsn,
@@ -378,60 +512,25 @@ impl JournalNode {
         let mut commit_rx = self.commit.subscribe();
         loop {
             commit_rx.borrow_and_update();
-            let (entries, commit_lsn, upto) = {
-                let inner = self.lock();
-                let upto = match acceptor::on_fetch(&inner.state, &View(inner.store.as_ref()), epoch) {
-                    FetchDecision::Stale { promised } => {
-                        drop(inner);
-                        let msg = err(
-                            ErrorCode::StaleEpoch,
-                            format!("recovery read of a deposed epoch; node {} has promised {promised}", self.id),
-                            promised,
-                            0,
-                        );
-                        stream.reply(&msg).await?;
-                        let _ = stream.send.finish();
-                        return Ok(());
-                    }
-                    FetchDecision::Serve { upto } => upto,
-                };
-                let first = inner.store.first_lsn();
-                if next < first {
-                    drop(inner);
-                    let msg = err(
-                        ErrorCode::Trimmed,
-                        format!("lsn {next} was trimmed; node {} holds the log from lsn {first}", self.id),
-                        Epoch::ZERO,
-                        first,
-                    );
-                    stream.reply(&msg).await?;
+            let (entries, commit_lsn, upto) = match self.fetch_step(next, max_entries, epoch) {
+                Ok(step) => step,
+                Err(refusal) => {
+                    stream.reply(&refusal).await?;
                     let _ = stream.send.finish();
                     return Ok(());
                 }
-                let entries = if next <= upto {
-                    match inner.store.read(next, max_entries, FETCH_MAX_BYTES) {
-                        Ok(mut v) => {
-                            v.retain(|e| e.lsn <= upto);
-                            v
-                        }
-                        Err(e) => {
-                            drop(inner);
-                            stream.reply(&err(ErrorCode::Internal, e.to_string(), Epoch::ZERO, next)).await?;
-                            let _ = stream.send.finish();
-                            return Ok(());
-                        }
-                    }
-                } else {
-                    Vec::new()
-                };
-                (entries, inner.state.commit_lsn, upto)
             };
             if let Some(last) = entries.last() {
                 next = last.lsn + 1;
             }
             let empty = entries.is_empty();
             if !empty || !follow {
-                stream.reply(&Message::FetchResponse { entries, commit_lsn }).await?;
+                stream
+                    .reply(&Message::FetchResponse {
+                        entries,
+                        commit_lsn,
+                    })
+                    .await?;
             }
             if next > upto || empty {
                 if !follow {
@@ -481,7 +580,16 @@ async fn ack_writer(
         // may be acknowledged.
         let ack = if d.lsn >= matched.lsn { matched } else { d };
         if force || sent != Some(ack) {
-            if write_msg(&mut send, &Message::AppendResponse { epoch, durable: ack }).await.is_err() {
+            if write_msg(
+                &mut send,
+                &Message::AppendResponse {
+                    epoch,
+                    durable: ack,
+                },
+            )
+            .await
+            .is_err()
+            {
                 return;
             }
             sent = Some(ack);
@@ -491,7 +599,11 @@ async fn ack_writer(
 }
 
 impl Service for JournalNode {
-    fn handle(self: Arc<Self>, first: Message, mut stream: Stream) -> BoxFuture<'static, Result<(), TransportError>> {
+    fn handle(
+        self: Arc<Self>,
+        first: Message,
+        mut stream: Stream,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
         async move {
             match first {
                 Message::SealRequest { epoch } => {
@@ -501,12 +613,23 @@ impl Service for JournalNode {
                     Ok(())
                 }
                 m @ Message::AppendRequest { .. } => self.append_stream(m, stream).await,
-                Message::FetchRequest { from_lsn, max_entries, follow, epoch } => {
-                    self.fetch_stream(from_lsn, max_entries, follow, epoch, stream).await
+                Message::FetchRequest {
+                    from_lsn,
+                    max_entries,
+                    follow,
+                    epoch,
+                } => {
+                    self.fetch_stream(from_lsn, max_entries, follow, epoch, stream)
+                        .await
                 }
                 other => {
                     debug!("journal got an unexpected {other:?}");
-                    let msg = err(ErrorCode::Unsupported, "a journal node serves seal, append and fetch only", Epoch::ZERO, 0);
+                    let msg = err(
+                        ErrorCode::Unsupported,
+                        "a journal node serves seal, append and fetch only",
+                        Epoch::ZERO,
+                        0,
+                    );
                     stream.reply(&msg).await?;
                     let _ = stream.send.finish();
                     Ok(())

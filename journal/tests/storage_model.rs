@@ -231,7 +231,7 @@ fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
     fn segment_store_behaves_like_memory_store(

@@ -2,21 +2,39 @@
 //!
 //! A commit request names the snapshot it read at (`read_lsn`). It may commit only if no write
 //! recorded after that snapshot touches what it depends on: its write set under snapshot
-//! isolation, its read keys, read ranges and write set under serializable isolation.
+//! isolation; its read keys, read ranges and write set under serializable isolation.
 //!
 //! The index is a pure, synchronous, I/O-free structure: the sequencer owns one, feeds it commit
 //! requests in LSN order from a single task, and turns its [`Verdict`]s into responses. Keeping
 //! it free of I/O is what lets every rule below be tested one case at a time.
 //!
 //! Memory is bounded: the index retains at most `max_keys` key writes. Forgetting a write is only
-//! safe together with a *floor* — a snapshot older than a forgotten write could have conflicted
+//! safe together with a *floor*: a snapshot older than a forgotten write could have conflicted
 //! with it, and nothing remembers that any more, so such snapshots are refused as
 //! [`Verdict::TooOld`]. (A resolver that pruned history without a floor once committed
 //! non-serializable transactions in FoundationDB.) For every snapshot at or above the floor the
-//! verdict is exact: the same one a full history of every write would give.
+//! verdict is exact: the one a full history of every write would give.
+//!
+//! # Layout, and why
+//!
+//! The index must decide about a million commits a second on one core, so it avoids what makes
+//! ordered maps of `Vec<u8>` slow — a heap pointer chased on every key comparison, and an
+//! allocation and a free per key write. Writes go into *generations*: an append-only
+//! open-addressing hash table (key → LSN of its last write in that generation) whose key bytes
+//! live in one arena, plus a log of the generation's writes in LSN order. A full generation is
+//! sealed and a new one started; when the index holds more than `max_keys` writes the oldest
+//! generation is dropped whole, which costs no per-key work, and the floor rises to its last LSN.
+//!
+//! - A point check probes only the generations holding writes after the snapshot — for a fresh
+//!   snapshot, just the newest, which stays small and hot in cache.
+//! - A range check scans a generation's log after the snapshot when that is short (always for
+//!   the generation still being written), and otherwise walks a key-sorted view of the sealed
+//!   generation, built on first use, so workloads without range reads never pay for ordering.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+use std::ops::Range;
+use std::sync::OnceLock;
 
 use triad_protocol::types::{CommitRequest, Isolation, KeyRange, Lsn};
 
@@ -40,39 +58,63 @@ impl Verdict {
     }
 }
 
-/// Remembers, for every recently written key, the LSN of its last write, and decides commits
-/// against it. See the [module documentation](self).
-#[derive(Clone, Debug)]
+/// Largest generation by default: its table (about 32 bytes a write) and arena stay within a
+/// core's L2 cache, and scanning a whole one for an old snapshot's range read stays cheap.
+const MAX_GENERATION_WRITES: usize = 16 * 1024;
+/// Dropping one generation should forget a small share of the budget, not half of it.
+const GENERATIONS_PER_BUDGET: usize = 16;
+/// Below this many writes after the snapshot, scanning a sealed generation's log beats a
+/// binary search in its sorted view (and never builds one).
+const DEFAULT_SCAN_LIMIT: usize = 64;
+
+/// Remembers recent writes and decides commits against them. See the
+/// [module documentation](self).
+#[derive(Debug)]
 pub struct ConflictIndex {
-    /// Key → LSN of its last retained write. Ordered, so that read ranges can be checked.
-    last_write: BTreeMap<Vec<u8>, Lsn>,
-    /// Every retained key write in recording order, oldest first. Pruning pops from the front;
-    /// entries whose key was rewritten later are stale and cost budget but never floor.
-    history: VecDeque<(Lsn, Vec<u8>)>,
-    /// Snapshots below this are refused. Invariant: every forgotten last-write of a key is at or
-    /// below it.
+    /// Oldest first; only the last one is ever written to.
+    generations: VecDeque<Generation>,
+    /// A dropped generation kept to reuse its allocations for the next one.
+    spare: Option<Generation>,
+    /// Snapshots below this are refused. Invariant: every forgotten write is at or below it.
     floor: Lsn,
     /// The highest LSN accounted for (recorded, or implied by the floor).
     last: Lsn,
     max_keys: usize,
+    generation_writes: usize,
+    /// Sum of the generations' write counts.
+    retained: usize,
+    scan_limit: usize,
+    hasher: KeyHasher,
 }
 
 impl ConflictIndex {
     /// An empty index. Snapshots with `read_lsn < floor` are [`Verdict::TooOld`]: a new
     /// sequencer knows nothing of its predecessor's writes, so it starts with `floor` at its
-    /// epoch-start LSN (or rebuilds from the log's tail with [`record`](Self::record) after
-    /// starting at the tail's beginning).
+    /// epoch-start LSN (or at the start of the log tail it replays with
+    /// [`record`](Self::record)).
     ///
     /// `max_keys` bounds the number of retained key writes; beyond it the oldest are forgotten
-    /// and the floor rises past them. `0` is allowed and keeps nothing: every snapshot older than
-    /// the last commit is then too old.
+    /// (a generation at a time, about 1/16 of the budget) and the floor rises past them. `0` is
+    /// allowed and keeps nothing: every snapshot older than the last commit is then too old.
     pub fn new(floor: Lsn, max_keys: usize) -> Self {
+        let generation_writes = (max_keys / GENERATIONS_PER_BUDGET).clamp(1, MAX_GENERATION_WRITES);
+        Self::with_generation_size(floor, max_keys, generation_writes)
+    }
+
+    /// Like [`new`](Self::new), with an explicit number of key writes per generation (at least
+    /// one, at most `max_keys` when that is positive). Larger generations mean fewer tables to
+    /// probe for old snapshots but a coarser floor and longer scans for range reads.
+    pub fn with_generation_size(floor: Lsn, max_keys: usize, generation_writes: usize) -> Self {
         ConflictIndex {
-            last_write: BTreeMap::new(),
-            history: VecDeque::new(),
+            generations: VecDeque::new(),
+            spare: None,
             floor,
             last: floor,
             max_keys,
+            generation_writes: generation_writes.clamp(1, max_keys.max(1)),
+            retained: 0,
+            scan_limit: DEFAULT_SCAN_LIMIT,
+            hasher: KeyHasher::new(),
         }
     }
 
@@ -92,19 +134,14 @@ impl ConflictIndex {
         self.max_keys
     }
 
-    /// How many distinct keys currently have a remembered last write.
-    pub fn tracked_keys(&self) -> usize {
-        self.last_write.len()
-    }
-
-    /// How many key writes are retained (at most `max_keys`); this is what the budget counts,
-    /// because a hot key rewritten over and over costs memory for each write until pruned.
+    /// How many key writes are retained; never more than `max_keys` after a call returns.
     pub fn retained_writes(&self) -> usize {
-        self.history.len()
+        self.retained
     }
 
     /// Decides `req` against every write recorded with an LSN above `req.read_lsn`, changing
-    /// nothing. A write at exactly `read_lsn` is part of the snapshot and never conflicts.
+    /// nothing visible. A write at exactly `read_lsn` is part of the snapshot and never
+    /// conflicts.
     ///
     /// The caller is expected to have refused a `read_lsn` above anything it ever handed out;
     /// such a snapshot conflicts with nothing here.
@@ -113,7 +150,7 @@ impl ConflictIndex {
         if read_lsn < self.floor {
             return Verdict::TooOld { floor: self.floor };
         }
-        // Fresh snapshots are the common case and nothing can be later than `last`.
+        // Fresh snapshots are the common case, and nothing is later than `last`.
         if read_lsn >= self.last {
             return Verdict::Commit;
         }
@@ -142,57 +179,58 @@ impl ConflictIndex {
     }
 
     fn check_key(&self, key: &[u8], read_lsn: Lsn, conflicts: &mut Vec<Vec<u8>>) {
-        if self.last_write.get(key).is_some_and(|&lsn| lsn > read_lsn) {
-            conflicts.push(key.to_vec());
+        let hash = self.hasher.hash(key);
+        for generation in self.generations.iter().rev() {
+            // Generations are in LSN order: once one lies within the snapshot, so do the rest.
+            if generation.last_lsn <= read_lsn {
+                return;
+            }
+            if let Some(slot) = generation.find(key, hash) {
+                // The newest generation holding the key has its latest write; older ones only
+                // hold earlier writes, so this answers for all of them.
+                if generation.slot_lsn(slot) > read_lsn {
+                    conflicts.push(key.to_vec());
+                }
+                return;
+            }
         }
     }
 
     fn check_range(&self, range: &KeyRange, read_lsn: Lsn, conflicts: &mut Vec<Vec<u8>>) {
-        let start = range.start.as_slice();
-        let end = match range.end.as_deref() {
-            // An empty or inverted range reads nothing; `BTreeMap::range` would panic on the
-            // inverted one, and a malformed request must never crash the sequencer.
-            Some(end) if end <= start => return,
-            Some(end) => Bound::Excluded(end),
-            None => Bound::Unbounded,
-        };
-        let hits = self
-            .last_write
-            .range::<[u8], _>((Bound::Included(start), end))
-            .filter(|&(_, &lsn)| lsn > read_lsn)
-            .map(|(key, _)| key.clone());
-        conflicts.extend(hits);
+        let newest = self.generations.len().wrapping_sub(1);
+        for (i, generation) in self.generations.iter().enumerate().rev() {
+            if generation.last_lsn <= read_lsn {
+                return;
+            }
+            let after = generation.writes_after(read_lsn);
+            // The generation being written has no sorted view: it changes with every commit.
+            if i == newest || after.len() <= self.scan_limit {
+                generation.scan_log(after, range, conflicts);
+            } else {
+                generation.scan_sorted(range, read_lsn, conflicts);
+            }
+        }
     }
 
-    /// Records that a commit writing `keys` got `lsn`, then prunes down to the budget.
+    /// Records that a commit writing `keys` got `lsn`, then forgets the oldest writes if the
+    /// index is over its budget.
     ///
-    /// Contract: `lsn` is above [`last_lsn`](Self::last_lsn) — LSNs are recorded strictly in
+    /// Contract: `lsn` is above [`last_lsn`](Self::last_lsn): LSNs are recorded strictly in
     /// order. Debug builds assert it. Release builds stay conservative rather than exact if it
-    /// is broken: a key's remembered LSN and the floor never move down, so a late record can
-    /// cause spurious conflicts but never hide a real one.
+    /// is broken: the writes are recorded at `last_lsn` instead, which can cause spurious
+    /// conflicts but never hides a real one.
     ///
-    /// Owned keys (`Vec<u8>`) are moved into the index; borrowed ones (`&[u8]`) are copied.
     /// Duplicate keys are fine. An empty `keys` just advances [`last_lsn`](Self::last_lsn).
-    pub fn record<K>(&mut self, lsn: Lsn, keys: impl IntoIterator<Item = K>)
-    where
-        K: AsRef<[u8]> + Into<Vec<u8>>,
-    {
+    pub fn record<K: AsRef<[u8]>>(&mut self, lsn: Lsn, keys: impl IntoIterator<Item = K>) {
         debug_assert!(
             lsn > self.last,
             "conflict index: LSN {lsn} recorded after {}",
             self.last
         );
-        self.last = self.last.max(lsn);
+        let lsn = lsn.max(self.last);
+        self.last = lsn;
         for key in keys {
-            match self.last_write.get_mut(key.as_ref()) {
-                // Already recorded for this commit: one history entry per key write is enough.
-                Some(last) if *last == lsn => continue,
-                Some(last) => *last = (*last).max(lsn),
-                None => {
-                    self.last_write.insert(key.as_ref().to_vec(), lsn);
-                }
-            }
-            self.history.push_back((lsn, key.into()));
+            self.insert(key.as_ref(), lsn);
         }
         self.enforce_budget();
     }
@@ -209,47 +247,279 @@ impl ConflictIndex {
     }
 
     /// Raises the floor to `floor` (a lower value is ignored: the floor never moves down) and
-    /// forgets every write at or below it, which no admitted snapshot can conflict with.
-    /// [`last_lsn`](Self::last_lsn) rises to the floor if it was below.
+    /// forgets the generations entirely at or below it, which no admitted snapshot can
+    /// conflict with. [`last_lsn`](Self::last_lsn) rises to the floor if it was below.
     pub fn raise_floor(&mut self, floor: Lsn) {
         self.floor = self.floor.max(floor);
         self.last = self.last.max(self.floor);
         while self
-            .history
+            .generations
             .front()
-            .is_some_and(|&(lsn, _)| lsn <= self.floor)
+            .is_some_and(|g| g.last_lsn <= self.floor)
         {
-            self.forget_oldest();
+            self.drop_oldest();
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], lsn: Lsn) {
+        let hash = self.hasher.hash(key);
+        let full = self
+            .generations
+            .back()
+            .is_none_or(|g| !g.has_room(self.generation_writes, lsn, key.len()));
+        if full {
+            let mut generation = self
+                .spare
+                .take()
+                .filter(|g| g.capacity_for(self.generation_writes))
+                .unwrap_or_else(|| Generation::with_capacity(self.generation_writes));
+            generation.reset(lsn);
+            self.generations.push_back(generation);
+        }
+        if let Some(generation) = self.generations.back_mut() {
+            if generation.upsert(key, hash, lsn) {
+                self.retained += 1;
+            }
         }
     }
 
     fn enforce_budget(&mut self) {
-        while self.history.len() > self.max_keys {
-            self.forget_oldest();
+        while self.retained > self.max_keys {
+            self.drop_oldest();
         }
     }
 
-    /// Drops the oldest retained write. If it was its key's last write the key leaves the
-    /// index, and the floor must rise to the write's LSN: a snapshot below it could conflict
-    /// with a write the index no longer knows.
-    fn forget_oldest(&mut self) {
-        let Some((lsn, key)) = self.history.pop_front() else {
-            return;
+    /// Forgets the oldest generation. The floor must rise to its last write: a snapshot below
+    /// that could conflict with a write the index no longer knows. (Some of its keys may have
+    /// been rewritten later and still be known, but finding out would cost a probe per key.)
+    fn drop_oldest(&mut self) {
+        if let Some(generation) = self.generations.pop_front() {
+            self.floor = self.floor.max(generation.last_lsn);
+            self.retained -= generation.log.len();
+            self.spare = Some(generation);
+        }
+    }
+}
+
+/// A slot of a generation's hash table. `tag == 0` marks an empty slot.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    /// High bits of the key's hash, so most mismatches never touch the arena.
+    tag: u32,
+    /// The LSN of the key's last write in this generation, relative to `first_lsn`.
+    lsn: u32,
+    /// Where the key's bytes are in the arena.
+    offset: u32,
+    len: u32,
+}
+
+/// A batch of consecutive writes; see the module documentation.
+#[derive(Debug)]
+struct Generation {
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    /// Open addressing with linear probing, a power of two at most half full. Nothing is ever
+    /// removed from it, which is what keeps probing this simple.
+    slots: Vec<Slot>,
+    arena: Vec<u8>,
+    /// Every write in LSN order: `(slot, relative lsn)`.
+    log: Vec<(u32, u32)>,
+    /// Occupied slots in key order, built on the first range check that wants it (only once
+    /// the generation is sealed).
+    sorted: OnceLock<Vec<u32>>,
+}
+
+impl Generation {
+    fn with_capacity(writes: usize) -> Self {
+        Generation {
+            first_lsn: 0,
+            last_lsn: 0,
+            slots: vec![Slot::default(); Self::table_size(writes)],
+            arena: Vec::new(),
+            log: Vec::with_capacity(writes),
+            sorted: OnceLock::new(),
+        }
+    }
+
+    fn table_size(writes: usize) -> usize {
+        (writes.max(1) * 2).next_power_of_two()
+    }
+
+    fn capacity_for(&self, writes: usize) -> bool {
+        self.slots.len() >= Self::table_size(writes)
+    }
+
+    fn reset(&mut self, first_lsn: Lsn) {
+        self.first_lsn = first_lsn;
+        self.last_lsn = first_lsn;
+        self.slots.fill(Slot::default());
+        self.arena.clear();
+        self.log.clear();
+        self.sorted = OnceLock::new();
+    }
+
+    /// Whether a write of a `key_len`-byte key at `lsn` fits without outgrowing the write
+    /// budget, the relative LSNs or the arena offsets.
+    fn has_room(&self, max_writes: usize, lsn: Lsn, key_len: usize) -> bool {
+        self.log.len() < max_writes
+            && lsn - self.first_lsn <= Lsn::from(u32::MAX)
+            && self.arena.len() + key_len <= u32::MAX as usize
+    }
+
+    fn key(&self, slot: u32) -> &[u8] {
+        let s = &self.slots[slot as usize];
+        &self.arena[s.offset as usize..][..s.len as usize]
+    }
+
+    fn slot_lsn(&self, slot: u32) -> Lsn {
+        self.first_lsn + Lsn::from(self.slots[slot as usize].lsn)
+    }
+
+    /// The slot holding `key`, or `Err` with the empty slot where it would go.
+    fn probe(&self, key: &[u8], hash: u64) -> Result<u32, u32> {
+        let mask = self.slots.len() - 1;
+        let tag = tag_of(hash);
+        let mut i = hash as usize & mask;
+        loop {
+            let s = &self.slots[i];
+            if s.tag == 0 {
+                return Err(i as u32);
+            }
+            if s.tag == tag && self.key(i as u32) == key {
+                return Ok(i as u32);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn find(&self, key: &[u8], hash: u64) -> Option<u32> {
+        self.probe(key, hash).ok()
+    }
+
+    /// Records a write; returns whether it took a log entry (a key repeated within one commit
+    /// does not).
+    fn upsert(&mut self, key: &[u8], hash: u64, lsn: Lsn) -> bool {
+        // `has_room` guaranteed both conversions.
+        let rel = (lsn - self.first_lsn) as u32;
+        let slot = match self.probe(key, hash) {
+            Ok(slot) => {
+                let s = &mut self.slots[slot as usize];
+                if s.lsn == rel && !self.log.is_empty() {
+                    return false;
+                }
+                s.lsn = rel;
+                slot
+            }
+            Err(slot) => {
+                self.slots[slot as usize] = Slot {
+                    tag: tag_of(hash),
+                    lsn: rel,
+                    offset: self.arena.len() as u32,
+                    len: key.len() as u32,
+                };
+                self.arena.extend_from_slice(key);
+                slot
+            }
         };
-        // A key rewritten later keeps its entry: the later write still conflicts with every
-        // snapshot this one would have, so no floor is needed for it.
-        if let std::collections::btree_map::Entry::Occupied(entry) = self.last_write.entry(key) {
-            if *entry.get() == lsn {
-                entry.remove();
-                self.floor = self.floor.max(lsn);
+        self.log.push((slot, rel));
+        self.last_lsn = lsn;
+        true
+    }
+
+    /// The log entries with an LSN above `read_lsn`.
+    fn writes_after(&self, read_lsn: Lsn) -> &[(u32, u32)] {
+        let start = match read_lsn.checked_sub(self.first_lsn) {
+            None => 0,
+            Some(rel) => self.log.partition_point(|&(_, lsn)| Lsn::from(lsn) <= rel),
+        };
+        &self.log[start..]
+    }
+
+    fn scan_log(&self, writes: &[(u32, u32)], range: &KeyRange, conflicts: &mut Vec<Vec<u8>>) {
+        for &(slot, _) in writes {
+            let key = self.key(slot);
+            if range.contains(key) {
+                conflicts.push(key.to_vec());
             }
         }
     }
+
+    fn scan_sorted(&self, range: &KeyRange, read_lsn: Lsn, conflicts: &mut Vec<Vec<u8>>) {
+        let sorted = self.sorted.get_or_init(|| {
+            let mut slots: Vec<u32> = (0..self.slots.len() as u32)
+                .filter(|&i| self.slots[i as usize].tag != 0)
+                .collect();
+            slots.sort_unstable_by(|&a, &b| self.key(a).cmp(self.key(b)));
+            slots
+        });
+        let from = sorted.partition_point(|&slot| self.key(slot) < range.start.as_slice());
+        let in_range = sorted[from..]
+            .iter()
+            .take_while(|&&slot| range.end.as_deref().is_none_or(|end| self.key(slot) < end));
+        for &slot in in_range {
+            if self.slot_lsn(slot) > read_lsn {
+                conflicts.push(self.key(slot).to_vec());
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn slots_in_use(&self) -> Range<usize> {
+        0..self.slots.iter().filter(|s| s.tag != 0).count()
+    }
+}
+
+fn tag_of(hash: u64) -> u32 {
+    // Never zero: zero marks an empty slot.
+    (hash >> 32) as u32 | 1
+}
+
+/// A fast seeded hash for keys. The seed is random per index so that clients cannot aim
+/// colliding keys at one probe sequence.
+#[derive(Debug)]
+struct KeyHasher {
+    seed: u64,
+    mul: u64,
+}
+
+impl KeyHasher {
+    fn new() -> Self {
+        let random = RandomState::new();
+        KeyHasher {
+            seed: random.hash_one(0x7472_6961_64u64),
+            mul: random.hash_one(0x636f_6e66_6c69_6374u64) | 1,
+        }
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut h = self.seed ^ (key.len() as u64).wrapping_mul(K);
+        let mut words = key.chunks_exact(8);
+        for word in &mut words {
+            let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            h = fold_mul(h ^ word, self.mul);
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut tail = [0u8; 8];
+            tail[..rest.len()].copy_from_slice(rest);
+            h = fold_mul(h ^ u64::from_le_bytes(tail), self.mul);
+        }
+        fold_mul(h, K)
+    }
+}
+
+/// Multiplies into 128 bits and folds the halves together: one instruction pair that mixes
+/// every input bit into every output bit.
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use triad_protocol::types::{TxnId, Write};
 
     fn k(s: &str) -> Vec<u8> {
@@ -296,39 +566,52 @@ mod tests {
         }
     }
 
-    /// An index with `a` written at 1, `b` at 2, `c` at 3.
-    fn abc() -> ConflictIndex {
-        let mut idx = ConflictIndex::new(0, 1000);
-        idx.record(1, [k("a")]);
-        idx.record(2, [k("b")]);
-        idx.record(3, [k("c")]);
+    /// `a` written at 1, `b` at 2, `c` at 3, in generations of `per_generation` writes.
+    fn abc_in(per_generation: usize) -> ConflictIndex {
+        let mut idx = ConflictIndex::with_generation_size(0, 1000, per_generation);
+        idx.record(1, ["a"]);
+        idx.record(2, ["b"]);
+        idx.record(3, ["c"]);
         idx
+    }
+
+    /// The same history in one generation, in one per write, and with the sorted view forced.
+    fn abcs() -> Vec<ConflictIndex> {
+        let mut sorted = abc_in(1);
+        sorted.scan_limit = 0;
+        vec![abc_in(1000), abc_in(1), sorted]
     }
 
     #[test]
     fn write_write_conflict_aborts() {
-        let mut idx = abc();
-        assert_eq!(idx.check(&si(1, &["b"])), conflict(&["b"]));
-        assert_eq!(idx.check_and_record(&si(0, &["a"]), 4), conflict(&["a"]));
-        // A refused commit records nothing.
-        assert_eq!(idx.last_lsn(), 3);
-        assert_eq!(idx.check(&si(3, &["x"])), Verdict::Commit);
+        for mut idx in abcs() {
+            assert_eq!(idx.check(&si(1, &["b"])), conflict(&["b"]));
+            assert_eq!(idx.check_and_record(&si(0, &["a"]), 4), conflict(&["a"]));
+            // A refused commit records nothing.
+            assert_eq!(idx.last_lsn(), 3);
+            assert_eq!(idx.check(&si(3, &["x"])), Verdict::Commit);
+        }
     }
 
     #[test]
     fn disjoint_writes_commit() {
-        let mut idx = abc();
-        assert_eq!(idx.check_and_record(&si(0, &["x", "y"]), 4), Verdict::Commit);
-        assert_eq!(idx.last_lsn(), 4);
-        assert_eq!(idx.check(&si(3, &["x"])), conflict(&["x"]));
+        for mut idx in abcs() {
+            assert_eq!(
+                idx.check_and_record(&si(0, &["x", "y"]), 4),
+                Verdict::Commit
+            );
+            assert_eq!(idx.last_lsn(), 4);
+            assert_eq!(idx.check(&si(3, &["x"])), conflict(&["x"]));
+        }
     }
 
     #[test]
     fn read_at_the_write_lsn_saw_it() {
-        let idx = abc();
-        assert_eq!(idx.check(&si(2, &["b"])), Verdict::Commit);
-        assert_eq!(idx.check(&si(1, &["b"])), conflict(&["b"]));
-        assert_eq!(idx.check(&si(3, &["a", "b", "c"])), Verdict::Commit);
+        for idx in abcs() {
+            assert_eq!(idx.check(&si(2, &["b"])), Verdict::Commit);
+            assert_eq!(idx.check(&si(1, &["b"])), conflict(&["b"]));
+            assert_eq!(idx.check(&si(3, &["a", "b", "c"])), Verdict::Commit);
+        }
     }
 
     #[test]
@@ -343,92 +626,125 @@ mod tests {
 
     #[test]
     fn every_conflicting_key_is_reported_sorted_and_deduplicated() {
-        let mut idx = abc();
-        idx.record(4, [k("d"), k("a")]);
-        let mut r = ser(0, &["c", "a", "zz"], &[("a", Some("c"))]);
-        r.writes = vec![
-            Write {
-                key: k("d"),
-                value: None,
-            },
-            Write {
-                key: k("a"),
-                value: None,
-            },
-        ];
-        assert_eq!(idx.check(&r), conflict(&["a", "b", "c", "d"]));
+        for mut idx in abcs() {
+            idx.record(4, ["d", "a"]);
+            let mut r = ser(0, &["c", "a", "zz"], &[("a", Some("c")), ("", Some("b"))]);
+            r.writes = si(0, &["d", "a"]).writes;
+            assert_eq!(idx.check(&r), conflict(&["a", "b", "c", "d"]));
+        }
     }
 
     #[test]
     fn serializable_read_key_written_later_conflicts() {
-        let idx = abc();
-        assert_eq!(idx.check(&ser(1, &["c"], &[])), conflict(&["c"]));
-        assert_eq!(idx.check(&ser(1, &["a"], &[])), Verdict::Commit);
-        assert_eq!(idx.check(&ser(1, &["nope"], &[])), Verdict::Commit);
+        for idx in abcs() {
+            assert_eq!(idx.check(&ser(1, &["c"], &[])), conflict(&["c"]));
+            assert_eq!(idx.check(&ser(1, &["a"], &[])), Verdict::Commit);
+            assert_eq!(idx.check(&ser(1, &["nope"], &[])), Verdict::Commit);
+        }
     }
 
     #[test]
     fn serializable_checks_the_write_set_too() {
-        let idx = abc();
-        let mut r = ser(1, &[], &[]);
-        r.writes = si(1, &["c"]).writes;
-        assert_eq!(idx.check(&r), conflict(&["c"]));
+        for idx in abcs() {
+            let mut r = ser(1, &[], &[]);
+            r.writes = si(1, &["c"]).writes;
+            assert_eq!(idx.check(&r), conflict(&["c"]));
+        }
     }
 
     #[test]
     fn serializable_read_range_containing_a_later_write_conflicts() {
-        let idx = abc();
-        assert_eq!(idx.check(&ser(0, &[], &[("b", Some("c"))])), conflict(&["b"]));
-        assert_eq!(idx.check(&ser(2, &[], &[("a", Some("d"))])), conflict(&["c"]));
-        assert_eq!(idx.check(&ser(1, &[], &[("c1", Some("z"))])), Verdict::Commit);
+        for idx in abcs() {
+            assert_eq!(
+                idx.check(&ser(0, &[], &[("b", Some("c"))])),
+                conflict(&["b"])
+            );
+            assert_eq!(
+                idx.check(&ser(2, &[], &[("a", Some("d"))])),
+                conflict(&["c"])
+            );
+            assert_eq!(
+                idx.check(&ser(1, &[], &[("c1", Some("z"))])),
+                Verdict::Commit
+            );
+        }
     }
 
     #[test]
     fn range_end_is_exclusive_and_start_inclusive() {
-        let idx = abc();
-        assert_eq!(idx.check(&ser(0, &[], &[("a", Some("b"))])), conflict(&["a"]));
-        assert_eq!(idx.check(&ser(1, &[], &[("a", Some("c"))])), conflict(&["b"]));
-        assert_eq!(idx.check(&ser(2, &[], &[("a", Some("c"))])), Verdict::Commit);
-        assert_eq!(idx.check(&ser(2, &[], &[("c", Some("c\0"))])), conflict(&["c"]));
+        for idx in abcs() {
+            assert_eq!(
+                idx.check(&ser(0, &[], &[("a", Some("b"))])),
+                conflict(&["a"])
+            );
+            assert_eq!(
+                idx.check(&ser(1, &[], &[("a", Some("c"))])),
+                conflict(&["b"])
+            );
+            assert_eq!(
+                idx.check(&ser(2, &[], &[("a", Some("c"))])),
+                Verdict::Commit
+            );
+            assert_eq!(
+                idx.check(&ser(2, &[], &[("c", Some("c\0"))])),
+                conflict(&["c"])
+            );
+        }
     }
 
     #[test]
     fn unbounded_range_end() {
-        let idx = abc();
-        assert_eq!(idx.check(&ser(1, &[], &[("b", None)])), conflict(&["b", "c"]));
-        assert_eq!(idx.check(&ser(0, &[], &[("", None)])), conflict(&["a", "b", "c"]));
-        assert_eq!(idx.check(&ser(1, &[], &[("d", None)])), Verdict::Commit);
+        for idx in abcs() {
+            assert_eq!(
+                idx.check(&ser(1, &[], &[("b", None)])),
+                conflict(&["b", "c"])
+            );
+            assert_eq!(
+                idx.check(&ser(0, &[], &[("", None)])),
+                conflict(&["a", "b", "c"])
+            );
+            assert_eq!(idx.check(&ser(1, &[], &[("d", None)])), Verdict::Commit);
+        }
     }
 
     #[test]
     fn empty_and_inverted_ranges_read_nothing_and_do_not_panic() {
-        let idx = abc();
-        assert_eq!(idx.check(&ser(0, &[], &[("b", Some("b"))])), Verdict::Commit);
-        assert_eq!(idx.check(&ser(0, &[], &[("c", Some("a"))])), Verdict::Commit);
+        for idx in abcs() {
+            assert_eq!(
+                idx.check(&ser(0, &[], &[("b", Some("b"))])),
+                Verdict::Commit
+            );
+            assert_eq!(
+                idx.check(&ser(0, &[], &[("c", Some("a"))])),
+                Verdict::Commit
+            );
+        }
     }
 
     #[test]
     fn snapshot_isolation_ignores_the_read_set() {
-        let idx = abc();
-        let mut r = ser(0, &["a", "b"], &[("", None)]);
-        r.isolation = Isolation::Snapshot;
-        r.writes = si(0, &["x"]).writes;
-        assert_eq!(idx.check(&r), Verdict::Commit);
+        for idx in abcs() {
+            let mut r = ser(0, &["a", "b"], &[("", None)]);
+            r.isolation = Isolation::Snapshot;
+            r.writes = si(0, &["x"]).writes;
+            assert_eq!(idx.check(&r), Verdict::Commit);
+        }
     }
 
     #[test]
     fn read_only_snapshot_commit_always_commits_above_the_floor() {
-        let idx = abc();
-        assert_eq!(idx.check(&si(0, &[])), Verdict::Commit);
+        for idx in abcs() {
+            assert_eq!(idx.check(&si(0, &[])), Verdict::Commit);
+        }
     }
 
     #[test]
     fn pruning_raises_the_floor_and_older_snapshots_are_too_old() {
-        let mut idx = ConflictIndex::new(0, 2);
-        idx.record(1, [k("a")]);
-        idx.record(2, [k("b")]);
+        let mut idx = ConflictIndex::with_generation_size(0, 2, 1);
+        idx.record(1, ["a"]);
+        idx.record(2, ["b"]);
         assert_eq!(idx.floor(), 0);
-        idx.record(3, [k("c")]);
+        idx.record(3, ["c"]);
         // `a`@1 was forgotten: a snapshot at 0 might conflict with it.
         assert_eq!(idx.floor(), 1);
         assert_eq!(idx.retained_writes(), 2);
@@ -439,16 +755,13 @@ mod tests {
 
     #[test]
     fn a_key_rewritten_later_survives_pruning_of_its_old_write() {
-        let mut idx = ConflictIndex::new(0, 2);
-        idx.record(1, [k("a")]);
-        idx.record(2, [k("a")]);
-        idx.record(3, [k("b")]);
-        // The stale `a`@1 went; `a`@2 is its last write, so no floor was needed.
-        assert_eq!(idx.floor(), 0);
-        assert_eq!(idx.tracked_keys(), 2);
-        assert_eq!(idx.check(&si(0, &["a"])), conflict(&["a"]));
+        let mut idx = ConflictIndex::with_generation_size(0, 2, 1);
+        idx.record(1, ["a"]);
+        idx.record(2, ["a"]);
+        idx.record(3, ["b"]);
+        assert_eq!(idx.floor(), 1);
         assert_eq!(idx.check(&si(1, &["a"])), conflict(&["a"]));
-        idx.record(4, [k("c")]);
+        idx.record(4, ["c"]);
         assert_eq!(idx.floor(), 2);
         assert_eq!(idx.check(&si(2, &["a"])), Verdict::Commit);
         assert_eq!(idx.check(&si(2, &["b"])), conflict(&["b"]));
@@ -456,21 +769,21 @@ mod tests {
 
     #[test]
     fn a_hot_key_does_not_grow_memory() {
-        let mut idx = ConflictIndex::new(0, 8);
-        for lsn in 1..=1000 {
-            idx.record(lsn, [k("hot")]);
+        let mut idx = ConflictIndex::new(0, 64);
+        for lsn in 1..=10_000 {
+            idx.record(lsn, ["hot"]);
+            assert!(idx.retained_writes() <= 64);
         }
-        assert_eq!(idx.retained_writes(), 8);
-        assert_eq!(idx.tracked_keys(), 1);
-        assert_eq!(idx.floor(), 0);
-        assert_eq!(idx.check(&si(0, &["hot"])), conflict(&["hot"]));
+        assert!(idx.generations.iter().all(|g| g.slots_in_use().len() == 1));
+        assert!(idx.floor() < 10_000 - 32);
+        assert_eq!(idx.check(&si(idx.floor(), &["hot"])), conflict(&["hot"]));
     }
 
     #[test]
     fn zero_budget_keeps_nothing_and_stays_safe() {
         let mut idx = ConflictIndex::new(0, 0);
-        idx.record(1, [k("a")]);
-        assert_eq!(idx.tracked_keys(), 0);
+        idx.record(1, ["a"]);
+        assert_eq!(idx.retained_writes(), 0);
         assert_eq!(idx.floor(), 1);
         assert_eq!(idx.check(&si(0, &["a"])), Verdict::TooOld { floor: 1 });
         assert_eq!(idx.check(&si(1, &["a"])), Verdict::Commit);
@@ -478,10 +791,10 @@ mod tests {
 
     #[test]
     fn raise_floor_forgets_writes_at_or_below_it() {
-        let mut idx = abc();
+        let mut idx = abc_in(1);
         idx.raise_floor(2);
         assert_eq!(idx.floor(), 2);
-        assert_eq!(idx.tracked_keys(), 1);
+        assert_eq!(idx.retained_writes(), 1);
         assert_eq!(idx.check(&si(1, &["c"])), Verdict::TooOld { floor: 2 });
         assert_eq!(idx.check(&si(2, &["c"])), conflict(&["c"]));
         // The floor never moves down.
@@ -489,16 +802,21 @@ mod tests {
         assert_eq!(idx.floor(), 2);
         // A new epoch's floor may lie beyond everything recorded.
         idx.raise_floor(10);
-        assert_eq!((idx.floor(), idx.last_lsn(), idx.tracked_keys()), (10, 10, 0));
-        idx.record(11, [k("a")]);
+        assert_eq!(
+            (idx.floor(), idx.last_lsn(), idx.retained_writes()),
+            (10, 10, 0)
+        );
+        idx.record(11, ["a"]);
         assert_eq!(idx.check(&si(10, &["a"])), conflict(&["a"]));
     }
 
     #[test]
     fn duplicate_keys_in_one_commit_cost_one_write() {
         let mut idx = ConflictIndex::new(0, 1000);
-        idx.record(1, [k("a"), k("a"), k("b")]);
+        idx.record(1, ["a", "a", "b"]);
         assert_eq!(idx.retained_writes(), 2);
+        idx.record(2, ["a"]);
+        assert_eq!(idx.retained_writes(), 3);
     }
 
     #[test]
@@ -506,24 +824,84 @@ mod tests {
         let mut idx = ConflictIndex::new(0, 1000);
         let writes = si(0, &["a", "b"]).writes;
         idx.record(1, writes.iter().map(|w| w.key.as_slice()));
-        idx.record(2, [b"c".as_slice()]);
-        assert_eq!(idx.check(&si(0, &["a", "c"])), conflict(&["a", "c"]));
+        idx.record(2, [k("c")]);
+        idx.record(3, [&k("d")]);
+        assert_eq!(
+            idx.check(&si(0, &["a", "c", "d"])),
+            conflict(&["a", "c", "d"])
+        );
+    }
+
+    #[test]
+    fn generations_seal_when_relative_lsns_would_overflow() {
+        let mut idx = ConflictIndex::new(0, 1000);
+        idx.record(1, ["a"]);
+        idx.record(1 + u64::from(u32::MAX) + 1, ["b"]);
+        assert_eq!(idx.generations.len(), 2);
+        assert_eq!(idx.check(&si(1, &["a", "b"])), conflict(&["b"]));
+        assert_eq!(idx.check(&si(0, &["a", "b"])), conflict(&["a", "b"]));
+    }
+
+    #[test]
+    fn spare_generations_are_reused_clean() {
+        let mut idx = ConflictIndex::with_generation_size(0, 4, 2);
+        for lsn in 1..=100u64 {
+            idx.record(lsn, [lsn.to_be_bytes()]);
+        }
+        assert_eq!(idx.check(&si(98, &[])), Verdict::Commit);
+        let old = 1u64.to_be_bytes().to_vec();
+        let recent = 100u64.to_be_bytes().to_vec();
+        let mut r = si(98, &[]);
+        r.writes = vec![
+            Write {
+                key: old,
+                value: None,
+            },
+            Write {
+                key: recent.clone(),
+                value: None,
+            },
+        ];
+        assert_eq!(idx.check(&r), Verdict::Conflict { keys: vec![recent] });
     }
 
     #[test]
     #[should_panic(expected = "recorded after")]
     #[cfg(debug_assertions)]
     fn out_of_order_record_is_a_bug() {
-        let mut idx = abc();
-        idx.record(3, [k("x")]);
+        let mut idx = abc_in(1000);
+        idx.record(3, ["x"]);
     }
 
     #[test]
     #[cfg(not(debug_assertions))]
     fn out_of_order_record_in_release_never_hides_a_conflict() {
-        let mut idx = abc();
-        idx.record(2, [k("c")]);
+        let mut idx = abc_in(1000);
+        idx.record(2, ["c"]);
         assert_eq!(idx.last_lsn(), 3);
         assert_eq!(idx.check(&si(2, &["c"])), conflict(&["c"]));
+    }
+
+    proptest! {
+        /// The sorted view of sealed generations and the log scan must find the same keys.
+        #[test]
+        fn sorted_view_and_log_scan_agree(
+            writes in prop::collection::vec(prop::collection::vec(prop::collection::vec(0u8..4, 0..3), 0..4), 1..60),
+            per_generation in 1usize..8,
+            ranges in prop::collection::vec((prop::collection::vec(0u8..4, 0..3), prop::option::of(prop::collection::vec(0u8..4, 0..3))), 1..4),
+            read_back in 0u64..70,
+        ) {
+            let mut scanning = ConflictIndex::with_generation_size(0, 10_000, per_generation);
+            scanning.scan_limit = usize::MAX;
+            let mut sorting = ConflictIndex::with_generation_size(0, 10_000, per_generation);
+            sorting.scan_limit = 0;
+            for (i, keys) in writes.iter().enumerate() {
+                scanning.record(i as u64 + 1, keys);
+                sorting.record(i as u64 + 1, keys);
+            }
+            let mut r = req(scanning.last_lsn().saturating_sub(read_back), Isolation::Serializable, &[]);
+            r.read_ranges = ranges.into_iter().map(|(start, end)| KeyRange { start, end }).collect();
+            prop_assert_eq!(scanning.check(&r), sorting.check(&r));
+        }
     }
 }

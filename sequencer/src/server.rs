@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use triad_journal::{JournalClient, JournalError};
 use triad_protocol::{
-    encode_record, CommitOutcome, CommitRequest, Entry, EntryId, Epoch, ErrorCode, ErrorResponse, LogRecord,
-    Lsn, Message, MAX_FRAME_DEFAULT,
+    encode_record, CommitOutcome, CommitRequest, Entry, EntryId, Epoch, ErrorCode, ErrorResponse,
+    LogRecord, Lsn, Message, MAX_FRAME_DEFAULT,
 };
 use triad_transport::{read_msg, Service, Stream, TransportError};
 
@@ -88,7 +88,8 @@ impl Window {
         self.first + self.entries.len() as u64 - 1
     }
     fn get(&self, lsn: Lsn) -> Option<&Entry> {
-        lsn.checked_sub(self.first).and_then(|i| self.entries.get(i as usize))
+        lsn.checked_sub(self.first)
+            .and_then(|i| self.entries.get(i as usize))
     }
 }
 
@@ -113,16 +114,29 @@ pub struct Sequencer {
 impl Sequencer {
     /// Seals a new epoch on a majority, reconfirms the log and starts serving. Returns once
     /// the sequencer is active (its epoch-start record is on a majority).
-    pub async fn start(cfg: SequencerConfig, endpoint: &Endpoint) -> Result<Arc<Sequencer>, SequencerError> {
+    pub async fn start(
+        cfg: SequencerConfig,
+        endpoint: &Endpoint,
+    ) -> Result<Arc<Sequencer>, SequencerError> {
         let journal = JournalClient::new(endpoint, &cfg.journal);
         let (epoch, promises) = seal_majority(&journal, cfg.id, cfg.request_timeout).await?;
         // Reconfirmation: the promise with the highest (last epoch, last lsn) holds every
         // committed entry; its suffix above the highest known commit watermark is what others
         // may miss. Entries keep their original epoch.
-        let source = promises.iter().max_by_key(|p| p.last).expect("a majority is not empty");
-        let committed = promises.iter().map(|p| p.commit_lsn).max().unwrap_or(0).min(source.last.lsn);
+        let source = promises
+            .iter()
+            .max_by_key(|p| p.last)
+            .expect("a majority is not empty");
+        let committed = promises
+            .iter()
+            .map(|p| p.commit_lsn)
+            .max()
+            .unwrap_or(0)
+            .min(source.last.lsn);
         let suffix = if source.last.lsn > committed {
-            journal.fetch_range(source.node, committed + 1, source.last.lsn, Some(epoch)).await?
+            journal
+                .fetch_range(source.node, committed + 1, source.last.lsn, Some(epoch))
+                .await?
         } else {
             Vec::new()
         };
@@ -137,7 +151,11 @@ impl Sequencer {
         let epoch_start = source.last.lsn + 1;
         let start_record = encode_record(&LogRecord::EpochStart { epoch });
         let mut entries: VecDeque<Entry> = suffix.into();
-        entries.push_back(Entry { epoch, lsn: epoch_start, payload: Bytes::from(start_record) });
+        entries.push_back(Entry {
+            epoch,
+            lsn: epoch_start,
+            payload: Bytes::from(start_record),
+        });
         info!(%epoch, recovered_from = %journal.node(source.node).addr(), committed,
               recovered = epoch_start - 1 - committed, epoch_start, "sealed; reconfirming the log");
 
@@ -147,7 +165,10 @@ impl Sequencer {
             epoch,
             epoch_start,
             source: source.node,
-            window: Mutex::new(Window { first: committed + 1, entries }),
+            window: Mutex::new(Window {
+                first: committed + 1,
+                entries,
+            }),
             appended: watch::channel(epoch_start).0,
             commit: watch::channel(committed).0,
             acks: Mutex::new(vec![0; n]),
@@ -212,7 +233,9 @@ impl Sequencer {
             let mut waiters = self.waiters.lock().expect("waiters lock");
             for (_, reply) in waiters.drain(..) {
                 let _ = reply.send(CommitOutcome::Unavailable {
-                    reason: format!("sequencer deposed by epoch {promised}; outcome decided by its recovery"),
+                    reason: format!(
+                        "sequencer deposed by epoch {promised}; outcome decided by its recovery"
+                    ),
                 });
             }
         }
@@ -223,22 +246,30 @@ impl Sequencer {
     // shared by every begin in flight before answering; today the watermark is answered as is.
     pub fn begin(&self) -> Result<Lsn, CommitOutcome> {
         if self.stopped.load(Ordering::SeqCst) {
-            return Err(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
+            return Err(CommitOutcome::Unavailable {
+                reason: "sequencer deposed".into(),
+            });
         }
         Ok(self.commit_lsn())
     }
 
     pub async fn commit(&self, req: CommitRequest) -> CommitOutcome {
         if self.stopped.load(Ordering::SeqCst) {
-            return CommitOutcome::Unavailable { reason: "sequencer deposed".into() };
+            return CommitOutcome::Unavailable {
+                reason: "sequencer deposed".into(),
+            };
         }
         let (reply, rx) = oneshot::channel();
         if self.admit.send(Pending { req, reply }).await.is_err() {
-            return CommitOutcome::Unavailable { reason: "sequencer stopping".into() };
+            return CommitOutcome::Unavailable {
+                reason: "sequencer stopping".into(),
+            };
         }
         match tokio::time::timeout(self.cfg.request_timeout, rx).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => CommitOutcome::Unavailable { reason: "sequencer stopping".into() },
+            Ok(Err(_)) => CommitOutcome::Unavailable {
+                reason: "sequencer stopping".into(),
+            },
             Err(_) => CommitOutcome::Unavailable {
                 reason: format!("no journal quorum within {:?}", self.cfg.request_timeout),
             },
@@ -254,14 +285,18 @@ impl Sequencer {
         while rx.recv_many(&mut batch, self.cfg.max_batch).await > 0 {
             // Bound what is admitted but not committed, so a slow journal slows clients down
             // instead of growing memory.
-            while next_lsn.saturating_sub(*commit_rx.borrow_and_update()) > self.cfg.max_in_flight as u64 {
+            while next_lsn.saturating_sub(*commit_rx.borrow_and_update())
+                > self.cfg.max_in_flight as u64
+            {
                 if commit_rx.changed().await.is_err() || self.stopped.load(Ordering::SeqCst) {
                     return;
                 }
             }
             if self.stopped.load(Ordering::SeqCst) {
                 for p in batch.drain(..) {
-                    let _ = p.reply.send(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
+                    let _ = p.reply.send(CommitOutcome::Unavailable {
+                        reason: "sequencer deposed".into(),
+                    });
                 }
                 continue;
             }
@@ -270,13 +305,19 @@ impl Sequencer {
             for p in batch.drain(..) {
                 if p.req.read_lsn > self.commit_lsn() {
                     let _ = p.reply.send(CommitOutcome::Unavailable {
-                        reason: format!("read lsn {} is beyond the commit watermark", p.req.read_lsn),
+                        reason: format!(
+                            "read lsn {} is beyond the commit watermark",
+                            p.req.read_lsn
+                        ),
                     });
                     continue;
                 }
                 match index.check_and_record(&p.req, next_lsn) {
                     Verdict::Commit => {
-                        let record = LogRecord::Commit { txn_id: p.req.txn_id, writes: p.req.writes };
+                        let record = LogRecord::Commit {
+                            txn_id: p.req.txn_id,
+                            writes: p.req.writes,
+                        };
                         entries.push(Entry {
                             epoch: self.epoch,
                             lsn: next_lsn,
@@ -293,9 +334,15 @@ impl Sequencer {
                     }
                 }
             }
-            let Some(last) = entries.last().map(|e| e.lsn) else { continue };
+            let Some(last) = entries.last().map(|e| e.lsn) else {
+                continue;
+            };
             self.waiters.lock().expect("waiters lock").extend(waiters);
-            self.window.lock().expect("window lock").entries.extend(entries);
+            self.window
+                .lock()
+                .expect("window lock")
+                .entries
+                .extend(entries);
             self.appended.send_replace(last);
         }
     }
@@ -317,7 +364,13 @@ impl Sequencer {
     }
 
     fn trim_window(&self, commit: Lsn) {
-        let slowest = *self.acks.lock().expect("acks lock").iter().min().unwrap_or(&0);
+        let slowest = *self
+            .acks
+            .lock()
+            .expect("acks lock")
+            .iter()
+            .min()
+            .unwrap_or(&0);
         let mut w = self.window.lock().expect("window lock");
         while let Some(front) = w.entries.front() {
             // Keep what some node still needs, unless the window is over budget: then a lagging
@@ -357,8 +410,14 @@ impl Sequencer {
             return Ok(e.epoch);
         }
         let peer = self.peer_holding(lsn, usize::MAX);
-        let entries = self.journal.fetch_range(peer, lsn, lsn, Some(self.epoch)).await?;
-        entries.first().map(|e| e.epoch).ok_or(JournalError::Unexpected("empty fetch".into()))
+        let entries = self
+            .journal
+            .fetch_range(peer, lsn, lsn, Some(self.epoch))
+            .await?;
+        entries
+            .first()
+            .map(|e| e.epoch)
+            .ok_or(JournalError::Unexpected("empty fetch".into()))
     }
 
     /// A node whose log equals ours up to `lsn`, other than `not`.
@@ -426,7 +485,9 @@ impl Sequencer {
             tokio::spawn(async move {
                 loop {
                     match read_msg(&mut recv, MAX_FRAME_DEFAULT).await {
-                        Ok(Some(Message::AppendResponse { durable, .. })) => seq.record_ack(node, durable.lsn),
+                        Ok(Some(Message::AppendResponse { durable, .. })) => {
+                            seq.record_ack(node, durable.lsn)
+                        }
                         Ok(Some(Message::Error(e))) => return JournalError::from_response(e, 0),
                         Ok(Some(other)) => return JournalError::Unexpected(format!("{other:?}")),
                         Ok(None) => return JournalError::Transport(TransportError::Closed),
@@ -443,17 +504,28 @@ impl Sequencer {
         let mut sent_commit = self.commit_lsn();
         loop {
             if reader.is_finished() {
-                return Err((&mut reader).await.unwrap_or_else(|e| JournalError::Unexpected(e.to_string())));
+                return Err((&mut reader)
+                    .await
+                    .unwrap_or_else(|e| JournalError::Unexpected(e.to_string())));
             }
             if self.stopped.load(Ordering::SeqCst) {
                 return Ok(());
             }
             let commit_lsn = *commit.borrow_and_update();
             let tip = *appended.borrow_and_update();
-            let batch = if prev.lsn < tip { self.entries_for(node, prev.lsn + 1, tip).await? } else { Vec::new() };
+            let batch = if prev.lsn < tip {
+                self.entries_for(node, prev.lsn + 1, tip).await?
+            } else {
+                Vec::new()
+            };
             if !batch.is_empty() || commit_lsn > sent_commit {
                 let next_prev = batch.last().map(Entry::id).unwrap_or(prev);
-                let msg = Message::AppendRequest { epoch: self.epoch, prev, entries: batch, commit_lsn };
+                let msg = Message::AppendRequest {
+                    epoch: self.epoch,
+                    prev,
+                    entries: batch,
+                    commit_lsn,
+                };
                 triad_transport::write_msg(&mut send, &msg).await?;
                 prev = next_prev;
                 sent_commit = commit_lsn;
@@ -477,7 +549,12 @@ impl Sequencer {
 
     /// Entries `[from, upto]` for one node: from the window, or from a peer's log when the
     /// window no longer holds them.
-    async fn entries_for(&self, node: usize, from: Lsn, upto: Lsn) -> Result<Vec<Entry>, JournalError> {
+    async fn entries_for(
+        &self,
+        node: usize,
+        from: Lsn,
+        upto: Lsn,
+    ) -> Result<Vec<Entry>, JournalError> {
         const MAX_PER_APPEND: u64 = 512;
         {
             let w = self.window.lock().expect("window lock");
@@ -489,10 +566,17 @@ impl Sequencer {
         let end = upto.min(from + MAX_PER_APPEND * 8 - 1);
         let peer = self.peer_holding(end, node);
         if peer == node {
-            return Err(JournalError::Unexpected("no peer holds the entries a lagging node needs".into()));
+            return Err(JournalError::Unexpected(
+                "no peer holds the entries a lagging node needs".into(),
+            ));
         }
-        debug!(node, from, end, peer, "catching a lagging node up from a peer");
-        self.journal.fetch_range(peer, from, end, Some(self.epoch)).await
+        debug!(
+            node,
+            from, end, peer, "catching a lagging node up from a peer"
+        );
+        self.journal
+            .fetch_range(peer, from, end, Some(self.epoch))
+            .await
     }
 }
 
@@ -536,7 +620,8 @@ async fn seal_majority(
             // fresh round with a higher epoch is simpler and just as safe.
             epoch = epoch.next_for(id);
         }
-        let pause = Duration::from_millis(rand::rng().random_range(20..200) * u64::from(attempt.min(10)));
+        let pause =
+            Duration::from_millis(rand::rng().random_range(20..200) * u64::from(attempt.min(10)));
         if attempt % 5 == 1 {
             warn!(attempt, next_epoch = %epoch, "no majority of promises yet ({} of {} needed); unreachable: {}",
                   promises.len(), journal.majority(), errors.join("; "));
@@ -546,11 +631,20 @@ async fn seal_majority(
 }
 
 fn error_msg(code: ErrorCode, message: impl Into<String>) -> Message {
-    Message::Error(ErrorResponse { code, message: message.into(), epoch: Epoch::ZERO, lsn: 0 })
+    Message::Error(ErrorResponse {
+        code,
+        message: message.into(),
+        epoch: Epoch::ZERO,
+        lsn: 0,
+    })
 }
 
 impl Service for Sequencer {
-    fn handle(self: Arc<Self>, first: Message, mut stream: Stream) -> BoxFuture<'static, Result<(), TransportError>> {
+    fn handle(
+        self: Arc<Self>,
+        first: Message,
+        mut stream: Stream,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
         async move {
             let answer = match first {
                 Message::BeginRequest => match self.begin() {
@@ -560,7 +654,10 @@ impl Service for Sequencer {
                 Message::CommitRequest(req) => Message::CommitResponse(self.commit(req).await),
                 other => {
                     debug!("sequencer got an unexpected {other:?}");
-                    error_msg(ErrorCode::Unsupported, "a sequencer serves begin and commit only")
+                    error_msg(
+                        ErrorCode::Unsupported,
+                        "a sequencer serves begin and commit only",
+                    )
                 }
             };
             stream.reply(&answer).await?;

@@ -139,7 +139,12 @@ fn run(initial_floor: Lsn, max_keys: usize, ops: &[Op]) -> Result<usize, TestCas
                 let verdict = index.check_and_record(&req, lsn);
                 prop_assert_eq!(&checked, &verdict, "check and check_and_record disagree");
                 if read_lsn < floor_before {
-                    prop_assert_eq!(verdict, Verdict::TooOld { floor: floor_before });
+                    prop_assert_eq!(
+                        verdict,
+                        Verdict::TooOld {
+                            floor: floor_before
+                        }
+                    );
                 } else {
                     decided += 1;
                     let expected = model.check(&req);
@@ -208,5 +213,8 @@ fn small_budget_still_decides_fresh_snapshots() {
         })
         .collect();
     let decided = run(0, 16, &ops).unwrap();
-    assert!(decided > 1500, "only {decided} of 2000 decided above the floor");
+    assert!(
+        decided > 1500,
+        "only {decided} of 2000 decided above the floor"
+    );
 }

@@ -40,7 +40,11 @@ impl Replayer {
     pub fn new(format: Arc<dyn StorageFormat>, read_timeout: Duration) -> Arc<Replayer> {
         let applied = format.applied_lsn();
         info!(format = format.name(), applied, "replayer opened");
-        Arc::new(Replayer { applied: watch::channel(applied).0, format, read_timeout })
+        Arc::new(Replayer {
+            applied: watch::channel(applied).0,
+            format,
+            read_timeout,
+        })
     }
 
     pub fn applied_lsn(&self) -> Lsn {
@@ -49,7 +53,11 @@ impl Replayer {
 
     /// Tails the journal from the applied LSN on, forever (or until something is wrong that no
     /// retry can fix: a trimmed gap, an undecodable record, a failing disk).
-    pub async fn run(self: Arc<Self>, endpoint: &Endpoint, journal: &[SocketAddr]) -> ReplayerError {
+    pub async fn run(
+        self: Arc<Self>,
+        endpoint: &Endpoint,
+        journal: &[SocketAddr],
+    ) -> ReplayerError {
         let client = JournalClient::new(endpoint, journal);
         let mut tail = TailReader::new(client, self.applied_lsn() + 1);
         let mut last_sync = tokio::time::Instant::now();
@@ -62,14 +70,24 @@ impl Replayer {
             for entry in &batch {
                 match decode_record(&entry.payload) {
                     Ok(rec) => records.push(CommittedRecord::from_log_record(entry.lsn, rec)),
-                    Err(e) => return ReplayerError::BadRecord { lsn: entry.lsn, reason: e.to_string() },
+                    Err(e) => {
+                        return ReplayerError::BadRecord {
+                            lsn: entry.lsn,
+                            reason: e.to_string(),
+                        }
+                    }
                 }
             }
             let format = self.format.clone();
             let applied = match tokio::task::spawn_blocking(move || format.apply(&records)).await {
                 Ok(Ok(lsn)) => lsn,
                 Ok(Err(e)) => return e.into(),
-                Err(e) => return ReplayerError::BadRecord { lsn: 0, reason: format!("apply task failed: {e}") },
+                Err(e) => {
+                    return ReplayerError::BadRecord {
+                        lsn: 0,
+                        reason: format!("apply task failed: {e}"),
+                    }
+                }
             };
             debug!(applied, "applied");
             self.applied.send_replace(applied);
@@ -115,12 +133,22 @@ impl Replayer {
                     return e;
                 }
                 match self.format.get(&key, read_lsn) {
-                    Ok(Some(v)) => Message::GetResponse { value: v.value, version_lsn: v.lsn },
-                    Ok(None) => Message::GetResponse { value: None, version_lsn: 0 },
+                    Ok(Some(v)) => Message::GetResponse {
+                        value: v.value,
+                        version_lsn: v.lsn,
+                    },
+                    Ok(None) => Message::GetResponse {
+                        value: None,
+                        version_lsn: 0,
+                    },
                     Err(e) => error(ErrorCode::Internal, e.to_string(), 0),
                 }
             }
-            Message::ScanRequest { range, read_lsn, limit } => {
+            Message::ScanRequest {
+                range,
+                read_lsn,
+                limit,
+            } => {
                 if let Err(e) = self.wait_applied(read_lsn).await {
                     return e;
                 }
@@ -131,18 +159,31 @@ impl Replayer {
             }
             other => {
                 debug!("replayer got an unexpected {other:?}");
-                error(ErrorCode::Unsupported, "a replayer serves get and scan only", 0)
+                error(
+                    ErrorCode::Unsupported,
+                    "a replayer serves get and scan only",
+                    0,
+                )
             }
         }
     }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, lsn: Lsn) -> Message {
-    Message::Error(ErrorResponse { code, message: message.into(), epoch: Epoch::ZERO, lsn })
+    Message::Error(ErrorResponse {
+        code,
+        message: message.into(),
+        epoch: Epoch::ZERO,
+        lsn,
+    })
 }
 
 impl Service for Replayer {
-    fn handle(self: Arc<Self>, first: Message, mut stream: Stream) -> BoxFuture<'static, Result<(), TransportError>> {
+    fn handle(
+        self: Arc<Self>,
+        first: Message,
+        mut stream: Stream,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
         async move {
             let answer = self.answer(first).await;
             stream.reply(&answer).await?;

@@ -79,8 +79,8 @@ fn model_get(history: &[CommittedRecord], key: &[u8], at: Lsn) -> Option<Version
         .iter()
         .filter(|r| r.lsn <= at)
         .flat_map(|r| r.writes.iter().map(move |w| (r.lsn, w)))
-        .filter(|(_, w)| w.key == key)
-        .last()
+        .rev()
+        .find(|(_, w)| w.key == key)
         .map(|(lsn, w)| Version {
             value: w.value.clone(),
             lsn,

@@ -59,14 +59,24 @@ impl LocalCluster {
             .with_context(|| format!("creating {}", spec.dir.display()))?;
         let tls_dir = spec.dir.join("tls");
         if !tls_dir.join("ca.pem").exists() {
-            let mut names: Vec<String> = (0..spec.journals).map(|i| Role::Journal(i).to_string()).collect();
-            names.extend([Role::Sequencer.to_string(), Role::Replayer.to_string(), CLIENT_NAME.to_string()]);
+            let mut names: Vec<String> = (0..spec.journals)
+                .map(|i| Role::Journal(i).to_string())
+                .collect();
+            names.extend([
+                Role::Sequencer.to_string(),
+                Role::Replayer.to_string(),
+                CLIENT_NAME.to_string(),
+            ]);
             ClusterCa::generate()?.write_cluster(&tls_dir, &names)?;
         }
         let client_tls = TlsConfig::load(&tls_dir, CLIENT_NAME)?;
         let mut roles: Vec<Role> = (0..spec.journals).map(Role::Journal).collect();
         roles.extend([Role::Sequencer, Role::Replayer]);
-        let mut cluster = LocalCluster { spec, children: roles.into_iter().map(|r| (r, None)).collect(), client_tls };
+        let mut cluster = LocalCluster {
+            spec,
+            children: roles.into_iter().map(|r| (r, None)).collect(),
+            client_tls,
+        };
         for i in 0..cluster.children.len() {
             let role = cluster.children[i].0;
             cluster.spawn(role)?;
@@ -79,7 +89,9 @@ impl LocalCluster {
     }
 
     pub fn journal_addrs(&self) -> Vec<SocketAddr> {
-        (0..self.spec.journals).map(|i| self.addr(Role::Journal(i))).collect()
+        (0..self.spec.journals)
+            .map(|i| self.addr(Role::Journal(i)))
+            .collect()
     }
 
     pub fn addr(&self, role: Role) -> SocketAddr {
@@ -100,12 +112,21 @@ impl LocalCluster {
     }
 
     pub fn client_config(&self) -> ClientConfig {
-        ClientConfig::new(self.addr(Role::Sequencer), vec![self.addr(Role::Replayer)], self.client_tls.clone())
+        ClientConfig::new(
+            self.addr(Role::Sequencer),
+            vec![self.addr(Role::Replayer)],
+            self.client_tls.clone(),
+        )
     }
 
     fn args(&self, role: Role) -> Vec<String> {
         let tls = self.tls_dir().display().to_string();
-        let journal = self.journal_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+        let journal = self
+            .journal_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let listen = self.addr(role).to_string();
         let data = |name: String| self.spec.dir.join(name).display().to_string();
         let mut args = match role {
@@ -116,12 +137,31 @@ impl LocalCluster {
                 "--data-dir".into(),
                 data(role.to_string()),
             ],
-            Role::Sequencer => vec!["sequencer".into(), "--id".into(), "1".into(), "--journal".into(), journal],
+            Role::Sequencer => vec![
+                "sequencer".into(),
+                "--id".into(),
+                "1".into(),
+                "--journal".into(),
+                journal,
+            ],
             Role::Replayer => {
-                vec!["replayer".into(), "--journal".into(), journal, "--data-dir".into(), data(role.to_string())]
+                vec![
+                    "replayer".into(),
+                    "--journal".into(),
+                    journal,
+                    "--data-dir".into(),
+                    data(role.to_string()),
+                ]
             }
         };
-        args.extend(["--listen".into(), listen, "--tls-dir".into(), tls, "--tls-name".into(), role.to_string()]);
+        args.extend([
+            "--listen".into(),
+            listen,
+            "--tls-dir".into(),
+            tls,
+            "--tls-name".into(),
+            role.to_string(),
+        ]);
         args
     }
 
@@ -140,14 +180,22 @@ impl LocalCluster {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {role} ({})", self.spec.exe.display()))?;
-        let slot = self.children.iter_mut().find(|(r, _)| *r == role).expect("known role");
+        let slot = self
+            .children
+            .iter_mut()
+            .find(|(r, _)| *r == role)
+            .expect("known role");
         slot.1 = Some(child);
         Ok(())
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self, role: Role) -> Result<()> {
-        let slot = self.children.iter_mut().find(|(r, _)| *r == role).expect("known role");
+        let slot = self
+            .children
+            .iter_mut()
+            .find(|(r, _)| *r == role)
+            .expect("known role");
         if let Some(mut child) = slot.1.take() {
             child.kill().with_context(|| format!("killing {role}"))?;
             child.wait()?;
@@ -183,15 +231,27 @@ impl LocalCluster {
         let mut last_err = String::from("not tried");
         while Instant::now() < deadline {
             if let Some((role, status)) = self.exited().into_iter().next() {
-                bail!("{role} exited with {status} while starting; see {}", self.log_path(role).display());
+                bail!(
+                    "{role} exited with {status} while starting; see {}",
+                    self.log_path(role).display()
+                );
             }
             let probe = async {
-                let read_lsn = match sequencer.call_timeout(&Message::BeginRequest, Duration::from_secs(2)).await? {
+                let read_lsn = match sequencer
+                    .call_timeout(&Message::BeginRequest, Duration::from_secs(2))
+                    .await?
+                {
                     Message::BeginResponse { read_lsn } => read_lsn,
                     other => anyhow::bail!("sequencer answered {other:?}"),
                 };
                 match replayer
-                    .call_timeout(&Message::GetRequest { key: b"\0ready".to_vec(), read_lsn }, Duration::from_secs(2))
+                    .call_timeout(
+                        &Message::GetRequest {
+                            key: b"\0ready".to_vec(),
+                            read_lsn,
+                        },
+                        Duration::from_secs(2),
+                    )
                     .await?
                 {
                     Message::GetResponse { .. } => Ok(()),

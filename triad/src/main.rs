@@ -19,11 +19,15 @@ use triad_shim::{Client, ClientConfig};
 use triad_transport::{ClusterCa, TlsConfig};
 
 #[derive(Parser)]
-#[command(name = "triad", version, about = "Triad: a transactional store whose log is the database.",
-          long_about = "Triad: a transactional store whose log is the database.\n\n\
+#[command(
+    name = "triad",
+    version,
+    about = "Triad: a transactional store whose log is the database.",
+    long_about = "Triad: a transactional store whose log is the database.\n\n\
 Compute, log and storage are separate tiers that meet only at a replicated log: a transaction \
 is committed once its record is fsynced on a majority of journal nodes.\n\n\
-Start with `triad dev` (a whole cluster on loopback) or `triad dev --demo`.")]
+Start with `triad dev` (a whole cluster on loopback) or `triad dev --demo`."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -57,8 +61,13 @@ struct TlsArgs {
 
 impl TlsArgs {
     fn load(&self) -> Result<TlsConfig> {
-        TlsConfig::load(&self.tls_dir, &self.tls_name)
-            .with_context(|| format!("loading TLS material {:?} from {}", self.tls_name, self.tls_dir.display()))
+        TlsConfig::load(&self.tls_dir, &self.tls_name).with_context(|| {
+            format!(
+                "loading TLS material {:?} from {}",
+                self.tls_name,
+                self.tls_dir.display()
+            )
+        })
     }
 }
 
@@ -169,13 +178,19 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" => 1 << 10,
         "MiB" | "M" => 1 << 20,
         "GiB" | "G" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB or GiB)"
+            ))
+        }
     };
     Ok(n * mult)
 }
@@ -187,10 +202,14 @@ fn main() -> Result<()> {
         _ => "info",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Journal(a) => journal(a).await,
@@ -205,7 +224,10 @@ fn main() -> Result<()> {
 
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
-    let opts = SegmentOptions { segment_bytes: a.segment_size, ..SegmentOptions::default() };
+    let opts = SegmentOptions {
+        segment_bytes: a.segment_size,
+        ..SegmentOptions::default()
+    };
     let store = SegmentStore::open(&a.data_dir, opts)
         .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
     let node = JournalNode::new(a.id, Box::new(store));
@@ -227,7 +249,9 @@ async fn sequencer(a: SequencerArgs) -> Result<()> {
     let mut cfg = SequencerConfig::new(a.id, a.journal.clone());
     cfg.conflict_keys = a.conflict_keys;
     info!(id = a.id, journal = ?a.journal, "sealing a new epoch");
-    let seq = Sequencer::start(cfg, &endpoint).await.context("sequencer failed to become active")?;
+    let seq = Sequencer::start(cfg, &endpoint)
+        .await
+        .context("sequencer failed to become active")?;
     info!(listen = %a.listen, epoch = %seq.epoch(), "sequencer serving");
     tokio::spawn(triad_transport::serve(endpoint.clone(), seq.clone()));
     tokio::select! {
@@ -238,8 +262,14 @@ async fn sequencer(a: SequencerArgs) -> Result<()> {
 
 async fn replayer(a: ReplayerArgs) -> Result<()> {
     let tls = a.tls.load()?;
-    let format = open_format(&a.format, &a.data_dir)
-        .with_context(|| format!("opening format {:?} in {} (known: {})", a.format, a.data_dir.display(), FORMATS.join(", ")))?;
+    let format = open_format(&a.format, &a.data_dir).with_context(|| {
+        format!(
+            "opening format {:?} in {} (known: {})",
+            a.format,
+            a.data_dir.display(),
+            FORMATS.join(", ")
+        )
+    })?;
     let replayer = Replayer::new(format, a.read_timeout);
     let endpoint = tls.server_endpoint(a.listen)?;
     info!(listen = %a.listen, applied = replayer.applied_lsn(), "replayer serving");
@@ -252,12 +282,21 @@ async fn replayer(a: ReplayerArgs) -> Result<()> {
 
 fn certs(a: CertsArgs) -> Result<()> {
     ClusterCa::generate()?.write_cluster(&a.dir, &a.names)?;
-    println!("wrote ca.pem, ca.key and {} node certificate(s) to {}", a.names.len(), a.dir.display());
+    println!(
+        "wrote ca.pem, ca.key and {} node certificate(s) to {}",
+        a.names.len(),
+        a.dir.display()
+    );
     Ok(())
 }
 
 fn bank_config(b: &BankArgs) -> BankConfig {
-    BankConfig { accounts: b.accounts, clients: b.clients, duration: b.duration, ..BankConfig::default() }
+    BankConfig {
+        accounts: b.accounts,
+        clients: b.clients,
+        duration: b.duration,
+        ..BankConfig::default()
+    }
 }
 
 async fn run_demo(client: Client, b: &BankArgs) -> Result<()> {
@@ -271,7 +310,10 @@ async fn run_demo(client: Client, b: &BankArgs) -> Result<()> {
     for e in history.errors.iter().take(5) {
         println!("  client error: {e}");
     }
-    let report = bank.verify(&history, elapsed).await.context("VERIFICATION FAILED")?;
+    let report = bank
+        .verify(&history, elapsed)
+        .await
+        .context("VERIFICATION FAILED")?;
     println!("demo: {report}");
     println!("demo: verified: money conserved, every acknowledged transfer visible, no aborted one visible");
     Ok(())
@@ -303,7 +345,12 @@ async fn dev(a: DevArgs) -> Result<()> {
     let mut roles: Vec<Role> = (0..3).map(Role::Journal).collect();
     roles.extend([Role::Sequencer, Role::Replayer]);
     for role in &roles {
-        println!("  {:<12} {:<16} log: {}", role.to_string(), cluster.addr(*role), cluster.log_path(*role).display());
+        println!(
+            "  {:<12} {:<16} log: {}",
+            role.to_string(),
+            cluster.addr(*role),
+            cluster.log_path(*role).display()
+        );
     }
     println!("  TLS material: {}", cluster.tls_dir().display());
     let client = Client::connect(cluster.client_config())?;

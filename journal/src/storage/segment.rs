@@ -251,16 +251,16 @@ impl SegmentStore {
                 .map_err(io_err("syncing recovered segment", &seg.path))?;
         }
 
-        let mut store = SegmentStore {
+        let last = segments.last().map_or(EntryId::ZERO, |s| s.last);
+        let store = SegmentStore {
             dir: dir.to_owned(),
             opts,
             segments,
             epochs,
             meta,
-            shared: Shared::with_durable(EntryId::ZERO),
+            shared: Shared::with_durable(last),
             buf: Vec::new(),
         };
-        store.shared = Shared::with_durable(store.last());
         tracing::info!(
             dir = %store.dir.display(),
             segments = store.segments.len(),

@@ -72,7 +72,7 @@ const LSN_LEN: usize = 8;
 /// How many `next()` steps a scan tries before it seeks past the rest of a key's versions.
 /// Most keys have a version or two, and stepping over those is cheaper than a seek (which
 /// repositions every level's iterator); keys with long histories are skipped with one seek.
-const SEQUENTIAL_SKIPS: usize = 0;
+const SEQUENTIAL_SKIPS: usize = 4;
 
 /// Appends `esc(key) 0x00 0x01` to `out`.
 pub fn encode_user_key_into(key: &[u8], out: &mut Vec<u8>) {
