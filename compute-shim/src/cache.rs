@@ -24,8 +24,7 @@ impl ReadCache {
             Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|k: &Vec<u8>, v: &Cached| {
-                    (k.len() + v.value.as_ref().map_or(0, |v| v.len()) + 32).min(u32::MAX as usize)
-                        as u32
+                    (k.len() + v.value.as_ref().map_or(0, |v| v.len()) + 32).min(u32::MAX as usize) as u32
                 })
                 .build()
         });
@@ -53,14 +52,8 @@ impl ReadCache {
             }
             // A newer version replaces an older one; never let an older read shrink a newer entry.
             Some(c) if c.version_lsn > version_lsn => {}
-            _ => cache.insert(
-                key,
-                Cached {
-                    value: value.map(|v| Arc::new(v.to_vec())),
-                    version_lsn,
-                    seen_at: at,
-                },
-            ),
+            _ => cache
+                .insert(key, Cached { value: value.map(|v| Arc::new(v.to_vec())), version_lsn, seen_at: at }),
         }
     }
 }
@@ -76,11 +69,7 @@ mod tests {
         assert_eq!(c.get(b"k", 4), None, "before the version existed");
         assert_eq!(c.get(b"k", 5), Some((Some(b"v1".to_vec()), 5)));
         assert_eq!(c.get(b"k", 10), Some((Some(b"v1".to_vec()), 5)));
-        assert_eq!(
-            c.get(b"k", 11),
-            None,
-            "a newer version may exist after seen_at"
-        );
+        assert_eq!(c.get(b"k", 11), None, "a newer version may exist after seen_at");
         c.insert(b"k", Some(b"v1"), 5, 20);
         assert_eq!(c.get(b"k", 15), Some((Some(b"v1".to_vec()), 5)));
     }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use rand::Rng;
 use tracing::debug;
-use triad_protocol::{CommitOutcome, CommitRequest, ErrorCode, KeyRange, Lsn, Message, Row, TxnId};
+use triad_protocol::{
+    CommitOutcome, CommitRequest, ErrorCode, KeyRange, Lsn, Message, Row, TxnId, TxnOutcome,
+};
 use triad_transport::{Peer, TlsConfig};
 
 use crate::cache::ReadCache;
@@ -13,7 +15,8 @@ use crate::{ShimError, Txn};
 
 #[derive(Clone)]
 pub struct ClientConfig {
-    pub sequencer: SocketAddr,
+    /// Sequencer candidates; the client finds the active one by itself.
+    pub sequencers: Vec<SocketAddr>,
     pub replayers: Vec<SocketAddr>,
     pub tls: TlsConfig,
     /// Read cache budget in bytes; 0 disables it.
@@ -25,9 +28,9 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    pub fn new(sequencer: SocketAddr, replayers: Vec<SocketAddr>, tls: TlsConfig) -> ClientConfig {
+    pub fn new(sequencers: Vec<SocketAddr>, replayers: Vec<SocketAddr>, tls: TlsConfig) -> ClientConfig {
         ClientConfig {
-            sequencer,
+            sequencers,
             replayers,
             tls,
             cache_bytes: 64 << 20,
@@ -44,7 +47,9 @@ pub struct Client {
 }
 
 struct Inner {
-    sequencer: Peer,
+    sequencers: Vec<Peer>,
+    /// Index of the candidate believed active.
+    leader: AtomicUsize,
     replayers: Vec<Peer>,
     next_replayer: AtomicUsize,
     cache: ReadCache,
@@ -53,34 +58,26 @@ struct Inner {
 
 impl Client {
     pub fn connect(cfg: ClientConfig) -> Result<Client, ShimError> {
-        if cfg.replayers.is_empty() {
+        if cfg.replayers.is_empty() || cfg.sequencers.is_empty() {
             return Err(ShimError::Unavailable(
-                "no replayer address configured".into(),
+                "a client needs at least one sequencer and one replayer address".into(),
             ));
         }
-        let bind: IpAddr = if cfg.sequencer.is_ipv6() {
-            IpAddr::from([0u16; 8])
-        } else {
-            Ipv4Addr::UNSPECIFIED.into()
-        };
+        let bind: IpAddr =
+            if cfg.sequencers[0].is_ipv6() { IpAddr::from([0u16; 8]) } else { Ipv4Addr::UNSPECIFIED.into() };
         let endpoint = cfg
             .tls
             .client_endpoint(bind)
             .map_err(|e| ShimError::Unavailable(format!("client endpoint: {e}")))?;
         let inner = Inner {
-            sequencer: Peer::new(endpoint.clone(), cfg.sequencer),
-            replayers: cfg
-                .replayers
-                .iter()
-                .map(|&a| Peer::new(endpoint.clone(), a))
-                .collect(),
+            sequencers: cfg.sequencers.iter().map(|&a| Peer::new(endpoint.clone(), a)).collect(),
+            leader: AtomicUsize::new(0),
+            replayers: cfg.replayers.iter().map(|&a| Peer::new(endpoint.clone(), a)).collect(),
             next_replayer: AtomicUsize::new(0),
             cache: ReadCache::new(cfg.cache_bytes),
             cfg,
         };
-        Ok(Client {
-            inner: Arc::new(inner),
-        })
+        Ok(Client { inner: Arc::new(inner) })
     }
 
     /// Starts a transaction at the sequencer's current commit watermark.
@@ -92,11 +89,7 @@ impl Client {
             }
             other => return Err(unexpected(other)),
         };
-        Ok(Txn::new(
-            self.clone(),
-            read_lsn,
-            TxnId(rand::rng().random()),
-        ))
+        Ok(Txn::new(self.clone(), read_lsn, TxnId(rand::rng().random())))
     }
 
     /// Runs `body` in a transaction and commits it, retrying from the start (new snapshot) on
@@ -126,20 +119,49 @@ impl Client {
         }
     }
 
+    /// Commits, and never leaves the caller guessing: when the answer is lost (the sequencer
+    /// died, was deposed, or lost its quorum) the transaction's fate is asked for by id from
+    /// the active sequencer, which decides it from the log and fences it if absent.
     pub(crate) async fn commit(&self, req: CommitRequest) -> Result<Lsn, ShimError> {
-        match self.sequencer_call(&Message::CommitRequest(req)).await? {
-            Message::CommitResponse(CommitOutcome::Committed { lsn }) => Ok(lsn),
-            Message::CommitResponse(CommitOutcome::Conflict { keys }) => {
-                Err(ShimError::Conflict { keys })
+        let (txn_id, read_lsn) = (req.txn_id, req.read_lsn);
+        // Resending the same request to another candidate is safe: commits are deduplicated by
+        // txn id, and a deposed sequencer can no longer commit anything.
+        let in_doubt = match self.sequencer_call(&Message::CommitRequest(req)).await {
+            Ok(Message::CommitResponse(CommitOutcome::Committed { lsn })) => return Ok(lsn),
+            Ok(Message::CommitResponse(CommitOutcome::Conflict { keys })) => {
+                return Err(ShimError::Conflict { keys })
             }
-            Message::CommitResponse(CommitOutcome::TooOld { floor }) => {
-                Err(ShimError::TooOld { floor })
+            Ok(Message::CommitResponse(CommitOutcome::TooOld { floor })) => {
+                return Err(ShimError::TooOld { floor })
             }
-            Message::CommitResponse(CommitOutcome::Unavailable { reason }) => {
-                Err(ShimError::Unavailable(reason))
+            Ok(Message::CommitResponse(CommitOutcome::Unavailable { reason })) => reason,
+            Ok(other) => return Err(unexpected(other)),
+            Err(e) => e.to_string(),
+        };
+        debug!(?txn_id, "commit answer lost ({in_doubt}); asking for its outcome");
+        self.outcome(txn_id, read_lsn).await
+    }
+
+    /// The definitive fate of a transaction: `Ok(lsn)` if committed, `NotCommitted` if not
+    /// (and then it never will be).
+    pub async fn outcome(&self, txn_id: TxnId, read_lsn: Lsn) -> Result<Lsn, ShimError> {
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.request_timeout * 4;
+        let mut last = String::new();
+        let mut attempt = 0u32;
+        while tokio::time::Instant::now() < deadline {
+            match self.sequencer_call(&Message::OutcomeRequest { txn_id, read_lsn }).await {
+                Ok(Message::OutcomeResponse(TxnOutcome::Committed { lsn })) => return Ok(lsn),
+                Ok(Message::OutcomeResponse(TxnOutcome::Aborted)) => {
+                    return Err(ShimError::NotCommitted(format!("{txn_id:?} is not in the log")));
+                }
+                Ok(other) => last = unexpected(other).to_string(),
+                Err(e) => last = e.to_string(),
             }
-            other => Err(unexpected(other)),
+            attempt += 1;
+            self.rotate(self.inner.leader.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(25)))).await;
         }
+        Err(ShimError::Unavailable(format!("could not learn the outcome of {txn_id:?}: {last}")))
     }
 
     /// Reads `key` at `at`: from the cache when it can answer, else from a replayer.
@@ -147,15 +169,10 @@ impl Client {
         if let Some((value, _)) = self.inner.cache.get(key, at) {
             return Ok(value);
         }
-        let req = Message::GetRequest {
-            key: key.to_vec(),
-            read_lsn: at,
-        };
+        let req = Message::GetRequest { key: key.to_vec(), read_lsn: at };
         match self.replayer_call(&req).await? {
             Message::GetResponse { value, version_lsn } => {
-                self.inner
-                    .cache
-                    .insert(key, value.as_deref(), version_lsn, at);
+                self.inner.cache.insert(key, value.as_deref(), version_lsn, at);
                 Ok(value)
             }
             other => Err(unexpected(other)),
@@ -168,17 +185,11 @@ impl Client {
         at: Lsn,
         limit: u32,
     ) -> Result<(Vec<Row>, bool), ShimError> {
-        let req = Message::ScanRequest {
-            range: range.clone(),
-            read_lsn: at,
-            limit,
-        };
+        let req = Message::ScanRequest { range: range.clone(), read_lsn: at, limit };
         match self.replayer_call(&req).await? {
             Message::ScanResponse { rows, more } => {
                 for r in &rows {
-                    self.inner
-                        .cache
-                        .insert(&r.key, Some(&r.value), r.version_lsn, at);
+                    self.inner.cache.insert(&r.key, Some(&r.value), r.version_lsn, at);
                 }
                 Ok((rows, more))
             }
@@ -186,15 +197,50 @@ impl Client {
         }
     }
 
+    /// Sends `req` to the active sequencer, finding it among the candidates: a candidate that
+    /// says it is not the leader, that cannot be reached, or whose read barrier failed (it may
+    /// be deposed) is skipped, with a growing pause once every candidate was tried.
     async fn sequencer_call(&self, req: &Message) -> Result<Message, ShimError> {
-        let timeout = self.inner.cfg.request_timeout;
-        self.inner
-            .sequencer
-            .call_timeout(req, timeout)
-            .await
-            .map_err(|e| {
-                ShimError::Unavailable(format!("sequencer {}: {e}", self.inner.sequencer.addr()))
-            })
+        let deadline = tokio::time::Instant::now() + self.inner.cfg.request_timeout;
+        let n = self.inner.sequencers.len();
+        let mut last;
+        let mut attempt = 0u32;
+        loop {
+            let i = self.inner.leader.load(Ordering::Relaxed) % n;
+            let peer = &self.inner.sequencers[i];
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match peer.call_timeout(req, left.max(Duration::from_millis(1))).await {
+                Ok(Message::Error(e)) if e.code == ErrorCode::NotLeader => {
+                    last = format!("{}: not the leader", peer.addr())
+                }
+                Ok(Message::CommitResponse(CommitOutcome::Unavailable { reason }))
+                    if matches!(req, Message::BeginRequest) =>
+                {
+                    last = format!("{}: {reason}", peer.addr());
+                }
+                Ok(Message::Error(e))
+                    if e.code == ErrorCode::Unavailable && matches!(req, Message::OutcomeRequest { .. }) =>
+                {
+                    last = format!("{}: {}", peer.addr(), e.message);
+                }
+                Ok(m) => return Ok(m),
+                Err(e) => last = format!("{}: {e}", peer.addr()),
+            }
+            self.rotate(i);
+            attempt += 1;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ShimError::Unavailable(format!("no active sequencer answered: {last}")));
+            }
+            if attempt % n as u32 == 0 {
+                tokio::time::sleep(Duration::from_millis(10 * u64::from((attempt / n as u32).min(20)))).await;
+            }
+        }
+    }
+
+    fn rotate(&self, from: usize) {
+        let n = self.inner.sequencers.len();
+        let _ =
+            self.inner.leader.compare_exchange(from, (from + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Asks replayers in turn; a read that times out on one (it lags) or cannot reach it moves
@@ -210,11 +256,7 @@ impl Client {
                     last_err = format!("replayer {}: {}", peer.addr(), e.message);
                 }
                 Ok(Message::Error(e)) => {
-                    return Err(ShimError::Protocol(format!(
-                        "replayer {}: {}",
-                        peer.addr(),
-                        e.message
-                    )))
+                    return Err(ShimError::Protocol(format!("replayer {}: {}", peer.addr(), e.message)))
                 }
                 Ok(m) => return Ok(m),
                 Err(e) => last_err = format!("replayer {}: {e}", peer.addr()),

@@ -17,6 +17,10 @@ pub enum ShimError {
     ReadTimeout(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The commit's answer was lost and the log says it did not commit — and, being fenced, it
+    /// never will. Retrying runs it again.
+    #[error("not committed (the sequencer failed before it was durable): {0}")]
+    NotCommitted(String),
     /// The caller's own code asked to abort.
     #[error("aborted: {0}")]
     Aborted(String),
@@ -25,16 +29,13 @@ pub enum ShimError {
 impl ShimError {
     /// Whether running the transaction again from the start may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ShimError::Conflict { .. } | ShimError::TooOld { .. })
+        matches!(self, ShimError::Conflict { .. } | ShimError::TooOld { .. } | ShimError::NotCommitted(_))
     }
 }
 
 fn show_keys(keys: &[Vec<u8>]) -> String {
-    let mut shown: Vec<String> = keys
-        .iter()
-        .take(5)
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .collect();
+    let mut shown: Vec<String> =
+        keys.iter().take(5).map(|k| String::from_utf8_lossy(k).into_owned()).collect();
     if keys.len() > 5 {
         shown.push("…".into());
     }

@@ -61,22 +61,14 @@ impl Txn {
         let mut cursor = range.start.clone();
         // Page through the replayer until we have `limit` rows after applying local deletes.
         let exhausted = loop {
-            let page = KeyRange {
-                start: cursor.clone(),
-                end: range.end.clone(),
-            };
-            let (rows, more) = self
-                .client
-                .scan(&page, self.read_lsn, limit.clamp(1, 10_000) as u32)
-                .await?;
+            let page = KeyRange { start: cursor.clone(), end: range.end.clone() };
+            let (rows, more) = self.client.scan(&page, self.read_lsn, limit.clamp(1, 10_000) as u32).await?;
             let last_key = rows.last().map(|r| r.key.clone());
             for Row { key, value, .. } in rows {
                 out.insert(key, value);
             }
             let live_local = |out: &BTreeMap<Vec<u8>, Vec<u8>>| {
-                out.keys()
-                    .filter(|k| !matches!(self.writes.get(*k), Some(None)))
-                    .count()
+                out.keys().filter(|k| !matches!(self.writes.get(*k), Some(None))).count()
             };
             match last_key {
                 Some(k) if more && live_local(&out) < limit => {
@@ -89,11 +81,7 @@ impl Txn {
         self.read_ranges.push(range.clone());
         // Overlay local writes within the range — only up to where the replayer's answer
         // reaches, or a local key could jump ahead of stored keys not fetched yet.
-        let covered_to = if exhausted {
-            None
-        } else {
-            out.keys().next_back().cloned()
-        };
+        let covered_to = if exhausted { None } else { out.keys().next_back().cloned() };
         for (k, v) in self.writes.range(range.start.clone()..) {
             if !range.contains(k) || covered_to.as_ref().is_some_and(|c| k > c) {
                 continue;
@@ -134,11 +122,7 @@ impl Txn {
             isolation: self.isolation,
             read_keys: self.read_keys,
             read_ranges: self.read_ranges,
-            writes: self
-                .writes
-                .into_iter()
-                .map(|(key, value)| Write { key, value })
-                .collect(),
+            writes: self.writes.into_iter().map(|(key, value)| Write { key, value }).collect(),
         };
         self.client.commit(req).await
     }

@@ -38,9 +38,7 @@ pub fn on_seal(state: &AcceptorState, epoch: Epoch) -> SealDecision {
     if epoch > state.promised {
         SealDecision::Promise { epoch }
     } else {
-        SealDecision::Refuse {
-            promised: state.promised,
-        }
+        SealDecision::Refuse { promised: state.promised }
     }
 }
 
@@ -77,9 +75,7 @@ pub fn on_append(
     commit_lsn: Lsn,
 ) -> AppendDecision {
     if epoch < state.promised {
-        return AppendDecision::Stale {
-            promised: state.promised,
-        };
+        return AppendDecision::Stale { promised: state.promised };
     }
     // An append of a higher epoch implies that epoch's sequencer holds a majority of promises;
     // adopting it here (and persisting it) fences older sequencers from this node too.
@@ -92,8 +88,7 @@ pub fn on_append(
         } else {
             // Our entry at prev.lsn belongs to a different epoch: skip back over that whole epoch.
             let ours = log.epoch_at(prev.lsn).unwrap_or(Epoch::ZERO);
-            log.first_lsn_of_epoch(ours)
-                .map_or(0, |first| first.saturating_sub(1))
+            log.first_lsn_of_epoch(ours).map_or(0, |first| first.saturating_sub(1))
         };
         return AppendDecision::Mismatch { retry_from };
     }
@@ -123,13 +118,7 @@ pub fn on_append(
     // Only what this append proved to match may be declared committed here: an entry of ours
     // beyond `matched` might be a deposed epoch's leftover.
     let commit_lsn = state.commit_lsn.max(commit_lsn.min(matched.lsn));
-    AppendDecision::Accept {
-        promise,
-        truncate_after,
-        skip,
-        commit_lsn,
-        matched,
-    }
+    AppendDecision::Accept { promise, truncate_after, skip, commit_lsn, matched }
 }
 
 fn prev_matches(log: &impl LogView, prev: EntryId) -> bool {
@@ -153,15 +142,9 @@ pub enum FetchDecision {
 /// once let a deposed writer commit because only some of its reads did).
 pub fn on_fetch(state: &AcceptorState, log: &impl LogView, epoch: Option<Epoch>) -> FetchDecision {
     match epoch {
-        None => FetchDecision::Serve {
-            upto: state.commit_lsn.min(log.last().lsn),
-        },
-        Some(e) if e < state.promised => FetchDecision::Stale {
-            promised: state.promised,
-        },
-        Some(_) => FetchDecision::Serve {
-            upto: log.last().lsn,
-        },
+        None => FetchDecision::Serve { upto: state.commit_lsn.min(log.last().lsn) },
+        Some(e) if e < state.promised => FetchDecision::Stale { promised: state.promised },
+        Some(_) => FetchDecision::Serve { upto: log.last().lsn },
     }
 }
 
@@ -180,10 +163,7 @@ mod tests {
     }
 
     fn log(epochs: &[u64]) -> Log {
-        Log {
-            first: 1,
-            epochs: epochs.iter().map(|&n| e(n)).collect(),
-        }
+        Log { first: 1, epochs: epochs.iter().map(|&n| e(n)).collect() }
     }
 
     impl LogView for Log {
@@ -197,14 +177,10 @@ mod tests {
             self.first
         }
         fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
-            lsn.checked_sub(self.first)
-                .and_then(|i| self.epochs.get(i as usize).copied())
+            lsn.checked_sub(self.first).and_then(|i| self.epochs.get(i as usize).copied())
         }
         fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
-            self.epochs
-                .iter()
-                .position(|&x| x == epoch)
-                .map(|i| self.first + i as u64)
+            self.epochs.iter().position(|&x| x == epoch).map(|i| self.first + i as u64)
         }
     }
 
@@ -213,14 +189,7 @@ mod tests {
     }
 
     fn state(promised: u64, commit: Lsn) -> AcceptorState {
-        AcceptorState {
-            promised: if promised == 0 {
-                Epoch::ZERO
-            } else {
-                e(promised)
-            },
-            commit_lsn: commit,
-        }
+        AcceptorState { promised: if promised == 0 { Epoch::ZERO } else { e(promised) }, commit_lsn: commit }
     }
 
     #[test]
@@ -230,37 +199,18 @@ mod tests {
         assert_eq!(on_seal(&s, e(3)), SealDecision::Refuse { promised: e(3) });
         assert_eq!(on_seal(&s, e(2)), SealDecision::Refuse { promised: e(3) });
         // Same counter, higher sequencer id is a higher epoch: the pair is compared.
-        assert_eq!(
-            on_seal(&s, Epoch::new(3, 2)),
-            SealDecision::Promise {
-                epoch: Epoch::new(3, 2)
-            }
-        );
+        assert_eq!(on_seal(&s, Epoch::new(3, 2)), SealDecision::Promise { epoch: Epoch::new(3, 2) });
     }
 
     #[test]
     fn append_of_older_epoch_is_stale() {
-        let d = on_append(
-            &state(5, 0),
-            &log(&[]),
-            e(4),
-            EntryId::ZERO,
-            &ids(4, 1..=1),
-            0,
-        );
+        let d = on_append(&state(5, 0), &log(&[]), e(4), EntryId::ZERO, &ids(4, 1..=1), 0);
         assert_eq!(d, AppendDecision::Stale { promised: e(5) });
     }
 
     #[test]
     fn append_to_empty_log_accepts_and_adopts_higher_epoch() {
-        let d = on_append(
-            &state(1, 0),
-            &log(&[]),
-            e(2),
-            EntryId::ZERO,
-            &ids(2, 1..=3),
-            2,
-        );
+        let d = on_append(&state(1, 0), &log(&[]), e(2), EntryId::ZERO, &ids(2, 1..=3), 2);
         assert_eq!(
             d,
             AppendDecision::Accept {
@@ -275,14 +225,7 @@ mod tests {
 
     #[test]
     fn gap_after_tail_is_a_mismatch_pointing_at_the_tail() {
-        let d = on_append(
-            &state(1, 0),
-            &log(&[1, 1]),
-            e(1),
-            EntryId::new(e(1), 5),
-            &ids(1, 6..=6),
-            0,
-        );
+        let d = on_append(&state(1, 0), &log(&[1, 1]), e(1), EntryId::new(e(1), 5), &ids(1, 6..=6), 0);
         assert_eq!(d, AppendDecision::Mismatch { retry_from: 2 });
     }
 
@@ -316,14 +259,7 @@ mod tests {
     #[test]
     fn entries_already_held_are_skipped_not_truncated() {
         let l = log(&[1, 1, 1]);
-        let d = on_append(
-            &state(1, 0),
-            &l,
-            e(1),
-            EntryId::new(e(1), 1),
-            &ids(1, 2..=4),
-            4,
-        );
+        let d = on_append(&state(1, 0), &l, e(1), EntryId::new(e(1), 1), &ids(1, 2..=4), 4);
         assert_eq!(
             d,
             AppendDecision::Accept {
@@ -341,14 +277,7 @@ mod tests {
         // Appends 1..=2 and 3..=4 were both applied; a duplicate of the first arrives again.
         let l = log(&[1, 1, 1, 1]);
         let d = on_append(&state(1, 0), &l, e(1), EntryId::ZERO, &ids(1, 1..=2), 0);
-        assert!(matches!(
-            d,
-            AppendDecision::Accept {
-                truncate_after: None,
-                skip: 2,
-                ..
-            }
-        ));
+        assert!(matches!(d, AppendDecision::Accept { truncate_after: None, skip: 2, .. }));
     }
 
     #[test]
@@ -366,53 +295,22 @@ mod tests {
     #[test]
     fn truncating_committed_entries_is_refused() {
         let l = log(&[1, 1, 2]);
-        let d = on_append(
-            &state(3, 3),
-            &l,
-            e(3),
-            EntryId::new(e(1), 2),
-            &ids(3, 3..=3),
-            3,
-        );
+        let d = on_append(&state(3, 3), &l, e(3), EntryId::new(e(1), 2), &ids(3, 3..=3), 3);
         assert_eq!(d, AppendDecision::CommittedConflict { lsn: 3 });
     }
 
     #[test]
     fn prev_below_trim_point_matches() {
-        let l = Log {
-            first: 10,
-            epochs: vec![e(1); 3],
-        }; // lsn 10..=12
-        let d = on_append(
-            &state(1, 12),
-            &l,
-            e(1),
-            EntryId::new(e(1), 5),
-            &ids(1, 6..=13),
-            12,
-        );
-        assert!(matches!(
-            d,
-            AppendDecision::Accept {
-                skip: 7,
-                truncate_after: None,
-                ..
-            }
-        ));
+        let l = Log { first: 10, epochs: vec![e(1); 3] }; // lsn 10..=12
+        let d = on_append(&state(1, 12), &l, e(1), EntryId::new(e(1), 5), &ids(1, 6..=13), 12);
+        assert!(matches!(d, AppendDecision::Accept { skip: 7, truncate_after: None, .. }));
     }
 
     #[test]
     fn heartbeat_with_matching_prev_raises_commit() {
         let l = log(&[1, 1]);
         let d = on_append(&state(1, 0), &l, e(1), EntryId::new(e(1), 2), &[], 2);
-        assert!(matches!(
-            d,
-            AppendDecision::Accept {
-                commit_lsn: 2,
-                skip: 0,
-                ..
-            }
-        ));
+        assert!(matches!(d, AppendDecision::Accept { commit_lsn: 2, skip: 0, .. }));
     }
 
     #[test]
@@ -420,14 +318,8 @@ mod tests {
         let l = log(&[1, 1, 1, 1]);
         let s = state(2, 2);
         assert_eq!(on_fetch(&s, &l, None), FetchDecision::Serve { upto: 2 });
-        assert_eq!(
-            on_fetch(&s, &l, Some(e(2))),
-            FetchDecision::Serve { upto: 4 }
-        );
-        assert_eq!(
-            on_fetch(&s, &l, Some(e(1))),
-            FetchDecision::Stale { promised: e(2) }
-        );
+        assert_eq!(on_fetch(&s, &l, Some(e(2))), FetchDecision::Serve { upto: 4 });
+        assert_eq!(on_fetch(&s, &l, Some(e(1))), FetchDecision::Stale { promised: e(2) });
     }
 
     /// The "new sequencer dies half-way through reconfirmation" case from DESIGN.md: entries
@@ -438,40 +330,12 @@ mod tests {
         // Node A holds 1..=4 of epoch 1 (3,4 unacknowledged). Sequencer of epoch 2 copies lsn 3 to
         // node B (keeping epoch 1) and dies before its epoch-start record.
         let b = log(&[1, 1]);
-        let d = on_append(
-            &state(2, 2),
-            &b,
-            e(2),
-            EntryId::new(e(1), 2),
-            &ids(1, 3..=3),
-            2,
-        );
-        assert!(matches!(
-            d,
-            AppendDecision::Accept {
-                truncate_after: None,
-                skip: 0,
-                ..
-            }
-        ));
+        let d = on_append(&state(2, 2), &b, e(2), EntryId::new(e(1), 2), &ids(1, 3..=3), 2);
+        assert!(matches!(d, AppendDecision::Accept { truncate_after: None, skip: 0, .. }));
         let b = log(&[1, 1, 1]);
         // Sequencer of epoch 3 recovers from A (1..=4 epoch 1): B's lsn 3 matches (same epoch),
         // so only lsn 4 is new; nothing is truncated and nothing was relabelled.
-        let d = on_append(
-            &state(3, 2),
-            &b,
-            e(3),
-            EntryId::new(e(1), 3),
-            &ids(1, 4..=4),
-            2,
-        );
-        assert!(matches!(
-            d,
-            AppendDecision::Accept {
-                truncate_after: None,
-                skip: 0,
-                ..
-            }
-        ));
+        let d = on_append(&state(3, 2), &b, e(3), EntryId::new(e(1), 3), &ids(1, 4..=4), 2);
+        assert!(matches!(d, AppendDecision::Accept { truncate_after: None, skip: 0, .. }));
     }
 }

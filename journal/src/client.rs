@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use quinn::{Endpoint, RecvStream};
 use tracing::{debug, warn};
-use triad_protocol::{
-    Entry, EntryId, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT,
-};
+use triad_protocol::{Entry, EntryId, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT};
 use triad_transport::{read_msg, Peer, TransportError};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +19,7 @@ pub enum JournalError {
     #[error("lsn {requested} was trimmed; the journal holds the log from lsn {first}")]
     Trimmed { requested: Lsn, first: Lsn },
     #[error("journal node refused ({code:?}): {message}")]
-    Refused {
-        code: ErrorCode,
-        message: String,
-        lsn: Lsn,
-    },
+    Refused { code: ErrorCode, message: String, lsn: Lsn },
     #[error("journal node sent an unexpected {0}")]
     Unexpected(String),
     #[error("journal node sent entries out of order: expected lsn {expected}, got {got}")]
@@ -36,15 +30,8 @@ impl JournalError {
     pub fn from_response(e: ErrorResponse, requested: Lsn) -> JournalError {
         match e.code {
             ErrorCode::StaleEpoch => JournalError::Stale { promised: e.epoch },
-            ErrorCode::Trimmed => JournalError::Trimmed {
-                requested,
-                first: e.lsn,
-            },
-            code => JournalError::Refused {
-                code,
-                message: e.message,
-                lsn: e.lsn,
-            },
+            ErrorCode::Trimmed => JournalError::Trimmed { requested, first: e.lsn },
+            code => JournalError::Refused { code, message: e.message, lsn: e.lsn },
         }
     }
 }
@@ -65,12 +52,7 @@ pub struct JournalClient {
 
 impl JournalClient {
     pub fn new(endpoint: &Endpoint, addrs: &[SocketAddr]) -> JournalClient {
-        JournalClient {
-            nodes: addrs
-                .iter()
-                .map(|&a| Arc::new(Peer::new(endpoint.clone(), a)))
-                .collect(),
-        }
+        JournalClient { nodes: addrs.iter().map(|&a| Arc::new(Peer::new(endpoint.clone(), a))).collect() }
     }
 
     pub fn len(&self) -> usize {
@@ -90,25 +72,11 @@ impl JournalClient {
         &self.nodes[i]
     }
 
-    pub async fn seal(
-        &self,
-        node: usize,
-        epoch: Epoch,
-        timeout: Duration,
-    ) -> Result<Promise, JournalError> {
-        match self.nodes[node]
-            .call_timeout(&Message::SealRequest { epoch }, timeout)
-            .await?
-        {
-            Message::SealResponse {
-                promised,
-                last,
-                commit_lsn,
-            } if promised == epoch => Ok(Promise {
-                node,
-                last,
-                commit_lsn,
-            }),
+    pub async fn seal(&self, node: usize, epoch: Epoch, timeout: Duration) -> Result<Promise, JournalError> {
+        match self.nodes[node].call_timeout(&Message::SealRequest { epoch }, timeout).await? {
+            Message::SealResponse { promised, last, commit_lsn } if promised == epoch => {
+                Ok(Promise { node, last, commit_lsn })
+            }
             Message::Error(e) => Err(JournalError::from_response(e, 0)),
             other => Err(JournalError::Unexpected(format!("{other:?}"))),
         }
@@ -127,12 +95,7 @@ impl JournalClient {
         let mut next = from;
         while next <= upto {
             let want = (upto - next + 1).min(u32::MAX as u64) as u32;
-            let req = Message::FetchRequest {
-                from_lsn: next,
-                max_entries: want,
-                follow: false,
-                epoch,
-            };
+            let req = Message::FetchRequest { from_lsn: next, max_entries: want, follow: false, epoch };
             let (_send, mut recv) = self.nodes[node].open(&req).await?;
             let before = next;
             while let Some(msg) = read_msg(&mut recv, MAX_FRAME_DEFAULT).await? {
@@ -140,10 +103,7 @@ impl JournalClient {
                     Message::FetchResponse { entries, .. } => {
                         for e in entries {
                             if e.lsn != next {
-                                return Err(JournalError::OutOfOrder {
-                                    expected: next,
-                                    got: e.lsn,
-                                });
+                                return Err(JournalError::OutOfOrder { expected: next, got: e.lsn });
                             }
                             next += 1;
                             if e.lsn <= upto {
@@ -159,10 +119,7 @@ impl JournalClient {
                 // The node holds nothing more: the caller asked beyond its log.
                 return Err(JournalError::Refused {
                     code: ErrorCode::Unavailable,
-                    message: format!(
-                        "node {} has no entries from lsn {next}",
-                        self.nodes[node].addr()
-                    ),
+                    message: format!("node {} has no entries from lsn {next}", self.nodes[node].addr()),
                     lsn: next,
                 });
             }
@@ -183,13 +140,7 @@ pub struct TailReader {
 
 impl TailReader {
     pub fn new(client: JournalClient, from: Lsn) -> TailReader {
-        TailReader {
-            client,
-            node: 0,
-            next: from.max(1),
-            stream: None,
-            failures: 0,
-        }
+        TailReader { client, node: 0, next: from.max(1), stream: None, failures: 0 }
     }
 
     /// The LSN the next entry will have.
@@ -208,9 +159,7 @@ impl TailReader {
                     return Ok(batch);
                 }
                 Ok(None) => {}
-                Err(e @ (JournalError::Trimmed { .. } | JournalError::OutOfOrder { .. })) => {
-                    return Err(e)
-                }
+                Err(e @ (JournalError::Trimmed { .. } | JournalError::OutOfOrder { .. })) => return Err(e),
                 Err(e) => {
                     self.stream = None;
                     self.failures += 1;
@@ -230,12 +179,8 @@ impl TailReader {
 
     async fn try_next(&mut self) -> Result<Option<Vec<Entry>>, JournalError> {
         if self.stream.is_none() {
-            let req = Message::FetchRequest {
-                from_lsn: self.next,
-                max_entries: 4096,
-                follow: true,
-                epoch: None,
-            };
+            let req =
+                Message::FetchRequest { from_lsn: self.next, max_entries: 4096, follow: true, epoch: None };
             let (send, recv) = self.client.node(self.node).open(&req).await?;
             drop(send);
             self.stream = Some(recv);
@@ -246,10 +191,7 @@ impl TailReader {
             Some(Message::FetchResponse { entries, .. }) => {
                 for e in &entries {
                     if e.lsn != self.next {
-                        return Err(JournalError::OutOfOrder {
-                            expected: self.next,
-                            got: e.lsn,
-                        });
+                        return Err(JournalError::OutOfOrder { expected: self.next, got: e.lsn });
                     }
                     self.next += 1;
                 }

@@ -11,4 +11,4 @@ pub mod server;
 pub mod storage;
 
 pub use client::{JournalClient, JournalError, Promise, TailReader};
-pub use server::{JournalNode, NodeError};
+pub use server::{JournalNode, NodeError, NodeOptions};

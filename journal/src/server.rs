@@ -5,16 +5,19 @@
 //! arrived while the previous one was in flight (group commit). Learners tail committed entries
 //! on streams of their own.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 use triad_protocol::{
-    Entry, EntryId, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT,
+    Entry, EntryId, Epoch, ErrorCode, ErrorResponse, LearnerStatus, Lsn, Message, NodeStatus,
+    MAX_FRAME_DEFAULT,
 };
 use triad_transport::{read_msg, write_msg, Service, Stream, TransportError};
 
@@ -35,8 +38,24 @@ pub enum NodeError {
     Failed(String),
 }
 
+/// How a node keeps and trims its log for learners.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Where learner registrations are persisted (`None`: in memory only, for tests).
+    pub learners_file: Option<PathBuf>,
+    /// Entries kept below the slowest learner's durable LSN before trimming.
+    pub retain_entries: u64,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions { learners_file: None, retain_entries: 100_000 }
+    }
+}
+
 pub struct JournalNode {
     id: u32,
+    opts: NodeOptions,
     inner: Mutex<Inner>,
     durable: watch::Sender<EntryId>,
     commit: watch::Sender<Lsn>,
@@ -53,6 +72,11 @@ struct Inner {
     generation: u64,
     durable: EntryId,
     saved_commit: Lsn,
+    /// When the promised epoch last appended or heartbeat here: the lease standbys watch.
+    lease_seen: Option<Instant>,
+    /// Registered learners and their durable LSNs; trimming never passes the slowest.
+    learners: BTreeMap<String, Lsn>,
+    learners_dirty: bool,
 }
 
 struct View<'a>(&'a dyn LogStore);
@@ -73,43 +97,36 @@ impl LogView for View<'_> {
 }
 
 fn err(code: ErrorCode, message: impl Into<String>, epoch: Epoch, lsn: Lsn) -> Message {
-    Message::Error(ErrorResponse {
-        code,
-        message: message.into(),
-        epoch,
-        lsn,
-    })
+    Message::Error(ErrorResponse { code, message: message.into(), epoch, lsn })
 }
 
 /// What the append reader tells the ack writer.
 enum AckEvent {
-    Matched {
-        epoch: Epoch,
-        matched: EntryId,
-        heartbeat: bool,
-    },
+    Matched { epoch: Epoch, matched: EntryId, heartbeat: bool },
     Refuse(Message),
 }
 
 impl JournalNode {
     /// Wraps a recovered store. Everything in it is taken as durable: it was read back from disk.
-    pub fn new(id: u32, store: Box<dyn LogStore>) -> Arc<JournalNode> {
+    pub fn new(id: u32, store: Box<dyn LogStore>, opts: NodeOptions) -> Arc<JournalNode> {
+        let learners = opts.learners_file.as_ref().map(|p| load_learners(p)).unwrap_or_default();
         let meta = store.meta();
         let last = store.last();
-        let state = AcceptorState {
-            promised: meta.promised,
-            commit_lsn: meta.commit_lsn.min(last.lsn),
-        };
+        let state = AcceptorState { promised: meta.promised, commit_lsn: meta.commit_lsn.min(last.lsn) };
         info!(node = id, promised = %state.promised, last_lsn = last.lsn, last_epoch = %last.epoch,
               commit_lsn = state.commit_lsn, "journal log recovered");
         Arc::new(JournalNode {
             id,
+            opts,
             inner: Mutex::new(Inner {
                 store,
                 state,
                 generation: 0,
                 durable: last,
                 saved_commit: meta.commit_lsn,
+                lease_seen: None,
+                learners,
+                learners_dirty: false,
             }),
             durable: watch::channel(last).0,
             commit: watch::channel(state.commit_lsn).0,
@@ -213,11 +230,30 @@ impl JournalNode {
         loop {
             tick.tick().await;
             let mut inner = self.lock();
+            if inner.learners_dirty {
+                if let Some(path) = &self.opts.learners_file {
+                    if let Err(e) = save_learners(path, &inner.learners) {
+                        drop(inner);
+                        return self.fail(format!("persisting learners to {}: {e}", path.display()));
+                    }
+                }
+                inner.learners_dirty = false;
+            }
+            // Trim only below what every registered learner has made durable (and what is
+            // committed), keeping `retain_entries` more for slow readers. No learner, no trim.
+            if let Some(slowest) = inner.learners.values().min().copied() {
+                let below = slowest.min(inner.state.commit_lsn).saturating_sub(self.opts.retain_entries);
+                if below > inner.store.first_lsn() {
+                    if let Err(e) = inner.store.trim_before(below) {
+                        drop(inner);
+                        return self.fail(format!("trimming the log: {e}"));
+                    }
+                    let first = inner.store.first_lsn();
+                    debug!(node = self.id, first, "trimmed the log below the slowest learner");
+                }
+            }
             if inner.state.commit_lsn > inner.saved_commit {
-                let meta = Meta {
-                    promised: inner.state.promised,
-                    commit_lsn: inner.state.commit_lsn,
-                };
+                let meta = Meta { promised: inner.state.promised, commit_lsn: inner.state.commit_lsn };
                 if let Err(e) = inner.store.save_meta(&meta) {
                     drop(inner);
                     return self.fail(format!("persisting metadata: {e}"));
@@ -236,18 +272,12 @@ impl JournalNode {
         match acceptor::on_seal(&inner.state, epoch) {
             SealDecision::Refuse { promised } => err(
                 ErrorCode::StaleEpoch,
-                format!(
-                    "node {} has promised epoch {promised}; refusing seal of {epoch}",
-                    self.id
-                ),
+                format!("node {} has promised epoch {promised}; refusing seal of {epoch}", self.id),
                 promised,
                 0,
             ),
             SealDecision::Promise { epoch } => {
-                let meta = Meta {
-                    promised: epoch,
-                    commit_lsn: inner.state.commit_lsn,
-                };
+                let meta = Meta { promised: epoch, commit_lsn: inner.state.commit_lsn };
                 if let Err(e) = inner.store.save_meta(&meta) {
                     drop(inner);
                     self.fail(format!("persisting promise: {e}"));
@@ -263,6 +293,69 @@ impl JournalNode {
                 }
             }
         }
+    }
+
+    /// Read barrier and lease renewal: answers whether `epoch` is still the promise.
+    pub fn heartbeat(&self, epoch: Epoch) -> Message {
+        if self.failed.load(Ordering::SeqCst) {
+            return self.failed_msg();
+        }
+        let mut inner = self.lock();
+        if epoch < inner.state.promised {
+            return err(
+                ErrorCode::StaleEpoch,
+                format!("epoch {epoch} is deposed: node {} has promised {}", self.id, inner.state.promised),
+                inner.state.promised,
+                0,
+            );
+        }
+        if epoch == inner.state.promised {
+            inner.lease_seen = Some(Instant::now());
+        }
+        Message::HeartbeatResponse { promised: inner.state.promised, commit_lsn: inner.state.commit_lsn }
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let inner = self.lock();
+        NodeStatus {
+            role: "journal".into(),
+            id: self.id,
+            epoch: inner.state.promised,
+            active: !self.failed.load(Ordering::SeqCst),
+            last: inner.store.last(),
+            commit_lsn: inner.state.commit_lsn,
+            first_lsn: inner.store.first_lsn(),
+            applied_lsn: 0,
+            lease_age_ms: inner.lease_seen.map_or(u64::MAX, |t| t.elapsed().as_millis() as u64),
+            learners: inner
+                .learners
+                .iter()
+                .map(|(name, &durable_lsn)| LearnerStatus { name: name.clone(), durable_lsn })
+                .collect(),
+        }
+    }
+
+    /// Registers a learner (first report) or records its progress.
+    pub fn learner_report(&self, name: String, durable_lsn: Lsn) -> Message {
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if name.is_empty() || name.len() > 128 || !name.chars().all(valid) {
+            return err(
+                ErrorCode::Malformed,
+                "a learner name is 1 to 128 characters of letters, digits, '-', '_' and '.'",
+                Epoch::ZERO,
+                0,
+            );
+        }
+        let mut inner = self.lock();
+        let known = inner.learners.get(&name).copied();
+        if known.is_none() {
+            info!(node = self.id, learner = %name, durable_lsn, "learner registered");
+        }
+        if known.is_none_or(|k| durable_lsn > k) {
+            inner.learners.insert(name, durable_lsn);
+            inner.learners_dirty = true;
+        }
+        Message::LearnerAck { first_lsn: inner.store.first_lsn() }
     }
 
     /// Executes one append. `Ok` carries what the stream has now matched; `Err` the refusal.
@@ -290,30 +383,18 @@ impl JournalNode {
         }
         let ids: Vec<EntryId> = entries.iter().map(Entry::id).collect();
         let mut inner = self.lock();
-        let decision = acceptor::on_append(
-            &inner.state,
-            &View(inner.store.as_ref()),
-            epoch,
-            prev,
-            &ids,
-            commit_lsn,
-        );
+        let decision =
+            acceptor::on_append(&inner.state, &View(inner.store.as_ref()), epoch, prev, &ids, commit_lsn);
         match decision {
             AppendDecision::Stale { promised } => Err(err(
                 ErrorCode::StaleEpoch,
-                format!(
-                    "epoch {epoch} is deposed: node {} has promised {promised}",
-                    self.id
-                ),
+                format!("epoch {epoch} is deposed: node {} has promised {promised}", self.id),
                 promised,
                 0,
             )),
             AppendDecision::Mismatch { retry_from } => Err(err(
                 ErrorCode::LogMismatch,
-                format!(
-                    "node {} does not hold {prev:?}; retry from lsn {retry_from}",
-                    self.id
-                ),
+                format!("node {} does not hold {prev:?}; retry from lsn {retry_from}", self.id),
                 inner.state.promised,
                 retry_from,
             )),
@@ -326,28 +407,15 @@ impl JournalNode {
                     lsn,
                 ))
             }
-            AppendDecision::Accept {
-                promise,
-                truncate_after,
-                skip,
-                commit_lsn,
-                matched,
-            } => {
+            AppendDecision::Accept { promise, truncate_after, skip, commit_lsn, matched } => {
                 let res = (|| -> Result<(), StoreError> {
                     if let Some(p) = promise {
                         let commit_lsn = inner.state.commit_lsn;
-                        inner.store.save_meta(&Meta {
-                            promised: p,
-                            commit_lsn,
-                        })?;
+                        inner.store.save_meta(&Meta { promised: p, commit_lsn })?;
                         inner.state.promised = p;
                     }
                     if let Some(cut) = truncate_after {
-                        warn!(
-                            node = self.id,
-                            after = cut,
-                            "truncating a divergent unacknowledged suffix"
-                        );
+                        warn!(node = self.id, after = cut, "truncating a divergent unacknowledged suffix");
                         inner.store.truncate_after(cut)?;
                         inner.generation += 1;
                         if inner.durable.lsn > cut {
@@ -370,6 +438,7 @@ impl JournalNode {
                     inner.state.commit_lsn = commit_lsn;
                     self.commit.send_replace(commit_lsn);
                 }
+                inner.lease_seen = Some(Instant::now());
                 drop(inner);
                 if skip < entries.len() {
                     self.dirty.notify_one();
@@ -379,16 +448,8 @@ impl JournalNode {
         }
     }
 
-    async fn append_stream(
-        self: Arc<Self>,
-        first: Message,
-        stream: Stream,
-    ) -> Result<(), TransportError> {
-        let Stream {
-            send,
-            mut recv,
-            peer,
-        } = stream;
+    async fn append_stream(self: Arc<Self>, first: Message, stream: Stream) -> Result<(), TransportError> {
+        let Stream { send, mut recv, peer } = stream;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(ack_writer(send, rx, self.durable.subscribe()));
         let mut next = Some(first);
@@ -410,13 +471,7 @@ impl JournalNode {
                     }
                 },
             };
-            let Message::AppendRequest {
-                epoch,
-                prev,
-                entries,
-                commit_lsn,
-            } = msg
-            else {
+            let Message::AppendRequest { epoch, prev, entries, commit_lsn } = msg else {
                 let _ = tx.send(AckEvent::Refuse(err(
                     ErrorCode::Malformed,
                     "only appends may follow an append on its stream",
@@ -428,14 +483,7 @@ impl JournalNode {
             match self.append(epoch, prev, &entries, commit_lsn) {
                 Ok(matched) => {
                     let heartbeat = entries.is_empty();
-                    if tx
-                        .send(AckEvent::Matched {
-                            epoch,
-                            matched,
-                            heartbeat,
-                        })
-                        .is_err()
-                    {
+                    if tx.send(AckEvent::Matched { epoch, matched, heartbeat }).is_err() {
                         break;
                     }
                 }
@@ -465,10 +513,7 @@ impl JournalNode {
             FetchDecision::Stale { promised } => {
                 return Err(err(
                     ErrorCode::StaleEpoch,
-                    format!(
-                        "recovery read of a deposed epoch; node {} has promised {promised}",
-                        self.id
-                    ),
+                    format!("recovery read of a deposed epoch; node {} has promised {promised}", self.id),
                     promised,
                     0,
                 ))
@@ -479,10 +524,7 @@ impl JournalNode {
         if next < first {
             return Err(err(
                 ErrorCode::Trimmed,
-                format!(
-                    "lsn {next} was trimmed; node {} holds the log from lsn {first}",
-                    self.id
-                ),
+                format!("lsn {next} was trimmed; node {} holds the log from lsn {first}", self.id),
                 Epoch::ZERO,
                 first,
             ));
@@ -525,12 +567,7 @@ impl JournalNode {
             }
             let empty = entries.is_empty();
             if !empty || !follow {
-                stream
-                    .reply(&Message::FetchResponse {
-                        entries,
-                        commit_lsn,
-                    })
-                    .await?;
+                stream.reply(&Message::FetchResponse { entries, commit_lsn }).await?;
             }
             if next > upto || empty {
                 if !follow {
@@ -545,6 +582,32 @@ impl JournalNode {
             }
         }
     }
+}
+
+/// Learners are kept as `name lsn` lines; written atomically (temp file, fsync, rename).
+fn load_learners(path: &std::path::Path) -> BTreeMap<String, Lsn> {
+    let Ok(text) = std::fs::read_to_string(path) else { return BTreeMap::new() };
+    text.lines()
+        .filter_map(|l| {
+            let (name, lsn) = l.rsplit_once(' ')?;
+            Some((name.to_string(), lsn.parse().ok()?))
+        })
+        .collect()
+}
+
+fn save_learners(path: &std::path::Path, learners: &BTreeMap<String, Lsn>) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    for (name, lsn) in learners {
+        writeln!(f, "{name} {lsn}")?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 async fn ack_writer(
@@ -580,16 +643,7 @@ async fn ack_writer(
         // may be acknowledged.
         let ack = if d.lsn >= matched.lsn { matched } else { d };
         if force || sent != Some(ack) {
-            if write_msg(
-                &mut send,
-                &Message::AppendResponse {
-                    epoch,
-                    durable: ack,
-                },
-            )
-            .await
-            .is_err()
-            {
+            if write_msg(&mut send, &Message::AppendResponse { epoch, durable: ack }).await.is_err() {
                 return;
             }
             sent = Some(ack);
@@ -613,20 +667,31 @@ impl Service for JournalNode {
                     Ok(())
                 }
                 m @ Message::AppendRequest { .. } => self.append_stream(m, stream).await,
-                Message::FetchRequest {
-                    from_lsn,
-                    max_entries,
-                    follow,
-                    epoch,
-                } => {
-                    self.fetch_stream(from_lsn, max_entries, follow, epoch, stream)
-                        .await
+                Message::HeartbeatRequest { epoch } => {
+                    let answer = self.heartbeat(epoch);
+                    stream.reply(&answer).await?;
+                    let _ = stream.send.finish();
+                    Ok(())
+                }
+                Message::StatusRequest => {
+                    stream.reply(&Message::StatusResponse(self.status())).await?;
+                    let _ = stream.send.finish();
+                    Ok(())
+                }
+                Message::LearnerReport { name, durable_lsn } => {
+                    let answer = self.learner_report(name, durable_lsn);
+                    stream.reply(&answer).await?;
+                    let _ = stream.send.finish();
+                    Ok(())
+                }
+                Message::FetchRequest { from_lsn, max_entries, follow, epoch } => {
+                    self.fetch_stream(from_lsn, max_entries, follow, epoch, stream).await
                 }
                 other => {
                     debug!("journal got an unexpected {other:?}");
                     let msg = err(
                         ErrorCode::Unsupported,
-                        "a journal node serves seal, append and fetch only",
+                        "a journal node serves seal, append, fetch, heartbeat, learner reports and status",
                         Epoch::ZERO,
                         0,
                     );

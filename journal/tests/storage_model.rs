@@ -3,9 +3,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use triad_journal::storage::{
-    LogStore, MemoryStore, Meta, SegmentOptions, SegmentStore, StoreError,
-};
+use triad_journal::storage::{LogStore, MemoryStore, Meta, SegmentOptions, SegmentStore, StoreError};
 use triad_protocol::{Entry, EntryId, Epoch, Lsn};
 
 #[derive(Clone, Debug)]
@@ -59,11 +57,7 @@ fn entry(epoch: Epoch, lsn: Lsn, size: usize) -> Entry {
     Entry {
         epoch,
         lsn,
-        payload: Bytes::from(
-            (0..size)
-                .map(|i| seed.wrapping_add(i as u8))
-                .collect::<Vec<_>>(),
-        ),
+        payload: Bytes::from((0..size).map(|i| seed.wrapping_add(i as u8)).collect::<Vec<_>>()),
     }
 }
 
@@ -75,14 +69,8 @@ fn same<T: PartialEq + std::fmt::Debug>(
     match (seg, mem) {
         (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
         (
-            Err(StoreError::NotContiguous {
-                expected: e1,
-                got: g1,
-            }),
-            Err(StoreError::NotContiguous {
-                expected: e2,
-                got: g2,
-            }),
+            Err(StoreError::NotContiguous { expected: e1, got: g1 }),
+            Err(StoreError::NotContiguous { expected: e2, got: g2 }),
         ) => {
             prop_assert_eq!(e1, e2);
             prop_assert_eq!(g1, g2);
@@ -115,22 +103,11 @@ fn compare(seg: &SegmentStore, mem: &MemoryStore) -> Result<(), TestCaseError> {
     prop_assert_eq!(mem.epoch_at(floor.wrapping_sub(1)), None);
 
     // Each store's epoch index against its own contents (which were compared above).
-    for (store, name) in [
-        (seg as &dyn LogStore, "segment"),
-        (mem as &dyn LogStore, "memory"),
-    ] {
-        let held = store
-            .read(store.first_lsn(), usize::MAX, usize::MAX)
-            .unwrap();
+    for (store, name) in [(seg as &dyn LogStore, "segment"), (mem as &dyn LogStore, "memory")] {
+        let held = store.read(store.first_lsn(), usize::MAX, usize::MAX).unwrap();
         for epoch in (0..=store.last().epoch.0 + 1).map(Epoch) {
             let expected = held.iter().find(|e| e.epoch == epoch).map(|e| e.lsn);
-            prop_assert_eq!(
-                store.first_lsn_of_epoch(epoch),
-                expected,
-                "{} store, epoch {}",
-                name,
-                epoch
-            );
+            prop_assert_eq!(store.first_lsn_of_epoch(epoch), expected, "{} store, epoch {}", name, epoch);
         }
         let durable = store.durable();
         prop_assert!(durable.lsn <= store.last().lsn);
@@ -189,16 +166,9 @@ fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
                 prop_assert!(seg.first_lsn() >= seg_first);
                 prop_assert!(seg.first_lsn() <= to.max(seg_first));
             }
-            Op::Read {
-                from,
-                max_entries,
-                max_bytes,
-            } => {
+            Op::Read { from, max_entries, max_bytes } => {
                 let from = mem.first_lsn() + from % (mem.last().lsn + 3 - mem.first_lsn());
-                same(
-                    &seg.read(from, max_entries, max_bytes),
-                    &mem.read(from, max_entries, max_bytes),
-                )?;
+                same(&seg.read(from, max_entries, max_bytes), &mem.read(from, max_entries, max_bytes))?;
             }
             Op::Sync => {
                 let seg_handle = seg.sync_handle().unwrap();
@@ -207,14 +177,8 @@ fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
                 prop_assert_eq!(seg_handle.sync().unwrap(), mem.last());
                 prop_assert_eq!(mem_handle.sync().unwrap(), mem.last());
             }
-            Op::SaveMeta {
-                promised,
-                commit_lsn,
-            } => {
-                let meta = Meta {
-                    promised: Epoch(promised),
-                    commit_lsn,
-                };
+            Op::SaveMeta { promised, commit_lsn } => {
+                let meta = Meta { promised: Epoch(promised), commit_lsn };
                 same(&seg.save_meta(&meta), &mem.save_meta(&meta))?;
             }
             Op::Reopen => {

@@ -18,12 +18,7 @@ fn payload(epoch: u64, lsn: Lsn) -> Bytes {
 }
 
 fn batch(epoch: u64, lsns: std::ops::RangeInclusive<Lsn>) -> Vec<Entry> {
-    lsns.map(|lsn| Entry {
-        epoch: Epoch(epoch),
-        lsn,
-        payload: payload(epoch, lsn),
-    })
-    .collect()
+    lsns.map(|lsn| Entry { epoch: Epoch(epoch), lsn, payload: payload(epoch, lsn) }).collect()
 }
 
 fn id(epoch: u64, lsn: Lsn) -> EntryId {
@@ -39,9 +34,7 @@ fn open(dir: &Path, segment_bytes: u64) -> SegmentStore {
 }
 
 fn all(store: &impl LogStore) -> Vec<Entry> {
-    store
-        .read(store.first_lsn(), usize::MAX, usize::MAX)
-        .expect("read")
+    store.read(store.first_lsn(), usize::MAX, usize::MAX).expect("read")
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -63,12 +56,7 @@ fn file_len(path: &Path) -> u64 {
 }
 
 fn set_len(path: &Path, len: u64) {
-    OpenOptions::new()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_len(len)
-        .unwrap();
+    OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
 }
 
 fn flip_byte(path: &Path, offset: u64) {
@@ -86,11 +74,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn expect_corrupt(result: Result<SegmentStore, StoreError>) -> (PathBuf, u64, String) {
     match result {
-        Err(StoreError::Corrupt {
-            segment,
-            offset,
-            reason,
-        }) => (segment, offset, reason),
+        Err(StoreError::Corrupt { segment, offset, reason }) => (segment, offset, reason),
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
@@ -110,11 +94,7 @@ fn torn_tail_at_every_offset(segment_bytes: u64, n: Lsn) {
     let last_file_name = files.last().unwrap().file_name().unwrap().to_owned();
     let full = file_len(files.last().unwrap());
     let last_start = full - record_len(written.last().unwrap());
-    let replacement = Entry {
-        epoch: Epoch(2),
-        lsn: n,
-        payload: Bytes::from_static(b"the new entry n"),
-    };
+    let replacement = Entry { epoch: Epoch(2), lsn: n, payload: Bytes::from_static(b"the new entry n") };
 
     for cut in last_start..full {
         let dir = tempfile::tempdir().unwrap();
@@ -199,13 +179,8 @@ fn bad_checksum_of_the_last_record_is_a_torn_tail() {
 #[test]
 fn mid_log_corruption_is_detected() {
     let written = batch(1, 1..=6);
-    let offset_of = |lsn: Lsn| {
-        SEGMENT_HEADER
-            + written[..lsn as usize - 1]
-                .iter()
-                .map(record_len)
-                .sum::<u64>()
-    };
+    let offset_of =
+        |lsn: Lsn| SEGMENT_HEADER + written[..lsn as usize - 1].iter().map(record_len).sum::<u64>();
     // A byte of the payload, of the checksum, of the LSN and of the length of record 3.
     for within in [30, 5, 17, 1] {
         let dir = tempfile::tempdir().unwrap();
@@ -214,15 +189,10 @@ fn mid_log_corruption_is_detected() {
         flip_byte(&file, offset_of(3) + within);
         let before = fs::read(&file).unwrap();
 
-        let (segment, offset, reason) =
-            expect_corrupt(SegmentStore::open(dir.path(), opts(1 << 20)));
+        let (segment, offset, reason) = expect_corrupt(SegmentStore::open(dir.path(), opts(1 << 20)));
         assert_eq!(segment, file, "flip at +{within}");
         assert_eq!(offset, offset_of(3), "flip at +{within}: {reason}");
-        assert_eq!(
-            fs::read(&file).unwrap(),
-            before,
-            "nothing is cut on corruption"
-        );
+        assert_eq!(fs::read(&file).unwrap(), before, "nothing is cut on corruption");
     }
 }
 
@@ -269,11 +239,7 @@ fn truncate_then_append_a_new_epoch() {
         store.append(&batch(1, 1..=10)).unwrap();
         store.truncate_after(6).unwrap();
         assert_eq!(store.last(), id(1, 6));
-        assert_eq!(
-            store.durable(),
-            id(1, 6),
-            "truncation leaves the log durable"
-        );
+        assert_eq!(store.durable(), id(1, 6), "truncation leaves the log durable");
         assert_eq!(store.epoch_at(7), None);
         assert!(matches!(
             store.append(&batch(2, 8..=8)),
@@ -349,10 +315,7 @@ fn appends_continue_while_a_sync_is_in_flight() {
 fn roll_over_and_read_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     let segment_bytes = 200;
-    let written = batch(1, 1..=40)
-        .into_iter()
-        .chain(batch(2, 41..=80))
-        .collect::<Vec<_>>();
+    let written = batch(1, 1..=40).into_iter().chain(batch(2, 41..=80)).collect::<Vec<_>>();
     let mut store = open(dir.path(), segment_bytes);
     // Batches of different sizes, some of which span several segments.
     let mut rest = &written[..];
@@ -404,11 +367,7 @@ fn roll_over_and_read_across_segments() {
 fn a_record_bigger_than_a_segment_gets_one_to_itself() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path(), 100);
-    let big = Entry {
-        epoch: Epoch(1),
-        lsn: 2,
-        payload: Bytes::from(vec![7u8; 1000]),
-    };
+    let big = Entry { epoch: Epoch(1), lsn: 2, payload: Bytes::from(vec![7u8; 1000]) };
     store.append(&batch(1, 1..=1)).unwrap();
     store.append(std::slice::from_ref(&big)).unwrap();
     store.append(&batch(1, 3..=3)).unwrap();
@@ -441,10 +400,7 @@ fn trim_drops_whole_segments_only() {
         store.read(first - 1, 10, usize::MAX),
         Err(StoreError::Trimmed { first: f }) if f == first
     ));
-    assert!(matches!(
-        store.truncate_after(first - 2),
-        Err(StoreError::Trimmed { .. })
-    ));
+    assert!(matches!(store.truncate_after(first - 2), Err(StoreError::Trimmed { .. })));
     assert_eq!(store.read(first, 1, 0).unwrap(), batch(1, first..=first));
     assert_eq!(store.epoch_at(first - 1), None);
     assert_eq!(store.first_lsn_of_epoch(Epoch(1)), Some(first));
@@ -471,10 +427,7 @@ fn trim_drops_whole_segments_only() {
     drop(store);
     let mut store = open(dir.path(), segment_bytes);
     assert_eq!(store.last(), id(2, first - 1));
-    assert!(matches!(
-        store.append(&batch(1, first..=first)),
-        Err(StoreError::NotContiguous { .. })
-    ));
+    assert!(matches!(store.append(&batch(1, first..=first)), Err(StoreError::NotContiguous { .. })));
     store.append(&batch(3, first..=first + 2)).unwrap();
     drop(store);
     let store = open(dir.path(), segment_bytes);
@@ -487,20 +440,14 @@ fn meta_round_trips_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path(), 1 << 20);
     assert_eq!(store.meta(), Meta::default());
-    let meta = Meta {
-        promised: Epoch::new(3, 2),
-        commit_lsn: 17,
-    };
+    let meta = Meta { promised: Epoch::new(3, 2), commit_lsn: 17 };
     store.save_meta(&meta).unwrap();
     assert_eq!(store.meta(), meta);
     drop(store);
 
     let mut store = open(dir.path(), 1 << 20);
     assert_eq!(store.meta(), meta);
-    let newer = Meta {
-        promised: Epoch::new(4, 1),
-        commit_lsn: 40,
-    };
+    let newer = Meta { promised: Epoch::new(4, 1), commit_lsn: 40 };
     store.save_meta(&newer).unwrap();
     drop(store);
     // A temporary file left by a crash mid-save is not the meta.
@@ -576,10 +523,7 @@ fn non_contiguous_appends_are_refused_and_write_nothing() {
         Err(StoreError::NotContiguous { expected, got })
             if expected == id(2, 6) && got == id(1, 6)
     ));
-    assert!(matches!(
-        store.append(&batch(2, 3..=3)),
-        Err(StoreError::NotContiguous { .. })
-    ));
+    assert!(matches!(store.append(&batch(2, 3..=3)), Err(StoreError::NotContiguous { .. })));
     store.append(&[]).unwrap();
     assert_eq!(store.last(), id(2, 3));
     drop(store);
@@ -591,10 +535,7 @@ fn reads_outside_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path(), 1 << 20);
     assert!(store.read(1, 10, 10).unwrap().is_empty());
-    assert!(matches!(
-        store.read(0, 10, 10),
-        Err(StoreError::Trimmed { first: 1 })
-    ));
+    assert!(matches!(store.read(0, 10, 10), Err(StoreError::Trimmed { first: 1 })));
     store.append(&batch(1, 1..=3)).unwrap();
     assert!(store.read(4, 10, 10).unwrap().is_empty());
     assert!(store.read(1, 0, 10).unwrap().is_empty());

@@ -12,8 +12,7 @@
 
 use bytes::Bytes;
 use flatbuffers::{
-    FlatBufferBuilder, ForwardsUOffset, InvalidFlatbuffer, UnionWIPOffset, Vector, VerifierOptions,
-    WIPOffset,
+    FlatBufferBuilder, ForwardsUOffset, InvalidFlatbuffer, UnionWIPOffset, Vector, VerifierOptions, WIPOffset,
 };
 
 use crate::generated::triad::wire as fb;
@@ -34,11 +33,7 @@ pub enum DecodeError {
     #[error("{len} bytes is too short for a {kind} buffer")]
     TooShort { kind: &'static str, len: usize },
     #[error("not a {kind} buffer: file identifier is {found:?}, expected {expected:?}")]
-    WrongIdentifier {
-        kind: &'static str,
-        expected: &'static str,
-        found: [u8; 4],
-    },
+    WrongIdentifier { kind: &'static str, expected: &'static str, found: [u8; 4] },
     #[error("missing required field `{0}`")]
     MissingField(String),
     /// Probably a message from a newer peer that this build does not know.
@@ -83,14 +78,8 @@ pub fn encode_record(record: &LogRecord) -> Vec<u8> {
         LogRecord::Commit { txn_id, writes } => {
             let writes = write_list(&mut fbb, writes);
             let txn_id = txn_id_to_fb(*txn_id);
-            let args = fb::CommitRecordArgs {
-                txn_id: Some(&txn_id),
-                writes,
-            };
-            (
-                fb::RecordBody::CommitRecord,
-                fb::CommitRecord::create(&mut fbb, &args).as_union_value(),
-            )
+            let args = fb::CommitRecordArgs { txn_id: Some(&txn_id), writes };
+            (fb::RecordBody::CommitRecord, fb::CommitRecord::create(&mut fbb, &args).as_union_value())
         }
         LogRecord::EpochStart { epoch } => {
             let args = fb::EpochStartRecordArgs { epoch: epoch.0 };
@@ -98,13 +87,7 @@ pub fn encode_record(record: &LogRecord) -> Vec<u8> {
             (fb::RecordBody::EpochStartRecord, off.as_union_value())
         }
     };
-    let root = fb::LogRecord::create(
-        &mut fbb,
-        &fb::LogRecordArgs {
-            body_type,
-            body: Some(body),
-        },
-    );
+    let root = fb::LogRecord::create(&mut fbb, &fb::LogRecordArgs { body_type, body: Some(body) });
     fbb.finish(root, Some(RECORD_IDENTIFIER));
     let (buf, head) = fbb.collapse();
     into_front(buf, head)
@@ -116,13 +99,7 @@ pub fn encode_record(record: &LogRecord) -> Vec<u8> {
 pub(crate) fn encode_message_with_headroom(msg: &Message, headroom: usize) -> (Vec<u8>, usize) {
     let mut fbb = FlatBufferBuilder::with_capacity(64 + headroom + message_size_hint(msg));
     let (body_type, body) = build_body(&mut fbb, msg);
-    let root = fb::Message::create(
-        &mut fbb,
-        &fb::MessageArgs {
-            body_type,
-            body: Some(body),
-        },
-    );
+    let root = fb::Message::create(&mut fbb, &fb::MessageArgs { body_type, body: Some(body) });
     fb::finish_message_buffer(&mut fbb, root);
     fbb.collapse()
 }
@@ -143,13 +120,8 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
             (B::BeginRequest, off.as_union_value())
         }
         Message::BeginResponse { read_lsn } => {
-            let args = fb::BeginResponseArgs {
-                read_lsn: *read_lsn,
-            };
-            (
-                B::BeginResponse,
-                fb::BeginResponse::create(fbb, &args).as_union_value(),
-            )
+            let args = fb::BeginResponseArgs { read_lsn: *read_lsn };
+            (B::BeginResponse, fb::BeginResponse::create(fbb, &args).as_union_value())
         }
         Message::CommitRequest(req) => {
             let read_keys = key_list(fbb, &req.read_keys);
@@ -169,143 +141,98 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
                 read_ranges,
                 writes,
             };
-            (
-                B::CommitRequest,
-                fb::CommitRequest::create(fbb, &args).as_union_value(),
-            )
+            (B::CommitRequest, fb::CommitRequest::create(fbb, &args).as_union_value())
         }
         Message::CommitResponse(outcome) => {
             let (outcome_type, outcome) = build_outcome(fbb, outcome);
-            let args = fb::CommitResponseArgs {
-                outcome_type,
-                outcome: Some(outcome),
-            };
-            (
-                B::CommitResponse,
-                fb::CommitResponse::create(fbb, &args).as_union_value(),
-            )
+            let args = fb::CommitResponseArgs { outcome_type, outcome: Some(outcome) };
+            (B::CommitResponse, fb::CommitResponse::create(fbb, &args).as_union_value())
         }
         Message::SealRequest { epoch } => {
             let args = fb::SealRequestArgs { epoch: epoch.0 };
-            (
-                B::SealRequest,
-                fb::SealRequest::create(fbb, &args).as_union_value(),
-            )
+            (B::SealRequest, fb::SealRequest::create(fbb, &args).as_union_value())
         }
-        Message::SealResponse {
-            promised,
-            last,
-            commit_lsn,
-        } => {
+        Message::SealResponse { promised, last, commit_lsn } => {
             let last = entry_id_to_fb(*last);
-            let args = fb::SealResponseArgs {
-                promised: promised.0,
-                last: Some(&last),
-                commit_lsn: *commit_lsn,
-            };
-            (
-                B::SealResponse,
-                fb::SealResponse::create(fbb, &args).as_union_value(),
-            )
+            let args =
+                fb::SealResponseArgs { promised: promised.0, last: Some(&last), commit_lsn: *commit_lsn };
+            (B::SealResponse, fb::SealResponse::create(fbb, &args).as_union_value())
         }
-        Message::AppendRequest {
-            epoch,
-            prev,
-            entries,
-            commit_lsn,
-        } => {
+        Message::AppendRequest { epoch, prev, entries, commit_lsn } => {
             let entries = entry_list(fbb, entries);
             let prev = entry_id_to_fb(*prev);
-            let args = fb::AppendRequestArgs {
-                epoch: epoch.0,
-                prev: Some(&prev),
-                entries,
-                commit_lsn: *commit_lsn,
-            };
-            (
-                B::AppendRequest,
-                fb::AppendRequest::create(fbb, &args).as_union_value(),
-            )
+            let args =
+                fb::AppendRequestArgs { epoch: epoch.0, prev: Some(&prev), entries, commit_lsn: *commit_lsn };
+            (B::AppendRequest, fb::AppendRequest::create(fbb, &args).as_union_value())
         }
         Message::AppendResponse { epoch, durable } => {
             let durable = entry_id_to_fb(*durable);
-            let args = fb::AppendResponseArgs {
-                epoch: epoch.0,
-                durable: Some(&durable),
-            };
-            (
-                B::AppendResponse,
-                fb::AppendResponse::create(fbb, &args).as_union_value(),
-            )
+            let args = fb::AppendResponseArgs { epoch: epoch.0, durable: Some(&durable) };
+            (B::AppendResponse, fb::AppendResponse::create(fbb, &args).as_union_value())
         }
-        Message::FetchRequest {
-            from_lsn,
-            max_entries,
-            follow,
-            epoch,
-        } => {
+        Message::FetchRequest { from_lsn, max_entries, follow, epoch } => {
             let args = fb::FetchRequestArgs {
                 from_lsn: *from_lsn,
                 max_entries: *max_entries,
                 follow_: *follow,
                 epoch: epoch.map(|e| e.0),
             };
-            (
-                B::FetchRequest,
-                fb::FetchRequest::create(fbb, &args).as_union_value(),
-            )
+            (B::FetchRequest, fb::FetchRequest::create(fbb, &args).as_union_value())
         }
-        Message::FetchResponse {
-            entries,
-            commit_lsn,
-        } => {
+        Message::FetchResponse { entries, commit_lsn } => {
             let entries = entry_list(fbb, entries);
-            let args = fb::FetchResponseArgs {
-                entries,
-                commit_lsn: *commit_lsn,
-            };
-            (
-                B::FetchResponse,
-                fb::FetchResponse::create(fbb, &args).as_union_value(),
-            )
+            let args = fb::FetchResponseArgs { entries, commit_lsn: *commit_lsn };
+            (B::FetchResponse, fb::FetchResponse::create(fbb, &args).as_union_value())
+        }
+        Message::HeartbeatRequest { epoch } => {
+            let args = fb::HeartbeatRequestArgs { epoch: epoch.0 };
+            (B::HeartbeatRequest, fb::HeartbeatRequest::create(fbb, &args).as_union_value())
+        }
+        Message::HeartbeatResponse { promised, commit_lsn } => {
+            let args = fb::HeartbeatResponseArgs { promised: promised.0, commit_lsn: *commit_lsn };
+            (B::HeartbeatResponse, fb::HeartbeatResponse::create(fbb, &args).as_union_value())
+        }
+        Message::OutcomeRequest { txn_id, read_lsn } => {
+            let txn_id = txn_id_to_fb(*txn_id);
+            let args = fb::OutcomeRequestArgs { txn_id: Some(&txn_id), read_lsn: *read_lsn };
+            (B::OutcomeRequest, fb::OutcomeRequest::create(fbb, &args).as_union_value())
+        }
+        Message::OutcomeResponse(outcome) => {
+            let (outcome_type, outcome) = build_txn_outcome(fbb, *outcome);
+            let args = fb::OutcomeResponseArgs { outcome_type, outcome: Some(outcome) };
+            (B::OutcomeResponse, fb::OutcomeResponse::create(fbb, &args).as_union_value())
+        }
+        Message::LearnerReport { name, durable_lsn } => {
+            let name = fbb.create_string(name);
+            let args = fb::LearnerReportArgs { name: Some(name), durable_lsn: *durable_lsn };
+            (B::LearnerReport, fb::LearnerReport::create(fbb, &args).as_union_value())
+        }
+        Message::LearnerAck { first_lsn } => {
+            let args = fb::LearnerAckArgs { first_lsn: *first_lsn };
+            (B::LearnerAck, fb::LearnerAck::create(fbb, &args).as_union_value())
+        }
+        Message::StatusRequest => {
+            let off = fb::StatusRequest::create(fbb, &fb::StatusRequestArgs {});
+            (B::StatusRequest, off.as_union_value())
+        }
+        Message::StatusResponse(status) => {
+            let off = build_status(fbb, status);
+            (B::StatusResponse, off.as_union_value())
         }
         Message::GetRequest { key, read_lsn } => {
             let key = fbb.create_vector(key);
-            let args = fb::GetRequestArgs {
-                key: Some(key),
-                read_lsn: *read_lsn,
-            };
-            (
-                B::GetRequest,
-                fb::GetRequest::create(fbb, &args).as_union_value(),
-            )
+            let args = fb::GetRequestArgs { key: Some(key), read_lsn: *read_lsn };
+            (B::GetRequest, fb::GetRequest::create(fbb, &args).as_union_value())
         }
         Message::GetResponse { value, version_lsn } => {
             let value = value.as_deref().map(|v| fbb.create_vector(v));
-            let args = fb::GetResponseArgs {
-                value,
-                version_lsn: *version_lsn,
-            };
-            (
-                B::GetResponse,
-                fb::GetResponse::create(fbb, &args).as_union_value(),
-            )
+            let args = fb::GetResponseArgs { value, version_lsn: *version_lsn };
+            (B::GetResponse, fb::GetResponse::create(fbb, &args).as_union_value())
         }
-        Message::ScanRequest {
-            range,
-            read_lsn,
-            limit,
-        } => {
+        Message::ScanRequest { range, read_lsn, limit } => {
             let range = key_range(fbb, range);
-            let args = fb::ScanRequestArgs {
-                range: Some(range),
-                read_lsn: *read_lsn,
-                limit: *limit,
-            };
-            (
-                B::ScanRequest,
-                fb::ScanRequest::create(fbb, &args).as_union_value(),
-            )
+            let args = fb::ScanRequestArgs { range: Some(range), read_lsn: *read_lsn, limit: *limit };
+            (B::ScanRequest, fb::ScanRequest::create(fbb, &args).as_union_value())
         }
         Message::ScanResponse { rows, more } => {
             let rows = if rows.is_empty() {
@@ -316,21 +243,15 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
                     .map(|r| {
                         let key = fbb.create_vector(&r.key);
                         let value = fbb.create_vector(&r.value);
-                        let args = fb::RowArgs {
-                            key: Some(key),
-                            value: Some(value),
-                            version_lsn: r.version_lsn,
-                        };
+                        let args =
+                            fb::RowArgs { key: Some(key), value: Some(value), version_lsn: r.version_lsn };
                         fb::Row::create(fbb, &args)
                     })
                     .collect();
                 Some(fbb.create_vector(&offs))
             };
             let args = fb::ScanResponseArgs { rows, more: *more };
-            (
-                B::ScanResponse,
-                fb::ScanResponse::create(fbb, &args).as_union_value(),
-            )
+            (B::ScanResponse, fb::ScanResponse::create(fbb, &args).as_union_value())
         }
         Message::Error(err) => {
             let message = fbb.create_string(&err.message);
@@ -340,10 +261,7 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
                 epoch: err.epoch.0,
                 lsn: err.lsn,
             };
-            (
-                B::ErrorResponse,
-                fb::ErrorResponse::create(fbb, &args).as_union_value(),
-            )
+            (B::ErrorResponse, fb::ErrorResponse::create(fbb, &args).as_union_value())
         }
     }
 }
@@ -360,10 +278,7 @@ fn build_outcome<'a>(
         }
         CommitOutcome::Conflict { keys } => {
             let keys = key_list(fbb, keys);
-            (
-                O::Conflict,
-                fb::Conflict::create(fbb, &fb::ConflictArgs { keys }).as_union_value(),
-            )
+            (O::Conflict, fb::Conflict::create(fbb, &fb::ConflictArgs { keys }).as_union_value())
         }
         CommitOutcome::TooOld { floor } => {
             let off = fb::TooOld::create(fbb, &fb::TooOldArgs { floor: *floor });
@@ -371,15 +286,58 @@ fn build_outcome<'a>(
         }
         CommitOutcome::Unavailable { reason } => {
             let reason = fbb.create_string(reason);
-            let args = fb::UnavailableArgs {
-                reason: Some(reason),
-            };
-            (
-                O::Unavailable,
-                fb::Unavailable::create(fbb, &args).as_union_value(),
-            )
+            let args = fb::UnavailableArgs { reason: Some(reason) };
+            (O::Unavailable, fb::Unavailable::create(fbb, &args).as_union_value())
         }
     }
+}
+
+fn build_txn_outcome<'a>(
+    fbb: &mut Fbb<'a>,
+    outcome: TxnOutcome,
+) -> (fb::TxnOutcome, WIPOffset<UnionWIPOffset>) {
+    match outcome {
+        TxnOutcome::Committed { lsn } => {
+            let off = fb::Committed::create(fbb, &fb::CommittedArgs { lsn });
+            (fb::TxnOutcome::Committed, off.as_union_value())
+        }
+        TxnOutcome::Aborted => {
+            let off = fb::Aborted::create(fbb, &fb::AbortedArgs {});
+            (fb::TxnOutcome::Aborted, off.as_union_value())
+        }
+    }
+}
+
+fn build_status<'a>(fbb: &mut Fbb<'a>, status: &NodeStatus) -> WIPOffset<fb::StatusResponse<'a>> {
+    let role = fbb.create_string(&status.role);
+    let learners = if status.learners.is_empty() {
+        None
+    } else {
+        let offs: Vec<_> = status
+            .learners
+            .iter()
+            .map(|l| {
+                let name = fbb.create_string(&l.name);
+                let args = fb::LearnerStatusArgs { name: Some(name), durable_lsn: l.durable_lsn };
+                fb::LearnerStatus::create(fbb, &args)
+            })
+            .collect();
+        Some(fbb.create_vector(&offs))
+    };
+    let last = entry_id_to_fb(status.last);
+    let args = fb::StatusResponseArgs {
+        role: Some(role),
+        id: status.id,
+        epoch: status.epoch.0,
+        active: status.active,
+        last: Some(&last),
+        commit_lsn: status.commit_lsn,
+        first_lsn: status.first_lsn,
+        applied_lsn: status.applied_lsn,
+        lease_age_ms: status.lease_age_ms,
+        learners,
+    };
+    fb::StatusResponse::create(fbb, &args)
 }
 
 type List<'a, T> = Option<WIPOffset<Vector<'a, ForwardsUOffset<T>>>>;
@@ -410,13 +368,7 @@ fn write_list<'a>(fbb: &mut Fbb<'a>, writes: &[Write]) -> List<'a, fb::Write<'a>
             let key = fbb.create_vector(&w.key);
             // `None` must stay distinguishable from `Some(empty)`: only a put writes the field.
             let value = w.value.as_deref().map(|v| fbb.create_vector(v));
-            fb::Write::create(
-                fbb,
-                &fb::WriteArgs {
-                    key: Some(key),
-                    value,
-                },
-            )
+            fb::Write::create(fbb, &fb::WriteArgs { key: Some(key), value })
         })
         .collect();
     Some(fbb.create_vector(&offs))
@@ -430,11 +382,7 @@ fn entry_list<'a>(fbb: &mut Fbb<'a>, entries: &[Entry]) -> List<'a, fb::Entry<'a
         .iter()
         .map(|e| {
             let payload = fbb.create_vector(&e.payload);
-            let args = fb::EntryArgs {
-                epoch: e.epoch.0,
-                lsn: e.lsn,
-                payload: Some(payload),
-            };
+            let args = fb::EntryArgs { epoch: e.epoch.0, lsn: e.lsn, payload: Some(payload) };
             fb::Entry::create(fbb, &args)
         })
         .collect();
@@ -444,13 +392,7 @@ fn entry_list<'a>(fbb: &mut Fbb<'a>, entries: &[Entry]) -> List<'a, fb::Entry<'a
 fn key_range<'a>(fbb: &mut Fbb<'a>, range: &KeyRange) -> WIPOffset<fb::KeyRange<'a>> {
     let start = fbb.create_vector(&range.start);
     let end = range.end.as_deref().map(|e| fbb.create_vector(e));
-    fb::KeyRange::create(
-        fbb,
-        &fb::KeyRangeArgs {
-            start: Some(start),
-            end,
-        },
-    )
+    fb::KeyRange::create(fbb, &fb::KeyRangeArgs { start: Some(start), end })
 }
 
 fn txn_id_to_fb(id: TxnId) -> fb::TxnId {
@@ -479,6 +421,7 @@ fn error_code_to_fb(code: ErrorCode) -> fb::ErrorCode {
         ErrorCode::Unavailable => fb::ErrorCode::Unavailable,
         ErrorCode::Unsupported => fb::ErrorCode::Unsupported,
         ErrorCode::StorageFailed => fb::ErrorCode::StorageFailed,
+        ErrorCode::NotLeader => fb::ErrorCode::NotLeader,
     }
 }
 
@@ -492,10 +435,7 @@ fn bytes_hint(b: &[u8]) -> usize {
 }
 
 fn writes_hint(writes: &[Write]) -> usize {
-    writes
-        .iter()
-        .map(|w| ITEM_OVERHEAD + bytes_hint(&w.key) + w.value.as_deref().map_or(0, bytes_hint))
-        .sum()
+    writes.iter().map(|w| ITEM_OVERHEAD + bytes_hint(&w.key) + w.value.as_deref().map_or(0, bytes_hint)).sum()
 }
 
 fn keys_hint(keys: &[Vec<u8>]) -> usize {
@@ -503,10 +443,7 @@ fn keys_hint(keys: &[Vec<u8>]) -> usize {
 }
 
 fn entries_hint(entries: &[Entry]) -> usize {
-    entries
-        .iter()
-        .map(|e| ITEM_OVERHEAD + bytes_hint(&e.payload))
-        .sum()
+    entries.iter().map(|e| ITEM_OVERHEAD + bytes_hint(&e.payload)).sum()
 }
 
 fn range_hint(r: &KeyRange) -> usize {
@@ -521,9 +458,7 @@ fn message_size_hint(msg: &Message) -> usize {
                 + req.read_ranges.iter().map(range_hint).sum::<usize>()
                 + writes_hint(&req.writes)
         }
-        Message::CommitResponse(CommitOutcome::Conflict { keys }) => {
-            ITEM_OVERHEAD + keys_hint(keys)
-        }
+        Message::CommitResponse(CommitOutcome::Conflict { keys }) => ITEM_OVERHEAD + keys_hint(keys),
         Message::CommitResponse(CommitOutcome::Unavailable { reason }) => {
             ITEM_OVERHEAD + bytes_hint(reason.as_bytes())
         }
@@ -531,9 +466,7 @@ fn message_size_hint(msg: &Message) -> usize {
             ITEM_OVERHEAD + entries_hint(entries)
         }
         Message::GetRequest { key, .. } => ITEM_OVERHEAD + bytes_hint(key),
-        Message::GetResponse { value, .. } => {
-            ITEM_OVERHEAD + value.as_deref().map_or(0, bytes_hint)
-        }
+        Message::GetResponse { value, .. } => ITEM_OVERHEAD + value.as_deref().map_or(0, bytes_hint),
         Message::ScanRequest { range, .. } => ITEM_OVERHEAD + range_hint(range),
         Message::ScanResponse { rows, .. } => {
             ITEM_OVERHEAD
@@ -543,6 +476,12 @@ fn message_size_hint(msg: &Message) -> usize {
                     .sum::<usize>()
         }
         Message::Error(err) => ITEM_OVERHEAD + bytes_hint(err.message.as_bytes()),
+        Message::LearnerReport { name, .. } => ITEM_OVERHEAD + bytes_hint(name.as_bytes()),
+        Message::StatusResponse(status) => {
+            ITEM_OVERHEAD
+                + bytes_hint(status.role.as_bytes())
+                + status.learners.iter().map(|l| ITEM_OVERHEAD + bytes_hint(l.name.as_bytes())).sum::<usize>()
+        }
         _ => ITEM_OVERHEAD,
     }
 }
@@ -575,22 +514,14 @@ pub fn decode_record(buf: &[u8]) -> Result<LogRecord, DecodeError> {
     match record.body_type() {
         fb::RecordBody::CommitRecord => {
             let c = present(record.body_as_commit_record(), "body")?;
-            Ok(LogRecord::Commit {
-                txn_id: txn_id_from_fb(c.txn_id()),
-                writes: writes(c.writes()),
-            })
+            Ok(LogRecord::Commit { txn_id: txn_id_from_fb(c.txn_id()), writes: writes(c.writes()) })
         }
         fb::RecordBody::EpochStartRecord => {
             let e = present(record.body_as_epoch_start_record(), "body")?;
-            Ok(LogRecord::EpochStart {
-                epoch: Epoch(e.epoch()),
-            })
+            Ok(LogRecord::EpochStart { epoch: Epoch(e.epoch()) })
         }
         fb::RecordBody::NONE => Err(DecodeError::MissingField("body".into())),
-        other => Err(DecodeError::UnknownUnionTag {
-            union: "RecordBody",
-            tag: other.0,
-        }),
+        other => Err(DecodeError::UnknownUnionTag { union: "RecordBody", tag: other.0 }),
     }
 }
 
@@ -621,23 +552,13 @@ where
     T: flatbuffers::Follow<'b> + flatbuffers::Verifiable + 'b,
 {
     if buf.len() < MIN_BUFFER_LEN {
-        return Err(DecodeError::TooShort {
-            kind,
-            len: buf.len(),
-        });
+        return Err(DecodeError::TooShort { kind, len: buf.len() });
     }
     if !flatbuffers::buffer_has_identifier(buf, identifier, false) {
         let found = [buf[4], buf[5], buf[6], buf[7]];
-        return Err(DecodeError::WrongIdentifier {
-            kind,
-            expected: identifier,
-            found,
-        });
+        return Err(DecodeError::WrongIdentifier { kind, expected: identifier, found });
     }
-    Ok(flatbuffers::root_with_opts::<T>(
-        &verifier_options(buf.len()),
-        buf,
-    )?)
+    Ok(flatbuffers::root_with_opts::<T>(&verifier_options(buf.len()), buf)?)
 }
 
 /// A union member the verifier has checked is always there; this only turns a broken
@@ -658,9 +579,7 @@ fn decode_message_with<'b>(
         B::BeginRequest => Message::BeginRequest,
         B::BeginResponse => {
             let b = present(msg.body_as_begin_response(), "body")?;
-            Message::BeginResponse {
-                read_lsn: b.read_lsn(),
-            }
+            Message::BeginResponse { read_lsn: b.read_lsn() }
         }
         B::CommitRequest => {
             let b = present(msg.body_as_commit_request(), "body")?;
@@ -682,9 +601,7 @@ fn decode_message_with<'b>(
         }
         B::SealRequest => {
             let b = present(msg.body_as_seal_request(), "body")?;
-            Message::SealRequest {
-                epoch: Epoch(b.epoch()),
-            }
+            Message::SealRequest { epoch: Epoch(b.epoch()) }
         }
         B::SealResponse => {
             let b = present(msg.body_as_seal_response(), "body")?;
@@ -705,10 +622,7 @@ fn decode_message_with<'b>(
         }
         B::AppendResponse => {
             let b = present(msg.body_as_append_response(), "body")?;
-            Message::AppendResponse {
-                epoch: Epoch(b.epoch()),
-                durable: entry_id_from_fb(b.durable()),
-            }
+            Message::AppendResponse { epoch: Epoch(b.epoch()), durable: entry_id_from_fb(b.durable()) }
         }
         B::FetchRequest => {
             let b = present(msg.body_as_fetch_request(), "body")?;
@@ -721,17 +635,61 @@ fn decode_message_with<'b>(
         }
         B::FetchResponse => {
             let b = present(msg.body_as_fetch_response(), "body")?;
-            Message::FetchResponse {
-                entries: entries(b.entries(), payload),
+            Message::FetchResponse { entries: entries(b.entries(), payload), commit_lsn: b.commit_lsn() }
+        }
+        B::HeartbeatRequest => {
+            let b = present(msg.body_as_heartbeat_request(), "body")?;
+            Message::HeartbeatRequest { epoch: Epoch(b.epoch()) }
+        }
+        B::HeartbeatResponse => {
+            let b = present(msg.body_as_heartbeat_response(), "body")?;
+            Message::HeartbeatResponse { promised: Epoch(b.promised()), commit_lsn: b.commit_lsn() }
+        }
+        B::OutcomeRequest => {
+            let b = present(msg.body_as_outcome_request(), "body")?;
+            Message::OutcomeRequest { txn_id: txn_id_from_fb(b.txn_id()), read_lsn: b.read_lsn() }
+        }
+        B::OutcomeResponse => {
+            let b = present(msg.body_as_outcome_response(), "body")?;
+            Message::OutcomeResponse(txn_outcome_from_fb(&b)?)
+        }
+        B::LearnerReport => {
+            let b = present(msg.body_as_learner_report(), "body")?;
+            Message::LearnerReport { name: b.name().to_owned(), durable_lsn: b.durable_lsn() }
+        }
+        B::LearnerAck => {
+            let b = present(msg.body_as_learner_ack(), "body")?;
+            Message::LearnerAck { first_lsn: b.first_lsn() }
+        }
+        B::StatusRequest => Message::StatusRequest,
+        B::StatusResponse => {
+            let b = present(msg.body_as_status_response(), "body")?;
+            Message::StatusResponse(NodeStatus {
+                role: b.role().to_owned(),
+                id: b.id(),
+                epoch: Epoch(b.epoch()),
+                active: b.active(),
+                last: entry_id_from_fb(b.last()),
                 commit_lsn: b.commit_lsn(),
-            }
+                first_lsn: b.first_lsn(),
+                applied_lsn: b.applied_lsn(),
+                lease_age_ms: b.lease_age_ms(),
+                learners: b
+                    .learners()
+                    .map(|v| {
+                        v.iter()
+                            .map(|l| LearnerStatus {
+                                name: l.name().to_owned(),
+                                durable_lsn: l.durable_lsn(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
         }
         B::GetRequest => {
             let b = present(msg.body_as_get_request(), "body")?;
-            Message::GetRequest {
-                key: b.key().bytes().to_vec(),
-                read_lsn: b.read_lsn(),
-            }
+            Message::GetRequest { key: b.key().bytes().to_vec(), read_lsn: b.read_lsn() }
         }
         B::GetResponse => {
             let b = present(msg.body_as_get_response(), "body")?;
@@ -759,10 +717,7 @@ fn decode_message_with<'b>(
                     })
                     .collect()
             });
-            Message::ScanResponse {
-                rows: rows.unwrap_or_default(),
-                more: b.more(),
-            }
+            Message::ScanResponse { rows: rows.unwrap_or_default(), more: b.more() }
         }
         B::ErrorResponse => {
             let b = present(msg.body_as_error_response(), "body")?;
@@ -774,12 +729,7 @@ fn decode_message_with<'b>(
             })
         }
         B::NONE => return Err(DecodeError::MissingField("body".into())),
-        other => {
-            return Err(DecodeError::UnknownUnionTag {
-                union: "Body",
-                tag: other.0,
-            })
-        }
+        other => return Err(DecodeError::UnknownUnionTag { union: "Body", tag: other.0 }),
     })
 }
 
@@ -792,9 +742,7 @@ fn outcome_from_fb(resp: &fb::CommitResponse<'_>) -> Result<CommitOutcome, Decod
         }
         O::Conflict => {
             let o = present(resp.outcome_as_conflict(), "outcome")?;
-            CommitOutcome::Conflict {
-                keys: keys(o.keys()),
-            }
+            CommitOutcome::Conflict { keys: keys(o.keys()) }
         }
         O::TooOld => {
             let o = present(resp.outcome_as_too_old(), "outcome")?;
@@ -802,34 +750,39 @@ fn outcome_from_fb(resp: &fb::CommitResponse<'_>) -> Result<CommitOutcome, Decod
         }
         O::Unavailable => {
             let o = present(resp.outcome_as_unavailable(), "outcome")?;
-            CommitOutcome::Unavailable {
-                reason: o.reason().unwrap_or_default().to_owned(),
-            }
+            CommitOutcome::Unavailable { reason: o.reason().unwrap_or_default().to_owned() }
         }
         O::NONE => return Err(DecodeError::MissingField("outcome".into())),
-        other => {
-            return Err(DecodeError::UnknownUnionTag {
-                union: "CommitOutcome",
-                tag: other.0,
-            })
+        other => return Err(DecodeError::UnknownUnionTag { union: "CommitOutcome", tag: other.0 }),
+    })
+}
+
+fn txn_outcome_from_fb(resp: &fb::OutcomeResponse<'_>) -> Result<TxnOutcome, DecodeError> {
+    use fb::TxnOutcome as O;
+    Ok(match resp.outcome_type() {
+        O::Committed => {
+            let o = present(resp.outcome_as_committed(), "outcome")?;
+            TxnOutcome::Committed { lsn: o.lsn() }
         }
+        O::Aborted => {
+            present(resp.outcome_as_aborted(), "outcome")?;
+            TxnOutcome::Aborted
+        }
+        O::NONE => return Err(DecodeError::MissingField("outcome".into())),
+        other => return Err(DecodeError::UnknownUnionTag { union: "TxnOutcome", tag: other.0 }),
     })
 }
 
 type FbList<'a, T> = Option<Vector<'a, ForwardsUOffset<T>>>;
 
 fn keys(list: FbList<'_, fb::Key<'_>>) -> Vec<Vec<u8>> {
-    list.map(|v| v.iter().map(|k| k.bytes().bytes().to_vec()).collect())
-        .unwrap_or_default()
+    list.map(|v| v.iter().map(|k| k.bytes().bytes().to_vec()).collect()).unwrap_or_default()
 }
 
 fn writes(list: FbList<'_, fb::Write<'_>>) -> Vec<Write> {
     list.map(|v| {
         v.iter()
-            .map(|w| Write {
-                key: w.key().bytes().to_vec(),
-                value: w.value().map(|v| v.bytes().to_vec()),
-            })
+            .map(|w| Write { key: w.key().bytes().to_vec(), value: w.value().map(|v| v.bytes().to_vec()) })
             .collect()
     })
     .unwrap_or_default()
@@ -838,21 +791,14 @@ fn writes(list: FbList<'_, fb::Write<'_>>) -> Vec<Write> {
 fn entries<'b>(list: FbList<'b, fb::Entry<'b>>, payload: &dyn Fn(&'b [u8]) -> Bytes) -> Vec<Entry> {
     list.map(|v| {
         v.iter()
-            .map(|e| Entry {
-                epoch: Epoch(e.epoch()),
-                lsn: e.lsn(),
-                payload: payload(e.payload().bytes()),
-            })
+            .map(|e| Entry { epoch: Epoch(e.epoch()), lsn: e.lsn(), payload: payload(e.payload().bytes()) })
             .collect()
     })
     .unwrap_or_default()
 }
 
 fn key_range_from_fb(r: fb::KeyRange<'_>) -> KeyRange {
-    KeyRange {
-        start: r.start().bytes().to_vec(),
-        end: r.end().map(|e| e.bytes().to_vec()),
-    }
+    KeyRange { start: r.start().bytes().to_vec(), end: r.end().map(|e| e.bytes().to_vec()) }
 }
 
 fn txn_id_from_fb(id: &fb::TxnId) -> TxnId {
@@ -867,10 +813,7 @@ fn isolation_from_fb(i: fb::Isolation) -> Result<Isolation, DecodeError> {
     match i {
         fb::Isolation::Snapshot => Ok(Isolation::Snapshot),
         fb::Isolation::Serializable => Ok(Isolation::Serializable),
-        other => Err(DecodeError::UnknownEnumValue {
-            name: "Isolation",
-            value: other.0,
-        }),
+        other => Err(DecodeError::UnknownEnumValue { name: "Isolation", value: other.0 }),
     }
 }
 
@@ -885,12 +828,8 @@ fn error_code_from_fb(code: fb::ErrorCode) -> Result<ErrorCode, DecodeError> {
         fb::ErrorCode::Unavailable => ErrorCode::Unavailable,
         fb::ErrorCode::Unsupported => ErrorCode::Unsupported,
         fb::ErrorCode::StorageFailed => ErrorCode::StorageFailed,
-        other => {
-            return Err(DecodeError::UnknownEnumValue {
-                name: "ErrorCode",
-                value: other.0,
-            })
-        }
+        fb::ErrorCode::NotLeader => ErrorCode::NotLeader,
+        other => return Err(DecodeError::UnknownEnumValue { name: "ErrorCode", value: other.0 }),
     })
 }
 
@@ -923,14 +862,11 @@ mod tests {
 
     #[test]
     fn unknown_body_tag_is_refused() {
-        for tag in [16u8, 200, 255] {
+        for tag in [fb::Body::ENUM_MAX + 1, 200, 255] {
             let mut fbb = Fbb::new();
             let body = empty_table(&mut fbb);
             let buf = finish_message(fbb, fb::Body(tag), Some(body));
-            assert_eq!(
-                decode_message(&buf),
-                Err(DecodeError::UnknownUnionTag { union: "Body", tag })
-            );
+            assert_eq!(decode_message(&buf), Err(DecodeError::UnknownUnionTag { union: "Body", tag }));
         }
     }
 
@@ -942,29 +878,17 @@ mod tests {
         // Point the body's offset far outside the buffer: the verifier skips bodies of unknown
         // tags, so only the decoder's refusal to look at them keeps this safe.
         let root = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
-        let vtable = (root as i64
-            - i32::from_le_bytes(buf[root..root + 4].try_into().unwrap()) as i64)
-            as usize;
-        let body_field =
-            u16::from_le_bytes(buf[vtable + 6..vtable + 8].try_into().unwrap()) as usize;
-        buf[root + body_field..root + body_field + 4]
-            .copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
-        assert_eq!(
-            decode_message(&buf),
-            Err(DecodeError::UnknownUnionTag {
-                union: "Body",
-                tag: 99
-            })
-        );
+        let vtable =
+            (root as i64 - i32::from_le_bytes(buf[root..root + 4].try_into().unwrap()) as i64) as usize;
+        let body_field = u16::from_le_bytes(buf[vtable + 6..vtable + 8].try_into().unwrap()) as usize;
+        buf[root + body_field..root + body_field + 4].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
+        assert_eq!(decode_message(&buf), Err(DecodeError::UnknownUnionTag { union: "Body", tag: 99 }));
     }
 
     #[test]
     fn missing_body_is_refused() {
         let buf = finish_message(Fbb::new(), fb::Body::NONE, None);
-        assert_eq!(
-            decode_message(&buf),
-            Err(DecodeError::MissingField("body".into()))
-        );
+        assert_eq!(decode_message(&buf), Err(DecodeError::MissingField("body".into())));
 
         // A body whose tag says NONE.
         let mut fbb = Fbb::new();
@@ -974,10 +898,7 @@ mod tests {
         fbb.push_slot_always::<fb::Body>(fb::Message::VT_BODY_TYPE, fb::Body::NONE);
         let root = fbb.end_table(start);
         fbb.finish(root, Some(MESSAGE_IDENTIFIER));
-        assert_eq!(
-            decode_message(fbb.finished_data()),
-            Err(DecodeError::MissingField("body".into()))
-        );
+        assert_eq!(decode_message(fbb.finished_data()), Err(DecodeError::MissingField("body".into())));
 
         // A body without a tag.
         let mut fbb = Fbb::new();
@@ -985,10 +906,7 @@ mod tests {
         let buf = finish_message(fbb, fb::Body::NONE, Some(body));
         let err = decode_message(&buf).unwrap_err();
         assert!(
-            matches!(
-                err,
-                DecodeError::InvalidBuffer(InvalidFlatbuffer::InconsistentUnion { .. })
-            ),
+            matches!(err, DecodeError::InvalidBuffer(InvalidFlatbuffer::InconsistentUnion { .. })),
             "{err}"
         );
     }
@@ -999,19 +917,12 @@ mod tests {
         let body = empty_table(&mut fbb);
         let start = fbb.start_table();
         fbb.push_slot_always(fb::LogRecord::VT_BODY, body);
-        fbb.push_slot::<fb::RecordBody>(
-            fb::LogRecord::VT_BODY_TYPE,
-            fb::RecordBody(3),
-            fb::RecordBody::NONE,
-        );
+        fbb.push_slot::<fb::RecordBody>(fb::LogRecord::VT_BODY_TYPE, fb::RecordBody(3), fb::RecordBody::NONE);
         let root = fbb.end_table(start);
         fbb.finish(root, Some(RECORD_IDENTIFIER));
         assert_eq!(
             decode_record(fbb.finished_data()),
-            Err(DecodeError::UnknownUnionTag {
-                union: "RecordBody",
-                tag: 3
-            })
+            Err(DecodeError::UnknownUnionTag { union: "RecordBody", tag: 3 })
         );
     }
 
@@ -1030,11 +941,33 @@ mod tests {
         let buf = finish_message(fbb, fb::Body::CommitResponse, Some(body));
         assert_eq!(
             decode_message(&buf),
-            Err(DecodeError::UnknownUnionTag {
-                union: "CommitOutcome",
-                tag: 42
-            })
+            Err(DecodeError::UnknownUnionTag { union: "CommitOutcome", tag: 42 })
         );
+    }
+
+    #[test]
+    fn unknown_txn_outcome_tag_is_refused() {
+        let mut fbb = Fbb::new();
+        let outcome = empty_table(&mut fbb);
+        let start = fbb.start_table();
+        fbb.push_slot_always(fb::OutcomeResponse::VT_OUTCOME, outcome);
+        fbb.push_slot::<fb::TxnOutcome>(
+            fb::OutcomeResponse::VT_OUTCOME_TYPE,
+            fb::TxnOutcome(fb::TxnOutcome::ENUM_MAX + 1),
+            fb::TxnOutcome::NONE,
+        );
+        let body = fbb.end_table(start).as_union_value();
+        let buf = finish_message(fbb, fb::Body::OutcomeResponse, Some(body));
+        assert_eq!(
+            decode_message(&buf),
+            Err(DecodeError::UnknownUnionTag { union: "TxnOutcome", tag: fb::TxnOutcome::ENUM_MAX + 1 })
+        );
+
+        // An outcome response without its outcome.
+        let mut fbb = Fbb::new();
+        let body = empty_table(&mut fbb);
+        let buf = finish_message(fbb, fb::Body::OutcomeResponse, Some(body));
+        assert_eq!(decode_message(&buf), Err(DecodeError::MissingField("outcome".into())));
     }
 
     #[test]
@@ -1048,28 +981,25 @@ mod tests {
         };
         let body = fb::CommitRequest::create(&mut fbb, &args).as_union_value();
         let buf = finish_message(fbb, fb::Body::CommitRequest, Some(body));
-        assert_eq!(
-            decode_message(&buf),
-            Err(DecodeError::UnknownEnumValue {
-                name: "Isolation",
-                value: 9
-            })
-        );
+        assert_eq!(decode_message(&buf), Err(DecodeError::UnknownEnumValue { name: "Isolation", value: 9 }));
 
-        let mut fbb = Fbb::new();
-        let args = fb::ErrorResponseArgs {
-            code: fb::ErrorCode(200),
-            ..Default::default()
-        };
-        let body = fb::ErrorResponse::create(&mut fbb, &args).as_union_value();
-        let buf = finish_message(fbb, fb::Body::ErrorResponse, Some(body));
-        assert_eq!(
-            decode_message(&buf),
-            Err(DecodeError::UnknownEnumValue {
-                name: "ErrorCode",
-                value: 200
-            })
-        );
+        for value in [fb::ErrorCode::ENUM_MAX + 1, 200] {
+            let mut fbb = Fbb::new();
+            let args = fb::ErrorResponseArgs { code: fb::ErrorCode(value), ..Default::default() };
+            let body = fb::ErrorResponse::create(&mut fbb, &args).as_union_value();
+            let buf = finish_message(fbb, fb::Body::ErrorResponse, Some(body));
+            assert_eq!(decode_message(&buf), Err(DecodeError::UnknownEnumValue { name: "ErrorCode", value }));
+        }
+    }
+
+    /// New members were appended, so the tags and values older peers know are unchanged.
+    #[test]
+    fn wire_numbers_are_stable() {
+        assert_eq!(fb::Body::ErrorResponse.0, 15);
+        assert_eq!(fb::Body::HeartbeatRequest.0, 16);
+        assert_eq!(fb::Body::StatusResponse.0, 23);
+        assert_eq!(fb::ErrorCode::StorageFailed.0, 8);
+        assert_eq!(fb::ErrorCode::NotLeader.0, 9);
     }
 
     #[test]
@@ -1080,19 +1010,54 @@ mod tests {
         fbb.push_slot::<u64>(fb::GetRequest::VT_READ_LSN, 5, 0);
         let body = fbb.end_table(start).as_union_value();
         let buf = finish_message(fbb, fb::Body::GetRequest, Some(body));
-        assert_eq!(
-            decode_message(&buf),
-            Err(DecodeError::MissingField("key".into()))
-        );
+        assert_eq!(decode_message(&buf), Err(DecodeError::MissingField("key".into())));
 
         // A CommitRequest without its txn id.
         let mut fbb = Fbb::new();
         let body = empty_table(&mut fbb);
         let buf = finish_message(fbb, fb::Body::CommitRequest, Some(body));
-        assert_eq!(
-            decode_message(&buf),
-            Err(DecodeError::MissingField("txn_id".into()))
-        );
+        assert_eq!(decode_message(&buf), Err(DecodeError::MissingField("txn_id".into())));
+
+        // An OutcomeRequest without its txn id.
+        let mut fbb = Fbb::new();
+        let body = empty_table(&mut fbb);
+        let buf = finish_message(fbb, fb::Body::OutcomeRequest, Some(body));
+        assert_eq!(decode_message(&buf), Err(DecodeError::MissingField("txn_id".into())));
+
+        // A LearnerReport without its name.
+        let mut fbb = Fbb::new();
+        let body = empty_table(&mut fbb);
+        let buf = finish_message(fbb, fb::Body::LearnerReport, Some(body));
+        assert_eq!(decode_message(&buf), Err(DecodeError::MissingField("name".into())));
+
+        // A StatusResponse without its role, or without its last entry.
+        let mut fbb = Fbb::new();
+        let start = fbb.start_table();
+        fbb.push_slot_always(fb::StatusResponse::VT_LAST, fb::EntryId::new(1, 1));
+        let body = fbb.end_table(start).as_union_value();
+        let buf = finish_message(fbb, fb::Body::StatusResponse, Some(body));
+        assert_eq!(decode_message(&buf), Err(DecodeError::MissingField("role".into())));
+        let mut fbb = Fbb::new();
+        let role = fbb.create_string("journal");
+        let start = fbb.start_table();
+        fbb.push_slot_always(fb::StatusResponse::VT_ROLE, role);
+        let body = fbb.end_table(start).as_union_value();
+        let buf = finish_message(fbb, fb::Body::StatusResponse, Some(body));
+        assert_eq!(decode_message(&buf), Err(DecodeError::MissingField("last".into())));
+
+        // A learner inside a status response without its name.
+        let mut fbb = Fbb::new();
+        let start = fbb.start_table();
+        let learner = fbb.end_table(start);
+        let learners = fbb.create_vector(&[learner]);
+        let role = fbb.create_string("journal");
+        let start = fbb.start_table();
+        fbb.push_slot_always(fb::StatusResponse::VT_LEARNERS, learners);
+        fbb.push_slot_always(fb::StatusResponse::VT_ROLE, role);
+        fbb.push_slot_always(fb::StatusResponse::VT_LAST, fb::EntryId::new(1, 1));
+        let body = fbb.end_table(start).as_union_value();
+        let buf = finish_message(fbb, fb::Body::StatusResponse, Some(body));
+        assert_eq!(decode_message(&buf), Err(DecodeError::MissingField("name".into())));
 
         // A write inside a commit record without its key.
         let mut fbb = Fbb::new();
@@ -1112,10 +1077,7 @@ mod tests {
         );
         let root = fbb.end_table(start);
         fbb.finish(root, Some(RECORD_IDENTIFIER));
-        assert_eq!(
-            decode_record(fbb.finished_data()),
-            Err(DecodeError::MissingField("key".into()))
-        );
+        assert_eq!(decode_record(fbb.finished_data()), Err(DecodeError::MissingField("key".into())));
     }
 
     #[test]
@@ -1123,25 +1085,12 @@ mod tests {
         let mut fbb = Fbb::new();
         let message = fbb.create_vector(&[0xffu8, 0xfe, 0]);
         let message = WIPOffset::new(message.value());
-        let args = fb::ErrorResponseArgs {
-            message: Some(message),
-            ..Default::default()
-        };
+        let args = fb::ErrorResponseArgs { message: Some(message), ..Default::default() };
         let body = fb::ErrorResponse::create(&mut fbb, &args).as_union_value();
         let buf = finish_message(fbb, fb::Body::ErrorResponse, Some(body));
         let err = decode_message(&buf).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DecodeError::InvalidBuffer(InvalidFlatbuffer::Utf8Error { .. })
-            ),
-            "{err}"
-        );
-        assert!(
-            err.to_string()
-                .starts_with("invalid flatbuffer: Utf8 error"),
-            "{err}"
-        );
+        assert!(matches!(err, DecodeError::InvalidBuffer(InvalidFlatbuffer::Utf8Error { .. })), "{err}");
+        assert!(err.to_string().starts_with("invalid flatbuffer: Utf8 error"), "{err}");
     }
 
     /// One write referenced 20 000 times: 80 KB that would decode into 80 MB.
@@ -1150,34 +1099,19 @@ mod tests {
         let mut fbb = Fbb::new();
         let key = fbb.create_vector(&[1u8; 16]);
         let value = fbb.create_vector(&[2u8; 4096]);
-        let write = fb::Write::create(
-            &mut fbb,
-            &fb::WriteArgs {
-                key: Some(key),
-                value: Some(value),
-            },
-        );
+        let write = fb::Write::create(&mut fbb, &fb::WriteArgs { key: Some(key), value: Some(value) });
         let writes = fbb.create_vector(&vec![write; 20_000]);
         let txn_id = fb::TxnId::new(1, 0);
-        let args = fb::CommitRecordArgs {
-            txn_id: Some(&txn_id),
-            writes: Some(writes),
-        };
+        let args = fb::CommitRecordArgs { txn_id: Some(&txn_id), writes: Some(writes) };
         let body = fb::CommitRecord::create(&mut fbb, &args).as_union_value();
         let root = fb::LogRecord::create(
             &mut fbb,
-            &fb::LogRecordArgs {
-                body_type: fb::RecordBody::CommitRecord,
-                body: Some(body),
-            },
+            &fb::LogRecordArgs { body_type: fb::RecordBody::CommitRecord, body: Some(body) },
         );
         fbb.finish(root, Some(RECORD_IDENTIFIER));
         let buf = fbb.finished_data();
         assert!(buf.len() < 100_000);
         let err = decode_record(buf).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::InvalidBuffer(InvalidFlatbuffer::ApparentSizeTooLarge)
-        );
+        assert_eq!(err, DecodeError::InvalidBuffer(InvalidFlatbuffer::ApparentSizeTooLarge));
     }
 }

@@ -52,10 +52,7 @@ impl FrameHeader {
     /// If the payload is longer than `u32::MAX` bytes; no frame can carry it.
     pub fn for_payload(payload: &[u8]) -> FrameHeader {
         let len = u32::try_from(payload.len()).expect("frame payload longer than u32::MAX bytes");
-        FrameHeader {
-            len,
-            crc: crc32c::crc32c(payload),
-        }
+        FrameHeader { len, crc: crc32c::crc32c(payload) }
     }
 
     /// Reads a header and checks its length against `max_len`. Nothing is allocated, so this is
@@ -67,10 +64,7 @@ impl FrameHeader {
             return Err(FrameError::Empty);
         }
         if len as usize > max_len {
-            return Err(FrameError::TooLarge {
-                len: len as usize,
-                max: max_len,
-            });
+            return Err(FrameError::TooLarge { len: len as usize, max: max_len });
         }
         Ok(FrameHeader { len, crc })
     }
@@ -91,17 +85,11 @@ impl FrameHeader {
     /// Checks that `payload` is exactly the payload this header announced.
     pub fn verify(&self, payload: &[u8]) -> Result<(), FrameError> {
         if payload.len() != self.len as usize {
-            return Err(FrameError::LengthMismatch {
-                expected: self.len,
-                actual: payload.len(),
-            });
+            return Err(FrameError::LengthMismatch { expected: self.len, actual: payload.len() });
         }
         let actual = crc32c::crc32c(payload);
         if actual != self.crc {
-            return Err(FrameError::Checksum {
-                expected: self.crc,
-                actual,
-            });
+            return Err(FrameError::Checksum { expected: self.crc, actual });
         }
         Ok(())
     }
@@ -166,10 +154,7 @@ pub fn decode_frame(buf: &[u8], max_len: usize) -> Result<Option<(&[u8], usize)>
 }
 
 /// [`decode_frame`], then decodes the payload as a [`Message`].
-pub fn decode_frame_message(
-    buf: &[u8],
-    max_len: usize,
-) -> Result<Option<(Message, usize)>, FrameError> {
+pub fn decode_frame_message(buf: &[u8], max_len: usize) -> Result<Option<(Message, usize)>, FrameError> {
     match decode_frame(buf, max_len)? {
         None => Ok(None),
         Some((payload, used)) => Ok(Some((codec::decode_message(payload)?, used))),

@@ -49,10 +49,7 @@ pub struct EntryId {
 }
 
 impl EntryId {
-    pub const ZERO: EntryId = EntryId {
-        epoch: Epoch::ZERO,
-        lsn: 0,
-    };
+    pub const ZERO: EntryId = EntryId { epoch: Epoch::ZERO, lsn: 0 };
     pub fn new(epoch: Epoch, lsn: Lsn) -> EntryId {
         EntryId { epoch, lsn }
     }
@@ -172,6 +169,47 @@ pub enum ErrorCode {
     Unsupported,
     /// The node's storage failed (for example fsync); it will not acknowledge anything again.
     StorageFailed,
+    /// This sequencer is not the active one (a standby, or deposed); ask another candidate.
+    NotLeader,
+}
+
+/// The definitive fate of a transaction, decided from the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    Committed {
+        lsn: Lsn,
+    },
+    /// Not in the log, and fenced so that it never can be.
+    Aborted,
+}
+
+/// A learner's registration and progress, as a journal node keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LearnerStatus {
+    pub name: String,
+    pub durable_lsn: Lsn,
+}
+
+/// What any node reports about itself (`triad status`, and standbys watching the lease).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// "journal", "sequencer" or "replayer".
+    pub role: String,
+    pub id: u32,
+    /// A journal node's promise; a sequencer's epoch.
+    pub epoch: Epoch,
+    /// A sequencer: whether it is the active one.
+    pub active: bool,
+    pub last: EntryId,
+    pub commit_lsn: Lsn,
+    /// Lowest LSN still held (journal) — everything below was trimmed.
+    pub first_lsn: Lsn,
+    /// A replayer's applied LSN.
+    pub applied_lsn: Lsn,
+    /// A journal node: milliseconds since the promised epoch last appended or heartbeat
+    /// (`u64::MAX` if never since start). Standbys seal when a majority reports it over the lease.
+    pub lease_age_ms: u64,
+    pub learners: Vec<LearnerStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,6 +271,40 @@ pub enum Message {
         entries: Vec<Entry>,
         commit_lsn: Lsn,
     },
+
+    /// Read barrier and lease renewal: confirms `epoch` is still the promised one. Not persisted.
+    HeartbeatRequest {
+        epoch: Epoch,
+    },
+    HeartbeatResponse {
+        promised: Epoch,
+        commit_lsn: Lsn,
+    },
+
+    // compute → sequencer, after a commit's answer was lost
+    /// Asks for the fate of `txn_id`, whose snapshot was `read_lsn`: committed iff its record
+    /// lies in `(read_lsn, commit watermark]`.
+    OutcomeRequest {
+        txn_id: TxnId,
+        read_lsn: Lsn,
+    },
+    OutcomeResponse(TxnOutcome),
+
+    // learner → journal
+    /// Registers the learner on first use and reports how far it has durably applied; the
+    /// journal trims only below the minimum of these.
+    LearnerReport {
+        name: String,
+        durable_lsn: Lsn,
+    },
+    /// `first_lsn`: the lowest LSN the node still holds.
+    LearnerAck {
+        first_lsn: Lsn,
+    },
+
+    // anyone → any node
+    StatusRequest,
+    StatusResponse(NodeStatus),
 
     // compute → replayer
     GetRequest {

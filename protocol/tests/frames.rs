@@ -24,50 +24,29 @@ fn header_layout_is_len_then_crc_little_endian() {
 #[test]
 fn oversized_header_is_refused() {
     let max = 1024;
-    assert_eq!(
-        FrameHeader::parse(&header(1025, 0), max),
-        Err(FrameError::TooLarge { len: 1025, max })
-    );
-    assert_eq!(
-        FrameHeader::parse(&header(1024, 7), max),
-        Ok(FrameHeader { len: 1024, crc: 7 })
-    );
+    assert_eq!(FrameHeader::parse(&header(1025, 0), max), Err(FrameError::TooLarge { len: 1025, max }));
+    assert_eq!(FrameHeader::parse(&header(1024, 7), max), Ok(FrameHeader { len: 1024, crc: 7 }));
     assert_eq!(
         FrameHeader::parse(&header(u32::MAX, 0), MAX_FRAME_DEFAULT),
-        Err(FrameError::TooLarge {
-            len: u32::MAX as usize,
-            max: MAX_FRAME_DEFAULT
-        })
+        Err(FrameError::TooLarge { len: u32::MAX as usize, max: MAX_FRAME_DEFAULT })
     );
     // decode_frame refuses as soon as it has the header, rather than waiting for 4 GiB.
     assert_eq!(
         decode_frame(&header(u32::MAX, 0), MAX_FRAME_DEFAULT),
-        Err(FrameError::TooLarge {
-            len: u32::MAX as usize,
-            max: MAX_FRAME_DEFAULT
-        })
+        Err(FrameError::TooLarge { len: u32::MAX as usize, max: MAX_FRAME_DEFAULT })
     );
     let frame = frame_message(&Message::BeginResponse { read_lsn: 5 });
     let len = frame.len() - HEADER_LEN;
-    assert_eq!(
-        decode_frame(&frame, len - 1),
-        Err(FrameError::TooLarge { len, max: len - 1 })
-    );
+    assert_eq!(decode_frame(&frame, len - 1), Err(FrameError::TooLarge { len, max: len - 1 }));
     assert!(decode_frame(&frame, len).unwrap().is_some());
 }
 
 #[test]
 fn empty_frame_is_refused() {
-    assert_eq!(
-        FrameHeader::parse(&header(0, 0), MAX_FRAME_DEFAULT),
-        Err(FrameError::Empty)
-    );
+    assert_eq!(FrameHeader::parse(&header(0, 0), MAX_FRAME_DEFAULT), Err(FrameError::Empty));
     let mut out = Vec::new();
     encode_frame(b"", &mut out);
-    assert_eq!(
-        decode_frame(&out, MAX_FRAME_DEFAULT),
-        Err(FrameError::Empty)
-    );
+    assert_eq!(decode_frame(&out, MAX_FRAME_DEFAULT), Err(FrameError::Empty));
 }
 
 #[test]
@@ -76,26 +55,14 @@ fn checksum_mismatch_is_detected() {
     assert_eq!(hdr.verify(b"abc"), Ok(()));
     assert_eq!(
         hdr.verify(b"abd"),
-        Err(FrameError::Checksum {
-            expected: crc32c::crc32c(b"abc"),
-            actual: crc32c::crc32c(b"abd")
-        })
+        Err(FrameError::Checksum { expected: crc32c::crc32c(b"abc"), actual: crc32c::crc32c(b"abd") })
     );
-    assert_eq!(
-        hdr.verify(b"ab"),
-        Err(FrameError::LengthMismatch {
-            expected: 3,
-            actual: 2
-        })
-    );
+    assert_eq!(hdr.verify(b"ab"), Err(FrameError::LengthMismatch { expected: 3, actual: 2 }));
 
     let mut frame = frame_message(&Message::SealRequest { epoch: Epoch(3) });
     let last = frame.len() - 1;
     frame[last] ^= 0x10;
-    assert!(matches!(
-        decode_frame(&frame, MAX_FRAME_DEFAULT),
-        Err(FrameError::Checksum { .. })
-    ));
+    assert!(matches!(decode_frame(&frame, MAX_FRAME_DEFAULT), Err(FrameError::Checksum { .. })));
 }
 
 #[test]
@@ -111,8 +78,7 @@ fn bad_payload_in_a_good_frame_is_a_decode_error() {
 fn transport_style_reading() {
     for msg in message_examples() {
         let frame = frame_message(&msg);
-        let hdr =
-            FrameHeader::parse(frame[..HEADER_LEN].try_into().unwrap(), MAX_FRAME_DEFAULT).unwrap();
+        let hdr = FrameHeader::parse(frame[..HEADER_LEN].try_into().unwrap(), MAX_FRAME_DEFAULT).unwrap();
         let payload = &frame[HEADER_LEN..HEADER_LEN + hdr.payload_len()];
         assert_eq!(payload.len(), frame.len() - HEADER_LEN);
         hdr.verify(payload).unwrap();

@@ -26,14 +26,8 @@ fn decode_both(buf: &[u8]) {
 fn empty_and_tiny_buffers_are_refused() {
     for len in 0..8 {
         let buf = vec![0u8; len];
-        assert!(matches!(
-            decode_message(&buf),
-            Err(DecodeError::TooShort { .. })
-        ));
-        assert!(matches!(
-            decode_record(&buf),
-            Err(DecodeError::TooShort { .. })
-        ));
+        assert!(matches!(decode_message(&buf), Err(DecodeError::TooShort { .. })));
+        assert!(matches!(decode_record(&buf), Err(DecodeError::TooShort { .. })));
     }
     let mut buf = vec![0u8; 8];
     buf[4..].copy_from_slice(b"TRDM");
@@ -48,11 +42,7 @@ fn truncated_examples_never_decode_to_something_else() {
             // Only trailing alignment padding may be cut without the verifier noticing.
             if let Ok(decoded) = decode_message(&encoded[..len]) {
                 assert_eq!(decoded, msg, "truncated to {len} bytes");
-                assert!(
-                    encoded.len() - len < 8,
-                    "cut {} bytes unnoticed",
-                    encoded.len() - len
-                );
+                assert!(encoded.len() - len < 8, "cut {} bytes unnoticed", encoded.len() - len);
             }
         }
     }

@@ -13,19 +13,14 @@ use triad_protocol::*;
 fn assert_message_round_trips(msg: &Message) {
     let encoded = encode_message(msg);
     assert_eq!(&decode_message(&encoded).unwrap(), msg);
-    assert_eq!(
-        &decode_message_bytes(&Bytes::from(encoded.clone())).unwrap(),
-        msg
-    );
+    assert_eq!(&decode_message_bytes(&Bytes::from(encoded.clone())).unwrap(), msg);
 
     let frame = frame_message(msg);
     let (payload, used) = decode_frame(&frame, MAX_FRAME_DEFAULT).unwrap().unwrap();
     assert_eq!(used, frame.len());
     // Framing must not change the encoding, only put a header in front of it.
     assert_eq!(payload, &encoded[..]);
-    let (decoded, used) = decode_frame_message(&frame, MAX_FRAME_DEFAULT)
-        .unwrap()
-        .unwrap();
+    let (decoded, used) = decode_frame_message(&frame, MAX_FRAME_DEFAULT).unwrap().unwrap();
     assert_eq!((&decoded, used), (msg, frame.len()));
 }
 
@@ -44,11 +39,7 @@ fn assert_record_round_trips(record: &LogRecord) {
 fn every_message_variant_round_trips() {
     let examples = message_examples();
     let seen: BTreeSet<_> = examples.iter().map(variant_name).collect();
-    assert_eq!(
-        seen.len(),
-        MESSAGE_VARIANTS,
-        "examples miss a variant: have {seen:?}"
-    );
+    assert_eq!(seen.len(), MESSAGE_VARIANTS, "examples miss a variant: have {seen:?}");
     for msg in &examples {
         assert_message_round_trips(msg);
     }
@@ -58,11 +49,7 @@ fn every_message_variant_round_trips() {
 fn every_record_variant_round_trips() {
     let examples = record_examples();
     let seen: BTreeSet<_> = examples.iter().map(record_variant_name).collect();
-    assert_eq!(
-        seen.len(),
-        RECORD_VARIANTS,
-        "examples miss a variant: have {seen:?}"
-    );
+    assert_eq!(seen.len(), RECORD_VARIANTS, "examples miss a variant: have {seen:?}");
     for record in &examples {
         assert_record_round_trips(record);
     }
@@ -70,30 +57,17 @@ fn every_record_variant_round_trips() {
 
 #[test]
 fn empty_value_is_not_a_delete() {
-    let put_empty = Write {
-        key: b"k".to_vec(),
-        value: Some(vec![]),
-    };
-    let delete = Write {
-        key: b"k".to_vec(),
-        value: None,
-    };
-    let record = LogRecord::Commit {
-        txn_id: TxnId(5),
-        writes: vec![put_empty.clone(), delete.clone()],
-    };
+    let put_empty = Write { key: b"k".to_vec(), value: Some(vec![]) };
+    let delete = Write { key: b"k".to_vec(), value: None };
+    let record = LogRecord::Commit { txn_id: TxnId(5), writes: vec![put_empty.clone(), delete.clone()] };
     let LogRecord::Commit { writes, .. } = decode_record(&encode_record(&record)).unwrap() else {
         panic!("wrong variant");
     };
     assert_eq!(writes, vec![put_empty, delete]);
 
     for value in [None, Some(vec![])] {
-        let msg = Message::GetResponse {
-            value: value.clone(),
-            version_lsn: 1,
-        };
-        let Message::GetResponse { value: decoded, .. } =
-            decode_message(&encode_message(&msg)).unwrap()
+        let msg = Message::GetResponse { value: value.clone(), version_lsn: 1 };
+        let Message::GetResponse { value: decoded, .. } = decode_message(&encode_message(&msg)).unwrap()
         else {
             panic!("wrong variant");
         };
@@ -104,12 +78,7 @@ fn empty_value_is_not_a_delete() {
 #[test]
 fn fetch_epoch_zero_is_not_absent() {
     for epoch in [None, Some(Epoch::ZERO), Some(Epoch(1))] {
-        let msg = Message::FetchRequest {
-            from_lsn: 1,
-            max_entries: 1,
-            follow: false,
-            epoch,
-        };
+        let msg = Message::FetchRequest { from_lsn: 1, max_entries: 1, follow: false, epoch };
         assert_eq!(decode_message(&encode_message(&msg)).unwrap(), msg);
     }
 }
@@ -117,11 +86,7 @@ fn fetch_epoch_zero_is_not_absent() {
 #[test]
 fn shared_decode_slices_payloads_from_the_buffer() {
     let msg = Message::FetchResponse {
-        entries: vec![Entry {
-            epoch: Epoch(1),
-            lsn: 1,
-            payload: Bytes::from_static(b"some payload"),
-        }],
+        entries: vec![Entry { epoch: Epoch(1), lsn: 1, payload: Bytes::from_static(b"some payload") }],
         commit_lsn: 1,
     };
     let buf = Bytes::from(encode_message(&msg));
@@ -129,10 +94,7 @@ fn shared_decode_slices_payloads_from_the_buffer() {
         panic!("wrong variant");
     };
     let range = buf.as_ptr_range();
-    assert!(
-        range.contains(&entries[0].payload.as_ptr()),
-        "payload was copied"
-    );
+    assert!(range.contains(&entries[0].payload.as_ptr()), "payload was copied");
 }
 
 /// Honest buffers made of many tiny items must stay within the verifier's limits, which are
@@ -141,72 +103,35 @@ fn shared_decode_slices_payloads_from_the_buffer() {
 fn dense_messages_pass_the_verifier_limits() {
     let many = 20_000;
     let dense = [
-        Message::CommitResponse(CommitOutcome::Conflict {
-            keys: vec![vec![]; many],
-        }),
+        Message::CommitResponse(CommitOutcome::Conflict { keys: vec![vec![]; many] }),
         Message::CommitRequest(CommitRequest {
             txn_id: TxnId(1),
             read_lsn: 1,
             isolation: Isolation::Serializable,
             read_keys: vec![vec![]; many],
-            read_ranges: vec![
-                KeyRange {
-                    start: vec![],
-                    end: None
-                };
-                many
-            ],
-            writes: vec![
-                Write {
-                    key: vec![],
-                    value: None
-                };
-                many
-            ],
+            read_ranges: vec![KeyRange { start: vec![], end: None }; many],
+            writes: vec![Write { key: vec![], value: None }; many],
         }),
         Message::AppendRequest {
             epoch: Epoch(1),
             prev: EntryId::ZERO,
-            entries: vec![
-                Entry {
-                    epoch: Epoch(0),
-                    lsn: 0,
-                    payload: Bytes::new()
-                };
-                many
-            ],
+            entries: vec![Entry { epoch: Epoch(0), lsn: 0, payload: Bytes::new() }; many],
             commit_lsn: 0,
         },
         Message::ScanResponse {
-            rows: vec![
-                Row {
-                    key: vec![],
-                    value: vec![],
-                    version_lsn: 0
-                };
-                many
-            ],
+            rows: vec![Row { key: vec![], value: vec![], version_lsn: 0 }; many],
             more: false,
         },
+        Message::StatusResponse(NodeStatus {
+            learners: vec![LearnerStatus { name: String::new(), durable_lsn: 0 }; many],
+            ..NodeStatus::default()
+        }),
     ];
     for msg in &dense {
-        assert_eq!(
-            &decode_message(&encode_message(msg)).unwrap(),
-            msg,
-            "{}",
-            variant_name(msg)
-        );
+        assert_eq!(&decode_message(&encode_message(msg)).unwrap(), msg, "{}", variant_name(msg));
     }
-    let record = LogRecord::Commit {
-        txn_id: TxnId(1),
-        writes: vec![
-            Write {
-                key: vec![],
-                value: None
-            };
-            many
-        ],
-    };
+    let record =
+        LogRecord::Commit { txn_id: TxnId(1), writes: vec![Write { key: vec![], value: None }; many] };
     assert_eq!(decode_record(&encode_record(&record)).unwrap(), record);
 }
 
@@ -217,16 +142,8 @@ fn large_payloads_round_trip() {
         epoch: Epoch(9),
         prev: EntryId::new(Epoch(9), 1),
         entries: vec![
-            Entry {
-                epoch: Epoch(9),
-                lsn: 2,
-                payload: Bytes::from(big.clone()),
-            },
-            Entry {
-                epoch: Epoch(9),
-                lsn: 3,
-                payload: Bytes::from(big),
-            },
+            Entry { epoch: Epoch(9), lsn: 2, payload: Bytes::from(big.clone()) },
+            Entry { epoch: Epoch(9), lsn: 3, payload: Bytes::from(big) },
         ],
         commit_lsn: 1,
     };

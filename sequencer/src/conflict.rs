@@ -33,7 +33,6 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
-use std::ops::Range;
 use std::sync::OnceLock;
 
 use triad_protocol::types::{CommitRequest, Isolation, KeyRange, Lsn};
@@ -222,11 +221,7 @@ impl ConflictIndex {
     ///
     /// Duplicate keys are fine. An empty `keys` just advances [`last_lsn`](Self::last_lsn).
     pub fn record<K: AsRef<[u8]>>(&mut self, lsn: Lsn, keys: impl IntoIterator<Item = K>) {
-        debug_assert!(
-            lsn > self.last,
-            "conflict index: LSN {lsn} recorded after {}",
-            self.last
-        );
+        debug_assert!(lsn > self.last, "conflict index: LSN {lsn} recorded after {}", self.last);
         let lsn = lsn.max(self.last);
         self.last = lsn;
         for key in keys {
@@ -252,27 +247,18 @@ impl ConflictIndex {
     pub fn raise_floor(&mut self, floor: Lsn) {
         self.floor = self.floor.max(floor);
         self.last = self.last.max(self.floor);
-        while self
-            .generations
-            .front()
-            .is_some_and(|g| g.last_lsn <= self.floor)
-        {
+        while self.generations.front().is_some_and(|g| g.last_lsn <= self.floor) {
             self.drop_oldest();
         }
     }
 
     fn insert(&mut self, key: &[u8], lsn: Lsn) {
         let hash = self.hasher.hash(key);
-        let full = self
-            .generations
-            .back()
-            .is_none_or(|g| !g.has_room(self.generation_writes, lsn, key.len()));
+        let full =
+            self.generations.back().is_none_or(|g| !g.has_room(self.generation_writes, lsn, key.len()));
         if full {
-            let mut generation = self
-                .spare
-                .take()
-                .filter(|g| g.capacity_for(self.generation_writes))
-                .unwrap_or_else(|| Generation::with_capacity(self.generation_writes));
+            let mut generation =
+                self.spare.take().unwrap_or_else(|| Generation::with_capacity(self.generation_writes));
             generation.reset(lsn);
             self.generations.push_back(generation);
         }
@@ -345,10 +331,6 @@ impl Generation {
         (writes.max(1) * 2).next_power_of_two()
     }
 
-    fn capacity_for(&self, writes: usize) -> bool {
-        self.slots.len() >= Self::table_size(writes)
-    }
-
     fn reset(&mut self, first_lsn: Lsn) {
         self.first_lsn = first_lsn;
         self.last_lsn = first_lsn;
@@ -404,7 +386,8 @@ impl Generation {
         let slot = match self.probe(key, hash) {
             Ok(slot) => {
                 let s = &mut self.slots[slot as usize];
-                if s.lsn == rel && !self.log.is_empty() {
+                // Same LSN, same commit: the key is repeated in its write set.
+                if s.lsn == rel {
                     return false;
                 }
                 s.lsn = rel;
@@ -446,9 +429,8 @@ impl Generation {
 
     fn scan_sorted(&self, range: &KeyRange, read_lsn: Lsn, conflicts: &mut Vec<Vec<u8>>) {
         let sorted = self.sorted.get_or_init(|| {
-            let mut slots: Vec<u32> = (0..self.slots.len() as u32)
-                .filter(|&i| self.slots[i as usize].tag != 0)
-                .collect();
+            let mut slots: Vec<u32> =
+                (0..self.slots.len() as u32).filter(|&i| self.slots[i as usize].tag != 0).collect();
             slots.sort_unstable_by(|&a, &b| self.key(a).cmp(self.key(b)));
             slots
         });
@@ -464,8 +446,8 @@ impl Generation {
     }
 
     #[cfg(test)]
-    fn slots_in_use(&self) -> Range<usize> {
-        0..self.slots.iter().filter(|s| s.tag != 0).count()
+    fn slots_in_use(&self) -> usize {
+        self.slots.iter().filter(|s| s.tag != 0).count()
     }
 }
 
@@ -533,13 +515,7 @@ mod tests {
             isolation,
             read_keys: Vec::new(),
             read_ranges: Vec::new(),
-            writes: writes
-                .iter()
-                .map(|w| Write {
-                    key: k(w),
-                    value: Some(b"v".to_vec()),
-                })
-                .collect(),
+            writes: writes.iter().map(|w| Write { key: k(w), value: Some(b"v".to_vec()) }).collect(),
         }
     }
 
@@ -550,20 +526,13 @@ mod tests {
     fn ser(read_lsn: Lsn, reads: &[&str], ranges: &[(&str, Option<&str>)]) -> CommitRequest {
         let mut r = req(read_lsn, Isolation::Serializable, &[]);
         r.read_keys = reads.iter().map(|s| k(s)).collect();
-        r.read_ranges = ranges
-            .iter()
-            .map(|&(start, end)| KeyRange {
-                start: k(start),
-                end: end.map(k),
-            })
-            .collect();
+        r.read_ranges =
+            ranges.iter().map(|&(start, end)| KeyRange { start: k(start), end: end.map(k) }).collect();
         r
     }
 
     fn conflict(keys: &[&str]) -> Verdict {
-        Verdict::Conflict {
-            keys: keys.iter().map(|s| k(s)).collect(),
-        }
+        Verdict::Conflict { keys: keys.iter().map(|s| k(s)).collect() }
     }
 
     /// `a` written at 1, `b` at 2, `c` at 3, in generations of `per_generation` writes.
@@ -596,10 +565,7 @@ mod tests {
     #[test]
     fn disjoint_writes_commit() {
         for mut idx in abcs() {
-            assert_eq!(
-                idx.check_and_record(&si(0, &["x", "y"]), 4),
-                Verdict::Commit
-            );
+            assert_eq!(idx.check_and_record(&si(0, &["x", "y"]), 4), Verdict::Commit);
             assert_eq!(idx.last_lsn(), 4);
             assert_eq!(idx.check(&si(3, &["x"])), conflict(&["x"]));
         }
@@ -655,54 +621,27 @@ mod tests {
     #[test]
     fn serializable_read_range_containing_a_later_write_conflicts() {
         for idx in abcs() {
-            assert_eq!(
-                idx.check(&ser(0, &[], &[("b", Some("c"))])),
-                conflict(&["b"])
-            );
-            assert_eq!(
-                idx.check(&ser(2, &[], &[("a", Some("d"))])),
-                conflict(&["c"])
-            );
-            assert_eq!(
-                idx.check(&ser(1, &[], &[("c1", Some("z"))])),
-                Verdict::Commit
-            );
+            assert_eq!(idx.check(&ser(0, &[], &[("b", Some("c"))])), conflict(&["b"]));
+            assert_eq!(idx.check(&ser(2, &[], &[("a", Some("d"))])), conflict(&["c"]));
+            assert_eq!(idx.check(&ser(1, &[], &[("c1", Some("z"))])), Verdict::Commit);
         }
     }
 
     #[test]
     fn range_end_is_exclusive_and_start_inclusive() {
         for idx in abcs() {
-            assert_eq!(
-                idx.check(&ser(0, &[], &[("a", Some("b"))])),
-                conflict(&["a"])
-            );
-            assert_eq!(
-                idx.check(&ser(1, &[], &[("a", Some("c"))])),
-                conflict(&["b"])
-            );
-            assert_eq!(
-                idx.check(&ser(2, &[], &[("a", Some("c"))])),
-                Verdict::Commit
-            );
-            assert_eq!(
-                idx.check(&ser(2, &[], &[("c", Some("c\0"))])),
-                conflict(&["c"])
-            );
+            assert_eq!(idx.check(&ser(0, &[], &[("a", Some("b"))])), conflict(&["a"]));
+            assert_eq!(idx.check(&ser(1, &[], &[("a", Some("c"))])), conflict(&["b"]));
+            assert_eq!(idx.check(&ser(2, &[], &[("a", Some("c"))])), Verdict::Commit);
+            assert_eq!(idx.check(&ser(2, &[], &[("c", Some("c\0"))])), conflict(&["c"]));
         }
     }
 
     #[test]
     fn unbounded_range_end() {
         for idx in abcs() {
-            assert_eq!(
-                idx.check(&ser(1, &[], &[("b", None)])),
-                conflict(&["b", "c"])
-            );
-            assert_eq!(
-                idx.check(&ser(0, &[], &[("", None)])),
-                conflict(&["a", "b", "c"])
-            );
+            assert_eq!(idx.check(&ser(1, &[], &[("b", None)])), conflict(&["b", "c"]));
+            assert_eq!(idx.check(&ser(0, &[], &[("", None)])), conflict(&["a", "b", "c"]));
             assert_eq!(idx.check(&ser(1, &[], &[("d", None)])), Verdict::Commit);
         }
     }
@@ -710,14 +649,8 @@ mod tests {
     #[test]
     fn empty_and_inverted_ranges_read_nothing_and_do_not_panic() {
         for idx in abcs() {
-            assert_eq!(
-                idx.check(&ser(0, &[], &[("b", Some("b"))])),
-                Verdict::Commit
-            );
-            assert_eq!(
-                idx.check(&ser(0, &[], &[("c", Some("a"))])),
-                Verdict::Commit
-            );
+            assert_eq!(idx.check(&ser(0, &[], &[("b", Some("b"))])), Verdict::Commit);
+            assert_eq!(idx.check(&ser(0, &[], &[("c", Some("a"))])), Verdict::Commit);
         }
     }
 
@@ -774,7 +707,7 @@ mod tests {
             idx.record(lsn, ["hot"]);
             assert!(idx.retained_writes() <= 64);
         }
-        assert!(idx.generations.iter().all(|g| g.slots_in_use().len() == 1));
+        assert!(idx.generations.iter().all(|g| g.slots_in_use() == 1));
         assert!(idx.floor() < 10_000 - 32);
         assert_eq!(idx.check(&si(idx.floor(), &["hot"])), conflict(&["hot"]));
     }
@@ -802,10 +735,7 @@ mod tests {
         assert_eq!(idx.floor(), 2);
         // A new epoch's floor may lie beyond everything recorded.
         idx.raise_floor(10);
-        assert_eq!(
-            (idx.floor(), idx.last_lsn(), idx.retained_writes()),
-            (10, 10, 0)
-        );
+        assert_eq!((idx.floor(), idx.last_lsn(), idx.retained_writes()), (10, 10, 0));
         idx.record(11, ["a"]);
         assert_eq!(idx.check(&si(10, &["a"])), conflict(&["a"]));
     }
@@ -826,10 +756,7 @@ mod tests {
         idx.record(1, writes.iter().map(|w| w.key.as_slice()));
         idx.record(2, [k("c")]);
         idx.record(3, [&k("d")]);
-        assert_eq!(
-            idx.check(&si(0, &["a", "c", "d"])),
-            conflict(&["a", "c", "d"])
-        );
+        assert_eq!(idx.check(&si(0, &["a", "c", "d"])), conflict(&["a", "c", "d"]));
     }
 
     #[test]
@@ -852,16 +779,7 @@ mod tests {
         let old = 1u64.to_be_bytes().to_vec();
         let recent = 100u64.to_be_bytes().to_vec();
         let mut r = si(98, &[]);
-        r.writes = vec![
-            Write {
-                key: old,
-                value: None,
-            },
-            Write {
-                key: recent.clone(),
-                value: None,
-            },
-        ];
+        r.writes = vec![Write { key: old, value: None }, Write { key: recent.clone(), value: None }];
         assert_eq!(idx.check(&r), Verdict::Conflict { keys: vec![recent] });
     }
 

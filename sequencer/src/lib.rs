@@ -3,9 +3,13 @@
 //! once a majority of journal nodes has them.
 //!
 //! - [`conflict`]: the conflict check, a pure data structure.
-//! - [`server`]: recovery, admission, replication and the client-facing service.
+//! - [`server`]: one epoch of an active sequencer: recovery, admission, replication, read
+//!   barrier, outcomes.
+//! - [`node`]: a sequencer process: standby until the lease lapses, active until deposed.
 
 pub mod conflict;
+pub mod node;
 pub mod server;
 
+pub use node::SequencerNode;
 pub use server::{Sequencer, SequencerConfig, SequencerError};

@@ -6,25 +6,24 @@
 //! to it and reads its cumulative acks; the commit watermark is the LSN a majority has fsynced.
 //! A node that lags behind the window catches up from a peer's log, never from memory here.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{join_all, BoxFuture};
-use futures::FutureExt;
+use futures::future::join_all;
 use quinn::Endpoint;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 use triad_journal::{JournalClient, JournalError};
 use triad_protocol::{
-    encode_record, CommitOutcome, CommitRequest, Entry, EntryId, Epoch, ErrorCode, ErrorResponse,
-    LogRecord, Lsn, Message, MAX_FRAME_DEFAULT,
+    decode_record, encode_record, CommitOutcome, CommitRequest, Entry, EntryId, Epoch, ErrorCode, LogRecord,
+    Lsn, Message, NodeStatus, TxnId, TxnOutcome, MAX_FRAME_DEFAULT,
 };
-use triad_transport::{read_msg, Service, Stream, TransportError};
+use triad_transport::{read_msg, TransportError};
 
 use crate::conflict::{ConflictIndex, Verdict};
 
@@ -45,6 +44,12 @@ pub struct SequencerConfig {
     pub request_timeout: Duration,
     /// Pause between heartbeats to an idle node.
     pub heartbeat: Duration,
+    /// A standby seals a new epoch once a majority of journal nodes has not heard from the
+    /// promised epoch for this long.
+    pub lease: Duration,
+    /// Commit records indexed by transaction id (for outcomes and deduplication); older ones
+    /// are looked up in the journal.
+    pub txn_index: usize,
 }
 
 impl SequencerConfig {
@@ -57,7 +62,9 @@ impl SequencerConfig {
             window_entries: 65536,
             conflict_keys: 1 << 20,
             request_timeout: Duration::from_secs(10),
-            heartbeat: Duration::from_millis(200),
+            heartbeat: Duration::from_millis(100),
+            lease: Duration::from_millis(1000),
+            txn_index: 1 << 20,
         }
     }
 }
@@ -88,8 +95,7 @@ impl Window {
         self.first + self.entries.len() as u64 - 1
     }
     fn get(&self, lsn: Lsn) -> Option<&Entry> {
-        lsn.checked_sub(self.first)
-            .and_then(|i| self.entries.get(i as usize))
+        lsn.checked_sub(self.first).and_then(|i| self.entries.get(i as usize))
     }
 }
 
@@ -105,38 +111,75 @@ pub struct Sequencer {
     appended: watch::Sender<Lsn>,
     commit: watch::Sender<Lsn>,
     acks: Mutex<Vec<Lsn>>,
-    waiters: Mutex<VecDeque<(Lsn, oneshot::Sender<CommitOutcome>)>>,
+    waiters: Mutex<BTreeMap<Lsn, Vec<oneshot::Sender<CommitOutcome>>>>,
     admit: mpsc::Sender<Pending>,
     deposed: watch::Sender<Option<Epoch>>,
     stopped: AtomicBool,
+    txns: Mutex<TxnTable>,
+    barrier: Mutex<Barrier>,
+}
+
+/// Commit records by transaction id, for outcomes and for deduplicating retried commits.
+struct TxnTable {
+    by_id: HashMap<TxnId, Lsn>,
+    order: VecDeque<(Lsn, TxnId)>,
+    /// Every commit record above this LSN is in `by_id`.
+    floor: Lsn,
+    /// Declared aborted by an outcome query; their commit is refused should it ever arrive.
+    fenced: HashSet<TxnId>,
+    cap: usize,
+}
+
+impl TxnTable {
+    fn insert(&mut self, lsn: Lsn, id: TxnId) {
+        self.by_id.insert(id, lsn);
+        self.order.push_back((lsn, id));
+        while self.order.len() > self.cap {
+            let (old, old_id) = self.order.pop_front().expect("non-empty");
+            if self.by_id.get(&old_id) == Some(&old) {
+                self.by_id.remove(&old_id);
+            }
+            self.floor = self.floor.max(old);
+        }
+    }
+
+    fn index_entries(&mut self, entries: &[Entry]) -> Result<(), SequencerError> {
+        for e in entries {
+            match decode_record(&e.payload) {
+                Ok(LogRecord::Commit { txn_id, .. }) => self.insert(e.lsn, txn_id),
+                Ok(LogRecord::EpochStart { .. }) => {}
+                Err(err) => {
+                    return Err(SequencerError::Recovery(format!(
+                        "log entry {} is not a valid record: {err}",
+                        e.lsn
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Begins waiting for the next heartbeat round.
+#[derive(Default)]
+struct Barrier {
+    waiting: Vec<oneshot::Sender<Result<Lsn, String>>>,
+    running: bool,
 }
 
 impl Sequencer {
     /// Seals a new epoch on a majority, reconfirms the log and starts serving. Returns once
     /// the sequencer is active (its epoch-start record is on a majority).
-    pub async fn start(
-        cfg: SequencerConfig,
-        endpoint: &Endpoint,
-    ) -> Result<Arc<Sequencer>, SequencerError> {
+    pub async fn start(cfg: SequencerConfig, endpoint: &Endpoint) -> Result<Arc<Sequencer>, SequencerError> {
         let journal = JournalClient::new(endpoint, &cfg.journal);
         let (epoch, promises) = seal_majority(&journal, cfg.id, cfg.request_timeout).await?;
         // Reconfirmation: the promise with the highest (last epoch, last lsn) holds every
         // committed entry; its suffix above the highest known commit watermark is what others
         // may miss. Entries keep their original epoch.
-        let source = promises
-            .iter()
-            .max_by_key(|p| p.last)
-            .expect("a majority is not empty");
-        let committed = promises
-            .iter()
-            .map(|p| p.commit_lsn)
-            .max()
-            .unwrap_or(0)
-            .min(source.last.lsn);
+        let source = promises.iter().max_by_key(|p| p.last).expect("a majority is not empty");
+        let committed = promises.iter().map(|p| p.commit_lsn).max().unwrap_or(0).min(source.last.lsn);
         let suffix = if source.last.lsn > committed {
-            journal
-                .fetch_range(source.node, committed + 1, source.last.lsn, Some(epoch))
-                .await?
+            journal.fetch_range(source.node, committed + 1, source.last.lsn, Some(epoch)).await?
         } else {
             Vec::new()
         };
@@ -149,13 +192,34 @@ impl Sequencer {
             )));
         }
         let epoch_start = source.last.lsn + 1;
+        // Index recent commit records by txn id: outcomes and retried commits are answered from
+        // the log itself. Older records are searched in the journal when asked for.
+        let mut txns = TxnTable {
+            by_id: HashMap::new(),
+            order: VecDeque::new(),
+            floor: committed,
+            fenced: HashSet::new(),
+            cap: cfg.txn_index,
+        };
+        let index_from = committed.saturating_sub(cfg.txn_index as u64 / 4);
+        if index_from < committed {
+            match journal.fetch_range(source.node, index_from + 1, committed, Some(epoch)).await {
+                Ok(older) => {
+                    txns.floor = index_from;
+                    txns.index_entries(&older)?;
+                }
+                Err(JournalError::Trimmed { first, .. }) if first <= committed => {
+                    let older = journal.fetch_range(source.node, first, committed, Some(epoch)).await?;
+                    txns.floor = first - 1;
+                    txns.index_entries(&older)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        txns.index_entries(&suffix)?;
         let start_record = encode_record(&LogRecord::EpochStart { epoch });
         let mut entries: VecDeque<Entry> = suffix.into();
-        entries.push_back(Entry {
-            epoch,
-            lsn: epoch_start,
-            payload: Bytes::from(start_record),
-        });
+        entries.push_back(Entry { epoch, lsn: epoch_start, payload: Bytes::from(start_record) });
         info!(%epoch, recovered_from = %journal.node(source.node).addr(), committed,
               recovered = epoch_start - 1 - committed, epoch_start, "sealed; reconfirming the log");
 
@@ -165,17 +229,16 @@ impl Sequencer {
             epoch,
             epoch_start,
             source: source.node,
-            window: Mutex::new(Window {
-                first: committed + 1,
-                entries,
-            }),
+            window: Mutex::new(Window { first: committed + 1, entries }),
             appended: watch::channel(epoch_start).0,
             commit: watch::channel(committed).0,
             acks: Mutex::new(vec![0; n]),
-            waiters: Mutex::new(VecDeque::new()),
+            waiters: Mutex::new(BTreeMap::new()),
             admit,
             deposed: watch::channel(None).0,
             stopped: AtomicBool::new(false),
+            txns: Mutex::new(txns),
+            barrier: Mutex::new(Barrier::default()),
             journal,
             cfg,
         });
@@ -230,46 +293,169 @@ impl Sequencer {
             warn!(epoch = %self.epoch, %promised, "deposed by a higher epoch; no longer accepting commits");
             self.deposed.send_replace(Some(promised));
             // Whatever was in flight has an outcome the next epoch's recovery decides.
-            let mut waiters = self.waiters.lock().expect("waiters lock");
-            for (_, reply) in waiters.drain(..) {
+            let waiters = std::mem::take(&mut *self.waiters.lock().expect("waiters lock"));
+            for reply in waiters.into_values().flatten() {
                 let _ = reply.send(CommitOutcome::Unavailable {
-                    reason: format!(
-                        "sequencer deposed by epoch {promised}; outcome decided by its recovery"
-                    ),
+                    reason: format!("sequencer deposed by epoch {promised}; outcome decided by its recovery"),
                 });
             }
         }
     }
 
-    /// The read LSN for a new transaction.
-    // TODO(read barrier, issue 3): confirm the epoch on a majority with one heartbeat round
-    // shared by every begin in flight before answering; today the watermark is answered as is.
-    pub fn begin(&self) -> Result<Lsn, CommitOutcome> {
+    /// The read LSN for a new transaction: the commit watermark, answered only after a heartbeat
+    /// round proves this sequencer's epoch is still promised by a majority (a read barrier, as
+    /// Raft's read-index). Otherwise a deposed sequencer that does not know it yet could hand out
+    /// a snapshot missing commits its successor acknowledged. One round serves every begin that
+    /// arrived before it started.
+    pub async fn begin(self: &Arc<Self>) -> Result<Lsn, String> {
         if self.stopped.load(Ordering::SeqCst) {
-            return Err(CommitOutcome::Unavailable {
-                reason: "sequencer deposed".into(),
-            });
+            return Err("sequencer deposed".into());
         }
-        Ok(self.commit_lsn())
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut b = self.barrier.lock().expect("barrier lock");
+            b.waiting.push(tx);
+            if !b.running {
+                b.running = true;
+                tokio::spawn(self.clone().barrier_rounds());
+            }
+        }
+        rx.await.unwrap_or_else(|_| Err("sequencer stopping".into()))
+    }
+
+    async fn barrier_rounds(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut b = self.barrier.lock().expect("barrier lock");
+                if b.waiting.is_empty() {
+                    b.running = false;
+                    return;
+                }
+                std::mem::take(&mut b.waiting)
+            };
+            // Read before the round: everything acknowledged before these begins arrived is at or
+            // below it, and the round then proves no successor could have acknowledged more.
+            let watermark = self.commit_lsn();
+            let result = self.confirm_epoch().await.map(|()| watermark);
+            for tx in batch {
+                let _ = tx.send(result.clone());
+            }
+        }
+    }
+
+    /// One heartbeat round: Ok when a majority still accepts this epoch.
+    async fn confirm_epoch(&self) -> Result<(), String> {
+        let req = Message::HeartbeatRequest { epoch: self.epoch };
+        let timeout = self.cfg.lease;
+        let answers =
+            join_all((0..self.journal.len()).map(|i| self.journal.node(i).call_timeout(&req, timeout))).await;
+        let mut confirmed = 0;
+        for a in answers {
+            match a {
+                // A node that promised nothing above our epoch has not joined any successor.
+                Ok(Message::HeartbeatResponse { promised, .. }) if promised <= self.epoch => confirmed += 1,
+                Ok(Message::Error(e)) if e.code == ErrorCode::StaleEpoch => {
+                    self.depose(e.epoch);
+                    return Err(format!("sequencer deposed by epoch {}", e.epoch));
+                }
+                _ => {}
+            }
+        }
+        if confirmed >= self.journal.majority() {
+            Ok(())
+        } else {
+            Err(format!(
+                "only {confirmed} journal node(s) confirmed epoch {}; a majority is needed",
+                self.epoch
+            ))
+        }
+    }
+
+    /// The fate of `txn_id`, decided from the log: committed iff its record lies in
+    /// `(read_lsn, commit watermark]`. An id not found is fenced so it can never commit later.
+    pub async fn outcome(&self, txn_id: TxnId, read_lsn: Lsn) -> Result<TxnOutcome, String> {
+        let (found, floor) = {
+            let mut t = self.txns.lock().expect("txns lock");
+            match t.by_id.get(&txn_id) {
+                Some(&lsn) => (Some(lsn), t.floor),
+                None if read_lsn >= t.floor => {
+                    t.fenced.insert(txn_id);
+                    return Ok(TxnOutcome::Aborted);
+                }
+                None => (None, t.floor),
+            }
+        };
+        if let Some(lsn) = found {
+            return self.wait_committed(lsn).await.map(|()| TxnOutcome::Committed { lsn });
+        }
+        // Older than the index: search the log itself. Everything there is decided.
+        let mut from = read_lsn + 1;
+        while from <= floor {
+            let upto = floor.min(from + 4095);
+            let peer = self.peer_holding(upto, usize::MAX);
+            let entries = self
+                .journal
+                .fetch_range(peer, from, upto, Some(self.epoch))
+                .await
+                .map_err(|e| e.to_string())?;
+            for e in &entries {
+                if let Ok(LogRecord::Commit { txn_id: id, .. }) = decode_record(&e.payload) {
+                    if id == txn_id {
+                        return Ok(TxnOutcome::Committed { lsn: e.lsn });
+                    }
+                }
+            }
+            from = upto + 1;
+        }
+        self.txns.lock().expect("txns lock").fenced.insert(txn_id);
+        Ok(TxnOutcome::Aborted)
+    }
+
+    async fn wait_committed(&self, lsn: Lsn) -> Result<(), String> {
+        let mut commit = self.commit.subscribe();
+        let mut deposed = self.deposed.subscribe();
+        let wait = async {
+            loop {
+                if *commit.borrow_and_update() >= lsn {
+                    return Ok(());
+                }
+                if deposed.borrow_and_update().is_some() {
+                    return Err("sequencer deposed before the record committed; ask the next one".to_string());
+                }
+                tokio::select! {
+                    _ = commit.changed() => {}
+                    _ = deposed.changed() => {}
+                }
+            }
+        };
+        tokio::time::timeout(self.cfg.request_timeout, wait)
+            .await
+            .unwrap_or_else(|_| Err(format!("lsn {lsn} not committed within {:?}", self.cfg.request_timeout)))
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            role: "sequencer".into(),
+            id: u32::from(self.cfg.id),
+            epoch: self.epoch,
+            active: !self.stopped.load(Ordering::SeqCst),
+            last: EntryId::new(self.epoch, *self.appended.borrow()),
+            commit_lsn: self.commit_lsn(),
+            ..NodeStatus::default()
+        }
     }
 
     pub async fn commit(&self, req: CommitRequest) -> CommitOutcome {
         if self.stopped.load(Ordering::SeqCst) {
-            return CommitOutcome::Unavailable {
-                reason: "sequencer deposed".into(),
-            };
+            return CommitOutcome::Unavailable { reason: "sequencer deposed".into() };
         }
         let (reply, rx) = oneshot::channel();
         if self.admit.send(Pending { req, reply }).await.is_err() {
-            return CommitOutcome::Unavailable {
-                reason: "sequencer stopping".into(),
-            };
+            return CommitOutcome::Unavailable { reason: "sequencer stopping".into() };
         }
         match tokio::time::timeout(self.cfg.request_timeout, rx).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => CommitOutcome::Unavailable {
-                reason: "sequencer stopping".into(),
-            },
+            Ok(Err(_)) => CommitOutcome::Unavailable { reason: "sequencer stopping".into() },
             Err(_) => CommitOutcome::Unavailable {
                 reason: format!("no journal quorum within {:?}", self.cfg.request_timeout),
             },
@@ -285,39 +471,42 @@ impl Sequencer {
         while rx.recv_many(&mut batch, self.cfg.max_batch).await > 0 {
             // Bound what is admitted but not committed, so a slow journal slows clients down
             // instead of growing memory.
-            while next_lsn.saturating_sub(*commit_rx.borrow_and_update())
-                > self.cfg.max_in_flight as u64
-            {
+            while next_lsn.saturating_sub(*commit_rx.borrow_and_update()) > self.cfg.max_in_flight as u64 {
                 if commit_rx.changed().await.is_err() || self.stopped.load(Ordering::SeqCst) {
                     return;
                 }
             }
             if self.stopped.load(Ordering::SeqCst) {
                 for p in batch.drain(..) {
-                    let _ = p.reply.send(CommitOutcome::Unavailable {
-                        reason: "sequencer deposed".into(),
-                    });
+                    let _ = p.reply.send(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
                 }
-                continue;
+                return;
             }
             let mut entries = Vec::with_capacity(batch.len());
             let mut waiters = Vec::with_capacity(batch.len());
+            let mut txns = self.txns.lock().expect("txns lock");
             for p in batch.drain(..) {
+                if let Some(&lsn) = txns.by_id.get(&p.req.txn_id) {
+                    // A retry of a commit we already ordered: never apply it twice.
+                    waiters.push((lsn, p.reply));
+                    continue;
+                }
+                if txns.fenced.contains(&p.req.txn_id) {
+                    let _ = p.reply.send(CommitOutcome::Unavailable {
+                        reason: "transaction was already declared aborted by an outcome query".into(),
+                    });
+                    continue;
+                }
                 if p.req.read_lsn > self.commit_lsn() {
                     let _ = p.reply.send(CommitOutcome::Unavailable {
-                        reason: format!(
-                            "read lsn {} is beyond the commit watermark",
-                            p.req.read_lsn
-                        ),
+                        reason: format!("read lsn {} is beyond the commit watermark", p.req.read_lsn),
                     });
                     continue;
                 }
                 match index.check_and_record(&p.req, next_lsn) {
                     Verdict::Commit => {
-                        let record = LogRecord::Commit {
-                            txn_id: p.req.txn_id,
-                            writes: p.req.writes,
-                        };
+                        txns.insert(next_lsn, p.req.txn_id);
+                        let record = LogRecord::Commit { txn_id: p.req.txn_id, writes: p.req.writes };
                         entries.push(Entry {
                             epoch: self.epoch,
                             lsn: next_lsn,
@@ -334,43 +523,46 @@ impl Sequencer {
                     }
                 }
             }
+            drop(txns);
+            {
+                let commit = self.commit_lsn();
+                let mut w = self.waiters.lock().expect("waiters lock");
+                for (lsn, reply) in waiters {
+                    if lsn <= commit {
+                        let _ = reply.send(CommitOutcome::Committed { lsn });
+                    } else {
+                        w.entry(lsn).or_default().push(reply);
+                    }
+                }
+            }
             let Some(last) = entries.last().map(|e| e.lsn) else {
                 continue;
             };
-            self.waiters.lock().expect("waiters lock").extend(waiters);
-            self.window
-                .lock()
-                .expect("window lock")
-                .entries
-                .extend(entries);
+            self.window.lock().expect("window lock").entries.extend(entries);
             self.appended.send_replace(last);
         }
     }
 
     async fn complete_waiters(self: Arc<Self>) {
         let mut commit_rx = self.commit.subscribe();
-        while commit_rx.changed().await.is_ok() {
+        while commit_rx.changed().await.is_ok() && !self.stopped.load(Ordering::SeqCst) {
             let commit = *commit_rx.borrow_and_update();
-            let done: Vec<_> = {
+            let done = {
                 let mut waiters = self.waiters.lock().expect("waiters lock");
-                let n = waiters.iter().take_while(|(lsn, _)| *lsn <= commit).count();
-                waiters.drain(..n).collect()
+                let later = waiters.split_off(&(commit + 1));
+                std::mem::replace(&mut *waiters, later)
             };
-            for (lsn, reply) in done {
-                let _ = reply.send(CommitOutcome::Committed { lsn });
+            for (lsn, replies) in done {
+                for reply in replies {
+                    let _ = reply.send(CommitOutcome::Committed { lsn });
+                }
             }
             self.trim_window(commit);
         }
     }
 
     fn trim_window(&self, commit: Lsn) {
-        let slowest = *self
-            .acks
-            .lock()
-            .expect("acks lock")
-            .iter()
-            .min()
-            .unwrap_or(&0);
+        let slowest = *self.acks.lock().expect("acks lock").iter().min().unwrap_or(&0);
         let mut w = self.window.lock().expect("window lock");
         while let Some(front) = w.entries.front() {
             // Keep what some node still needs, unless the window is over budget: then a lagging
@@ -410,14 +602,8 @@ impl Sequencer {
             return Ok(e.epoch);
         }
         let peer = self.peer_holding(lsn, usize::MAX);
-        let entries = self
-            .journal
-            .fetch_range(peer, lsn, lsn, Some(self.epoch))
-            .await?;
-        entries
-            .first()
-            .map(|e| e.epoch)
-            .ok_or(JournalError::Unexpected("empty fetch".into()))
+        let entries = self.journal.fetch_range(peer, lsn, lsn, Some(self.epoch)).await?;
+        entries.first().map(|e| e.epoch).ok_or(JournalError::Unexpected("empty fetch".into()))
     }
 
     /// A node whose log equals ours up to `lsn`, other than `not`.
@@ -504,28 +690,18 @@ impl Sequencer {
         let mut sent_commit = self.commit_lsn();
         loop {
             if reader.is_finished() {
-                return Err((&mut reader)
-                    .await
-                    .unwrap_or_else(|e| JournalError::Unexpected(e.to_string())));
+                return Err((&mut reader).await.unwrap_or_else(|e| JournalError::Unexpected(e.to_string())));
             }
             if self.stopped.load(Ordering::SeqCst) {
                 return Ok(());
             }
             let commit_lsn = *commit.borrow_and_update();
             let tip = *appended.borrow_and_update();
-            let batch = if prev.lsn < tip {
-                self.entries_for(node, prev.lsn + 1, tip).await?
-            } else {
-                Vec::new()
-            };
+            let batch =
+                if prev.lsn < tip { self.entries_for(node, prev.lsn + 1, tip).await? } else { Vec::new() };
             if !batch.is_empty() || commit_lsn > sent_commit {
                 let next_prev = batch.last().map(Entry::id).unwrap_or(prev);
-                let msg = Message::AppendRequest {
-                    epoch: self.epoch,
-                    prev,
-                    entries: batch,
-                    commit_lsn,
-                };
+                let msg = Message::AppendRequest { epoch: self.epoch, prev, entries: batch, commit_lsn };
                 triad_transport::write_msg(&mut send, &msg).await?;
                 prev = next_prev;
                 sent_commit = commit_lsn;
@@ -549,12 +725,7 @@ impl Sequencer {
 
     /// Entries `[from, upto]` for one node: from the window, or from a peer's log when the
     /// window no longer holds them.
-    async fn entries_for(
-        &self,
-        node: usize,
-        from: Lsn,
-        upto: Lsn,
-    ) -> Result<Vec<Entry>, JournalError> {
+    async fn entries_for(&self, node: usize, from: Lsn, upto: Lsn) -> Result<Vec<Entry>, JournalError> {
         const MAX_PER_APPEND: u64 = 512;
         {
             let w = self.window.lock().expect("window lock");
@@ -566,17 +737,10 @@ impl Sequencer {
         let end = upto.min(from + MAX_PER_APPEND * 8 - 1);
         let peer = self.peer_holding(end, node);
         if peer == node {
-            return Err(JournalError::Unexpected(
-                "no peer holds the entries a lagging node needs".into(),
-            ));
+            return Err(JournalError::Unexpected("no peer holds the entries a lagging node needs".into()));
         }
-        debug!(
-            node,
-            from, end, peer, "catching a lagging node up from a peer"
-        );
-        self.journal
-            .fetch_range(peer, from, end, Some(self.epoch))
-            .await
+        debug!(node, from, end, peer, "catching a lagging node up from a peer");
+        self.journal.fetch_range(peer, from, end, Some(self.epoch)).await
     }
 }
 
@@ -620,50 +784,11 @@ async fn seal_majority(
             // fresh round with a higher epoch is simpler and just as safe.
             epoch = epoch.next_for(id);
         }
-        let pause =
-            Duration::from_millis(rand::rng().random_range(20..200) * u64::from(attempt.min(10)));
+        let pause = Duration::from_millis(rand::rng().random_range(20..200) * u64::from(attempt.min(10)));
         if attempt % 5 == 1 {
             warn!(attempt, next_epoch = %epoch, "no majority of promises yet ({} of {} needed); unreachable: {}",
                   promises.len(), journal.majority(), errors.join("; "));
         }
         tokio::time::sleep(pause).await;
-    }
-}
-
-fn error_msg(code: ErrorCode, message: impl Into<String>) -> Message {
-    Message::Error(ErrorResponse {
-        code,
-        message: message.into(),
-        epoch: Epoch::ZERO,
-        lsn: 0,
-    })
-}
-
-impl Service for Sequencer {
-    fn handle(
-        self: Arc<Self>,
-        first: Message,
-        mut stream: Stream,
-    ) -> BoxFuture<'static, Result<(), TransportError>> {
-        async move {
-            let answer = match first {
-                Message::BeginRequest => match self.begin() {
-                    Ok(read_lsn) => Message::BeginResponse { read_lsn },
-                    Err(outcome) => Message::CommitResponse(outcome),
-                },
-                Message::CommitRequest(req) => Message::CommitResponse(self.commit(req).await),
-                other => {
-                    debug!("sequencer got an unexpected {other:?}");
-                    error_msg(
-                        ErrorCode::Unsupported,
-                        "a sequencer serves begin and commit only",
-                    )
-                }
-            };
-            stream.reply(&answer).await?;
-            let _ = stream.send.finish();
-            Ok(())
-        }
-        .boxed()
     }
 }

@@ -23,8 +23,7 @@ impl Model {
             .filter(|key| {
                 req.writes.iter().any(|w| &w.key == *key)
                     || (serializable
-                        && (req.read_keys.contains(key)
-                            || req.read_ranges.iter().any(|r| r.contains(key))))
+                        && (req.read_keys.contains(key) || req.read_ranges.iter().any(|r| r.contains(key))))
             })
             .cloned()
             .collect();
@@ -75,16 +74,14 @@ fn op() -> impl Strategy<Value = Op> {
         prop::collection::vec(range(), 0..3),
         prop::collection::vec(key(), 0..4),
     )
-        .prop_map(
-            |(read_pick, gap, isolation, read_keys, read_ranges, writes)| Op::Commit {
-                read_pick,
-                gap,
-                isolation,
-                read_keys,
-                read_ranges,
-                writes,
-            },
-        );
+        .prop_map(|(read_pick, gap, isolation, read_keys, read_ranges, writes)| Op::Commit {
+            read_pick,
+            gap,
+            isolation,
+            read_keys,
+            read_ranges,
+            writes,
+        });
     prop_oneof![
         30 => commit,
         1 => (0..6u64).prop_map(|back| Op::RaiseFloor { back }),
@@ -93,8 +90,10 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Runs `ops` through an index and the model; returns the number of commits decided above the
 /// floor so callers can tell the run was not vacuous.
-fn run(initial_floor: Lsn, max_keys: usize, ops: &[Op]) -> Result<usize, TestCaseError> {
-    let mut index = ConflictIndex::new(initial_floor, max_keys);
+fn run(index: ConflictIndex, ops: &[Op]) -> Result<usize, TestCaseError> {
+    let mut index = index;
+    let initial_floor = index.floor();
+    let max_keys = index.max_keys();
     let mut model = Model::default();
     let mut raised = initial_floor;
     let mut decided = 0;
@@ -105,14 +104,7 @@ fn run(initial_floor: Lsn, max_keys: usize, ops: &[Op]) -> Result<usize, TestCas
                 index.raise_floor(to);
                 raised = raised.max(to);
             }
-            Op::Commit {
-                read_pick,
-                gap,
-                isolation,
-                read_keys,
-                read_ranges,
-                writes,
-            } => {
+            Op::Commit { read_pick, gap, isolation, read_keys, read_ranges, writes } => {
                 let last = index.last_lsn();
                 let read_lsn = if *read_pick < 800 {
                     last.saturating_sub(read_pick % 12)
@@ -127,10 +119,7 @@ fn run(initial_floor: Lsn, max_keys: usize, ops: &[Op]) -> Result<usize, TestCas
                     read_ranges: read_ranges.clone(),
                     writes: writes
                         .iter()
-                        .map(|key| Write {
-                            key: key.clone(),
-                            value: Some(vec![1]),
-                        })
+                        .map(|key| Write { key: key.clone(), value: Some(vec![1]) })
                         .collect(),
                 };
                 let lsn = last + gap;
@@ -139,12 +128,7 @@ fn run(initial_floor: Lsn, max_keys: usize, ops: &[Op]) -> Result<usize, TestCas
                 let verdict = index.check_and_record(&req, lsn);
                 prop_assert_eq!(&checked, &verdict, "check and check_and_record disagree");
                 if read_lsn < floor_before {
-                    prop_assert_eq!(
-                        verdict,
-                        Verdict::TooOld {
-                            floor: floor_before
-                        }
-                    );
+                    prop_assert_eq!(verdict, Verdict::TooOld { floor: floor_before });
                 } else {
                     decided += 1;
                     let expected = model.check(&req);
@@ -159,7 +143,6 @@ fn run(initial_floor: Lsn, max_keys: usize, ops: &[Op]) -> Result<usize, TestCas
             }
         }
         prop_assert!(index.retained_writes() <= max_keys);
-        prop_assert!(index.tracked_keys() <= index.retained_writes());
         prop_assert!(index.floor() >= raised);
         prop_assert!(index.floor() <= index.last_lsn());
     }
@@ -176,22 +159,32 @@ proptest! {
     #[test]
     fn agrees_with_full_history_when_nothing_is_forgotten(
         floor in 0..3u64,
+        generation in prop::option::of(1..6usize),
         ops in prop::collection::vec(op(), 1..120),
     ) {
-        run(floor, 10_000, &ops)?;
+        let index = match generation {
+            Some(writes) => ConflictIndex::with_generation_size(floor, 10_000, writes),
+            None => ConflictIndex::new(floor, 10_000),
+        };
+        run(index, &ops)?;
     }
 
     #[test]
     fn small_budget_may_refuse_as_too_old_but_never_admits_a_conflict(
-        max_keys in 0..8usize,
+        max_keys in 0..12usize,
+        generation in prop::option::of(1..6usize),
         ops in prop::collection::vec(op(), 1..120),
     ) {
-        run(0, max_keys, &ops)?;
+        let index = match generation {
+            Some(writes) => ConflictIndex::with_generation_size(0, max_keys, writes),
+            None => ConflictIndex::new(0, max_keys),
+        };
+        run(index, &ops)?;
     }
 }
 
 /// A long deterministic run with a small budget that must still decide most commits: pruning
-/// only raises the floor as far as the forgotten writes require.
+/// raises the floor only as far as the forgotten writes require.
 #[test]
 fn small_budget_still_decides_fresh_snapshots() {
     let keys: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i]).collect();
@@ -199,11 +192,7 @@ fn small_budget_still_decides_fresh_snapshots() {
         .map(|i| Op::Commit {
             read_pick: (i % 3) as u64,
             gap: 1,
-            isolation: if i % 2 == 0 {
-                Isolation::Snapshot
-            } else {
-                Isolation::Serializable
-            },
+            isolation: if i % 2 == 0 { Isolation::Snapshot } else { Isolation::Serializable },
             read_keys: vec![keys[(i * 7) % 50].clone()],
             read_ranges: vec![KeyRange {
                 start: keys[(i * 11) % 50].clone(),
@@ -212,9 +201,6 @@ fn small_budget_still_decides_fresh_snapshots() {
             writes: vec![keys[(i * 13) % 50].clone(), keys[(i * 17) % 50].clone()],
         })
         .collect();
-    let decided = run(0, 16, &ops).unwrap();
-    assert!(
-        decided > 1500,
-        "only {decided} of 2000 decided above the floor"
-    );
+    let decided = run(ConflictIndex::with_generation_size(0, 16, 2), &ops).unwrap();
+    assert!(decided > 1500, "only {decided} of 2000 decided above the floor");
 }

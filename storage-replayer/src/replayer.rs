@@ -11,7 +11,7 @@ use quinn::Endpoint;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use triad_journal::{JournalClient, JournalError, TailReader};
-use triad_protocol::{decode_record, Epoch, ErrorCode, ErrorResponse, Lsn, Message};
+use triad_protocol::{decode_record, Epoch, ErrorCode, ErrorResponse, Lsn, Message, NodeStatus};
 use triad_transport::{Service, Stream, TransportError};
 
 use crate::format::{CommittedRecord, FormatError, StorageFormat};
@@ -22,6 +22,13 @@ pub enum ReplayerError {
     Format(#[from] FormatError),
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+    #[error(
+        "learner {name} fell behind the journal's trim point: it needs lsn {needed}, the journal holds \
+         the log from lsn {first}. Rebuild it from another replayer's snapshot (a copy of its data \
+         directory taken while stopped) or give it a new name and an empty data directory after \
+         raising the journal's retention"
+    )]
+    FellBehind { name: String, needed: Lsn, first: Lsn },
     #[error("log entry {lsn} is not a valid record: {reason}")]
     BadRecord { lsn: Lsn, reason: String },
 }
@@ -31,20 +38,32 @@ pub enum ReplayerError {
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Replayer {
+    /// The learner name this replayer registers under with the journal.
+    name: String,
     format: Arc<dyn StorageFormat>,
     applied: watch::Sender<Lsn>,
     read_timeout: Duration,
 }
 
 impl Replayer {
-    pub fn new(format: Arc<dyn StorageFormat>, read_timeout: Duration) -> Arc<Replayer> {
+    pub fn new(name: String, format: Arc<dyn StorageFormat>, read_timeout: Duration) -> Arc<Replayer> {
         let applied = format.applied_lsn();
-        info!(format = format.name(), applied, "replayer opened");
-        Arc::new(Replayer {
-            applied: watch::channel(applied).0,
-            format,
-            read_timeout,
-        })
+        info!(%name, format = format.name(), applied, "replayer opened");
+        Arc::new(Replayer { name, applied: watch::channel(applied).0, format, read_timeout })
+    }
+
+    /// Registers with every journal node and reports how far this learner has durably
+    /// applied: the journal trims only below the slowest registered learner.
+    async fn report_progress(&self, client: &JournalClient) {
+        let msg = Message::LearnerReport { name: self.name.clone(), durable_lsn: self.format.durable_lsn() };
+        let calls = (0..client.len()).map(|i| client.node(i).call_timeout(&msg, Duration::from_secs(1)));
+        for (i, answer) in futures::future::join_all(calls).await.into_iter().enumerate() {
+            match answer {
+                Ok(Message::LearnerAck { .. }) => {}
+                Ok(other) => warn!(node = %client.node(i).addr(), "learner report refused: {other:?}"),
+                Err(e) => debug!(node = %client.node(i).addr(), "learner report not delivered: {e}"),
+            }
+        }
     }
 
     pub fn applied_lsn(&self) -> Lsn {
@@ -53,29 +72,36 @@ impl Replayer {
 
     /// Tails the journal from the applied LSN on, forever (or until something is wrong that no
     /// retry can fix: a trimmed gap, an undecodable record, a failing disk).
-    pub async fn run(
-        self: Arc<Self>,
-        endpoint: &Endpoint,
-        journal: &[SocketAddr],
-    ) -> ReplayerError {
+    pub async fn run(self: Arc<Self>, endpoint: &Endpoint, journal: &[SocketAddr]) -> ReplayerError {
         let client = JournalClient::new(endpoint, journal);
+        self.report_progress(&client).await;
+        let reporter = {
+            let me = self.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SYNC_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    me.report_progress(&client).await;
+                }
+            })
+        };
+        let _stop_reporter = AbortOnDrop(reporter.abort_handle());
         let mut tail = TailReader::new(client, self.applied_lsn() + 1);
         let mut last_sync = tokio::time::Instant::now();
         loop {
             let batch = match tail.next_batch().await {
                 Ok(b) => b,
+                Err(JournalError::Trimmed { requested, first }) => {
+                    return ReplayerError::FellBehind { name: self.name.clone(), needed: requested, first };
+                }
                 Err(e) => return e.into(),
             };
             let mut records = Vec::with_capacity(batch.len());
             for entry in &batch {
                 match decode_record(&entry.payload) {
                     Ok(rec) => records.push(CommittedRecord::from_log_record(entry.lsn, rec)),
-                    Err(e) => {
-                        return ReplayerError::BadRecord {
-                            lsn: entry.lsn,
-                            reason: e.to_string(),
-                        }
-                    }
+                    Err(e) => return ReplayerError::BadRecord { lsn: entry.lsn, reason: e.to_string() },
                 }
             }
             let format = self.format.clone();
@@ -83,10 +109,7 @@ impl Replayer {
                 Ok(Ok(lsn)) => lsn,
                 Ok(Err(e)) => return e.into(),
                 Err(e) => {
-                    return ReplayerError::BadRecord {
-                        lsn: 0,
-                        reason: format!("apply task failed: {e}"),
-                    }
+                    return ReplayerError::BadRecord { lsn: 0, reason: format!("apply task failed: {e}") }
                 }
             };
             debug!(applied, "applied");
@@ -133,22 +156,12 @@ impl Replayer {
                     return e;
                 }
                 match self.format.get(&key, read_lsn) {
-                    Ok(Some(v)) => Message::GetResponse {
-                        value: v.value,
-                        version_lsn: v.lsn,
-                    },
-                    Ok(None) => Message::GetResponse {
-                        value: None,
-                        version_lsn: 0,
-                    },
+                    Ok(Some(v)) => Message::GetResponse { value: v.value, version_lsn: v.lsn },
+                    Ok(None) => Message::GetResponse { value: None, version_lsn: 0 },
                     Err(e) => error(ErrorCode::Internal, e.to_string(), 0),
                 }
             }
-            Message::ScanRequest {
-                range,
-                read_lsn,
-                limit,
-            } => {
+            Message::ScanRequest { range, read_lsn, limit } => {
                 if let Err(e) = self.wait_applied(read_lsn).await {
                     return e;
                 }
@@ -157,25 +170,25 @@ impl Replayer {
                     Err(e) => error(ErrorCode::Internal, e.to_string(), 0),
                 }
             }
+            Message::StatusRequest => Message::StatusResponse(NodeStatus {
+                role: "replayer".into(),
+                applied_lsn: self.applied_lsn(),
+                learners: vec![triad_protocol::LearnerStatus {
+                    name: self.name.clone(),
+                    durable_lsn: self.format.durable_lsn(),
+                }],
+                ..NodeStatus::default()
+            }),
             other => {
                 debug!("replayer got an unexpected {other:?}");
-                error(
-                    ErrorCode::Unsupported,
-                    "a replayer serves get and scan only",
-                    0,
-                )
+                error(ErrorCode::Unsupported, "a replayer serves get, scan and status", 0)
             }
         }
     }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, lsn: Lsn) -> Message {
-    Message::Error(ErrorResponse {
-        code,
-        message: message.into(),
-        epoch: Epoch::ZERO,
-        lsn,
-    })
+    Message::Error(ErrorResponse { code, message: message.into(), epoch: Epoch::ZERO, lsn })
 }
 
 impl Service for Replayer {
@@ -191,5 +204,13 @@ impl Service for Replayer {
             Ok(())
         }
         .boxed()
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

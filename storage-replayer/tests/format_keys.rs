@@ -10,26 +10,11 @@ use triad_replayer::format::FormatError;
 /// Bytes biased towards the ones the escaping treats specially, so collisions and prefixes of
 /// each other are common.
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(
-        prop_oneof![
-            Just(0x00u8),
-            Just(0x01),
-            Just(0x02),
-            Just(0xFF),
-            any::<u8>()
-        ],
-        0..8,
-    )
+    prop::collection::vec(prop_oneof![Just(0x00u8), Just(0x01), Just(0x02), Just(0xFF), any::<u8>()], 0..8)
 }
 
 fn lsn() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        Just(0u64),
-        Just(1),
-        Just(u64::MAX),
-        Just(u64::MAX - 1),
-        any::<u64>()
-    ]
+    prop_oneof![Just(0u64), Just(1), Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()]
 }
 
 /// The order the encoding must produce: user key ascending, then LSN descending.
@@ -93,10 +78,7 @@ proptest! {
 fn escaping_examples() {
     assert_eq!(encode_user_key(b""), vec![0x00, 0x01]);
     assert_eq!(encode_user_key(&[0x00]), vec![0x00, 0xFF, 0x00, 0x01]);
-    assert_eq!(
-        encode_user_key(&[0xFF, 0x00, 0x7]),
-        vec![0xFF, 0x00, 0xFF, 0x07, 0x00, 0x01]
-    );
+    assert_eq!(encode_user_key(&[0xFF, 0x00, 0x7]), vec![0xFF, 0x00, 0xFF, 0x07, 0x00, 0x01]);
     assert_eq!(
         encode_version_key(b"a", 1),
         [b"a\x00\x01".as_slice(), &(u64::MAX - 1).to_be_bytes()].concat()
@@ -119,10 +101,7 @@ fn tricky_keys_sort_like_their_bytes() {
     ];
     let mut encoded: Vec<Vec<u8>> = keys.iter().map(|k| encode_version_key(k, 7)).collect();
     encoded.sort();
-    let decoded: Vec<Vec<u8>> = encoded
-        .iter()
-        .map(|e| decode_version_key(e).unwrap().0)
-        .collect();
+    let decoded: Vec<Vec<u8>> = encoded.iter().map(|e| decode_version_key(e).unwrap().0).collect();
     assert_eq!(decoded, keys, "the input is already in byte order");
 }
 
@@ -135,9 +114,6 @@ fn malformed_keys_are_rejected() {
         [&[0x00, 0x05, 0x00, 0x01][..], &[0u8; 8]].concat(), // bad escape
         [&[0x00, 0x01, 0x00, 0x01][..], &[0u8; 8]].concat(), // terminator inside the key
     ] {
-        assert!(
-            matches!(decode_version_key(&raw), Err(FormatError::Corrupt(_))),
-            "{raw:02x?} decoded"
-        );
+        assert!(matches!(decode_version_key(&raw), Err(FormatError::Corrupt(_))), "{raw:02x?} decoded");
     }
 }

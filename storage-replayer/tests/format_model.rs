@@ -29,24 +29,16 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn write() -> impl Strategy<Value = Write> {
-    (
-        key(),
-        prop::option::weighted(0.7, prop::collection::vec(any::<u8>(), 0..4)),
-    )
+    (key(), prop::option::weighted(0.7, prop::collection::vec(any::<u8>(), 0..4)))
         .prop_map(|(key, value)| Write { key, value })
 }
 
 /// A history of records 1..=n (some without writes) and the sizes of the batches it is
 /// delivered in, each batch re-sending up to `overlap` already-applied records first.
 fn history() -> impl Strategy<Value = (Vec<CommittedRecord>, Vec<(usize, usize)>)> {
-    let records =
-        prop::collection::vec(prop::collection::vec(write(), 0..4), 0..60).prop_map(|writes| {
-            writes
-                .into_iter()
-                .zip(1..)
-                .map(|(writes, lsn)| CommittedRecord { lsn, writes })
-                .collect::<Vec<_>>()
-        });
+    let records = prop::collection::vec(prop::collection::vec(write(), 0..4), 0..60).prop_map(|writes| {
+        writes.into_iter().zip(1..).map(|(writes, lsn)| CommittedRecord { lsn, writes }).collect::<Vec<_>>()
+    });
     let batches = prop::collection::vec((1usize..12, 0usize..4), 1..20);
     (records, batches)
 }
@@ -61,14 +53,8 @@ struct Read {
 
 fn reads() -> impl Strategy<Value = Vec<Read>> {
     prop::collection::vec(
-        (0.0f64..=1.0, key(), prop::option::of(key()), 0usize..8).prop_map(
-            |(at_fraction, start, end, limit)| Read {
-                at_fraction,
-                start,
-                end,
-                limit,
-            },
-        ),
+        (0.0f64..=1.0, key(), prop::option::of(key()), 0usize..8)
+            .prop_map(|(at_fraction, start, end, limit)| Read { at_fraction, start, end, limit }),
         1..12,
     )
 }
@@ -81,32 +67,17 @@ fn model_get(history: &[CommittedRecord], key: &[u8], at: Lsn) -> Option<Version
         .flat_map(|r| r.writes.iter().map(move |w| (r.lsn, w)))
         .rev()
         .find(|(_, w)| w.key == key)
-        .map(|(lsn, w)| Version {
-            value: w.value.clone(),
-            lsn,
-        })
+        .map(|(lsn, w)| Version { value: w.value.clone(), lsn })
 }
 
-fn model_scan(
-    history: &[CommittedRecord],
-    range: &KeyRange,
-    at: Lsn,
-    limit: usize,
-) -> (Vec<Row>, bool) {
-    let keys: BTreeSet<&Vec<u8>> = history
-        .iter()
-        .flat_map(|r| r.writes.iter().map(|w| &w.key))
-        .collect();
+fn model_scan(history: &[CommittedRecord], range: &KeyRange, at: Lsn, limit: usize) -> (Vec<Row>, bool) {
+    let keys: BTreeSet<&Vec<u8>> = history.iter().flat_map(|r| r.writes.iter().map(|w| &w.key)).collect();
     let mut live: Vec<Row> = keys
         .into_iter()
         .filter(|k| range.contains(k))
         .filter_map(|k| {
             let version = model_get(history, k, at)?;
-            Some(Row {
-                key: k.clone(),
-                value: version.value?,
-                version_lsn: version.lsn,
-            })
+            Some(Row { key: k.clone(), value: version.value?, version_lsn: version.lsn })
         })
         .collect();
     let more = live.len() > limit;
@@ -160,10 +131,7 @@ fn check(
     }
     for read in reads {
         let at = (read.at_fraction * applied as f64).round() as Lsn;
-        let range = KeyRange {
-            start: read.start.clone(),
-            end: read.end.clone(),
-        };
+        let range = KeyRange { start: read.start.clone(), end: read.end.clone() };
         prop_assert_eq!(
             format.scan(&range, at, read.limit).unwrap(),
             model_scan(records, &range, at, read.limit),

@@ -11,17 +11,11 @@ use triad_replayer::format::{
 };
 
 fn put(key: &[u8], value: &[u8]) -> Write {
-    Write {
-        key: key.to_vec(),
-        value: Some(value.to_vec()),
-    }
+    Write { key: key.to_vec(), value: Some(value.to_vec()) }
 }
 
 fn del(key: &[u8]) -> Write {
-    Write {
-        key: key.to_vec(),
-        value: None,
-    }
+    Write { key: key.to_vec(), value: None }
 }
 
 fn rec(lsn: Lsn, writes: Vec<Write>) -> CommittedRecord {
@@ -29,18 +23,12 @@ fn rec(lsn: Lsn, writes: Vec<Write>) -> CommittedRecord {
 }
 
 fn all() -> KeyRange {
-    KeyRange {
-        start: vec![],
-        end: None,
-    }
+    KeyRange { start: vec![], end: None }
 }
 
 fn history() -> Vec<CommittedRecord> {
     vec![
-        rec(
-            1,
-            vec![put(b"a", b"1"), put(b"\x00", b"zero"), put(b"\xff", b"ff")],
-        ),
+        rec(1, vec![put(b"a", b"1"), put(b"\x00", b"zero"), put(b"\xff", b"ff")]),
         rec(2, vec![put(b"a", b"2"), del(b"\x00")]),
         rec(3, vec![]),
     ]
@@ -53,10 +41,8 @@ type Observed = Vec<(Vec<Option<Version>>, Vec<Row>)>;
 fn observe(f: &dyn StorageFormat) -> Observed {
     (0..=f.applied_lsn())
         .map(|at| {
-            let gets = [&b"a"[..], b"\x00", b"\xff", b"missing"]
-                .iter()
-                .map(|k| f.get(k, at).unwrap())
-                .collect();
+            let gets =
+                [&b"a"[..], b"\x00", b"\xff", b"missing"].iter().map(|k| f.get(k, at).unwrap()).collect();
             let (rows, more) = f.scan(&all(), at, usize::MAX).unwrap();
             assert!(!more);
             (gets, rows)
@@ -86,18 +72,9 @@ fn rocksdb_reopen_keeps_data_and_applied_lsn() {
     // The restarted learner resumes right after the applied LSN, re-delivery is skipped, and a
     // gap is still a gap.
     assert_eq!(f.apply(&history()).unwrap(), 3);
-    assert!(matches!(
-        f.apply(&[rec(5, vec![])]),
-        Err(FormatError::Gap { applied: 3, got: 5 })
-    ));
+    assert!(matches!(f.apply(&[rec(5, vec![])]), Err(FormatError::Gap { applied: 3, got: 5 })));
     assert_eq!(f.apply(&[rec(4, vec![put(b"a", b"4")])]).unwrap(), 4);
-    assert_eq!(
-        f.get(b"a", 4).unwrap(),
-        Some(Version {
-            value: Some(b"4".to_vec()),
-            lsn: 4
-        })
-    );
+    assert_eq!(f.get(b"a", 4).unwrap(), Some(Version { value: Some(b"4".to_vec()), lsn: 4 }));
 }
 
 #[test]
@@ -137,19 +114,8 @@ fn snapshots_open_as_new_instances_with_the_same_state() {
         assert_eq!(observe(copy.as_ref()), expected, "{name}");
         // A replayer started from the snapshot continues the log from there.
         assert_eq!(copy.apply(&[rec(4, vec![del(b"a")])]).unwrap(), 4, "{name}");
-        assert_eq!(
-            copy.get(b"a", 4).unwrap(),
-            Some(Version {
-                value: None,
-                lsn: 4
-            }),
-            "{name}"
-        );
-        assert_eq!(
-            f.get(b"a", 4).unwrap().unwrap().value,
-            Some(b"after".to_vec()),
-            "{name}"
-        );
+        assert_eq!(copy.get(b"a", 4).unwrap(), Some(Version { value: None, lsn: 4 }), "{name}");
+        assert_eq!(f.get(b"a", 4).unwrap().unwrap().value, Some(b"after".to_vec()), "{name}");
     }
 }
 
@@ -163,10 +129,7 @@ fn snapshot_refuses_an_existing_directory() {
         std::fs::create_dir(&existing).unwrap();
         std::fs::write(existing.join("precious"), b"keep me").unwrap();
         assert!(f.snapshot(&existing).is_err(), "{name}");
-        assert_eq!(
-            std::fs::read(existing.join("precious")).unwrap(),
-            b"keep me"
-        );
+        assert_eq!(std::fs::read(existing.join("precious")).unwrap(), b"keep me");
     }
 }
 
@@ -184,17 +147,11 @@ fn damaged_memory_image_is_corrupt() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&image, &bytes).unwrap();
-    assert!(matches!(
-        open_format("memory", &dir),
-        Err(FormatError::Corrupt(_))
-    ));
+    assert!(matches!(open_format("memory", &dir), Err(FormatError::Corrupt(_))));
 
     bytes.truncate(5);
     std::fs::write(&image, &bytes).unwrap();
-    assert!(matches!(
-        open_format("memory", &dir),
-        Err(FormatError::Corrupt(_))
-    ));
+    assert!(matches!(open_format("memory", &dir), Err(FormatError::Corrupt(_))));
 }
 
 #[test]
@@ -226,18 +183,11 @@ fn rocksdb_corrupt_values_are_errors_not_panics() {
     {
         // Overwrite the newest version of "a" with an unknown tag.
         let db = rocksdb::DB::open_default(&dir).unwrap();
-        db.put(
-            triad_replayer::format::rocks::encode_version_key(b"a", 2),
-            b"\x07junk",
-        )
-        .unwrap();
+        db.put(triad_replayer::format::rocks::encode_version_key(b"a", 2), b"\x07junk").unwrap();
     }
     let f = RocksFormat::open(&dir).unwrap();
     assert!(matches!(f.get(b"a", 3), Err(FormatError::Corrupt(_))));
-    assert!(matches!(
-        f.scan(&all(), 3, 10),
-        Err(FormatError::Corrupt(_))
-    ));
+    assert!(matches!(f.scan(&all(), 3, 10), Err(FormatError::Corrupt(_))));
     // Older versions are untouched.
     assert_eq!(f.get(b"a", 1).unwrap().unwrap().value, Some(b"1".to_vec()));
 }

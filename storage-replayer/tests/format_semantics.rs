@@ -25,17 +25,11 @@ fn formats() -> Vec<(TempDir, Arc<dyn StorageFormat>)> {
 }
 
 fn put(key: &[u8], value: &[u8]) -> Write {
-    Write {
-        key: key.to_vec(),
-        value: Some(value.to_vec()),
-    }
+    Write { key: key.to_vec(), value: Some(value.to_vec()) }
 }
 
 fn del(key: &[u8]) -> Write {
-    Write {
-        key: key.to_vec(),
-        value: None,
-    }
+    Write { key: key.to_vec(), value: None }
 }
 
 fn rec(lsn: Lsn, writes: Vec<Write>) -> CommittedRecord {
@@ -43,32 +37,19 @@ fn rec(lsn: Lsn, writes: Vec<Write>) -> CommittedRecord {
 }
 
 fn version(value: Option<&[u8]>, lsn: Lsn) -> Option<Version> {
-    Some(Version {
-        value: value.map(<[u8]>::to_vec),
-        lsn,
-    })
+    Some(Version { value: value.map(<[u8]>::to_vec), lsn })
 }
 
 fn row(key: &[u8], value: &[u8], version_lsn: Lsn) -> Row {
-    Row {
-        key: key.to_vec(),
-        value: value.to_vec(),
-        version_lsn,
-    }
+    Row { key: key.to_vec(), value: value.to_vec(), version_lsn }
 }
 
 fn all() -> KeyRange {
-    KeyRange {
-        start: vec![],
-        end: None,
-    }
+    KeyRange { start: vec![], end: None }
 }
 
 fn range(start: &[u8], end: Option<&[u8]>) -> KeyRange {
-    KeyRange {
-        start: start.to_vec(),
-        end: end.map(<[u8]>::to_vec),
-    }
+    KeyRange { start: start.to_vec(), end: end.map(<[u8]>::to_vec) }
 }
 
 /// LSN 1: a=1, b=1; 2: epoch marker; 3: a=3, del b; 4: b=4; 5: del a; 6: a=6.
@@ -138,16 +119,8 @@ fn scan_returns_live_rows_at_an_lsn() {
             (vec![row(b"a", b"1", 1), row(b"b", b"1", 1)], false),
             "{name}"
         );
-        assert_eq!(
-            f.scan(&all(), 3, 10).unwrap(),
-            (vec![row(b"a", b"3", 3)], false),
-            "{name}"
-        );
-        assert_eq!(
-            f.scan(&all(), 5, 10).unwrap(),
-            (vec![row(b"b", b"4", 4)], false),
-            "{name}"
-        );
+        assert_eq!(f.scan(&all(), 3, 10).unwrap(), (vec![row(b"a", b"3", 3)], false), "{name}");
+        assert_eq!(f.scan(&all(), 5, 10).unwrap(), (vec![row(b"b", b"4", 4)], false), "{name}");
         assert_eq!(
             f.scan(&all(), 6, 10).unwrap(),
             (vec![row(b"a", b"6", 6), row(b"b", b"4", 4)], false),
@@ -165,16 +138,8 @@ fn scan_returns_live_rows_at_an_lsn() {
             "{name}"
         );
         // Empty and inverted ranges are empty, not errors.
-        assert_eq!(
-            f.scan(&range(b"b", Some(b"b")), 6, 10).unwrap(),
-            (vec![], false),
-            "{name}"
-        );
-        assert_eq!(
-            f.scan(&range(b"z", Some(b"a")), 6, 10).unwrap(),
-            (vec![], false),
-            "{name}"
-        );
+        assert_eq!(f.scan(&range(b"b", Some(b"b")), 6, 10).unwrap(), (vec![], false), "{name}");
+        assert_eq!(f.scan(&range(b"z", Some(b"a")), 6, 10).unwrap(), (vec![], false), "{name}");
     }
 }
 
@@ -183,24 +148,12 @@ fn scan_limit_reports_more_only_when_a_live_row_was_cut() {
     for (_dir, f) in formats() {
         let name = f.name();
         f.apply(&[
-            rec(
-                1,
-                vec![
-                    put(b"k1", b"x"),
-                    put(b"k2", b"x"),
-                    put(b"k3", b"x"),
-                    put(b"k4", b"x"),
-                ],
-            ),
+            rec(1, vec![put(b"k1", b"x"), put(b"k2", b"x"), put(b"k3", b"x"), put(b"k4", b"x")]),
             rec(2, vec![del(b"k3"), del(b"k4")]),
         ])
         .unwrap();
         assert_eq!(f.scan(&all(), 2, 0).unwrap(), (vec![], true), "{name}");
-        assert_eq!(
-            f.scan(&all(), 2, 1).unwrap(),
-            (vec![row(b"k1", b"x", 1)], true),
-            "{name}"
-        );
+        assert_eq!(f.scan(&all(), 2, 1).unwrap(), (vec![row(b"k1", b"x", 1)], true), "{name}");
         // Only tombstones follow k2, so nothing was cut.
         assert_eq!(
             f.scan(&all(), 2, 2).unwrap(),
@@ -211,11 +164,7 @@ fn scan_limit_reports_more_only_when_a_live_row_was_cut() {
         assert_eq!((rows.len(), more), (3, true), "{name}");
         let (rows, more) = f.scan(&all(), 1, 4).unwrap();
         assert_eq!((rows.len(), more), (4, false), "{name}");
-        assert_eq!(
-            f.scan(&range(b"k3", None), 2, 0).unwrap(),
-            (vec![], false),
-            "{name}"
-        );
+        assert_eq!(f.scan(&range(b"k3", None), 2, 0).unwrap(), (vec![], false), "{name}");
     }
 }
 
@@ -226,12 +175,7 @@ fn keys_with_zero_and_ff_bytes_and_long_histories() {
         let keys: [&[u8]; 6] = [b"", b"\x00", b"\x00\x00", b"\x00\xff", b"\xff", b"\xff\x00"];
         // Forty versions of each key, so scans have to skip long histories.
         let records: Vec<_> = (1..=40)
-            .map(|lsn: Lsn| {
-                rec(
-                    lsn,
-                    keys.iter().map(|k| put(k, &lsn.to_be_bytes())).collect(),
-                )
-            })
+            .map(|lsn: Lsn| rec(lsn, keys.iter().map(|k| put(k, &lsn.to_be_bytes())).collect()))
             .collect();
         f.apply(&records).unwrap();
         for at in [1, 7, 39, 40] {
@@ -274,35 +218,19 @@ fn apply_rejects_gaps_and_applies_nothing_of_the_batch() {
     for (_dir, f) in formats() {
         let name = f.name();
         let err = f.apply(&[rec(2, vec![put(b"a", b"x")])]).unwrap_err();
-        assert!(
-            matches!(err, FormatError::Gap { applied: 0, got: 2 }),
-            "{name}: {err}"
-        );
+        assert!(matches!(err, FormatError::Gap { applied: 0, got: 2 }), "{name}: {err}");
         assert_eq!(f.applied_lsn(), 0, "{name}");
 
         f.apply(&[rec(1, vec![put(b"a", b"1")])]).unwrap();
         // The gap is in the middle: 2 is fine, 4 is not, and 2 must not be applied either.
-        let err = f
-            .apply(&[rec(2, vec![put(b"a", b"2")]), rec(4, vec![put(b"a", b"4")])])
-            .unwrap_err();
-        assert!(
-            matches!(err, FormatError::Gap { applied: 2, got: 4 }),
-            "{name}: {err}"
-        );
+        let err = f.apply(&[rec(2, vec![put(b"a", b"2")]), rec(4, vec![put(b"a", b"4")])]).unwrap_err();
+        assert!(matches!(err, FormatError::Gap { applied: 2, got: 4 }), "{name}: {err}");
         assert_eq!(f.applied_lsn(), 1, "{name}");
         assert_eq!(f.get(b"a", 1).unwrap(), version(Some(b"1"), 1), "{name}");
-        assert_eq!(
-            f.scan(&all(), 1, 10).unwrap().0,
-            vec![row(b"a", b"1", 1)],
-            "{name}"
-        );
+        assert_eq!(f.scan(&all(), 1, 10).unwrap().0, vec![row(b"a", b"1", 1)], "{name}");
 
         // After the gap is filled the learner can go on.
-        assert_eq!(
-            f.apply(&[rec(2, vec![]), rec(3, vec![put(b"a", b"3")])])
-                .unwrap(),
-            3
-        );
+        assert_eq!(f.apply(&[rec(2, vec![]), rec(3, vec![put(b"a", b"3")])]).unwrap(), 3);
         assert_eq!(f.get(b"a", 3).unwrap(), version(Some(b"3"), 3), "{name}");
     }
 }
@@ -346,10 +274,7 @@ fn unknown_format_names_the_known_ones() {
         matches!(&err, FormatError::UnknownFormat { name, known } if name == "pagestore" && *known == FORMATS)
     );
     let message = err.to_string();
-    assert!(
-        message.contains("rocksdb") && message.contains("memory"),
-        "{message}"
-    );
+    assert!(message.contains("rocksdb") && message.contains("memory"), "{message}");
     assert_eq!(FORMATS[0], "rocksdb", "the default comes first");
 }
 
@@ -376,8 +301,7 @@ fn readers_and_the_applier_run_concurrently() {
                         } else {
                             assert_eq!(rows.len(), 8, "{name}");
                             assert!(
-                                rows.iter()
-                                    .all(|r| r.version_lsn == at && r.value == at.to_be_bytes()),
+                                rows.iter().all(|r| r.version_lsn == at && r.value == at.to_be_bytes()),
                                 "{name} at {at}: {rows:?}"
                             );
                         }

@@ -5,15 +5,9 @@ pub enum TransportError {
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("reading {path}: {source}")]
-    File {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    File { path: std::path::PathBuf, source: std::io::Error },
     #[error("binding {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("connecting to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
     #[error("connection lost: {0}")]

@@ -8,10 +8,7 @@ use triad_protocol::{decode_message, frame::frame_message, Message};
 use crate::TransportError;
 
 /// Reads the next message. `Ok(None)` when the peer finished the stream cleanly between frames.
-pub async fn read_msg(
-    recv: &mut RecvStream,
-    max_frame: usize,
-) -> Result<Option<Message>, TransportError> {
+pub async fn read_msg(recv: &mut RecvStream, max_frame: usize) -> Result<Option<Message>, TransportError> {
     let mut header = [0u8; HEADER_LEN];
     // A clean end of stream is only legal on a frame boundary.
     match recv.read(&mut header[..1]).await {

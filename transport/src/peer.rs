@@ -19,12 +19,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(endpoint: Endpoint, addr: SocketAddr) -> Peer {
-        Peer {
-            endpoint,
-            addr,
-            conn: Mutex::new(None),
-            connect_timeout: Duration::from_secs(2),
-        }
+        Peer { endpoint, addr, conn: Mutex::new(None), connect_timeout: Duration::from_secs(2) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -39,23 +34,17 @@ impl Peer {
                 return Ok(conn.clone());
             }
         }
-        let connecting =
-            self.endpoint
-                .connect(self.addr, SERVER_NAME)
-                .map_err(|e| TransportError::Connect {
-                    addr: self.addr,
-                    reason: e.to_string(),
-                })?;
+        let connecting = self
+            .endpoint
+            .connect(self.addr, SERVER_NAME)
+            .map_err(|e| TransportError::Connect { addr: self.addr, reason: e.to_string() })?;
         let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| TransportError::Connect {
                 addr: self.addr,
                 reason: format!("no answer within {:?}", self.connect_timeout),
             })?
-            .map_err(|e| TransportError::Connect {
-                addr: self.addr,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| TransportError::Connect { addr: self.addr, reason: e.to_string() })?;
         *guard = Some(conn.clone());
         Ok(conn)
     }
@@ -78,9 +67,7 @@ impl Peer {
     pub async fn call(&self, request: &Message) -> Result<Message, TransportError> {
         let (mut send, mut recv) = self.open(request).await?;
         let _ = send.finish();
-        read_msg(&mut recv, MAX_FRAME_DEFAULT)
-            .await?
-            .ok_or(TransportError::Closed)
+        read_msg(&mut recv, MAX_FRAME_DEFAULT).await?.ok_or(TransportError::Closed)
     }
 
     /// [`Peer::call`] bounded by `timeout`.
@@ -96,10 +83,7 @@ impl Peer {
 
     async fn forget(&self, conn: &Connection) {
         let mut guard = self.conn.lock().await;
-        if guard
-            .as_ref()
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
-        {
+        if guard.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
             *guard = None;
         }
     }

@@ -63,11 +63,8 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                         Err(e) => {
                             warn!(%peer, "rejected stream: {e}");
                             let mut send = send;
-                            let _ = write_msg(
-                                &mut send,
-                                &error_message(ErrorCode::Malformed, e.to_string()),
-                            )
-                            .await;
+                            let _ = write_msg(&mut send, &error_message(ErrorCode::Malformed, e.to_string()))
+                                .await;
                             let _ = send.finish();
                             return;
                         }
@@ -84,10 +81,5 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
 
 /// Shorthand for an error message without epoch or LSN detail.
 pub fn error_message(code: ErrorCode, message: impl Into<String>) -> Message {
-    Message::Error(ErrorResponse {
-        code,
-        message: message.into(),
-        epoch: Default::default(),
-        lsn: 0,
-    })
+    Message::Error(ErrorResponse { code, message: message.into(), epoch: Default::default(), lsn: 0 })
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -38,9 +37,7 @@ impl ClusterCa {
         let key = KeyPair::generate().map_err(tls_err)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Triad cluster CA");
+        params.distinguished_name.push(DnType::CommonName, "Triad cluster CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key).map_err(tls_err)?;
         Ok(ClusterCa { cert, key })
@@ -57,20 +54,13 @@ impl ClusterCa {
     /// Issues a certificate for node `name`, valid both as a server and as a client.
     pub fn issue(&self, name: &str) -> Result<NodeCert, TransportError> {
         let key = KeyPair::generate().map_err(tls_err)?;
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string(), name.to_string()])
-            .map_err(tls_err)?;
+        let mut params =
+            CertificateParams::new(vec![SERVER_NAME.to_string(), name.to_string()]).map_err(tls_err)?;
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params
-            .signed_by(&key, &self.cert, &self.key)
-            .map_err(tls_err)?;
-        Ok(NodeCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.cert, &self.key).map_err(tls_err)?;
+        Ok(NodeCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     /// Writes the CA and one certificate per name into `dir` (created if missing).
@@ -79,10 +69,8 @@ impl ClusterCa {
             let path = dir.join(file);
             std::fs::write(&path, contents).map_err(|source| TransportError::File { path, source })
         };
-        std::fs::create_dir_all(dir).map_err(|source| TransportError::File {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|source| TransportError::File { path: dir.to_path_buf(), source })?;
         write("ca.pem".into(), &self.cert_pem())?;
         write("ca.key".into(), &self.key_pem())?;
         for name in names {
@@ -115,11 +103,7 @@ impl TlsConfig {
         )
     }
 
-    pub fn from_pem(
-        ca_pem: &str,
-        cert_pem: &str,
-        key_pem: &str,
-    ) -> Result<TlsConfig, TransportError> {
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<TlsConfig, TransportError> {
         let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(tls_err)?;
         let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(tls_err)?];
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err)?;
@@ -128,12 +112,10 @@ impl TlsConfig {
         let roots = Arc::new(roots);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
 
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.clone(),
-            provider.clone(),
-        )
-        .build()
-        .map_err(tls_err)?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(tls_err)?;
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
@@ -141,8 +123,7 @@ impl TlsConfig {
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(tls_err)?;
         server.alpn_protocols = vec![ALPN.to_vec()];
-        let server_quic =
-            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(tls_err)?;
+        let server_quic = quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(tls_err)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
         server.transport_config(transport_config());
 
@@ -153,8 +134,7 @@ impl TlsConfig {
             .with_client_auth_cert(chain, key)
             .map_err(tls_err)?;
         client.alpn_protocols = vec![ALPN.to_vec()];
-        let client_quic =
-            quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(tls_err)?;
+        let client_quic = quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(tls_err)?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_quic));
         client.transport_config(transport_config());
         Ok(TlsConfig { server, client })
@@ -167,10 +147,7 @@ impl TlsConfig {
     }
 
     /// An endpoint that accepts connections on `addr` and can also open them.
-    pub fn server_endpoint(
-        &self,
-        addr: std::net::SocketAddr,
-    ) -> Result<quinn::Endpoint, TransportError> {
+    pub fn server_endpoint(&self, addr: std::net::SocketAddr) -> Result<quinn::Endpoint, TransportError> {
         let mut ep = quinn::Endpoint::server(self.server.clone(), addr)
             .map_err(|source| TransportError::Bind { addr, source })?;
         ep.set_default_client_config(self.client.clone());
@@ -178,13 +155,9 @@ impl TlsConfig {
     }
 
     /// An endpoint that only opens connections, bound to an ephemeral port on `bind_ip`.
-    pub fn client_endpoint(
-        &self,
-        bind_ip: std::net::IpAddr,
-    ) -> Result<quinn::Endpoint, TransportError> {
+    pub fn client_endpoint(&self, bind_ip: std::net::IpAddr) -> Result<quinn::Endpoint, TransportError> {
         let addr = std::net::SocketAddr::new(bind_ip, 0);
-        let mut ep = quinn::Endpoint::client(addr)
-            .map_err(|source| TransportError::Bind { addr, source })?;
+        let mut ep = quinn::Endpoint::client(addr).map_err(|source| TransportError::Bind { addr, source })?;
         ep.set_default_client_config(self.client.clone());
         Ok(ep)
     }
@@ -195,11 +168,7 @@ impl TlsConfig {
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(Duration::from_millis(500)));
-    t.max_idle_timeout(Some(
-        Duration::from_secs(3)
-            .try_into()
-            .expect("3 s fits a QUIC idle timeout"),
-    ));
+    t.max_idle_timeout(Some(Duration::from_secs(3).try_into().expect("3 s fits a QUIC idle timeout")));
     t.max_concurrent_bidi_streams(4096u32.into());
     Arc::new(t)
 }

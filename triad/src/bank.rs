@@ -23,12 +23,7 @@ pub struct BankConfig {
 
 impl Default for BankConfig {
     fn default() -> Self {
-        BankConfig {
-            accounts: 100,
-            clients: 16,
-            duration: Duration::from_secs(5),
-            initial_balance: 1000,
-        }
+        BankConfig { accounts: 100, clients: 16, duration: Duration::from_secs(5), initial_balance: 1000 }
     }
 }
 
@@ -88,12 +83,7 @@ impl std::fmt::Display for Report {
 impl Bank {
     pub fn new(client: Client, cfg: BankConfig) -> Bank {
         let prefix = format!("bank/{:08x}/", rand::rng().random::<u32>());
-        Bank {
-            client,
-            cfg,
-            prefix,
-            committed: Arc::new(AtomicUsize::new(0)),
-        }
+        Bank { client, cfg, prefix, committed: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// Transfers acknowledged so far (for progress, and for fault schedules that act mid-run).
@@ -113,20 +103,14 @@ impl Bank {
         let start = format!("{}{kind}/", self.prefix).into_bytes();
         let mut end = start.clone();
         *end.last_mut().expect("non-empty") += 1;
-        KeyRange {
-            start,
-            end: Some(end),
-        }
+        KeyRange { start, end: Some(end) }
     }
 
     /// Opens every account with the initial balance, in one transaction.
     pub async fn setup(&self) -> Result<u64> {
         let mut txn = self.client.begin().await?;
         for i in 0..self.cfg.accounts {
-            txn.put(
-                self.account(i),
-                self.cfg.initial_balance.to_be_bytes().to_vec(),
-            );
+            txn.put(self.account(i), self.cfg.initial_balance.to_be_bytes().to_vec());
         }
         Ok(txn.commit().await?)
     }
@@ -148,10 +132,7 @@ impl Bank {
             Ok(b) => b,
             Err(e) => return Attempt::NotSent(e),
         };
-        txn.put(
-            self.account(t.from),
-            (from - t.amount).to_be_bytes().to_vec(),
-        );
+        txn.put(self.account(t.from), (from - t.amount).to_be_bytes().to_vec());
         txn.put(self.account(t.to), (to + t.amount).to_be_bytes().to_vec());
         let record = format!("{} {} {}", t.from, t.to, t.amount);
         txn.put(self.transfer_key(id), record.into_bytes());
@@ -160,14 +141,8 @@ impl Bank {
 
     /// Runs transfers from `clients` concurrent tasks until `duration` has passed. `progress` is
     /// called about once a second with the commits so far.
-    pub async fn run(
-        &self,
-        progress: impl Fn(usize) + Send + Sync + 'static,
-    ) -> Result<(History, Duration)> {
-        ensure!(
-            self.cfg.accounts >= 2,
-            "the bank needs at least two accounts"
-        );
+    pub async fn run(&self, progress: impl Fn(usize) + Send + Sync + 'static) -> Result<(History, Duration)> {
+        ensure!(self.cfg.accounts >= 2, "the bank needs at least two accounts");
         let history = Arc::new(Mutex::new(History::default()));
         let start = Instant::now();
         let deadline = start + self.cfg.duration;
@@ -184,11 +159,7 @@ impl Bank {
                         if to >= from {
                             to += 1;
                         }
-                        Transfer {
-                            from,
-                            to,
-                            amount: rng.random_range(1..=10),
-                        }
+                        Transfer { from, to, amount: rng.random_range(1..=10) }
                     };
                     let attempt = bank.transfer(t).await;
                     let mut h = history.lock().await;
@@ -236,9 +207,8 @@ impl Bank {
         ticker.abort();
         let _ = ticker.await;
         let elapsed = start.elapsed();
-        let history = Arc::try_unwrap(history)
-            .map_err(|_| anyhow::anyhow!("history still shared"))?
-            .into_inner();
+        let history =
+            Arc::try_unwrap(history).map_err(|_| anyhow::anyhow!("history still shared"))?.into_inner();
         Ok((history, elapsed))
     }
 
@@ -268,9 +238,8 @@ impl Bank {
         );
 
         let recorded: HashMap<Vec<u8>, Vec<u8>> = transfers.into_iter().collect();
-        let mut implied: BTreeMap<Vec<u8>, i64> = (0..self.cfg.accounts)
-            .map(|i| (self.account(i), self.cfg.initial_balance))
-            .collect();
+        let mut implied: BTreeMap<Vec<u8>, i64> =
+            (0..self.cfg.accounts).map(|i| (self.account(i), self.cfg.initial_balance)).collect();
         for (id, (t, lsn)) in &history.committed {
             ensure!(
                 *lsn <= final_lsn,
@@ -284,10 +253,7 @@ impl Bank {
             );
         }
         for id in &history.aborted {
-            ensure!(
-                !recorded.contains_key(&self.transfer_key(*id)),
-                "aborted transfer {id:?} is visible"
-            );
+            ensure!(!recorded.contains_key(&self.transfer_key(*id)), "aborted transfer {id:?} is visible");
         }
         let mut matched = 0;
         for (key, value) in &recorded {
@@ -300,21 +266,12 @@ impl Bank {
             if history.committed.contains_key(&id) {
                 matched += 1;
             } else if !history.unknown.contains_key(&id) {
-                bail!(
-                    "transfer {id:?} is visible but no client was told it committed or might have"
-                );
+                bail!("transfer {id:?} is visible but no client was told it committed or might have");
             }
-            *implied
-                .get_mut(&self.account(t.from))
-                .context("unknown account")? -= t.amount;
-            *implied
-                .get_mut(&self.account(t.to))
-                .context("unknown account")? += t.amount;
+            *implied.get_mut(&self.account(t.from)).context("unknown account")? -= t.amount;
+            *implied.get_mut(&self.account(t.to)).context("unknown account")? += t.amount;
         }
-        ensure!(
-            matched == history.committed.len(),
-            "not every acknowledged transfer is visible"
-        );
+        ensure!(matched == history.committed.len(), "not every acknowledged transfer is visible");
         for (k, b) in &balances {
             let want = implied[k];
             ensure!(
@@ -341,10 +298,8 @@ enum Attempt {
 
 fn balance(v: Option<Vec<u8>>) -> Result<i64, ShimError> {
     let v = v.ok_or_else(|| ShimError::Aborted("account does not exist".into()))?;
-    let bytes: [u8; 8] = v
-        .as_slice()
-        .try_into()
-        .map_err(|_| ShimError::Aborted("balance is not 8 bytes".into()))?;
+    let bytes: [u8; 8] =
+        v.as_slice().try_into().map_err(|_| ShimError::Aborted("balance is not 8 bytes".into()))?;
     Ok(i64::from_be_bytes(bytes))
 }
 
@@ -354,9 +309,5 @@ fn parse_transfer(v: &[u8]) -> Result<Transfer> {
     let (Some(a), Some(b), Some(c), None) = (it.next(), it.next(), it.next(), it.next()) else {
         bail!("malformed transfer record {s:?}");
     };
-    Ok(Transfer {
-        from: a.parse()?,
-        to: b.parse()?,
-        amount: c.parse()?,
-    })
+    Ok(Transfer { from: a.parse()?, to: b.parse()?, amount: c.parse()? })
 }

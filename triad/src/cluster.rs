@@ -10,14 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use triad_protocol::Message;
-use triad_shim::ClientConfig;
-use triad_transport::{ClusterCa, Peer, TlsConfig};
+use triad_shim::{Client, ClientConfig};
+use triad_transport::{ClusterCa, TlsConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     Journal(usize),
-    Sequencer,
+    Sequencer(usize),
     Replayer,
 }
 
@@ -25,7 +24,7 @@ impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Role::Journal(i) => write!(f, "journal-{}", i + 1),
-            Role::Sequencer => write!(f, "sequencer-1"),
+            Role::Sequencer(i) => write!(f, "sequencer-{}", i + 1),
             Role::Replayer => write!(f, "replayer-1"),
         }
     }
@@ -35,9 +34,10 @@ impl std::fmt::Display for Role {
 pub struct ClusterSpec {
     /// Data directories, TLS material and logs live under here.
     pub dir: PathBuf,
-    /// Journal nodes listen on base+1.., the sequencer on base+10, the replayer on base+20.
+    /// Journal nodes listen on base+1.., sequencers on base+10.., the replayer on base+20.
     pub base_port: u16,
     pub journals: usize,
+    pub sequencers: usize,
     /// The `triad` executable to run for each member.
     pub exe: PathBuf,
     /// `RUST_LOG` for the members.
@@ -59,24 +59,17 @@ impl LocalCluster {
             .with_context(|| format!("creating {}", spec.dir.display()))?;
         let tls_dir = spec.dir.join("tls");
         if !tls_dir.join("ca.pem").exists() {
-            let mut names: Vec<String> = (0..spec.journals)
-                .map(|i| Role::Journal(i).to_string())
+            let names: Vec<String> = LocalCluster::roles_of(&spec)
+                .iter()
+                .map(Role::to_string)
+                .chain([CLIENT_NAME.to_string()])
                 .collect();
-            names.extend([
-                Role::Sequencer.to_string(),
-                Role::Replayer.to_string(),
-                CLIENT_NAME.to_string(),
-            ]);
             ClusterCa::generate()?.write_cluster(&tls_dir, &names)?;
         }
         let client_tls = TlsConfig::load(&tls_dir, CLIENT_NAME)?;
-        let mut roles: Vec<Role> = (0..spec.journals).map(Role::Journal).collect();
-        roles.extend([Role::Sequencer, Role::Replayer]);
-        let mut cluster = LocalCluster {
-            spec,
-            children: roles.into_iter().map(|r| (r, None)).collect(),
-            client_tls,
-        };
+        let roles = LocalCluster::roles_of(&spec);
+        let mut cluster =
+            LocalCluster { spec, children: roles.into_iter().map(|r| (r, None)).collect(), client_tls };
         for i in 0..cluster.children.len() {
             let role = cluster.children[i].0;
             cluster.spawn(role)?;
@@ -84,20 +77,39 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    fn roles_of(spec: &ClusterSpec) -> Vec<Role> {
+        let mut roles: Vec<Role> = (0..spec.journals).map(Role::Journal).collect();
+        roles.extend((0..spec.sequencers).map(Role::Sequencer));
+        roles.push(Role::Replayer);
+        roles
+    }
+
+    /// Every member, in start order.
+    pub fn roles(&self) -> Vec<Role> {
+        LocalCluster::roles_of(&self.spec)
+    }
+
+    pub fn sequencer_addrs(&self) -> Vec<SocketAddr> {
+        (0..self.spec.sequencers).map(|i| self.addr(Role::Sequencer(i))).collect()
+    }
+
+    /// The process id of a running member (for SIGSTOP/SIGCONT).
+    pub fn pid(&self, role: Role) -> Option<u32> {
+        self.children.iter().find(|(r, _)| *r == role).and_then(|(_, c)| c.as_ref().map(Child::id))
+    }
+
     pub fn spec(&self) -> &ClusterSpec {
         &self.spec
     }
 
     pub fn journal_addrs(&self) -> Vec<SocketAddr> {
-        (0..self.spec.journals)
-            .map(|i| self.addr(Role::Journal(i)))
-            .collect()
+        (0..self.spec.journals).map(|i| self.addr(Role::Journal(i))).collect()
     }
 
     pub fn addr(&self, role: Role) -> SocketAddr {
         let port = match role {
             Role::Journal(i) => self.spec.base_port + 1 + i as u16,
-            Role::Sequencer => self.spec.base_port + 10,
+            Role::Sequencer(i) => self.spec.base_port + 10 + i as u16,
             Role::Replayer => self.spec.base_port + 20,
         };
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -112,21 +124,12 @@ impl LocalCluster {
     }
 
     pub fn client_config(&self) -> ClientConfig {
-        ClientConfig::new(
-            self.addr(Role::Sequencer),
-            vec![self.addr(Role::Replayer)],
-            self.client_tls.clone(),
-        )
+        ClientConfig::new(self.sequencer_addrs(), vec![self.addr(Role::Replayer)], self.client_tls.clone())
     }
 
     fn args(&self, role: Role) -> Vec<String> {
         let tls = self.tls_dir().display().to_string();
-        let journal = self
-            .journal_addrs()
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let journal = self.journal_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
         let listen = self.addr(role).to_string();
         let data = |name: String| self.spec.dir.join(name).display().to_string();
         let mut args = match role {
@@ -137,13 +140,9 @@ impl LocalCluster {
                 "--data-dir".into(),
                 data(role.to_string()),
             ],
-            Role::Sequencer => vec![
-                "sequencer".into(),
-                "--id".into(),
-                "1".into(),
-                "--journal".into(),
-                journal,
-            ],
+            Role::Sequencer(i) => {
+                vec!["sequencer".into(), "--id".into(), (i + 1).to_string(), "--journal".into(), journal]
+            }
             Role::Replayer => {
                 vec![
                     "replayer".into(),
@@ -180,22 +179,14 @@ impl LocalCluster {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {role} ({})", self.spec.exe.display()))?;
-        let slot = self
-            .children
-            .iter_mut()
-            .find(|(r, _)| *r == role)
-            .expect("known role");
+        let slot = self.children.iter_mut().find(|(r, _)| *r == role).expect("known role");
         slot.1 = Some(child);
         Ok(())
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self, role: Role) -> Result<()> {
-        let slot = self
-            .children
-            .iter_mut()
-            .find(|(r, _)| *r == role)
-            .expect("known role");
+        let slot = self.children.iter_mut().find(|(r, _)| *r == role).expect("known role");
         if let Some(mut child) = slot.1.take() {
             child.kill().with_context(|| format!("killing {role}"))?;
             child.wait()?;
@@ -222,41 +213,22 @@ impl LocalCluster {
         out
     }
 
-    /// Waits until the sequencer answers a begin and the replayer has applied up to it.
+    /// Waits until a sequencer is active (answers a begin) and the replayer has applied up to
+    /// its read LSN.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let endpoint = self.client_tls.client_endpoint([127, 0, 0, 1].into())?;
-        let sequencer = Peer::new(endpoint.clone(), self.addr(Role::Sequencer));
-        let replayer = Peer::new(endpoint.clone(), self.addr(Role::Replayer));
+        let mut cfg = self.client_config();
+        cfg.request_timeout = Duration::from_secs(2);
+        let client = Client::connect(cfg)?;
         let mut last_err = String::from("not tried");
         while Instant::now() < deadline {
             if let Some((role, status)) = self.exited().into_iter().next() {
-                bail!(
-                    "{role} exited with {status} while starting; see {}",
-                    self.log_path(role).display()
-                );
+                bail!("{role} exited with {status} while starting; see {}", self.log_path(role).display());
             }
             let probe = async {
-                let read_lsn = match sequencer
-                    .call_timeout(&Message::BeginRequest, Duration::from_secs(2))
-                    .await?
-                {
-                    Message::BeginResponse { read_lsn } => read_lsn,
-                    other => anyhow::bail!("sequencer answered {other:?}"),
-                };
-                match replayer
-                    .call_timeout(
-                        &Message::GetRequest {
-                            key: b"\0ready".to_vec(),
-                            read_lsn,
-                        },
-                        Duration::from_secs(2),
-                    )
-                    .await?
-                {
-                    Message::GetResponse { .. } => Ok(()),
-                    other => anyhow::bail!("replayer answered {other:?}"),
-                }
+                let mut txn = client.begin().await?;
+                txn.get(b"\0ready").await?;
+                Ok::<_, triad_shim::ShimError>(())
             };
             match probe.await {
                 Ok(()) => return Ok(()),

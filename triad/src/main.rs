@@ -11,10 +11,10 @@ use tracing_subscriber::EnvFilter;
 use triad::bank::{Bank, BankConfig};
 use triad::cluster::{ClusterSpec, LocalCluster, Role};
 use triad_journal::storage::{SegmentOptions, SegmentStore};
-use triad_journal::JournalNode;
+use triad_journal::{JournalNode, NodeOptions};
 use triad_replayer::format::{open_format, FORMATS};
 use triad_replayer::Replayer;
-use triad_sequencer::{Sequencer, SequencerConfig};
+use triad_sequencer::{SequencerConfig, SequencerNode};
 use triad_shim::{Client, ClientConfig};
 use triad_transport::{ClusterCa, TlsConfig};
 
@@ -62,11 +62,7 @@ struct TlsArgs {
 impl TlsArgs {
     fn load(&self) -> Result<TlsConfig> {
         TlsConfig::load(&self.tls_dir, &self.tls_name).with_context(|| {
-            format!(
-                "loading TLS material {:?} from {}",
-                self.tls_name,
-                self.tls_dir.display()
-            )
+            format!("loading TLS material {:?} from {}", self.tls_name, self.tls_dir.display())
         })
     }
 }
@@ -85,6 +81,9 @@ struct JournalArgs {
     /// Segment size before rolling over to a new file.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     segment_size: u64,
+    /// Entries kept below the slowest registered learner before segments are trimmed.
+    #[arg(long, default_value_t = 100_000)]
+    retain_entries: u64,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -102,6 +101,10 @@ struct SequencerArgs {
     /// Conflict-index budget in keys; snapshots older than what it remembers abort as too old.
     #[arg(long, default_value_t = 1 << 20)]
     conflict_keys: usize,
+    /// A standby takes over once a majority of journal nodes has not heard from the active
+    /// sequencer for this long. Heartbeats go out every tenth of it.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    lease: Duration,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -152,9 +155,12 @@ struct DevArgs {
     /// Keep data here (reused across runs); default: a temporary directory removed at exit.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Journal nodes listen on BASE+1..3, the sequencer on BASE+10, the replayer on BASE+20.
+    /// Journal nodes listen on BASE+1..3, sequencers on BASE+10.., the replayer on BASE+20.
     #[arg(long, default_value_t = 7100)]
     base_port: u16,
+    /// Sequencer candidates (one active, the others standby).
+    #[arg(long, default_value_t = 2)]
+    sequencers: usize,
     /// Run the bank demo against the cluster, verify it and exit (instead of serving).
     #[arg(long)]
     demo: bool,
@@ -164,8 +170,9 @@ struct DevArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    #[arg(long)]
-    sequencer: SocketAddr,
+    /// Sequencer candidates, comma separated; the client finds the active one.
+    #[arg(long, value_delimiter = ',', required = true)]
+    sequencer: Vec<SocketAddr>,
     #[arg(long, value_delimiter = ',', required = true)]
     replayer: Vec<SocketAddr>,
     #[command(flatten)]
@@ -178,19 +185,13 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" => 1 << 10,
         "MiB" | "M" => 1 << 20,
         "GiB" | "G" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} (use B, KiB, MiB or GiB)"
-            ))
-        }
+        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB or GiB)")),
     };
     Ok(n * mult)
 }
@@ -202,14 +203,10 @@ fn main() -> Result<()> {
         _ => "info",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Journal(a) => journal(a).await,
@@ -224,13 +221,12 @@ fn main() -> Result<()> {
 
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
-    let opts = SegmentOptions {
-        segment_bytes: a.segment_size,
-        ..SegmentOptions::default()
-    };
+    let opts = SegmentOptions { segment_bytes: a.segment_size, ..SegmentOptions::default() };
     let store = SegmentStore::open(&a.data_dir, opts)
         .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
-    let node = JournalNode::new(a.id, Box::new(store));
+    let node_opts =
+        NodeOptions { learners_file: Some(a.data_dir.join("learners")), retain_entries: a.retain_entries };
+    let node = JournalNode::new(a.id, Box::new(store), node_opts);
     let endpoint = tls.server_endpoint(a.listen)?;
     info!(id = a.id, listen = %a.listen, data_dir = %a.data_dir.display(), "journal node serving");
     tokio::spawn(triad_transport::serve(endpoint.clone(), node.clone()));
@@ -248,14 +244,13 @@ async fn sequencer(a: SequencerArgs) -> Result<()> {
     let endpoint = tls.server_endpoint(a.listen)?;
     let mut cfg = SequencerConfig::new(a.id, a.journal.clone());
     cfg.conflict_keys = a.conflict_keys;
-    info!(id = a.id, journal = ?a.journal, "sealing a new epoch");
-    let seq = Sequencer::start(cfg, &endpoint)
-        .await
-        .context("sequencer failed to become active")?;
-    info!(listen = %a.listen, epoch = %seq.epoch(), "sequencer serving");
-    tokio::spawn(triad_transport::serve(endpoint.clone(), seq.clone()));
+    cfg.lease = a.lease;
+    cfg.heartbeat = (a.lease / 10).max(Duration::from_millis(10));
+    info!(id = a.id, listen = %a.listen, journal = ?a.journal, "sequencer candidate serving; active once it holds the lease");
+    let node = SequencerNode::new(cfg, endpoint.clone());
+    tokio::spawn(triad_transport::serve(endpoint, node.clone()));
     tokio::select! {
-        promised = seq.deposed() => bail!("deposed: the journal promised epoch {promised}"),
+        _ = node.run() => bail!("sequencer candidate loop ended"),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
@@ -263,14 +258,9 @@ async fn sequencer(a: SequencerArgs) -> Result<()> {
 async fn replayer(a: ReplayerArgs) -> Result<()> {
     let tls = a.tls.load()?;
     let format = open_format(&a.format, &a.data_dir).with_context(|| {
-        format!(
-            "opening format {:?} in {} (known: {})",
-            a.format,
-            a.data_dir.display(),
-            FORMATS.join(", ")
-        )
+        format!("opening format {:?} in {} (known: {})", a.format, a.data_dir.display(), FORMATS.join(", "))
     })?;
-    let replayer = Replayer::new(format, a.read_timeout);
+    let replayer = Replayer::new(a.tls.tls_name.clone(), format, a.read_timeout);
     let endpoint = tls.server_endpoint(a.listen)?;
     info!(listen = %a.listen, applied = replayer.applied_lsn(), "replayer serving");
     tokio::spawn(triad_transport::serve(endpoint.clone(), replayer.clone()));
@@ -282,21 +272,12 @@ async fn replayer(a: ReplayerArgs) -> Result<()> {
 
 fn certs(a: CertsArgs) -> Result<()> {
     ClusterCa::generate()?.write_cluster(&a.dir, &a.names)?;
-    println!(
-        "wrote ca.pem, ca.key and {} node certificate(s) to {}",
-        a.names.len(),
-        a.dir.display()
-    );
+    println!("wrote ca.pem, ca.key and {} node certificate(s) to {}", a.names.len(), a.dir.display());
     Ok(())
 }
 
 fn bank_config(b: &BankArgs) -> BankConfig {
-    BankConfig {
-        accounts: b.accounts,
-        clients: b.clients,
-        duration: b.duration,
-        ..BankConfig::default()
-    }
+    BankConfig { accounts: b.accounts, clients: b.clients, duration: b.duration, ..BankConfig::default() }
 }
 
 async fn run_demo(client: Client, b: &BankArgs) -> Result<()> {
@@ -310,17 +291,14 @@ async fn run_demo(client: Client, b: &BankArgs) -> Result<()> {
     for e in history.errors.iter().take(5) {
         println!("  client error: {e}");
     }
-    let report = bank
-        .verify(&history, elapsed)
-        .await
-        .context("VERIFICATION FAILED")?;
+    let report = bank.verify(&history, elapsed).await.context("VERIFICATION FAILED")?;
     println!("demo: {report}");
     println!("demo: verified: money conserved, every acknowledged transfer visible, no aborted one visible");
     Ok(())
 }
 
 async fn demo(a: DemoArgs) -> Result<()> {
-    let cfg = ClientConfig::new(a.sequencer, a.replayer.clone(), a.tls.load()?);
+    let cfg = ClientConfig::new(a.sequencer.clone(), a.replayer.clone(), a.tls.load()?);
     run_demo(Client::connect(cfg)?, &a.bank).await
 }
 
@@ -336,15 +314,14 @@ async fn dev(a: DevArgs) -> Result<()> {
         dir: dir.clone(),
         base_port: a.base_port,
         journals: 3,
+        sequencers: a.sequencers,
         exe: std::env::current_exe().context("locating the triad executable")?,
         log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
     };
     let mut cluster = LocalCluster::start(spec)?;
     println!("triad dev: starting a local cluster in {}", dir.display());
     cluster.wait_ready(Duration::from_secs(60)).await?;
-    let mut roles: Vec<Role> = (0..3).map(Role::Journal).collect();
-    roles.extend([Role::Sequencer, Role::Replayer]);
-    for role in &roles {
+    for role in &cluster.roles() {
         println!(
             "  {:<12} {:<16} log: {}",
             role.to_string(),
@@ -359,7 +336,7 @@ async fn dev(a: DevArgs) -> Result<()> {
     }
     println!(
         "ready. Try: triad demo --sequencer {} --replayer {} --tls-dir {} --tls-name client",
-        cluster.addr(Role::Sequencer),
+        cluster.sequencer_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
         cluster.addr(Role::Replayer),
         cluster.tls_dir().display()
     );

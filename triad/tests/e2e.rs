@@ -12,14 +12,12 @@ use triad_shim::Client;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn cluster(base_port: u16) -> (LocalCluster, tempfile::TempDir) {
-    let dir = tempfile::Builder::new()
-        .prefix("triad-e2e-")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("triad-e2e-").tempdir().unwrap();
     let spec = ClusterSpec {
         dir: dir.path().to_path_buf(),
         base_port,
         journals: 3,
+        sequencers: 1,
         exe: env!("CARGO_BIN_EXE_triad").into(),
         log_filter: "info".into(),
     };
@@ -30,12 +28,7 @@ fn bank(cluster: &LocalCluster, secs: u64) -> Bank {
     let client = Client::connect(cluster.client_config()).unwrap();
     Bank::new(
         client,
-        BankConfig {
-            accounts: 50,
-            clients: 8,
-            duration: Duration::from_secs(secs),
-            initial_balance: 1000,
-        },
+        BankConfig { accounts: 50, clients: 8, duration: Duration::from_secs(secs), initial_balance: 1000 },
     )
 }
 
@@ -47,23 +40,13 @@ async fn wait_commits(bank: &Bank, from: usize, n: usize, limit: Duration) -> us
         if now >= from + n {
             return now;
         }
-        assert!(
-            Instant::now() < deadline,
-            "commits stalled at {now} (wanted {} within {limit:?})",
-            from + n
-        );
+        assert!(Instant::now() < deadline, "commits stalled at {now} (wanted {} within {limit:?})", from + n);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 fn dump_logs(c: &LocalCluster) {
-    for role in [
-        Role::Journal(0),
-        Role::Journal(1),
-        Role::Journal(2),
-        Role::Sequencer,
-        Role::Replayer,
-    ] {
+    for role in c.roles() {
         let log = std::fs::read_to_string(c.log_path(role)).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(15).collect();
         eprintln!("--- {role} (last lines) ---");
@@ -87,10 +70,7 @@ async fn concurrent_bank_transfers_keep_the_invariant() {
     });
     let report = report.unwrap();
     assert!(report.committed > 0, "no transfer committed: {report}");
-    assert_eq!(
-        report.unknown, 0,
-        "every outcome should be known without faults: {history:?}"
-    );
+    assert_eq!(report.unknown, 0, "every outcome should be known without faults: {history:?}");
     eprintln!("{report}");
 }
 
@@ -167,15 +147,8 @@ async fn restarted_replayer_resumes_without_gaps() {
     });
     eprintln!("{}", report.unwrap());
     let log = std::fs::read_to_string(c.log_path(Role::Replayer)).unwrap();
-    let opened: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("replayer opened"))
-        .collect();
-    assert_eq!(
-        opened.len(),
-        2,
-        "expected two starts of the replayer: {opened:?}"
-    );
+    let opened: Vec<&str> = log.lines().filter(|l| l.contains("replayer opened")).collect();
+    assert_eq!(opened.len(), 2, "expected two starts of the replayer: {opened:?}");
     assert!(
         !opened[1].contains("applied=0"),
         "the restarted replayer should resume from its applied lsn: {}",

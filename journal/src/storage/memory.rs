@@ -86,10 +86,7 @@ impl LogStore for MemoryStore {
     fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
         // Epochs never decrease along the log, so the entries are sorted by epoch.
         let i = self.entries.partition_point(|e| e.epoch < epoch);
-        self.entries
-            .get(i)
-            .filter(|e| e.epoch == epoch)
-            .map(|e| e.lsn)
+        self.entries.get(i).filter(|e| e.epoch == epoch).map(|e| e.lsn)
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
@@ -120,12 +117,7 @@ impl LogStore for MemoryStore {
         Ok(())
     }
 
-    fn read(
-        &self,
-        from: Lsn,
-        max_entries: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
+    fn read(&self, from: Lsn, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
         self.shared.check()?;
         let first = self.first_lsn();
         if from < first {
@@ -135,12 +127,7 @@ impl LogStore for MemoryStore {
             return Ok(Vec::new());
         };
         let mut budget = ReadBudget::new(max_entries, max_bytes);
-        Ok(self
-            .entries
-            .range(start..)
-            .take_while(|e| budget.take(e.payload.len()))
-            .cloned()
-            .collect())
+        Ok(self.entries.range(start..).take_while(|e| budget.take(e.payload.len())).cloned().collect())
     }
 
     fn sync_handle(&mut self) -> Result<SyncHandle, StoreError> {
@@ -181,12 +168,8 @@ mod tests {
     use bytes::Bytes;
 
     fn entries(epoch: u64, lsns: std::ops::RangeInclusive<Lsn>) -> Vec<Entry> {
-        lsns.map(|lsn| Entry {
-            epoch: Epoch(epoch),
-            lsn,
-            payload: Bytes::from(format!("e{epoch}-{lsn}")),
-        })
-        .collect()
+        lsns.map(|lsn| Entry { epoch: Epoch(epoch), lsn, payload: Bytes::from(format!("e{epoch}-{lsn}")) })
+            .collect()
     }
 
     #[test]
@@ -224,16 +207,10 @@ mod tests {
         let h = s.sync_handle().unwrap();
         assert!(h.sync().is_err());
         assert!(s.is_poisoned());
-        assert!(matches!(
-            s.append(&entries(1, 3..=3)),
-            Err(StoreError::Poisoned)
-        ));
+        assert!(matches!(s.append(&entries(1, 3..=3)), Err(StoreError::Poisoned)));
         assert!(matches!(s.read(1, 10, 100), Err(StoreError::Poisoned)));
         assert!(matches!(s.sync_handle(), Err(StoreError::Poisoned)));
-        assert!(matches!(
-            s.save_meta(&Meta::default()),
-            Err(StoreError::Poisoned)
-        ));
+        assert!(matches!(s.save_meta(&Meta::default()), Err(StoreError::Poisoned)));
         assert_eq!(s.durable(), EntryId::ZERO);
     }
 
@@ -244,10 +221,7 @@ mod tests {
         s.trim_before(100).unwrap();
         assert_eq!(s.first_lsn(), 4);
         assert_eq!(s.last(), EntryId::new(Epoch(1), 3));
-        assert!(matches!(
-            s.read(3, 10, 10),
-            Err(StoreError::Trimmed { first: 4 })
-        ));
+        assert!(matches!(s.read(3, 10, 10), Err(StoreError::Trimmed { first: 4 })));
         s.append(&entries(2, 4..=4)).unwrap();
         assert_eq!(s.first_lsn_of_epoch(Epoch(2)), Some(4));
         assert_eq!(s.first_lsn_of_epoch(Epoch(1)), None);

@@ -50,11 +50,7 @@ pub enum StoreError {
     /// The log on disk is damaged somewhere a crash cannot explain (not a torn tail). The node
     /// must not start on it: it could silently forget acknowledged entries.
     #[error("corrupt log file {segment} at offset {offset}: {reason}")]
-    Corrupt {
-        segment: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { segment: PathBuf, offset: u64, reason: String },
     /// An append did not continue the log. `expected.lsn` is the only acceptable LSN for the
     /// first offending entry and `expected.epoch` the lowest acceptable epoch.
     #[error(
@@ -108,12 +104,7 @@ pub trait LogStore: Send + 'static {
     /// Up to `max_entries` entries and about `max_bytes` payload bytes (at least one entry if any
     /// is held at `from`) starting at `from`. Empty when `from > last().lsn`;
     /// [`StoreError::Trimmed`] when `from < first_lsn()`.
-    fn read(
-        &self,
-        from: Lsn,
-        max_entries: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Entry>, StoreError>;
+    fn read(&self, from: Lsn, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError>;
 
     /// A handle that makes everything appended so far durable when its [`SyncHandle::sync`] is
     /// called, without borrowing the store. A handle that is dropped unsynced does no harm: the
@@ -151,10 +142,7 @@ pub struct SyncHandle {
 
 impl std::fmt::Debug for SyncHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyncHandle")
-            .field("upto", &self.upto)
-            .field("files", &self.files.len())
-            .finish()
+        f.debug_struct("SyncHandle").field("upto", &self.upto).field("files", &self.files.len()).finish()
     }
 }
 
@@ -222,13 +210,7 @@ struct DurableState {
 
 impl Shared {
     fn with_durable(durable: EntryId) -> Arc<Shared> {
-        Arc::new(Shared {
-            state: Mutex::new(DurableState {
-                durable,
-                generation: 0,
-            }),
-            ..Shared::default()
-        })
+        Arc::new(Shared { state: Mutex::new(DurableState { durable, generation: 0 }), ..Shared::default() })
     }
 
     fn state(&self) -> MutexGuard<'_, DurableState> {
@@ -277,12 +259,7 @@ impl Shared {
 
     fn handle(self: &Arc<Self>, upto: EntryId, files: Vec<Arc<std::fs::File>>) -> SyncHandle {
         let generation = self.state().generation;
-        SyncHandle {
-            upto,
-            generation,
-            files,
-            shared: Arc::clone(self),
-        }
+        SyncHandle { upto, generation, files, shared: Arc::clone(self) }
     }
 }
 
@@ -295,16 +272,10 @@ fn check_append(last: EntryId, entries: &[Entry]) -> Result<(), StoreError> {
     let mut expected = EntryId::new(last.epoch, last.lsn + 1);
     for entry in entries {
         if entry.lsn != expected.lsn || entry.epoch < expected.epoch {
-            return Err(StoreError::NotContiguous {
-                expected,
-                got: entry.id(),
-            });
+            return Err(StoreError::NotContiguous { expected, got: entry.id() });
         }
         if entry.payload.len() > MAX_PAYLOAD {
-            return Err(StoreError::RecordTooLarge {
-                lsn: entry.lsn,
-                len: entry.payload.len(),
-            });
+            return Err(StoreError::RecordTooLarge { lsn: entry.lsn, len: entry.payload.len() });
         }
         expected = EntryId::new(entry.epoch, entry.lsn + 1);
     }
@@ -321,12 +292,7 @@ struct ReadBudget {
 
 impl ReadBudget {
     fn new(max_entries: usize, max_bytes: usize) -> ReadBudget {
-        ReadBudget {
-            max_entries,
-            max_bytes,
-            entries: 0,
-            bytes: 0,
-        }
+        ReadBudget { max_entries, max_bytes, entries: 0, bytes: 0 }
     }
 
     /// Whether an entry with `payload_len` bytes still fits; counts it if so. The first entry
@@ -350,11 +316,7 @@ mod tests {
     use bytes::Bytes;
 
     fn entry(epoch: u64, lsn: Lsn) -> Entry {
-        Entry {
-            epoch: Epoch(epoch),
-            lsn,
-            payload: Bytes::new(),
-        }
+        Entry { epoch: Epoch(epoch), lsn, payload: Bytes::new() }
     }
 
     #[test]

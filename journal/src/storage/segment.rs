@@ -80,9 +80,7 @@ pub struct SegmentOptions {
 
 impl Default for SegmentOptions {
     fn default() -> Self {
-        SegmentOptions {
-            segment_bytes: 64 << 20,
-        }
+        SegmentOptions { segment_bytes: 64 << 20 }
     }
 }
 
@@ -131,11 +129,7 @@ impl Segment {
     }
 
     fn note_record(&mut self, lsn: Lsn, offset: u64) {
-        if self
-            .index
-            .last()
-            .is_none_or(|&(_, o)| offset - o >= INDEX_INTERVAL)
-        {
+        if self.index.last().is_none_or(|&(_, o)| offset - o >= INDEX_INTERVAL) {
             self.index.push((lsn, offset));
         }
     }
@@ -162,10 +156,7 @@ impl EpochIndex {
     }
 
     fn first_lsn_of(&self, epoch: Epoch) -> Option<Lsn> {
-        self.runs
-            .binary_search_by_key(&epoch, |&(e, _)| e)
-            .ok()
-            .map(|i| self.runs[i].1)
+        self.runs.binary_search_by_key(&epoch, |&(e, _)| e).ok().map(|i| self.runs[i].1)
     }
 
     fn truncate_after(&mut self, lsn: Lsn) {
@@ -213,11 +204,7 @@ impl SegmentStore {
                 has_meta = true;
             } else if let Some(lsn) = parse_segment_name(&name) {
                 names.push((lsn, path));
-            } else if name == META_TMP
-                || name
-                    .strip_suffix(TMP_SUFFIX)
-                    .and_then(parse_segment_name)
-                    .is_some()
+            } else if name == META_TMP || name.strip_suffix(TMP_SUFFIX).and_then(parse_segment_name).is_some()
             {
                 // A file this store was creating when it stopped; it never became visible
                 // under its final name, so nothing depends on it.
@@ -229,11 +216,7 @@ impl SegmentStore {
         }
         names.sort_unstable_by_key(|&(lsn, _)| lsn);
 
-        let meta = if has_meta {
-            load_meta(&dir.join(META_FILE))?
-        } else {
-            Meta::default()
-        };
+        let meta = if has_meta { load_meta(&dir.join(META_FILE))? } else { Meta::default() };
 
         let mut epochs = EpochIndex::default();
         let mut segments: Vec<Segment> = Vec::with_capacity(names.len());
@@ -246,9 +229,7 @@ impl SegmentStore {
         // Only the last segment can hold writes a killed process left unsynced in the page cache;
         // they must be on disk before anyone reports them durable.
         if let Some(seg) = segments.last() {
-            seg.file
-                .sync_data()
-                .map_err(io_err("syncing recovered segment", &seg.path))?;
+            seg.file.sync_data().map_err(io_err("syncing recovered segment", &seg.path))?;
         }
 
         let last = segments.last().map_or(EntryId::ZERO, |s| s.last);
@@ -285,15 +266,11 @@ impl SegmentStore {
     /// Makes the next [`SyncHandle::sync`] fail as a failed fdatasync would.
     #[cfg(test)]
     pub(crate) fn fail_next_sync(&self) {
-        self.shared
-            .inject_failure
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.inject_failure.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn active(&self) -> &Segment {
-        self.segments
-            .last()
-            .expect("caller checked there is a segment")
+        self.segments.last().expect("caller checked there is a segment")
     }
 
     /// Poisons the store when `result` is an error: after a failure part-way through a change,
@@ -340,9 +317,7 @@ impl SegmentStore {
             return Ok(());
         };
         let seg = self.segments.last_mut().expect("append made a segment");
-        seg.file
-            .write_all_at(buf, seg.size)
-            .map_err(io_err("writing segment", &seg.path))?;
+        seg.file.write_all_at(buf, seg.size).map_err(io_err("writing segment", &seg.path))?;
         let mut offset = seg.size;
         for entry in run {
             seg.note_record(entry.lsn, offset);
@@ -359,9 +334,7 @@ impl SegmentStore {
         let old = self.active();
         // Recovery treats damage in any segment but the last as corruption, so a segment must be
         // complete on disk before a newer one can exist.
-        old.file
-            .sync_data()
-            .map_err(io_err("syncing full segment", &old.path))?;
+        old.file.sync_data().map_err(io_err("syncing full segment", &old.path))?;
         let old_last = old.last;
         // Every older segment was synced the same way, so the whole log so far is durable.
         self.shared.advance_to(old_last);
@@ -384,8 +357,7 @@ impl SegmentStore {
             .map_err(io_err("creating segment", &tmp))?;
         file.write_all_at(&encode_header(first_lsn, prev.epoch), 0)
             .map_err(io_err("writing segment header", &tmp))?;
-        file.sync_all()
-            .map_err(io_err("syncing segment header", &tmp))?;
+        file.sync_all().map_err(io_err("syncing segment header", &tmp))?;
         fs::rename(&tmp, &path).map_err(io_err("renaming new segment", &path))?;
         sync_dir(&self.dir)?;
         Ok(Segment {
@@ -405,10 +377,7 @@ impl SegmentStore {
             let seg = self.segments.pop().expect("len > 1");
             remove_segment(&self.dir, &seg)?;
         }
-        let seg = self
-            .segments
-            .last_mut()
-            .expect("one segment is always kept");
+        let seg = self.segments.last_mut().expect("one segment is always kept");
         let new_size = if lsn < seg.first_lsn {
             HEADER_LEN
         } else if lsn >= seg.last.lsn {
@@ -416,13 +385,9 @@ impl SegmentStore {
         } else {
             offset_of(seg, lsn + 1)?
         };
-        seg.file
-            .set_len(new_size)
-            .map_err(io_err("truncating segment", &seg.path))?;
+        seg.file.set_len(new_size).map_err(io_err("truncating segment", &seg.path))?;
         // The size change must be durable too, hence sync_all rather than sync_data.
-        seg.file
-            .sync_all()
-            .map_err(io_err("syncing truncated segment", &seg.path))?;
+        seg.file.sync_all().map_err(io_err("syncing truncated segment", &seg.path))?;
         seg.size = new_size;
         seg.last = new_last;
         seg.index.retain(|&(l, _)| l <= lsn);
@@ -449,8 +414,7 @@ impl SegmentStore {
             .truncate(true)
             .open(&tmp)
             .map_err(io_err("creating meta file", &tmp))?;
-        file.write_all_at(&encode_meta(meta), 0)
-            .map_err(io_err("writing meta file", &tmp))?;
+        file.write_all_at(&encode_meta(meta), 0).map_err(io_err("writing meta file", &tmp))?;
         file.sync_all().map_err(io_err("syncing meta file", &tmp))?;
         fs::rename(&tmp, &path).map_err(io_err("renaming meta file", &path))?;
         sync_dir(&self.dir)
@@ -511,12 +475,7 @@ impl LogStore for SegmentStore {
         Ok(())
     }
 
-    fn read(
-        &self,
-        from: Lsn,
-        max_entries: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
+    fn read(&self, from: Lsn, max_entries: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
         self.shared.check()?;
         let first = self.first_lsn();
         if from < first {
@@ -527,29 +486,20 @@ impl LogStore for SegmentStore {
             return Ok(out);
         }
         let mut budget = ReadBudget::new(max_entries, max_bytes);
-        let chunk = max_bytes
-            .saturating_add(MIN_READ_CHUNK)
-            .clamp(MIN_READ_CHUNK, MAX_READ_CHUNK);
+        let chunk = max_bytes.saturating_add(MIN_READ_CHUNK).clamp(MIN_READ_CHUNK, MAX_READ_CHUNK);
         let mut next = from;
         let start = self.segments.partition_point(|s| s.first_lsn <= from) - 1;
         'segments: for seg in &self.segments[start..] {
             let mut scanner = Scanner::new(&seg.file, seg.scan_start(next), seg.size, chunk);
             loop {
-                let step = scanner
-                    .next()
-                    .map_err(io_err("reading segment", &seg.path))?;
+                let step = scanner.next().map_err(io_err("reading segment", &seg.path))?;
                 match step {
                     Step::End => break,
                     Step::Bad { offset, reason } => {
                         return Err(corrupt(&seg.path, offset, reason));
                     }
                     Step::Record { lsn, .. } if lsn < next => {}
-                    Step::Record {
-                        offset,
-                        epoch,
-                        lsn,
-                        payload,
-                    } => {
+                    Step::Record { offset, epoch, lsn, payload } => {
                         if lsn != next {
                             let reason = format!("expected lsn {next}, found {lsn}");
                             return Err(corrupt(&seg.path, offset, reason));
@@ -557,11 +507,7 @@ impl LogStore for SegmentStore {
                         if !budget.take(payload.len()) {
                             break 'segments;
                         }
-                        out.push(Entry {
-                            epoch,
-                            lsn,
-                            payload: Bytes::copy_from_slice(payload),
-                        });
+                        out.push(Entry { epoch, lsn, payload: Bytes::copy_from_slice(payload) });
                         next += 1;
                     }
                 }
@@ -613,24 +559,16 @@ fn recover_segment(
     is_last: bool,
     epochs: &mut EpochIndex,
 ) -> Result<Segment, StoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io_err("opening segment", &path))?;
-    let file_len = file
-        .metadata()
-        .map_err(io_err("reading segment metadata", &path))?
-        .len();
+    let file =
+        OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("opening segment", &path))?;
+    let file_len = file.metadata().map_err(io_err("reading segment metadata", &path))?.len();
     if file_len < HEADER_LEN {
         let reason = format!("file of {file_len} bytes is shorter than a segment header");
         return Err(corrupt(&path, 0, reason));
     }
     let mut header = [0u8; HEADER_LEN as usize];
-    file.read_exact_at(&mut header, 0)
-        .map_err(io_err("reading segment header", &path))?;
-    let (first_lsn, prev_epoch) =
-        decode_header(&header).map_err(|reason| corrupt(&path, 0, reason))?;
+    file.read_exact_at(&mut header, 0).map_err(io_err("reading segment header", &path))?;
+    let (first_lsn, prev_epoch) = decode_header(&header).map_err(|reason| corrupt(&path, 0, reason))?;
     if first_lsn != name_lsn || first_lsn == 0 {
         let reason = format!("header says first lsn {first_lsn}, file name says {name_lsn}");
         return Err(corrupt(&path, 0, reason));
@@ -659,28 +597,19 @@ fn recover_segment(
     let file = Arc::clone(&seg.file);
     let mut scanner = Scanner::new(&file, HEADER_LEN, file_len, RECOVERY_CHUNK);
     let bad = loop {
-        let step = scanner
-            .next()
-            .map_err(io_err("reading segment", &seg.path))?;
+        let step = scanner.next().map_err(io_err("reading segment", &seg.path))?;
         match step {
             Step::End => break None,
             Step::Bad { offset, reason } => break Some((offset, reason)),
-            Step::Record {
-                offset,
-                epoch,
-                lsn,
-                payload,
-            } => {
+            Step::Record { offset, epoch, lsn, payload } => {
                 // A record with a valid checksum in the wrong place cannot come from a torn write.
                 if lsn != seg.last.lsn + 1 {
                     let reason = format!("expected lsn {}, found {lsn}", seg.last.lsn + 1);
                     return Err(corrupt(&seg.path, offset, reason));
                 }
                 if epoch < seg.last.epoch {
-                    let reason = format!(
-                        "epoch {epoch} of lsn {lsn} is below the previous epoch {}",
-                        seg.last.epoch
-                    );
+                    let reason =
+                        format!("epoch {epoch} of lsn {lsn} is below the previous epoch {}", seg.last.epoch);
                     return Err(corrupt(&seg.path, offset, reason));
                 }
                 seg.note_record(lsn, offset);
@@ -694,9 +623,8 @@ fn recover_segment(
         if !is_last {
             return Err(corrupt(&seg.path, offset, reason));
         }
-        if let Some((found_at, lsn)) =
-            find_valid_record(&seg.file, offset + 1, file_len, seg.last.lsn + 1)
-                .map_err(io_err("reading segment", &seg.path))?
+        if let Some((found_at, lsn)) = find_valid_record(&seg.file, offset + 1, file_len, seg.last.lsn + 1)
+            .map_err(io_err("reading segment", &seg.path))?
         {
             let reason = format!("{reason}, but a valid record (lsn {lsn}) follows at {found_at}");
             return Err(corrupt(&seg.path, offset, reason));
@@ -708,24 +636,15 @@ fn recover_segment(
             reason,
             "cutting torn tail of the last log segment"
         );
-        seg.file
-            .set_len(offset)
-            .map_err(io_err("truncating torn tail", &seg.path))?;
-        seg.file
-            .sync_all()
-            .map_err(io_err("syncing truncated segment", &seg.path))?;
+        seg.file.set_len(offset).map_err(io_err("truncating torn tail", &seg.path))?;
+        seg.file.sync_all().map_err(io_err("syncing truncated segment", &seg.path))?;
     }
     Ok(seg)
 }
 
 /// Looks for a record with a valid checksum and an LSN of at least `min_lsn` anywhere in
 /// `from..end`: proof that the damage before it is not a torn tail.
-fn find_valid_record(
-    file: &File,
-    from: u64,
-    end: u64,
-    min_lsn: Lsn,
-) -> io::Result<Option<(u64, Lsn)>> {
+fn find_valid_record(file: &File, from: u64, end: u64, min_lsn: Lsn) -> io::Result<Option<(u64, Lsn)>> {
     if from >= end {
         return Ok(None);
     }
@@ -753,17 +672,9 @@ fn find_valid_record(
 
 /// The byte offset of the record of `lsn`, which the caller knows `seg` holds.
 fn offset_of(seg: &Segment, lsn: Lsn) -> Result<u64, StoreError> {
-    let mut scanner = Scanner::new(
-        &seg.file,
-        seg.scan_start(lsn),
-        seg.size,
-        INDEX_INTERVAL as usize,
-    );
+    let mut scanner = Scanner::new(&seg.file, seg.scan_start(lsn), seg.size, INDEX_INTERVAL as usize);
     loop {
-        match scanner
-            .next()
-            .map_err(io_err("reading segment", &seg.path))?
-        {
+        match scanner.next().map_err(io_err("reading segment", &seg.path))? {
             Step::Record { offset, lsn: l, .. } if l == lsn => return Ok(offset),
             Step::Record { lsn: l, .. } if l < lsn => {}
             Step::Record { offset, lsn: l, .. } => {
@@ -813,14 +724,7 @@ enum Step<'a> {
 
 impl<'a> Scanner<'a> {
     fn new(file: &'a File, start: u64, end: u64, chunk: usize) -> Scanner<'a> {
-        Scanner {
-            file,
-            buf_pos: start,
-            buf: Vec::new(),
-            cursor: 0,
-            end,
-            chunk,
-        }
+        Scanner { file, buf_pos: start, buf: Vec::new(), cursor: 0, end, chunk }
     }
 
     fn offset(&self) -> u64 {
@@ -843,8 +747,7 @@ impl<'a> Scanner<'a> {
         self.cursor = 0;
         let want = (need.max(self.chunk) as u64).min(left) as usize;
         self.buf.resize(want, 0);
-        self.file
-            .read_exact_at(&mut self.buf[have..], offset + have as u64)?;
+        self.file.read_exact_at(&mut self.buf[have..], offset + have as u64)?;
         Ok(true)
     }
 
@@ -854,10 +757,7 @@ impl<'a> Scanner<'a> {
             return Ok(Step::End);
         }
         if !self.fill(RECORD_HEADER)? {
-            let reason = format!(
-                "{} bytes at the end are too short for a record header",
-                self.end - offset
-            );
+            let reason = format!("{} bytes at the end are too short for a record header", self.end - offset);
             return Ok(Step::Bad { offset, reason });
         }
         let header = &self.buf[self.cursor..];
@@ -869,10 +769,8 @@ impl<'a> Scanner<'a> {
         }
         let total = RECORD_HEADER + len;
         if !self.fill(total)? {
-            let reason = format!(
-                "record of {total} bytes runs past the end ({} bytes left)",
-                self.end - offset
-            );
+            let reason =
+                format!("record of {total} bytes runs past the end ({} bytes left)", self.end - offset);
             return Ok(Step::Bad { offset, reason });
         }
         let start = self.cursor;
@@ -933,12 +831,8 @@ fn load_meta(path: &Path) -> Result<Meta, StoreError> {
         let reason = format!("meta file has {} bytes, expected {HEADER_LEN}", bytes.len());
         corrupt(path, 0, reason)
     })?;
-    let (promised, commit_lsn) =
-        open_block(META_MAGIC, block).map_err(|reason| corrupt(path, 0, reason))?;
-    Ok(Meta {
-        promised: Epoch(promised),
-        commit_lsn,
-    })
+    let (promised, commit_lsn) = open_block(META_MAGIC, block).map_err(|reason| corrupt(path, 0, reason))?;
+    Ok(Meta { promised: Epoch(promised), commit_lsn })
 }
 
 /// The 32-byte layout shared by segment headers and the meta file:
@@ -989,25 +883,15 @@ fn read_u64(b: &[u8]) -> u64 {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing directory", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("syncing directory", dir))
 }
 
 fn io_err<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        context,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| StoreError::Io { context, path: path.to_owned(), source }
 }
 
 fn corrupt(path: &Path, offset: u64, reason: String) -> StoreError {
-    StoreError::Corrupt {
-        segment: path.to_owned(),
-        offset,
-        reason,
-    }
+    StoreError::Corrupt { segment: path.to_owned(), offset, reason }
 }
 
 #[cfg(test)]
@@ -1015,12 +899,8 @@ mod tests {
     use super::*;
 
     fn entries(epoch: u64, lsns: std::ops::RangeInclusive<Lsn>) -> Vec<Entry> {
-        lsns.map(|lsn| Entry {
-            epoch: Epoch(epoch),
-            lsn,
-            payload: Bytes::from(vec![lsn as u8; 10]),
-        })
-        .collect()
+        lsns.map(|lsn| Entry { epoch: Epoch(epoch), lsn, payload: Bytes::from(vec![lsn as u8; 10]) })
+            .collect()
     }
 
     #[test]
@@ -1032,17 +912,11 @@ mod tests {
         let handle = s.sync_handle().unwrap();
         assert!(handle.sync().is_err());
         assert!(s.is_poisoned());
-        assert!(matches!(
-            s.append(&entries(1, 4..=4)),
-            Err(StoreError::Poisoned)
-        ));
+        assert!(matches!(s.append(&entries(1, 4..=4)), Err(StoreError::Poisoned)));
         assert!(matches!(s.sync_handle(), Err(StoreError::Poisoned)));
         assert!(matches!(s.truncate_after(1), Err(StoreError::Poisoned)));
         assert!(matches!(s.read(1, 10, 100), Err(StoreError::Poisoned)));
-        assert!(matches!(
-            s.save_meta(&Meta::default()),
-            Err(StoreError::Poisoned)
-        ));
+        assert!(matches!(s.save_meta(&Meta::default()), Err(StoreError::Poisoned)));
         assert!(matches!(s.trim_before(2), Err(StoreError::Poisoned)));
         assert_eq!(s.durable(), EntryId::ZERO);
         drop(s);

@@ -100,10 +100,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Isolation {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u8 = 8;
+pub const ENUM_MAX_ERROR_CODE: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 9] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 10] = [
   ErrorCode::Internal,
   ErrorCode::Malformed,
   ErrorCode::StaleEpoch,
@@ -113,6 +113,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 9] = [
   ErrorCode::Unavailable,
   ErrorCode::Unsupported,
   ErrorCode::StorageFailed,
+  ErrorCode::NotLeader,
 ];
 
 /// Why a request failed; see the Rust `ErrorCode` for what each one promises about the
@@ -131,9 +132,10 @@ impl ErrorCode {
   pub const Unavailable: Self = Self(6);
   pub const Unsupported: Self = Self(7);
   pub const StorageFailed: Self = Self(8);
+  pub const NotLeader: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::Malformed,
@@ -144,6 +146,7 @@ impl ErrorCode {
     Self::Unavailable,
     Self::Unsupported,
     Self::StorageFailed,
+    Self::NotLeader,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -157,6 +160,7 @@ impl ErrorCode {
       Self::Unavailable => Some("Unavailable"),
       Self::Unsupported => Some("Unsupported"),
       Self::StorageFailed => Some("StorageFailed"),
+      Self::NotLeader => Some("NotLeader"),
       _ => None,
     }
   }
@@ -311,12 +315,103 @@ impl ::flatbuffers::SimpleToVerifyInSlice for CommitOutcome {}
 pub struct CommitOutcomeUnionTableOffset {}
 
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_BODY: u8 = 0;
+pub const ENUM_MIN_TXN_OUTCOME: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 15;
+pub const ENUM_MAX_TXN_OUTCOME: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 16] = [
+pub const ENUM_VALUES_TXN_OUTCOME: [TxnOutcome; 3] = [
+  TxnOutcome::NONE,
+  TxnOutcome::Committed,
+  TxnOutcome::Aborted,
+];
+
+/// The definitive fate of a transaction.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct TxnOutcome(pub u8);
+#[allow(non_upper_case_globals)]
+impl TxnOutcome {
+  pub const NONE: Self = Self(0);
+  pub const Committed: Self = Self(1);
+  pub const Aborted: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::NONE,
+    Self::Committed,
+    Self::Aborted,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::NONE => Some("NONE"),
+      Self::Committed => Some("Committed"),
+      Self::Aborted => Some("Aborted"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for TxnOutcome {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for TxnOutcome {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for TxnOutcome {
+    type Output = TxnOutcome;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for TxnOutcome {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for TxnOutcome {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for TxnOutcome {}
+pub struct TxnOutcomeUnionTableOffset {}
+
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_BODY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_BODY: u8 = 23;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_BODY: [Body; 24] = [
   Body::NONE,
   Body::BeginRequest,
   Body::BeginResponse,
@@ -333,9 +428,18 @@ pub const ENUM_VALUES_BODY: [Body; 16] = [
   Body::ScanRequest,
   Body::ScanResponse,
   Body::ErrorResponse,
+  Body::HeartbeatRequest,
+  Body::HeartbeatResponse,
+  Body::OutcomeRequest,
+  Body::OutcomeResponse,
+  Body::LearnerReport,
+  Body::LearnerAck,
+  Body::StatusRequest,
+  Body::StatusResponse,
 ];
 
-/// Every kind of message. A frame carries exactly one.
+/// Every kind of message. A frame carries exactly one. New members go at the end, so that
+/// existing tags keep their numbers.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
 pub struct Body(pub u8);
@@ -357,9 +461,17 @@ impl Body {
   pub const ScanRequest: Self = Self(13);
   pub const ScanResponse: Self = Self(14);
   pub const ErrorResponse: Self = Self(15);
+  pub const HeartbeatRequest: Self = Self(16);
+  pub const HeartbeatResponse: Self = Self(17);
+  pub const OutcomeRequest: Self = Self(18);
+  pub const OutcomeResponse: Self = Self(19);
+  pub const LearnerReport: Self = Self(20);
+  pub const LearnerAck: Self = Self(21);
+  pub const StatusRequest: Self = Self(22);
+  pub const StatusResponse: Self = Self(23);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 15;
+  pub const ENUM_MAX: u8 = 23;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::BeginRequest,
@@ -377,6 +489,14 @@ impl Body {
     Self::ScanRequest,
     Self::ScanResponse,
     Self::ErrorResponse,
+    Self::HeartbeatRequest,
+    Self::HeartbeatResponse,
+    Self::OutcomeRequest,
+    Self::OutcomeResponse,
+    Self::LearnerReport,
+    Self::LearnerAck,
+    Self::StatusRequest,
+    Self::StatusResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -397,6 +517,14 @@ impl Body {
       Self::ScanRequest => Some("ScanRequest"),
       Self::ScanResponse => Some("ScanResponse"),
       Self::ErrorResponse => Some("ErrorResponse"),
+      Self::HeartbeatRequest => Some("HeartbeatRequest"),
+      Self::HeartbeatResponse => Some("HeartbeatResponse"),
+      Self::OutcomeRequest => Some("OutcomeRequest"),
+      Self::OutcomeResponse => Some("OutcomeResponse"),
+      Self::LearnerReport => Some("LearnerReport"),
+      Self::LearnerAck => Some("LearnerAck"),
+      Self::StatusRequest => Some("StatusRequest"),
+      Self::StatusResponse => Some("StatusResponse"),
       _ => None,
     }
   }
@@ -3110,6 +3238,219 @@ impl ::core::fmt::Debug for FetchResponse<'_> {
       ds.finish()
   }
 }
+pub enum LearnerReportOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// A learner registering itself (on first use) and reporting how far it has durably applied;
+/// the journal trims only below the lowest report.
+pub struct LearnerReport<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LearnerReport<'a> {
+  type Inner = LearnerReport<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LearnerReport<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DURABLE_LSN: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LearnerReport { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LearnerReportArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<LearnerReport<'bldr>> {
+    let mut builder = LearnerReportBuilder::new(_fbb);
+    builder.add_durable_lsn(args.durable_lsn);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(LearnerReport::VT_NAME, None).unwrap()}
+  }
+  #[inline]
+  pub fn durable_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LearnerReport::VT_DURABLE_LSN, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LearnerReport<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .visit_field::<u64>("durable_lsn", Self::VT_DURABLE_LSN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LearnerReportArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub durable_lsn: u64,
+}
+impl<'a> Default for LearnerReportArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LearnerReportArgs {
+      name: None, // required field
+      durable_lsn: 0,
+    }
+  }
+}
+
+pub struct LearnerReportBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LearnerReportBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LearnerReport::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_durable_lsn(&mut self, durable_lsn: u64) {
+    self.fbb_.push_slot::<u64>(LearnerReport::VT_DURABLE_LSN, durable_lsn, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LearnerReportBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LearnerReportBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LearnerReport<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, LearnerReport::VT_NAME,"name");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LearnerReport<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LearnerReport");
+      ds.field("name", &self.name());
+      ds.field("durable_lsn", &self.durable_lsn());
+      ds.finish()
+  }
+}
+pub enum LearnerAckOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The lowest LSN the node still holds; everything below it is trimmed.
+pub struct LearnerAck<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LearnerAck<'a> {
+  type Inner = LearnerAck<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LearnerAck<'a> {
+  pub const VT_FIRST_LSN: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LearnerAck { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LearnerAckArgs
+  ) -> ::flatbuffers::WIPOffset<LearnerAck<'bldr>> {
+    let mut builder = LearnerAckBuilder::new(_fbb);
+    builder.add_first_lsn(args.first_lsn);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn first_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LearnerAck::VT_FIRST_LSN, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LearnerAck<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("first_lsn", Self::VT_FIRST_LSN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LearnerAckArgs {
+    pub first_lsn: u64,
+}
+impl<'a> Default for LearnerAckArgs {
+  #[inline]
+  fn default() -> Self {
+    LearnerAckArgs {
+      first_lsn: 0,
+    }
+  }
+}
+
+pub struct LearnerAckBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LearnerAckBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_first_lsn(&mut self, first_lsn: u64) {
+    self.fbb_.push_slot::<u64>(LearnerAck::VT_FIRST_LSN, first_lsn, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LearnerAckBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LearnerAckBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LearnerAck<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LearnerAck<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LearnerAck");
+      ds.field("first_lsn", &self.first_lsn());
+      ds.finish()
+  }
+}
 pub enum GetRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3586,6 +3927,578 @@ impl ::core::fmt::Debug for ScanResponse<'_> {
       ds.finish()
   }
 }
+pub enum HeartbeatRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Checks that `epoch` is still the promised one (a read barrier) and renews its lease. The
+/// node keeps nothing on disk for it.
+pub struct HeartbeatRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HeartbeatRequest<'a> {
+  type Inner = HeartbeatRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HeartbeatRequest<'a> {
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HeartbeatRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HeartbeatRequestArgs
+  ) -> ::flatbuffers::WIPOffset<HeartbeatRequest<'bldr>> {
+    let mut builder = HeartbeatRequestBuilder::new(_fbb);
+    builder.add_epoch(args.epoch);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HeartbeatRequest::VT_EPOCH, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HeartbeatRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HeartbeatRequestArgs {
+    pub epoch: u64,
+}
+impl<'a> Default for HeartbeatRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    HeartbeatRequestArgs {
+      epoch: 0,
+    }
+  }
+}
+
+pub struct HeartbeatRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HeartbeatRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(HeartbeatRequest::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HeartbeatRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HeartbeatRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HeartbeatRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HeartbeatRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HeartbeatRequest");
+      ds.field("epoch", &self.epoch());
+      ds.finish()
+  }
+}
+pub enum HeartbeatResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The node's current promise and the commit watermark it knows.
+pub struct HeartbeatResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HeartbeatResponse<'a> {
+  type Inner = HeartbeatResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HeartbeatResponse<'a> {
+  pub const VT_PROMISED: ::flatbuffers::VOffsetT = 4;
+  pub const VT_COMMIT_LSN: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HeartbeatResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HeartbeatResponseArgs
+  ) -> ::flatbuffers::WIPOffset<HeartbeatResponse<'bldr>> {
+    let mut builder = HeartbeatResponseBuilder::new(_fbb);
+    builder.add_commit_lsn(args.commit_lsn);
+    builder.add_promised(args.promised);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn promised(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HeartbeatResponse::VT_PROMISED, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn commit_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HeartbeatResponse::VT_COMMIT_LSN, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HeartbeatResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("promised", Self::VT_PROMISED, false)?
+     .visit_field::<u64>("commit_lsn", Self::VT_COMMIT_LSN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HeartbeatResponseArgs {
+    pub promised: u64,
+    pub commit_lsn: u64,
+}
+impl<'a> Default for HeartbeatResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    HeartbeatResponseArgs {
+      promised: 0,
+      commit_lsn: 0,
+    }
+  }
+}
+
+pub struct HeartbeatResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HeartbeatResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_promised(&mut self, promised: u64) {
+    self.fbb_.push_slot::<u64>(HeartbeatResponse::VT_PROMISED, promised, 0);
+  }
+  #[inline]
+  pub fn add_commit_lsn(&mut self, commit_lsn: u64) {
+    self.fbb_.push_slot::<u64>(HeartbeatResponse::VT_COMMIT_LSN, commit_lsn, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HeartbeatResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HeartbeatResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HeartbeatResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HeartbeatResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HeartbeatResponse");
+      ds.field("promised", &self.promised());
+      ds.field("commit_lsn", &self.commit_lsn());
+      ds.finish()
+  }
+}
+pub enum OutcomeRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks how `txn_id` ended, given the `read_lsn` of its snapshot.
+pub struct OutcomeRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OutcomeRequest<'a> {
+  type Inner = OutcomeRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OutcomeRequest<'a> {
+  pub const VT_TXN_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_READ_LSN: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OutcomeRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OutcomeRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<OutcomeRequest<'bldr>> {
+    let mut builder = OutcomeRequestBuilder::new(_fbb);
+    builder.add_read_lsn(args.read_lsn);
+    if let Some(x) = args.txn_id { builder.add_txn_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn txn_id(&self) -> &'a TxnId {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<TxnId>(OutcomeRequest::VT_TXN_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn read_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(OutcomeRequest::VT_READ_LSN, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for OutcomeRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<TxnId>("txn_id", Self::VT_TXN_ID, true)?
+     .visit_field::<u64>("read_lsn", Self::VT_READ_LSN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OutcomeRequestArgs<'a> {
+    pub txn_id: Option<&'a TxnId>,
+    pub read_lsn: u64,
+}
+impl<'a> Default for OutcomeRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    OutcomeRequestArgs {
+      txn_id: None, // required field
+      read_lsn: 0,
+    }
+  }
+}
+
+pub struct OutcomeRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OutcomeRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_txn_id(&mut self, txn_id: &TxnId) {
+    self.fbb_.push_slot_always::<&TxnId>(OutcomeRequest::VT_TXN_ID, txn_id);
+  }
+  #[inline]
+  pub fn add_read_lsn(&mut self, read_lsn: u64) {
+    self.fbb_.push_slot::<u64>(OutcomeRequest::VT_READ_LSN, read_lsn, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OutcomeRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OutcomeRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OutcomeRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, OutcomeRequest::VT_TXN_ID,"txn_id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OutcomeRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OutcomeRequest");
+      ds.field("txn_id", &self.txn_id());
+      ds.field("read_lsn", &self.read_lsn());
+      ds.finish()
+  }
+}
+pub enum AbortedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The transaction is not in the log and never can be.
+pub struct Aborted<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Aborted<'a> {
+  type Inner = Aborted<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Aborted<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Aborted { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args AbortedArgs
+  ) -> ::flatbuffers::WIPOffset<Aborted<'bldr>> {
+    let mut builder = AbortedBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Aborted<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct AbortedArgs {
+}
+impl<'a> Default for AbortedArgs {
+  #[inline]
+  fn default() -> Self {
+    AbortedArgs {
+    }
+  }
+}
+
+pub struct AbortedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AbortedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AbortedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    AbortedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Aborted<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Aborted<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Aborted");
+      ds.finish()
+  }
+}
+pub enum OutcomeResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct OutcomeResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for OutcomeResponse<'a> {
+  type Inner = OutcomeResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> OutcomeResponse<'a> {
+  pub const VT_OUTCOME_TYPE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OUTCOME: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    OutcomeResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args OutcomeResponseArgs
+  ) -> ::flatbuffers::WIPOffset<OutcomeResponse<'bldr>> {
+    let mut builder = OutcomeResponseBuilder::new(_fbb);
+    if let Some(x) = args.outcome { builder.add_outcome(x); }
+    builder.add_outcome_type(args.outcome_type);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn outcome_type(&self) -> TxnOutcome {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<TxnOutcome>(OutcomeResponse::VT_OUTCOME_TYPE, Some(TxnOutcome::NONE)).unwrap()}
+  }
+  #[inline]
+  pub fn outcome(&self) -> ::flatbuffers::Table<'a> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(OutcomeResponse::VT_OUTCOME, None).unwrap()}
+  }
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn outcome_as_committed(&self) -> Option<Committed<'a>> {
+    if self.outcome_type() == TxnOutcome::Committed {
+      let u = self.outcome();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { Committed::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn outcome_as_aborted(&self) -> Option<Aborted<'a>> {
+    if self.outcome_type() == TxnOutcome::Aborted {
+      let u = self.outcome();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { Aborted::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for OutcomeResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_union::<TxnOutcome, _>("outcome_type", Self::VT_OUTCOME_TYPE, "outcome", Self::VT_OUTCOME, true, |key, v, pos| {
+        match key {
+          TxnOutcome::Committed => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Committed>>("TxnOutcome::Committed", pos),
+          TxnOutcome::Aborted => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Aborted>>("TxnOutcome::Aborted", pos),
+          _ => Ok(()),
+        }
+     })?
+     .finish();
+    Ok(())
+  }
+}
+pub struct OutcomeResponseArgs {
+    pub outcome_type: TxnOutcome,
+    pub outcome: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+}
+impl<'a> Default for OutcomeResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    OutcomeResponseArgs {
+      outcome_type: TxnOutcome::NONE,
+      outcome: None, // required field
+    }
+  }
+}
+
+pub struct OutcomeResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OutcomeResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_outcome_type(&mut self, outcome_type: TxnOutcome) {
+    self.fbb_.push_slot::<TxnOutcome>(OutcomeResponse::VT_OUTCOME_TYPE, outcome_type, TxnOutcome::NONE);
+  }
+  #[inline]
+  pub fn add_outcome(&mut self, outcome: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(OutcomeResponse::VT_OUTCOME, outcome);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OutcomeResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    OutcomeResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<OutcomeResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, OutcomeResponse::VT_OUTCOME,"outcome");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for OutcomeResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("OutcomeResponse");
+      ds.field("outcome_type", &self.outcome_type());
+      match self.outcome_type() {
+        TxnOutcome::Committed => {
+          if let Some(x) = self.outcome_as_committed() {
+            ds.field("outcome", &x)
+          } else {
+            ds.field("outcome", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        TxnOutcome::Aborted => {
+          if let Some(x) = self.outcome_as_aborted() {
+            ds.field("outcome", &x)
+          } else {
+            ds.field("outcome", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        _ => {
+          let x: Option<()> = None;
+          ds.field("outcome", &x)
+        },
+      };
+      ds.finish()
+  }
+}
 pub enum ErrorResponseOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3732,6 +4645,459 @@ impl ::core::fmt::Debug for ErrorResponse<'_> {
       ds.field("message", &self.message());
       ds.field("epoch", &self.epoch());
       ds.field("lsn", &self.lsn());
+      ds.finish()
+  }
+}
+pub enum StatusRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks a node to describe itself.
+pub struct StatusRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StatusRequest<'a> {
+  type Inner = StatusRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StatusRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StatusRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args StatusRequestArgs
+  ) -> ::flatbuffers::WIPOffset<StatusRequest<'bldr>> {
+    let mut builder = StatusRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for StatusRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StatusRequestArgs {
+}
+impl<'a> Default for StatusRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    StatusRequestArgs {
+    }
+  }
+}
+
+pub struct StatusRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StatusRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StatusRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StatusRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StatusRequest");
+      ds.finish()
+  }
+}
+pub enum LearnerStatusOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One learner a journal node knows about, and how far it has durably applied.
+pub struct LearnerStatus<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LearnerStatus<'a> {
+  type Inner = LearnerStatus<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LearnerStatus<'a> {
+  pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DURABLE_LSN: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LearnerStatus { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LearnerStatusArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<LearnerStatus<'bldr>> {
+    let mut builder = LearnerStatusBuilder::new(_fbb);
+    builder.add_durable_lsn(args.durable_lsn);
+    if let Some(x) = args.name { builder.add_name(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn name(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(LearnerStatus::VT_NAME, None).unwrap()}
+  }
+  #[inline]
+  pub fn durable_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LearnerStatus::VT_DURABLE_LSN, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LearnerStatus<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, true)?
+     .visit_field::<u64>("durable_lsn", Self::VT_DURABLE_LSN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LearnerStatusArgs<'a> {
+    pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub durable_lsn: u64,
+}
+impl<'a> Default for LearnerStatusArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LearnerStatusArgs {
+      name: None, // required field
+      durable_lsn: 0,
+    }
+  }
+}
+
+pub struct LearnerStatusBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LearnerStatusBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LearnerStatus::VT_NAME, name);
+  }
+  #[inline]
+  pub fn add_durable_lsn(&mut self, durable_lsn: u64) {
+    self.fbb_.push_slot::<u64>(LearnerStatus::VT_DURABLE_LSN, durable_lsn, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LearnerStatusBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LearnerStatusBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LearnerStatus<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, LearnerStatus::VT_NAME,"name");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LearnerStatus<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LearnerStatus");
+      ds.field("name", &self.name());
+      ds.field("durable_lsn", &self.durable_lsn());
+      ds.finish()
+  }
+}
+pub enum StatusResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// What a node says about itself; fields that do not apply to its role are 0 (or empty).
+pub struct StatusResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StatusResponse<'a> {
+  type Inner = StatusResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StatusResponse<'a> {
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ACTIVE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LAST: ::flatbuffers::VOffsetT = 12;
+  pub const VT_COMMIT_LSN: ::flatbuffers::VOffsetT = 14;
+  pub const VT_FIRST_LSN: ::flatbuffers::VOffsetT = 16;
+  pub const VT_APPLIED_LSN: ::flatbuffers::VOffsetT = 18;
+  pub const VT_LEASE_AGE_MS: ::flatbuffers::VOffsetT = 20;
+  pub const VT_LEARNERS: ::flatbuffers::VOffsetT = 22;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StatusResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StatusResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StatusResponse<'bldr>> {
+    let mut builder = StatusResponseBuilder::new(_fbb);
+    builder.add_lease_age_ms(args.lease_age_ms);
+    builder.add_applied_lsn(args.applied_lsn);
+    builder.add_first_lsn(args.first_lsn);
+    builder.add_commit_lsn(args.commit_lsn);
+    builder.add_epoch(args.epoch);
+    if let Some(x) = args.learners { builder.add_learners(x); }
+    if let Some(x) = args.last { builder.add_last(x); }
+    builder.add_id(args.id);
+    if let Some(x) = args.role { builder.add_role(x); }
+    builder.add_active(args.active);
+    builder.finish()
+  }
+
+
+  /// "journal", "sequencer" or "replayer".
+  #[inline]
+  pub fn role(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StatusResponse::VT_ROLE, None).unwrap()}
+  }
+  #[inline]
+  pub fn id(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(StatusResponse::VT_ID, Some(0)).unwrap()}
+  }
+  /// A journal node's promise, or a sequencer's epoch.
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StatusResponse::VT_EPOCH, Some(0)).unwrap()}
+  }
+  /// Whether a sequencer is the active one.
+  #[inline]
+  pub fn active(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(StatusResponse::VT_ACTIVE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn last(&self) -> &'a EntryId {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<EntryId>(StatusResponse::VT_LAST, None).unwrap()}
+  }
+  #[inline]
+  pub fn commit_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StatusResponse::VT_COMMIT_LSN, Some(0)).unwrap()}
+  }
+  /// The lowest LSN a journal node still holds.
+  #[inline]
+  pub fn first_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StatusResponse::VT_FIRST_LSN, Some(0)).unwrap()}
+  }
+  /// How far a replayer has applied the log.
+  #[inline]
+  pub fn applied_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StatusResponse::VT_APPLIED_LSN, Some(0)).unwrap()}
+  }
+  /// Milliseconds since the promised epoch last appended or sent a heartbeat to a journal node;
+  /// the largest ulong if it has not since the node started.
+  #[inline]
+  pub fn lease_age_ms(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StatusResponse::VT_LEASE_AGE_MS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn learners(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LearnerStatus<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LearnerStatus>>>>(StatusResponse::VT_LEARNERS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StatusResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("role", Self::VT_ROLE, true)?
+     .visit_field::<u32>("id", Self::VT_ID, false)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<bool>("active", Self::VT_ACTIVE, false)?
+     .visit_field::<EntryId>("last", Self::VT_LAST, true)?
+     .visit_field::<u64>("commit_lsn", Self::VT_COMMIT_LSN, false)?
+     .visit_field::<u64>("first_lsn", Self::VT_FIRST_LSN, false)?
+     .visit_field::<u64>("applied_lsn", Self::VT_APPLIED_LSN, false)?
+     .visit_field::<u64>("lease_age_ms", Self::VT_LEASE_AGE_MS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<LearnerStatus>>>>("learners", Self::VT_LEARNERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StatusResponseArgs<'a> {
+    pub role: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub id: u32,
+    pub epoch: u64,
+    pub active: bool,
+    pub last: Option<&'a EntryId>,
+    pub commit_lsn: u64,
+    pub first_lsn: u64,
+    pub applied_lsn: u64,
+    pub lease_age_ms: u64,
+    pub learners: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LearnerStatus<'a>>>>>,
+}
+impl<'a> Default for StatusResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StatusResponseArgs {
+      role: None, // required field
+      id: 0,
+      epoch: 0,
+      active: false,
+      last: None, // required field
+      commit_lsn: 0,
+      first_lsn: 0,
+      applied_lsn: 0,
+      lease_age_ms: 0,
+      learners: None,
+    }
+  }
+}
+
+pub struct StatusResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StatusResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_role(&mut self, role: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusResponse::VT_ROLE, role);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: u32) {
+    self.fbb_.push_slot::<u32>(StatusResponse::VT_ID, id, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(StatusResponse::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_active(&mut self, active: bool) {
+    self.fbb_.push_slot::<bool>(StatusResponse::VT_ACTIVE, active, false);
+  }
+  #[inline]
+  pub fn add_last(&mut self, last: &EntryId) {
+    self.fbb_.push_slot_always::<&EntryId>(StatusResponse::VT_LAST, last);
+  }
+  #[inline]
+  pub fn add_commit_lsn(&mut self, commit_lsn: u64) {
+    self.fbb_.push_slot::<u64>(StatusResponse::VT_COMMIT_LSN, commit_lsn, 0);
+  }
+  #[inline]
+  pub fn add_first_lsn(&mut self, first_lsn: u64) {
+    self.fbb_.push_slot::<u64>(StatusResponse::VT_FIRST_LSN, first_lsn, 0);
+  }
+  #[inline]
+  pub fn add_applied_lsn(&mut self, applied_lsn: u64) {
+    self.fbb_.push_slot::<u64>(StatusResponse::VT_APPLIED_LSN, applied_lsn, 0);
+  }
+  #[inline]
+  pub fn add_lease_age_ms(&mut self, lease_age_ms: u64) {
+    self.fbb_.push_slot::<u64>(StatusResponse::VT_LEASE_AGE_MS, lease_age_ms, 0);
+  }
+  #[inline]
+  pub fn add_learners(&mut self, learners: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<LearnerStatus<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StatusResponse::VT_LEARNERS, learners);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StatusResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StatusResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StatusResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, StatusResponse::VT_ROLE,"role");
+    self.fbb_.required(o, StatusResponse::VT_LAST,"last");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StatusResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StatusResponse");
+      ds.field("role", &self.role());
+      ds.field("id", &self.id());
+      ds.field("epoch", &self.epoch());
+      ds.field("active", &self.active());
+      ds.field("last", &self.last());
+      ds.field("commit_lsn", &self.commit_lsn());
+      ds.field("first_lsn", &self.first_lsn());
+      ds.field("applied_lsn", &self.applied_lsn());
+      ds.field("lease_age_ms", &self.lease_age_ms());
+      ds.field("learners", &self.learners());
       ds.finish()
   }
 }
@@ -3995,6 +5361,118 @@ impl<'a> Message<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_heartbeat_request(&self) -> Option<HeartbeatRequest<'a>> {
+    if self.body_type() == Body::HeartbeatRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { HeartbeatRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_heartbeat_response(&self) -> Option<HeartbeatResponse<'a>> {
+    if self.body_type() == Body::HeartbeatResponse {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { HeartbeatResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_outcome_request(&self) -> Option<OutcomeRequest<'a>> {
+    if self.body_type() == Body::OutcomeRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { OutcomeRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_outcome_response(&self) -> Option<OutcomeResponse<'a>> {
+    if self.body_type() == Body::OutcomeResponse {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { OutcomeResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_learner_report(&self) -> Option<LearnerReport<'a>> {
+    if self.body_type() == Body::LearnerReport {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LearnerReport::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_learner_ack(&self) -> Option<LearnerAck<'a>> {
+    if self.body_type() == Body::LearnerAck {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { LearnerAck::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_status_request(&self) -> Option<StatusRequest<'a>> {
+    if self.body_type() == Body::StatusRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { StatusRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_status_response(&self) -> Option<StatusResponse<'a>> {
+    if self.body_type() == Body::StatusResponse {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { StatusResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Message<'_> {
@@ -4020,6 +5498,14 @@ impl ::flatbuffers::Verifiable for Message<'_> {
           Body::ScanRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ScanRequest>>("Body::ScanRequest", pos),
           Body::ScanResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ScanResponse>>("Body::ScanResponse", pos),
           Body::ErrorResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ErrorResponse>>("Body::ErrorResponse", pos),
+          Body::HeartbeatRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HeartbeatRequest>>("Body::HeartbeatRequest", pos),
+          Body::HeartbeatResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HeartbeatResponse>>("Body::HeartbeatResponse", pos),
+          Body::OutcomeRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OutcomeRequest>>("Body::OutcomeRequest", pos),
+          Body::OutcomeResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OutcomeResponse>>("Body::OutcomeResponse", pos),
+          Body::LearnerReport => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LearnerReport>>("Body::LearnerReport", pos),
+          Body::LearnerAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LearnerAck>>("Body::LearnerAck", pos),
+          Body::StatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusRequest>>("Body::StatusRequest", pos),
+          Body::StatusResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusResponse>>("Body::StatusResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -4175,6 +5661,62 @@ impl ::core::fmt::Debug for Message<'_> {
         },
         Body::ErrorResponse => {
           if let Some(x) = self.body_as_error_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::HeartbeatRequest => {
+          if let Some(x) = self.body_as_heartbeat_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::HeartbeatResponse => {
+          if let Some(x) = self.body_as_heartbeat_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::OutcomeRequest => {
+          if let Some(x) = self.body_as_outcome_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::OutcomeResponse => {
+          if let Some(x) = self.body_as_outcome_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::LearnerReport => {
+          if let Some(x) = self.body_as_learner_report() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::LearnerAck => {
+          if let Some(x) = self.body_as_learner_ack() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::StatusRequest => {
+          if let Some(x) = self.body_as_status_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::StatusResponse => {
+          if let Some(x) = self.body_as_status_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -52,18 +52,14 @@ pub fn entry() -> impl Strategy<Value = Entry> {
 }
 
 pub fn row() -> impl Strategy<Value = Row> {
-    (bytes(), bytes(), lsn()).prop_map(|(key, value, version_lsn)| Row {
-        key,
-        value,
-        version_lsn,
-    })
+    (bytes(), bytes(), lsn()).prop_map(|(key, value, version_lsn)| Row { key, value, version_lsn })
 }
 
 pub fn isolation() -> impl Strategy<Value = Isolation> {
     prop_oneof![Just(Isolation::Snapshot), Just(Isolation::Serializable)]
 }
 
-pub const ALL_ERROR_CODES: [ErrorCode; 9] = [
+pub const ALL_ERROR_CODES: [ErrorCode; 10] = [
     ErrorCode::Internal,
     ErrorCode::Malformed,
     ErrorCode::StaleEpoch,
@@ -73,6 +69,7 @@ pub const ALL_ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::Unavailable,
     ErrorCode::Unsupported,
     ErrorCode::StorageFailed,
+    ErrorCode::NotLeader,
 ];
 
 pub fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -96,25 +93,49 @@ pub fn commit_outcome() -> impl Strategy<Value = CommitOutcome> {
     ]
 }
 
-pub fn commit_request() -> impl Strategy<Value = CommitRequest> {
+pub fn txn_outcome() -> impl Strategy<Value = TxnOutcome> {
+    prop_oneof![lsn().prop_map(|lsn| TxnOutcome::Committed { lsn }), Just(TxnOutcome::Aborted),]
+}
+
+pub fn learner_status() -> impl Strategy<Value = LearnerStatus> {
+    (text(), lsn()).prop_map(|(name, durable_lsn)| LearnerStatus { name, durable_lsn })
+}
+
+pub fn node_status() -> impl Strategy<Value = NodeStatus> {
     (
-        txn_id(),
-        lsn(),
-        isolation(),
-        list(bytes()),
-        list(key_range()),
-        list(write()),
+        (text(), any::<u32>(), epoch(), any::<bool>(), entry_id()),
+        (lsn(), lsn(), lsn(), lsn(), list(learner_status())),
     )
         .prop_map(
-            |(txn_id, read_lsn, isolation, read_keys, read_ranges, writes)| CommitRequest {
-                txn_id,
-                read_lsn,
-                isolation,
-                read_keys,
-                read_ranges,
-                writes,
+            |(
+                (role, id, epoch, active, last),
+                (commit_lsn, first_lsn, applied_lsn, lease_age_ms, learners),
+            )| NodeStatus {
+                role,
+                id,
+                epoch,
+                active,
+                last,
+                commit_lsn,
+                first_lsn,
+                applied_lsn,
+                lease_age_ms,
+                learners,
             },
         )
+}
+
+pub fn commit_request() -> impl Strategy<Value = CommitRequest> {
+    (txn_id(), lsn(), isolation(), list(bytes()), list(key_range()), list(write())).prop_map(
+        |(txn_id, read_lsn, isolation, read_keys, read_ranges, writes)| CommitRequest {
+            txn_id,
+            read_lsn,
+            isolation,
+            read_keys,
+            read_ranges,
+            writes,
+        },
+    )
 }
 
 pub fn message() -> impl Strategy<Value = Message> {
@@ -125,58 +146,38 @@ pub fn message() -> impl Strategy<Value = Message> {
         commit_outcome().prop_map(Message::CommitResponse),
         epoch().prop_map(|epoch| Message::SealRequest { epoch }),
         (epoch(), entry_id(), lsn()).prop_map(|(promised, last, commit_lsn)| {
-            Message::SealResponse {
-                promised,
-                last,
-                commit_lsn,
-            }
+            Message::SealResponse { promised, last, commit_lsn }
         }),
-        (epoch(), entry_id(), list(entry()), lsn()).prop_map(
-            |(epoch, prev, entries, commit_lsn)| Message::AppendRequest {
-                epoch,
-                prev,
-                entries,
-                commit_lsn
+        (epoch(), entry_id(), list(entry()), lsn()).prop_map(|(epoch, prev, entries, commit_lsn)| {
+            Message::AppendRequest { epoch, prev, entries, commit_lsn }
+        }),
+        (epoch(), entry_id()).prop_map(|(epoch, durable)| Message::AppendResponse { epoch, durable }),
+        (lsn(), any::<u32>(), any::<bool>(), prop::option::of(epoch())).prop_map(
+            |(from_lsn, max_entries, follow, epoch)| Message::FetchRequest {
+                from_lsn,
+                max_entries,
+                follow,
+                epoch
             }
         ),
-        (epoch(), entry_id())
-            .prop_map(|(epoch, durable)| Message::AppendResponse { epoch, durable }),
-        (
-            lsn(),
-            any::<u32>(),
-            any::<bool>(),
-            prop::option::of(epoch())
-        )
-            .prop_map(
-                |(from_lsn, max_entries, follow, epoch)| Message::FetchRequest {
-                    from_lsn,
-                    max_entries,
-                    follow,
-                    epoch
-                }
-            ),
-        (list(entry()), lsn()).prop_map(|(entries, commit_lsn)| Message::FetchResponse {
-            entries,
-            commit_lsn
-        }),
+        (list(entry()), lsn())
+            .prop_map(|(entries, commit_lsn)| Message::FetchResponse { entries, commit_lsn }),
+        epoch().prop_map(|epoch| Message::HeartbeatRequest { epoch }),
+        (epoch(), lsn())
+            .prop_map(|(promised, commit_lsn)| Message::HeartbeatResponse { promised, commit_lsn }),
+        (txn_id(), lsn()).prop_map(|(txn_id, read_lsn)| Message::OutcomeRequest { txn_id, read_lsn }),
+        txn_outcome().prop_map(Message::OutcomeResponse),
+        (text(), lsn()).prop_map(|(name, durable_lsn)| Message::LearnerReport { name, durable_lsn }),
+        lsn().prop_map(|first_lsn| Message::LearnerAck { first_lsn }),
+        Just(Message::StatusRequest),
+        node_status().prop_map(Message::StatusResponse),
         (bytes(), lsn()).prop_map(|(key, read_lsn)| Message::GetRequest { key, read_lsn }),
-        (opt_bytes(), lsn())
-            .prop_map(|(value, version_lsn)| Message::GetResponse { value, version_lsn }),
-        (key_range(), lsn(), any::<u32>()).prop_map(|(range, read_lsn, limit)| {
-            Message::ScanRequest {
-                range,
-                read_lsn,
-                limit,
-            }
-        }),
+        (opt_bytes(), lsn()).prop_map(|(value, version_lsn)| Message::GetResponse { value, version_lsn }),
+        (key_range(), lsn(), any::<u32>())
+            .prop_map(|(range, read_lsn, limit)| { Message::ScanRequest { range, read_lsn, limit } }),
         (list(row()), any::<bool>()).prop_map(|(rows, more)| Message::ScanResponse { rows, more }),
         (error_code(), text(), epoch(), lsn()).prop_map(|(code, message, epoch, lsn)| {
-            Message::Error(ErrorResponse {
-                code,
-                message,
-                epoch,
-                lsn,
-            })
+            Message::Error(ErrorResponse { code, message, epoch, lsn })
         }),
     ]
 }
@@ -202,6 +203,14 @@ pub fn variant_name(msg: &Message) -> &'static str {
         Message::AppendResponse { .. } => "AppendResponse",
         Message::FetchRequest { .. } => "FetchRequest",
         Message::FetchResponse { .. } => "FetchResponse",
+        Message::HeartbeatRequest { .. } => "HeartbeatRequest",
+        Message::HeartbeatResponse { .. } => "HeartbeatResponse",
+        Message::OutcomeRequest { .. } => "OutcomeRequest",
+        Message::OutcomeResponse(_) => "OutcomeResponse",
+        Message::LearnerReport { .. } => "LearnerReport",
+        Message::LearnerAck { .. } => "LearnerAck",
+        Message::StatusRequest => "StatusRequest",
+        Message::StatusResponse(_) => "StatusResponse",
         Message::GetRequest { .. } => "GetRequest",
         Message::GetResponse { .. } => "GetResponse",
         Message::ScanRequest { .. } => "ScanRequest",
@@ -210,13 +219,10 @@ pub fn variant_name(msg: &Message) -> &'static str {
     }
 }
 
-pub const MESSAGE_VARIANTS: usize = 15;
+pub const MESSAGE_VARIANTS: usize = 23;
 
 fn w(key: &[u8], value: Option<&[u8]>) -> Write {
-    Write {
-        key: key.to_vec(),
-        value: value.map(<[u8]>::to_vec),
-    }
+    Write { key: key.to_vec(), value: value.map(<[u8]>::to_vec) }
 }
 
 /// At least one example of every message variant, with the edge cases that matter: empty
@@ -233,18 +239,9 @@ pub fn message_examples() -> Vec<Message> {
             isolation: Isolation::Serializable,
             read_keys: vec![vec![], b"a".to_vec()],
             read_ranges: vec![
-                KeyRange {
-                    start: vec![],
-                    end: None,
-                },
-                KeyRange {
-                    start: b"a".to_vec(),
-                    end: Some(vec![]),
-                },
-                KeyRange {
-                    start: b"b".to_vec(),
-                    end: Some(b"c".to_vec()),
-                },
+                KeyRange { start: vec![], end: None },
+                KeyRange { start: b"a".to_vec(), end: Some(vec![]) },
+                KeyRange { start: b"b".to_vec(), end: Some(b"c".to_vec()) },
             ],
             writes: vec![w(b"", Some(b"")), w(b"k", None), w(b"k2", Some(b"v"))],
         }),
@@ -257,132 +254,77 @@ pub fn message_examples() -> Vec<Message> {
             writes: vec![],
         }),
         Message::CommitResponse(CommitOutcome::Committed { lsn: 9 }),
-        Message::CommitResponse(CommitOutcome::Conflict {
-            keys: vec![vec![], b"x".to_vec()],
-        }),
+        Message::CommitResponse(CommitOutcome::Conflict { keys: vec![vec![], b"x".to_vec()] }),
         Message::CommitResponse(CommitOutcome::Conflict { keys: vec![] }),
         Message::CommitResponse(CommitOutcome::TooOld { floor: 3 }),
-        Message::CommitResponse(CommitOutcome::Unavailable {
-            reason: "not active ✗".into(),
-        }),
-        Message::CommitResponse(CommitOutcome::Unavailable {
-            reason: String::new(),
-        }),
+        Message::CommitResponse(CommitOutcome::Unavailable { reason: "not active ✗".into() }),
+        Message::CommitResponse(CommitOutcome::Unavailable { reason: String::new() }),
         Message::SealRequest { epoch: e },
-        Message::SealResponse {
-            promised: e,
-            last: EntryId::new(e, 5),
-            commit_lsn: 4,
-        },
+        Message::SealResponse { promised: e, last: EntryId::new(e, 5), commit_lsn: 4 },
         Message::AppendRequest {
             epoch: e,
             prev: EntryId::ZERO,
             entries: vec![
-                Entry {
-                    epoch: e,
-                    lsn: 1,
-                    payload: Bytes::from_static(b"p"),
-                },
-                Entry {
-                    epoch: e,
-                    lsn: 2,
-                    payload: Bytes::new(),
-                },
+                Entry { epoch: e, lsn: 1, payload: Bytes::from_static(b"p") },
+                Entry { epoch: e, lsn: 2, payload: Bytes::new() },
             ],
             commit_lsn: 0,
         },
-        Message::AppendRequest {
-            epoch: e,
-            prev: EntryId::new(e, 2),
-            entries: vec![],
-            commit_lsn: 2,
-        },
-        Message::AppendResponse {
-            epoch: e,
-            durable: EntryId::new(e, 2),
-        },
-        Message::FetchRequest {
-            from_lsn: 1,
-            max_entries: 100,
-            follow: true,
-            epoch: None,
-        },
-        Message::FetchRequest {
-            from_lsn: 1,
-            max_entries: 0,
-            follow: false,
-            epoch: Some(e),
-        },
-        Message::FetchRequest {
-            from_lsn: 0,
-            max_entries: 0,
-            follow: false,
-            epoch: Some(Epoch::ZERO),
-        },
+        Message::AppendRequest { epoch: e, prev: EntryId::new(e, 2), entries: vec![], commit_lsn: 2 },
+        Message::AppendResponse { epoch: e, durable: EntryId::new(e, 2) },
+        Message::FetchRequest { from_lsn: 1, max_entries: 100, follow: true, epoch: None },
+        Message::FetchRequest { from_lsn: 1, max_entries: 0, follow: false, epoch: Some(e) },
+        Message::FetchRequest { from_lsn: 0, max_entries: 0, follow: false, epoch: Some(Epoch::ZERO) },
+        Message::FetchResponse { entries: vec![], commit_lsn: 0 },
         Message::FetchResponse {
-            entries: vec![],
-            commit_lsn: 0,
-        },
-        Message::FetchResponse {
-            entries: vec![Entry {
-                epoch: e,
-                lsn: 1,
-                payload: Bytes::from_static(b"record"),
-            }],
+            entries: vec![Entry { epoch: e, lsn: 1, payload: Bytes::from_static(b"record") }],
             commit_lsn: 1,
         },
-        Message::GetRequest {
-            key: vec![],
-            read_lsn: 1,
-        },
-        Message::GetRequest {
-            key: b"key".to_vec(),
-            read_lsn: 1,
-        },
-        Message::GetResponse {
-            value: None,
-            version_lsn: 0,
-        },
-        Message::GetResponse {
-            value: Some(vec![]),
-            version_lsn: 3,
-        },
-        Message::GetResponse {
-            value: Some(b"v".to_vec()),
-            version_lsn: 3,
-        },
+        Message::HeartbeatRequest { epoch: e },
+        Message::HeartbeatRequest { epoch: Epoch::ZERO },
+        Message::HeartbeatResponse { promised: e, commit_lsn: 7 },
+        Message::OutcomeRequest { txn_id: TxnId(u128::MAX), read_lsn: 0 },
+        Message::OutcomeRequest { txn_id: TxnId(1 << 64), read_lsn: 12 },
+        Message::OutcomeResponse(TxnOutcome::Committed { lsn: 13 }),
+        Message::OutcomeResponse(TxnOutcome::Committed { lsn: 0 }),
+        Message::OutcomeResponse(TxnOutcome::Aborted),
+        Message::LearnerReport { name: "replayer-1".into(), durable_lsn: 40 },
+        Message::LearnerReport { name: String::new(), durable_lsn: 0 },
+        Message::LearnerAck { first_lsn: 0 },
+        Message::LearnerAck { first_lsn: 30 },
+        Message::StatusRequest,
+        Message::StatusResponse(NodeStatus::default()),
+        Message::StatusResponse(NodeStatus {
+            role: "journal".into(),
+            id: u32::MAX,
+            epoch: e,
+            active: true,
+            last: EntryId::new(e, 50),
+            commit_lsn: 48,
+            first_lsn: 20,
+            applied_lsn: 0,
+            lease_age_ms: u64::MAX,
+            learners: vec![
+                LearnerStatus { name: "replayer-1".into(), durable_lsn: 45 },
+                LearnerStatus { name: String::new(), durable_lsn: 0 },
+            ],
+        }),
+        Message::GetRequest { key: vec![], read_lsn: 1 },
+        Message::GetRequest { key: b"key".to_vec(), read_lsn: 1 },
+        Message::GetResponse { value: None, version_lsn: 0 },
+        Message::GetResponse { value: Some(vec![]), version_lsn: 3 },
+        Message::GetResponse { value: Some(b"v".to_vec()), version_lsn: 3 },
+        Message::ScanRequest { range: KeyRange { start: vec![], end: None }, read_lsn: 1, limit: 0 },
         Message::ScanRequest {
-            range: KeyRange {
-                start: vec![],
-                end: None,
-            },
-            read_lsn: 1,
-            limit: 0,
-        },
-        Message::ScanRequest {
-            range: KeyRange {
-                start: b"a".to_vec(),
-                end: Some(b"z".to_vec()),
-            },
+            range: KeyRange { start: b"a".to_vec(), end: Some(b"z".to_vec()) },
             read_lsn: 1,
             limit: u32::MAX,
         },
-        Message::ScanResponse {
-            rows: vec![],
-            more: false,
-        },
+        Message::ScanResponse { rows: vec![], more: false },
         Message::ScanResponse {
             rows: vec![
-                Row {
-                    key: vec![],
-                    value: vec![],
-                    version_lsn: 1,
-                },
-                Row {
-                    key: b"k".to_vec(),
-                    value: b"v".to_vec(),
-                    version_lsn: 2,
-                },
+                Row { key: vec![], value: vec![], version_lsn: 1 },
+                Row { key: b"k".to_vec(), value: b"v".to_vec(), version_lsn: 2 },
             ],
             more: true,
         },
@@ -416,17 +358,12 @@ pub const RECORD_VARIANTS: usize = 2;
 
 pub fn record_examples() -> Vec<LogRecord> {
     vec![
-        LogRecord::Commit {
-            txn_id: TxnId(1),
-            writes: vec![],
-        },
+        LogRecord::Commit { txn_id: TxnId(1), writes: vec![] },
         LogRecord::Commit {
             txn_id: TxnId(u128::MAX),
             writes: vec![w(b"", Some(b"")), w(b"", None), w(b"k", Some(b"value"))],
         },
         LogRecord::EpochStart { epoch: Epoch::ZERO },
-        LogRecord::EpochStart {
-            epoch: Epoch::new(1 << 47, u16::MAX),
-        },
+        LogRecord::EpochStart { epoch: Epoch::new(1 << 47, u16::MAX) },
     ]
 }

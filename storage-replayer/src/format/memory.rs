@@ -75,8 +75,7 @@ impl MemoryFormat {
     /// Opens (creating if missing) `dir`, resuming from the image a previous `sync` or
     /// `snapshot` left there.
     pub fn open(dir: &Path) -> Result<MemoryFormat, FormatError> {
-        fs::create_dir_all(dir)
-            .map_err(|e| FormatError::io(format!("create {}", dir.display()), e))?;
+        fs::create_dir_all(dir).map_err(|e| FormatError::io(format!("create {}", dir.display()), e))?;
         let path = dir.join(IMAGE_FILE);
         let state = match fs::read(&path) {
             Ok(bytes) => decode_image(&bytes)
@@ -135,11 +134,7 @@ impl StorageFormat for MemoryFormat {
         })?;
         for record in fresh {
             for write in &record.writes {
-                state
-                    .keys
-                    .entry(write.key.clone())
-                    .or_default()
-                    .insert(record.lsn, write.value.clone());
+                state.keys.entry(write.key.clone()).or_default().insert(record.lsn, write.value.clone());
             }
         }
         state.applied = new_applied;
@@ -166,10 +161,7 @@ impl StorageFormat for MemoryFormat {
             let _ = self.poisoned.set(e.to_string());
             return Err(e);
         }
-        let durable = self
-            .durable
-            .fetch_max(applied, Ordering::AcqRel)
-            .max(applied);
+        let durable = self.durable.fetch_max(applied, Ordering::AcqRel).max(applied);
         debug!(durable_lsn = durable, "synced memory image");
         Ok(durable)
     }
@@ -177,22 +169,11 @@ impl StorageFormat for MemoryFormat {
     fn get(&self, key: &[u8], at: Lsn) -> Result<Option<Version>, FormatError> {
         let state = self.read();
         Ok(state.keys.get(key).and_then(|versions| {
-            versions
-                .range(..=at)
-                .next_back()
-                .map(|(&lsn, value)| Version {
-                    value: value.clone(),
-                    lsn,
-                })
+            versions.range(..=at).next_back().map(|(&lsn, value)| Version { value: value.clone(), lsn })
         }))
     }
 
-    fn scan(
-        &self,
-        range: &KeyRange,
-        at: Lsn,
-        limit: usize,
-    ) -> Result<(Vec<Row>, bool), FormatError> {
+    fn scan(&self, range: &KeyRange, at: Lsn, limit: usize) -> Result<(Vec<Row>, bool), FormatError> {
         // `BTreeMap::range` panics on an inverted range; an empty answer is what it means.
         if range.end.as_ref().is_some_and(|end| *end <= range.start) {
             return Ok((Vec::new(), false));
@@ -203,22 +184,17 @@ impl StorageFormat for MemoryFormat {
         };
         let state = self.read();
         let mut rows = Vec::new();
-        let live = state
-            .keys
-            .range::<[u8], _>((Bound::Included(range.start.as_slice()), end))
-            .filter_map(|(key, versions)| {
+        let live = state.keys.range::<[u8], _>((Bound::Included(range.start.as_slice()), end)).filter_map(
+            |(key, versions)| {
                 let (&lsn, value) = versions.range(..=at).next_back()?;
                 Some((key, lsn, value.as_ref()?))
-            });
+            },
+        );
         for (key, lsn, value) in live {
             if rows.len() == limit {
                 return Ok((rows, true));
             }
-            rows.push(Row {
-                key: key.clone(),
-                value: value.clone(),
-                version_lsn: lsn,
-            });
+            rows.push(Row { key: key.clone(), value: value.clone(), version_lsn: lsn });
         }
         Ok((rows, false))
     }
@@ -266,9 +242,9 @@ fn sync_dir(dir: &Path) -> Result<(), FormatError> {
 
 /// FNV-1a: enough to catch a damaged image; the file is replaced by rename, so it is never torn.
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// `magic | version u32 | applied u64 | key count u64 | keys... | checksum u64`, where a key is
@@ -306,10 +282,7 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 fn decode_image(bytes: &[u8]) -> Result<State, String> {
-    let body_len = bytes
-        .len()
-        .checked_sub(8)
-        .ok_or("image shorter than its checksum")?;
+    let body_len = bytes.len().checked_sub(8).ok_or("image shorter than its checksum")?;
     let (body, sum) = bytes.split_at(body_len);
     if checksum(body).to_be_bytes() != sum {
         return Err("image checksum mismatch".into());
@@ -353,10 +326,7 @@ struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.0.len() < n {
-            return Err(format!(
-                "image truncated: needed {n} bytes, {} left",
-                self.0.len()
-            ));
+            return Err(format!("image truncated: needed {n} bytes, {} left", self.0.len()));
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
@@ -366,14 +336,10 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = self.u32()? as usize;

@@ -82,10 +82,7 @@ pub enum FormatError {
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
     #[error("unknown storage format {name:?}; known formats: {}", .known.join(", "))]
-    UnknownFormat {
-        name: String,
-        known: &'static [&'static str],
-    },
+    UnknownFormat { name: String, known: &'static [&'static str] },
     #[error("i/o: {context}: {source}")]
     Io {
         context: String,
@@ -102,17 +99,11 @@ pub enum FormatError {
 
 impl FormatError {
     pub(crate) fn rocks(context: impl Into<String>, source: rocksdb::Error) -> FormatError {
-        FormatError::Rocks {
-            context: context.into(),
-            source,
-        }
+        FormatError::Rocks { context: context.into(), source }
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> FormatError {
-        FormatError::Io {
-            context: context.into(),
-            source,
-        }
+        FormatError::Io { context: context.into(), source }
     }
 }
 
@@ -148,12 +139,7 @@ pub trait StorageFormat: Send + Sync + 'static {
     /// `limit` of them. Returns `(rows, more)`, where `more` says that `limit` cut the answer
     /// short (a live row follows the last one returned). The caller guarantees
     /// `at ≤ applied_lsn()`.
-    fn scan(
-        &self,
-        range: &KeyRange,
-        at: Lsn,
-        limit: usize,
-    ) -> Result<(Vec<Row>, bool), FormatError>;
+    fn scan(&self, range: &KeyRange, at: Lsn, limit: usize) -> Result<(Vec<Row>, bool), FormatError>;
 
     /// Write a consistent snapshot into `dir`, which must not exist yet (its parent must), that
     /// [`open_format`] with the same name can start a new replayer from. Returns the snapshot's
@@ -166,10 +152,7 @@ pub fn open_format(name: &str, dir: &Path) -> Result<Arc<dyn StorageFormat>, For
     match name {
         rocks::NAME => Ok(Arc::new(RocksFormat::open(dir)?)),
         memory::NAME => Ok(Arc::new(MemoryFormat::open(dir)?)),
-        _ => Err(FormatError::UnknownFormat {
-            name: name.to_owned(),
-            known: FORMATS,
-        }),
+        _ => Err(FormatError::UnknownFormat { name: name.to_owned(), known: FORMATS }),
     }
 }
 
@@ -189,10 +172,7 @@ pub(crate) fn new_records(
             continue;
         }
         if record.lsn != next + 1 {
-            return Err(FormatError::Gap {
-                applied: next,
-                got: record.lsn,
-            });
+            return Err(FormatError::Gap { applied: next, got: record.lsn });
         }
         next = record.lsn;
         fresh.push(record);

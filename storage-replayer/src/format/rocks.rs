@@ -121,9 +121,7 @@ fn decode_user_key(encoded: &[u8]) -> Result<Vec<u8>, FormatError> {
             _ => break,
         }
     }
-    Err(FormatError::Corrupt(format!(
-        "malformed encoded user key {encoded:02x?}"
-    )))
+    Err(FormatError::Corrupt(format!("malformed encoded user key {encoded:02x?}")))
 }
 
 /// Returns the length of the `esc(key) 0x00 0x01` prefix and the LSN of a version key, checking
@@ -136,9 +134,7 @@ fn split_version_key(raw: &[u8]) -> Result<(usize, Lsn), FormatError> {
             inverted_lsn.copy_from_slice(&raw[len..]);
             Ok((len, u64::MAX - u64::from_be_bytes(inverted_lsn)))
         }
-        _ => Err(FormatError::Corrupt(format!(
-            "malformed version key {raw:02x?}"
-        ))),
+        _ => Err(FormatError::Corrupt(format!("malformed version key {raw:02x?}"))),
     }
 }
 
@@ -163,10 +159,7 @@ fn decode_value(raw: &[u8]) -> Result<Option<Vec<u8>>, FormatError> {
     match raw.split_first() {
         Some((&TAG_PUT, value)) => Ok(Some(value.to_vec())),
         Some((&TAG_DELETE, [])) => Ok(None),
-        _ => Err(FormatError::Corrupt(format!(
-            "malformed version value {:02x?}",
-            &raw[..raw.len().min(16)]
-        ))),
+        _ => Err(FormatError::Corrupt(format!("malformed version value {:02x?}", &raw[..raw.len().min(16)]))),
     }
 }
 
@@ -197,11 +190,7 @@ pub struct RocksConfig {
 
 impl Default for RocksConfig {
     fn default() -> RocksConfig {
-        RocksConfig {
-            block_cache_bytes: 64 << 20,
-            write_buffer_bytes: 32 << 20,
-            background_jobs: 2,
-        }
+        RocksConfig { block_cache_bytes: 64 << 20, write_buffer_bytes: 32 << 20, background_jobs: 2 }
     }
 }
 
@@ -248,10 +237,7 @@ impl RocksFormat {
 
         let db = DB::open(&opts, dir).map_err(|e| FormatError::rocks(context("open"), e))?;
 
-        match db
-            .get(META_FORMAT)
-            .map_err(|e| FormatError::rocks(context("read format id in"), e))?
-        {
+        match db.get(META_FORMAT).map_err(|e| FormatError::rocks(context("read format id in"), e))? {
             Some(id) if id == FORMAT_ID => {}
             Some(id) => {
                 return Err(FormatError::Corrupt(format!(
@@ -287,8 +273,7 @@ impl RocksFormat {
         // (the previous process was killed). Flushing the memtable writes it to SST files, which
         // RocksDB fsyncs, so everything applied is power-cut durable from here on and we can
         // start with durable == applied instead of making the learner wait for a first sync.
-        db.flush()
-            .map_err(|e| FormatError::rocks(context("flush after opening"), e))?;
+        db.flush().map_err(|e| FormatError::rocks(context("flush after opening"), e))?;
 
         info!(dir = %dir.display(), applied_lsn = applied, "opened rocksdb storage format");
         Ok(RocksFormat {
@@ -325,8 +310,7 @@ impl RocksFormat {
     }
 
     fn iterator_status(&self, it: &DBRawIterator<'_>, what: &str) -> Result<(), FormatError> {
-        it.status()
-            .map_err(|e| FormatError::rocks(format!("{what} in {}", self.dir.display()), e))
+        it.status().map_err(|e| FormatError::rocks(format!("{what} in {}", self.dir.display()), e))
     }
 }
 
@@ -372,9 +356,9 @@ impl StorageFormat for RocksFormat {
         // batches power-cut durable in bulk (see module docs).
         let mut opts = WriteOptions::default();
         opts.set_sync(false);
-        self.db.write_opt(batch, &opts).map_err(|e| {
-            FormatError::rocks(format!("apply LSNs {}..={new_applied}", applied + 1), e)
-        })?;
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| FormatError::rocks(format!("apply LSNs {}..={new_applied}", applied + 1), e))?;
         // Published only after the write: a reader that sees this LSN finds its versions.
         self.applied.store(new_applied, Ordering::Release);
         debug!(from = applied + 1, to = new_applied, "applied records");
@@ -395,10 +379,7 @@ impl StorageFormat for RocksFormat {
             let _ = self.poisoned.set(reason);
             return Err(FormatError::rocks("sync WAL", e));
         }
-        let durable = self
-            .durable
-            .fetch_max(applied, Ordering::AcqRel)
-            .max(applied);
+        let durable = self.durable.fetch_max(applied, Ordering::AcqRel).max(applied);
         debug!(durable_lsn = durable, "synced");
         Ok(durable)
     }
@@ -419,21 +400,14 @@ impl StorageFormat for RocksFormat {
             return Ok(None);
         };
         if raw_key.len() != target.len() {
-            return Err(FormatError::Corrupt(format!(
-                "malformed version key {raw_key:02x?}"
-            )));
+            return Err(FormatError::Corrupt(format!("malformed version key {raw_key:02x?}")));
         }
         let (_, lsn) = split_version_key(raw_key)?;
         let value = decode_value(raw_value)?;
         Ok(Some(Version { value, lsn }))
     }
 
-    fn scan(
-        &self,
-        range: &KeyRange,
-        at: Lsn,
-        limit: usize,
-    ) -> Result<(Vec<Row>, bool), FormatError> {
+    fn scan(&self, range: &KeyRange, at: Lsn, limit: usize) -> Result<(Vec<Row>, bool), FormatError> {
         if range.end.as_ref().is_some_and(|end| *end <= range.start) {
             return Ok((Vec::new(), false));
         }
@@ -463,11 +437,7 @@ impl StorageFormat for RocksFormat {
                     more = true;
                     break;
                 }
-                rows.push(Row {
-                    key: decode_user_key(&raw_key[..prefix_len])?,
-                    value,
-                    version_lsn: lsn,
-                });
+                rows.push(Row { key: decode_user_key(&raw_key[..prefix_len])?, value, version_lsn: lsn });
             }
             // Skip this key's older versions: `esc(key) 0x00 0x02` is the first position past
             // them (see `get`).

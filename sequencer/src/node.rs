@@ -1,0 +1,148 @@
+//! A sequencer process: a candidate that stays standby while another sequencer holds the lease,
+//! seals a new epoch once the lease lapses, serves while active, and returns to standby when
+//! deposed. Clients may ask any candidate; a standby answers `NotLeader`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::{join_all, BoxFuture};
+use futures::FutureExt;
+use quinn::Endpoint;
+use rand::Rng;
+use tracing::{debug, info, warn};
+use triad_journal::JournalClient;
+use triad_protocol::{CommitOutcome, Epoch, ErrorCode, ErrorResponse, Lsn, Message, NodeStatus};
+use triad_transport::{Service, Stream, TransportError};
+
+use crate::{Sequencer, SequencerConfig};
+
+pub struct SequencerNode {
+    cfg: SequencerConfig,
+    endpoint: Endpoint,
+    journal: JournalClient,
+    active: RwLock<Option<Arc<Sequencer>>>,
+}
+
+impl SequencerNode {
+    pub fn new(cfg: SequencerConfig, endpoint: Endpoint) -> Arc<SequencerNode> {
+        let journal = JournalClient::new(&endpoint, &cfg.journal);
+        Arc::new(SequencerNode { cfg, endpoint, journal, active: RwLock::new(None) })
+    }
+
+    pub fn active(&self) -> Option<Arc<Sequencer>> {
+        self.active.read().expect("active lock").clone()
+    }
+
+    /// Forever: wait for the lease to lapse, become active, serve until deposed.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            self.wait_for_lapsed_lease().await;
+            match Sequencer::start(self.cfg.clone(), &self.endpoint).await {
+                Ok(seq) => {
+                    *self.active.write().expect("active lock") = Some(seq.clone());
+                    let promised = seq.deposed().await;
+                    *self.active.write().expect("active lock") = None;
+                    warn!(epoch = %seq.epoch(), %promised, "deposed; back to standby");
+                }
+                Err(e) => {
+                    warn!("could not become active: {e}");
+                    let pause = rand::rng().random_range(
+                        self.cfg.lease.as_millis() as u64 / 4..=self.cfg.lease.as_millis() as u64,
+                    );
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+        }
+    }
+
+    /// Returns once a majority of journal nodes has not heard from its promised epoch for a
+    /// whole lease. A random pause and a second look keep standbys from duelling.
+    async fn wait_for_lapsed_lease(&self) {
+        let mut confirmations = 0;
+        loop {
+            if self.lease_lapsed().await {
+                confirmations += 1;
+                if confirmations == 2 {
+                    info!("the lease has lapsed; sealing a new epoch");
+                    return;
+                }
+                let jitter = rand::rng().random_range(0..=self.cfg.lease.as_millis() as u64 / 2);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            } else {
+                confirmations = 0;
+                tokio::time::sleep(self.cfg.heartbeat).await;
+            }
+        }
+    }
+
+    async fn lease_lapsed(&self) -> bool {
+        let timeout = self.cfg.heartbeat.max(Duration::from_millis(200));
+        let answers = join_all(
+            (0..self.journal.len())
+                .map(|i| self.journal.node(i).call_timeout(&Message::StatusRequest, timeout)),
+        )
+        .await;
+        let lease_ms = self.cfg.lease.as_millis() as u64;
+        let lapsed = answers
+            .into_iter()
+            .filter(|a| matches!(a, Ok(Message::StatusResponse(s)) if s.lease_age_ms >= lease_ms))
+            .count();
+        debug!(lapsed, "lease check");
+        lapsed >= self.journal.majority()
+    }
+
+    fn status(&self) -> NodeStatus {
+        match self.active() {
+            Some(seq) => seq.status(),
+            None => {
+                NodeStatus { role: "sequencer".into(), id: u32::from(self.cfg.id), ..NodeStatus::default() }
+            }
+        }
+    }
+}
+
+fn not_leader() -> Message {
+    error(ErrorCode::NotLeader, "this sequencer is not the active one; ask another candidate", 0)
+}
+
+fn error(code: ErrorCode, message: impl Into<String>, lsn: Lsn) -> Message {
+    Message::Error(ErrorResponse { code, message: message.into(), epoch: Epoch::ZERO, lsn })
+}
+
+impl Service for SequencerNode {
+    fn handle(
+        self: Arc<Self>,
+        first: Message,
+        mut stream: Stream,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        async move {
+            let active = self.active();
+            let answer = match (first, active) {
+                (Message::StatusRequest, _) => Message::StatusResponse(self.status()),
+                (Message::BeginRequest, Some(seq)) => match seq.begin().await {
+                    Ok(read_lsn) => Message::BeginResponse { read_lsn },
+                    Err(reason) => Message::CommitResponse(CommitOutcome::Unavailable { reason }),
+                },
+                (Message::CommitRequest(req), Some(seq)) => Message::CommitResponse(seq.commit(req).await),
+                (Message::OutcomeRequest { txn_id, read_lsn }, Some(seq)) => {
+                    match seq.outcome(txn_id, read_lsn).await {
+                        Ok(outcome) => Message::OutcomeResponse(outcome),
+                        Err(reason) => error(ErrorCode::Unavailable, reason, 0),
+                    }
+                }
+                (
+                    Message::BeginRequest | Message::CommitRequest(_) | Message::OutcomeRequest { .. },
+                    None,
+                ) => not_leader(),
+                (other, _) => {
+                    debug!("sequencer got an unexpected {other:?}");
+                    error(ErrorCode::Unsupported, "a sequencer serves begin, commit, outcome and status", 0)
+                }
+            };
+            stream.reply(&answer).await?;
+            let _ = stream.send.finish();
+            Ok(())
+        }
+        .boxed()
+    }
+}
