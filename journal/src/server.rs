@@ -359,6 +359,8 @@ impl JournalNode {
     }
 
     /// Executes one append. `Ok` carries what the stream has now matched; `Err` the refusal.
+    // Refusals are the cold path; boxing them would only add an allocation.
+    #[allow(clippy::result_large_err)]
     fn append(
         &self,
         epoch: Epoch,
@@ -502,6 +504,7 @@ impl JournalNode {
 
     /// One read for a fetch stream: entries from `next`, the watermark, and how far this reader
     /// may read; or the refusal to send.
+    #[allow(clippy::result_large_err)]
     fn fetch_step(
         &self,
         next: Lsn,

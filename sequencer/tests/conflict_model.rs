@@ -55,10 +55,17 @@ enum Op {
     },
 }
 
-/// A small key space (one or two bytes from `a..=d`, plus the empty key) so that commits
-/// collide often and range bounds fall between, on and around keys.
+/// A small key space so that commits collide often and range bounds fall between, on and
+/// around keys: up to two bytes from `{0, a, b, c}`, alone or after a shared eight-byte prefix
+/// (the index compares eight-byte prefixes first, and zero bytes tie with padding).
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(b'a'..=b'd', 0..=2)
+    (any::<bool>(), prop::collection::vec(prop::sample::select(vec![0, b'a', b'b', b'c']), 0..=2)).prop_map(
+        |(prefixed, tail)| {
+            let mut key = if prefixed { b"tbl/idx/".to_vec() } else { Vec::new() };
+            key.extend(tail);
+            key
+        },
+    )
 }
 
 fn range() -> impl Strategy<Value = KeyRange> {

@@ -51,6 +51,33 @@ pub struct History {
     /// Attempts whose outcome the client could not learn (the sequencer was unreachable).
     pub unknown: HashMap<TxnId, Transfer>,
     pub errors: Vec<String>,
+    /// When each begin was asked for, and the read LSN it got.
+    pub begins: Vec<(Instant, u64)>,
+    /// When each commit was acknowledged, and its LSN.
+    pub acks: Vec<(Instant, u64)>,
+}
+
+impl History {
+    /// Linearizability of begins: a begin that started after a commit was acknowledged must
+    /// read at or above that commit's LSN. Returns the first violation.
+    pub fn check_begins(&self) -> Result<()> {
+        let mut acks = self.acks.clone();
+        acks.sort_unstable();
+        let mut begins = self.begins.clone();
+        begins.sort_unstable();
+        let (mut i, mut max_acked) = (0, 0u64);
+        for (started, read_lsn) in begins {
+            while i < acks.len() && acks[i].0 < started {
+                max_acked = max_acked.max(acks[i].1);
+                i += 1;
+            }
+            ensure!(
+                read_lsn >= max_acked,
+                "a begin read at lsn {read_lsn} although lsn {max_acked} was acknowledged before it started"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -117,11 +144,13 @@ impl Bank {
 
     /// One attempt at one transfer. `Attempt::NotSent` when it failed before its commit left
     /// the client: such a transaction can never commit.
-    async fn transfer(&self, t: Transfer) -> Attempt {
+    async fn transfer(&self, t: Transfer, history: &Mutex<History>) -> Attempt {
+        let started = Instant::now();
         let mut txn = match self.client.begin().await {
             Ok(t) => t,
             Err(e) => return Attempt::NotSent(e),
         };
+        history.lock().await.begins.push((started, txn.read_lsn()));
         let id = txn.id();
         let reads = async {
             let from = balance(txn.get(&self.account(t.from)).await?)?;
@@ -136,7 +165,11 @@ impl Bank {
         txn.put(self.account(t.to), (to + t.amount).to_be_bytes().to_vec());
         let record = format!("{} {} {}", t.from, t.to, t.amount);
         txn.put(self.transfer_key(id), record.into_bytes());
-        Attempt::Sent(id, txn.commit().await)
+        let outcome = txn.commit().await;
+        if let Ok(lsn) = outcome {
+            history.lock().await.acks.push((Instant::now(), lsn));
+        }
+        Attempt::Sent(id, outcome)
     }
 
     /// Runs transfers from `clients` concurrent tasks until `duration` has passed. `progress` is
@@ -161,7 +194,7 @@ impl Bank {
                         }
                         Transfer { from, to, amount: rng.random_range(1..=10) }
                     };
-                    let attempt = bank.transfer(t).await;
+                    let attempt = bank.transfer(t, &history).await;
                     let mut h = history.lock().await;
                     let error = match attempt {
                         Attempt::Sent(id, Ok(lsn)) => {
@@ -272,6 +305,12 @@ impl Bank {
             *implied.get_mut(&self.account(t.to)).context("unknown account")? += t.amount;
         }
         ensure!(matched == history.committed.len(), "not every acknowledged transfer is visible");
+        let mut lsns: Vec<u64> = history.committed.values().map(|(_, lsn)| *lsn).collect();
+        lsns.sort_unstable();
+        if let Some(w) = lsns.windows(2).find(|w| w[0] == w[1]) {
+            bail!("two acknowledged transfers were both given lsn {}", w[0]);
+        }
+        history.check_begins()?;
         for (k, b) in &balances {
             let want = implied[k];
             ensure!(

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use triad_protocol::{Message, NodeStatus};
 use triad_shim::{Client, ClientConfig};
-use triad_transport::{ClusterCa, TlsConfig};
+use triad_transport::{ClusterCa, Peer, TlsConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -96,6 +97,52 @@ impl LocalCluster {
     /// The process id of a running member (for SIGSTOP/SIGCONT).
     pub fn pid(&self, role: Role) -> Option<u32> {
         self.children.iter().find(|(r, _)| *r == role).and_then(|(_, c)| c.as_ref().map(Child::id))
+    }
+
+    /// Asks a member for its status.
+    pub async fn status(&self, role: Role) -> Result<NodeStatus> {
+        let endpoint = self.client_tls.client_endpoint([127, 0, 0, 1].into())?;
+        let peer = Peer::new(endpoint, self.addr(role));
+        match peer.call_timeout(&Message::StatusRequest, Duration::from_secs(1)).await? {
+            Message::StatusResponse(s) => Ok(s),
+            other => bail!("{role} answered {other:?}"),
+        }
+    }
+
+    /// The sequencer that reports itself active with the highest epoch, if any.
+    pub async fn active_sequencer(&self) -> Option<Role> {
+        let mut best = None;
+        for i in 0..self.spec.sequencers {
+            let role = Role::Sequencer(i);
+            if let Ok(s) = self.status(role).await {
+                if s.active && best.is_none_or(|(e, _)| s.epoch > e) {
+                    best = Some((s.epoch, role));
+                }
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT a member.
+    pub fn signal_pause(&self, role: Role, pause: bool) -> Result<()> {
+        let pid = self.pid(role).with_context(|| format!("{role} is not running"))?;
+        let sig = if pause { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        ensure!(rc == 0, "signalling {role}: {}", std::io::Error::last_os_error());
+        Ok(())
+    }
+
+    /// Starts every member that is not running.
+    pub fn heal(&mut self) -> Result<()> {
+        for role in self.roles() {
+            if self.pid(role).is_none() {
+                self.spawn(role)?;
+            } else {
+                self.signal_pause(role, false)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn spec(&self) -> &ClusterSpec {

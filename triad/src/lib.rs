@@ -3,6 +3,10 @@
 //! - [`cluster`]: starts and supervises a local cluster of `triad` processes (what `triad dev`
 //!   runs, and what the fault tests kill and restart).
 //! - [`bank`]: the bank-transfer workload and its verifier (`triad demo`).
+//! - [`bench`]: benchmark programs (`triad bench …`).
+//! - [`chaos`]: fault schedules against a local cluster, checked afterwards (`triad chaos`).
 
 pub mod bank;
+pub mod bench;
+pub mod chaos;
 pub mod cluster;

@@ -1,0 +1,206 @@
+//! `triad chaos`: a Jepsen-style run against a local cluster of real processes. While the bank
+//! workload records a history, a seeded schedule kills (SIGKILL) and restarts the active
+//! sequencer, journal nodes and the replayer, and pauses (SIGSTOP) the active sequencer long
+//! enough to be deposed. After healing, a checker looks for acknowledged commits that were
+//! lost, LSNs holding two records, outcomes that are not definitive, begins that missed an
+//! acknowledged commit, and journal nodes that disagree about the committed log.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use triad_journal::JournalClient;
+use triad_shim::Client;
+
+use crate::bank::{Bank, BankConfig};
+use crate::cluster::{ClusterSpec, LocalCluster, Role};
+
+#[derive(Clone, Debug)]
+pub struct ChaosConfig {
+    pub duration: Duration,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub base_port: u16,
+    pub exe: PathBuf,
+    /// Pause between the end of one fault and the start of the next.
+    pub interval: Duration,
+    pub clients: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    KillActiveSequencer,
+    PauseActiveSequencer,
+    KillJournal(usize),
+    KillReplayer,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::KillActiveSequencer => write!(f, "kill -9 the active sequencer"),
+            Fault::PauseActiveSequencer => write!(f, "SIGSTOP the active sequencer past its lease"),
+            Fault::KillJournal(i) => write!(f, "kill -9 journal-{}", i + 1),
+            Fault::KillReplayer => write!(f, "kill -9 the replayer"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Verdict {
+    pub faults: usize,
+    pub committed: usize,
+    pub aborted: usize,
+    pub begins: usize,
+    pub checked_lsns: u64,
+}
+
+/// Lease of the sequencers in the chaos cluster (their default).
+const LEASE: Duration = Duration::from_secs(1);
+
+pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
+    let spec = ClusterSpec {
+        dir: cfg.dir.clone(),
+        base_port: cfg.base_port,
+        journals: 3,
+        sequencers: 2,
+        exe: cfg.exe.clone(),
+        log_filter: "info".into(),
+    };
+    let mut cluster = LocalCluster::start(spec)?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    say(format!("cluster up in {} (logs under logs/); seed {}", cfg.dir.display(), cfg.seed));
+
+    let client = Client::connect(cluster.client_config())?;
+    let bank = Bank::new(
+        client,
+        BankConfig { accounts: 50, clients: cfg.clients, duration: cfg.duration, initial_balance: 1000 },
+    );
+    bank.setup().await.context("opening the accounts")?;
+    let runner = {
+        let bank = bank.clone();
+        tokio::spawn(async move { bank.run(|_| {}).await })
+    };
+
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let start = Instant::now();
+    let mut faults = 0;
+    // Leave the last stretch fault-free so the run ends on a healthy cluster.
+    while start.elapsed() + cfg.interval * 2 < cfg.duration {
+        tokio::time::sleep(cfg.interval).await;
+        let fault = match rng.random_range(0..4) {
+            0 => Fault::KillActiveSequencer,
+            1 => Fault::PauseActiveSequencer,
+            2 => Fault::KillJournal(rng.random_range(0..3)),
+            _ => Fault::KillReplayer,
+        };
+        let at = start.elapsed().as_secs_f64();
+        let commits = bank.committed_so_far();
+        match inject(&mut cluster, fault).await? {
+            Some(target) => {
+                faults += 1;
+                say(format!("[{at:6.1}s] {fault} ({target}); {commits} commits so far"));
+            }
+            None => say(format!("[{at:6.1}s] {fault}: no active sequencer right now, skipped")),
+        }
+    }
+    cluster.heal()?;
+    let (history, elapsed) = runner.await.context("workload task")??;
+    say(format!("[{:6.1}s] workload done; healing and checking", start.elapsed().as_secs_f64()));
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+
+    let mut problems = Vec::new();
+    if !history.unknown.is_empty() {
+        problems.push(format!("{} commit(s) ended without a definitive outcome", history.unknown.len()));
+    }
+    let report = match bank.verify(&history, elapsed).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            None
+        }
+    };
+    let checked_lsns = match journals_agree(&cluster).await {
+        Ok(n) => n,
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            0
+        }
+    };
+    if !problems.is_empty() {
+        bail!("VIOLATIONS:\n  - {}", problems.join("\n  - "));
+    }
+    let report = report.expect("verified above");
+    Ok(Verdict {
+        faults,
+        committed: report.committed,
+        aborted: report.aborted,
+        begins: history.begins.len(),
+        checked_lsns,
+    })
+}
+
+/// Injects one fault and heals it; returns the member it hit (None when there was nothing to hit).
+async fn inject(cluster: &mut LocalCluster, fault: Fault) -> Result<Option<Role>> {
+    let target = match fault {
+        Fault::KillActiveSequencer | Fault::PauseActiveSequencer => match cluster.active_sequencer().await {
+            Some(r) => r,
+            None => return Ok(None),
+        },
+        Fault::KillJournal(i) => Role::Journal(i),
+        Fault::KillReplayer => Role::Replayer,
+    };
+    match fault {
+        Fault::PauseActiveSequencer => {
+            cluster.signal_pause(target, true)?;
+            tokio::time::sleep(LEASE * 3).await;
+            cluster.signal_pause(target, false)?;
+        }
+        _ => {
+            cluster.kill(target)?;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            cluster.restart(target)?;
+        }
+    }
+    Ok(Some(target))
+}
+
+/// Every journal node holds the same record at every committed LSN (unique order). Returns how
+/// many LSNs were compared.
+async fn journals_agree(cluster: &LocalCluster) -> Result<u64> {
+    let mut tips = Vec::new();
+    for i in 0..cluster.spec().journals {
+        let s = cluster.status(Role::Journal(i)).await?;
+        tips.push((s.first_lsn, s.commit_lsn.min(s.last.lsn)));
+    }
+    let from = tips.iter().map(|t| t.0).max().unwrap_or(1).max(1);
+    let upto = tips.iter().map(|t| t.1).min().unwrap_or(0);
+    ensure!(upto >= from, "journal nodes share no committed range ({tips:?})");
+    let tls = triad_transport::TlsConfig::load(&cluster.tls_dir(), "client")?;
+    let endpoint = tls.client_endpoint([127, 0, 0, 1].into())?;
+    let client = JournalClient::new(&endpoint, &cluster.journal_addrs());
+    let mut logs = Vec::new();
+    for i in 0..client.len() {
+        logs.push(
+            client
+                .fetch_range(i, from, upto, None)
+                .await
+                .with_context(|| format!("reading journal-{}", i + 1))?,
+        );
+    }
+    for (i, log) in logs.iter().enumerate().skip(1) {
+        for (a, b) in logs[0].iter().zip(log) {
+            ensure!(
+                a == b,
+                "journal-1 and journal-{} disagree at lsn {}: epochs {} and {}",
+                i + 1,
+                a.lsn,
+                a.epoch,
+                b.epoch
+            );
+        }
+    }
+    Ok(upto - from + 1)
+}
