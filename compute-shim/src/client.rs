@@ -25,6 +25,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Attempts [`Client::run`] makes before giving up on conflicts.
     pub max_attempts: u32,
+    /// How long one sequencer candidate may take to answer before the next one is tried.
+    pub attempt_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -36,6 +38,7 @@ impl ClientConfig {
             cache_bytes: 64 << 20,
             request_timeout: Duration::from_secs(15),
             max_attempts: 50,
+            attempt_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -50,6 +53,8 @@ struct Inner {
     sequencers: Vec<Peer>,
     /// Index of the candidate believed active.
     leader: AtomicUsize,
+    /// When each candidate last failed to answer at all.
+    unreachable_since: Vec<std::sync::Mutex<Option<tokio::time::Instant>>>,
     replayers: Vec<Peer>,
     next_replayer: AtomicUsize,
     cache: ReadCache,
@@ -72,6 +77,7 @@ impl Client {
         let inner = Inner {
             sequencers: cfg.sequencers.iter().map(|&a| Peer::new(endpoint.clone(), a)).collect(),
             leader: AtomicUsize::new(0),
+            unreachable_since: cfg.sequencers.iter().map(|_| std::sync::Mutex::new(None)).collect(),
             replayers: cfg.replayers.iter().map(|&a| Peer::new(endpoint.clone(), a)).collect(),
             next_replayer: AtomicUsize::new(0),
             cache: ReadCache::new(cfg.cache_bytes),
@@ -209,38 +215,71 @@ impl Client {
             let i = self.inner.leader.load(Ordering::Relaxed) % n;
             let peer = &self.inner.sequencers[i];
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match peer.call_timeout(req, left.max(Duration::from_millis(1))).await {
+            // One candidate gets at most `attempt_timeout`: a sequencer that died or froze must not
+            // hold the client for a whole idle timeout. Resending is safe (commits dedup by id).
+            let budget = left.min(self.inner.cfg.attempt_timeout).max(Duration::from_millis(1));
+            let unreachable = match peer.call_timeout(req, budget).await {
                 Ok(Message::Error(e)) if e.code == ErrorCode::NotLeader => {
-                    last = format!("{}: not the leader", peer.addr())
+                    last = format!("{}: not the leader", peer.addr());
+                    false
                 }
                 Ok(Message::CommitResponse(CommitOutcome::Unavailable { reason }))
                     if matches!(req, Message::BeginRequest) =>
                 {
                     last = format!("{}: {reason}", peer.addr());
+                    false
                 }
                 Ok(Message::Error(e))
                     if e.code == ErrorCode::Unavailable && matches!(req, Message::OutcomeRequest { .. }) =>
                 {
                     last = format!("{}: {}", peer.addr(), e.message);
+                    false
                 }
                 Ok(m) => return Ok(m),
-                Err(e) => last = format!("{}: {e}", peer.addr()),
+                Err(e) => {
+                    last = format!("{}: {e}", peer.addr());
+                    true
+                }
+            };
+            if unreachable {
+                *self.inner.unreachable_since[i].lock().expect("lock") = Some(tokio::time::Instant::now());
             }
-            self.rotate(i);
+            let next = self.next_candidate(i, unreachable);
             attempt += 1;
             if tokio::time::Instant::now() >= deadline {
                 return Err(ShimError::Unavailable(format!("no active sequencer answered: {last}")));
             }
-            if attempt % n as u32 == 0 {
-                tokio::time::sleep(Duration::from_millis(10 * u64::from((attempt / n as u32).min(20)))).await;
+            if next == i || attempt % n as u32 == 0 {
+                tokio::time::sleep(Duration::from_millis(10 * u64::from((attempt / n as u32).clamp(1, 20))))
+                    .await;
             }
         }
     }
 
-    fn rotate(&self, from: usize) {
+    /// After candidate `from` failed to serve: the next candidate not found unreachable
+    /// recently. During a failover the standby says "not the leader" until it has sealed; going
+    /// back to the dead candidate then would cost a whole attempt timeout, so a reachable
+    /// candidate is retried instead.
+    fn next_candidate(&self, from: usize, from_unreachable: bool) -> usize {
         let n = self.inner.sequencers.len();
-        let _ =
-            self.inner.leader.compare_exchange(from, (from + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+        let recent = |j: usize| {
+            self.inner.unreachable_since[j]
+                .lock()
+                .expect("lock")
+                .is_some_and(|t| t.elapsed() < self.inner.cfg.attempt_timeout * 3)
+        };
+        let next = (1..n).map(|k| (from + k) % n).find(|&j| !recent(j));
+        let next = match next {
+            Some(j) => j,
+            None if from_unreachable => (from + 1) % n,
+            None => from,
+        };
+        let _ = self.inner.leader.compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
+        next
+    }
+
+    fn rotate(&self, from: usize) {
+        self.next_candidate(from, false);
     }
 
     /// Asks replayers in turn; a read that times out on one (it lags) or cannot reach it moves

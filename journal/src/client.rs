@@ -128,6 +128,10 @@ impl JournalClient {
     }
 }
 
+/// A tail stream silent for this long (nodes send keep-alives when idle) is taken for a dead
+/// or paused node, and the reader moves on to another.
+pub const TAIL_SILENCE: Duration = Duration::from_millis(1000);
+
 /// Follows the committed log from some LSN on, moving to another node when one fails.
 /// Entries come out dense and in order, or the reader says why not.
 pub struct TailReader {
@@ -186,7 +190,10 @@ impl TailReader {
             self.stream = Some(recv);
         }
         let recv = self.stream.as_mut().expect("stream opened above");
-        match read_msg(recv, MAX_FRAME_DEFAULT).await? {
+        let next = tokio::time::timeout(TAIL_SILENCE, read_msg(recv, MAX_FRAME_DEFAULT))
+            .await
+            .map_err(|_| JournalError::Transport(TransportError::Timeout(TAIL_SILENCE)))??;
+        match next {
             None => Err(JournalError::Transport(TransportError::Closed)),
             Some(Message::FetchResponse { entries, .. }) => {
                 for e in &entries {

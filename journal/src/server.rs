@@ -30,6 +30,9 @@ const FETCH_MAX_BYTES: usize = 4 << 20;
 /// How often a raised commit watermark is persisted. It is only a lower bound that shortens
 /// recovery after a restart, so losing the last second of it is harmless.
 const COMMIT_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an idle tail stream says it is alive; readers give up on a node after a few
+/// missed ones ([`crate::client::TAIL_SILENCE`]).
+pub const TAIL_KEEPALIVE: Duration = Duration::from_millis(200);
 
 /// Why a node stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -577,10 +580,16 @@ impl JournalNode {
                     let _ = stream.send.finish();
                     return Ok(());
                 }
-                // Wait for the watermark to move, or for the reader to go away.
+                // Wait for the watermark to move, or for the reader to go away. An idle stream
+                // still carries an empty response now and then, so a reader can tell a quiet
+                // log from a dead or paused node and move to another one.
                 tokio::select! {
                     changed = commit_rx.changed() => if changed.is_err() { return Ok(()) },
                     _ = stream.send.stopped() => return Ok(()),
+                    _ = tokio::time::sleep(TAIL_KEEPALIVE) => {
+                        let commit_lsn = *commit_rx.borrow();
+                        stream.reply(&Message::FetchResponse { entries: Vec::new(), commit_lsn }).await?;
+                    }
                 }
             }
         }

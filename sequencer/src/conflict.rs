@@ -34,6 +34,7 @@
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use triad_protocol::types::{CommitRequest, Isolation, KeyRange, Lsn};
@@ -63,9 +64,12 @@ impl Verdict {
 const MAX_GENERATION_WRITES: usize = 16 * 1024;
 /// Dropping one generation should forget a small share of the budget, not half of it.
 const GENERATIONS_PER_BUDGET: usize = 16;
-/// Below this many writes after the snapshot, scanning a sealed generation's log beats a
-/// binary search in its sorted view (and never builds one).
+/// Below this many writes after the snapshot, scanning a generation's log beats binary
+/// searches in sorted runs (and never builds one).
 const DEFAULT_SCAN_LIMIT: usize = 64;
+/// Writes per sorted run of a generation's log: a range check over a long stretch of log
+/// costs a binary search per run plus a scan of at most two partial runs.
+const DEFAULT_RUN_WRITES: usize = 128;
 
 /// Remembers recent writes and decides commits against them. See the
 /// [module documentation](self).
@@ -84,6 +88,7 @@ pub struct ConflictIndex {
     /// Sum of the generations' write counts.
     retained: usize,
     scan_limit: usize,
+    run_writes: usize,
     hasher: KeyHasher,
 }
 
@@ -114,6 +119,7 @@ impl ConflictIndex {
             generation_writes: generation_writes.clamp(1, max_keys.max(1)),
             retained: 0,
             scan_limit: DEFAULT_SCAN_LIMIT,
+            run_writes: DEFAULT_RUN_WRITES,
             hasher: KeyHasher::new(),
         }
     }
@@ -205,12 +211,17 @@ impl ConflictIndex {
             if generation.last_lsn <= read_lsn {
                 return;
             }
-            let after = generation.writes_after(read_lsn);
-            // The generation being written has no sorted view: it changes with every commit.
-            if i == newest || after.len() <= self.scan_limit {
-                generation.scan_log(after, &range, conflicts);
-            } else {
+            let from = generation.first_write_after(read_lsn);
+            let to = generation.log.len();
+            if to - from <= self.scan_limit {
+                generation.scan_log(from..to, &range, conflicts);
+            } else if from == 0 && i != newest {
+                // The whole sealed generation is after the snapshot: one binary search in its
+                // sorted view beats one per run. (The generation being written has none: it
+                // changes with every commit.)
                 generation.scan_sorted(&range, read_lsn, conflicts);
+            } else {
+                generation.scan_runs(from..to, &range, conflicts);
             }
         }
     }
@@ -261,8 +272,10 @@ impl ConflictIndex {
         let full =
             self.generations.back().is_none_or(|g| !g.has_room(self.generation_writes, lsn, key.len()));
         if full {
-            let mut generation =
-                self.spare.take().unwrap_or_else(|| Generation::with_capacity(self.generation_writes));
+            let mut generation = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Generation::with_capacity(self.generation_writes, self.run_writes));
             generation.reset(lsn);
             self.generations.push_back(generation);
         }
@@ -317,10 +330,15 @@ struct Generation {
     /// `(key prefix, slot)` of the occupied slots in key order, built on the first range check
     /// that wants it (only once the generation is sealed).
     sorted: OnceLock<Vec<(u64, u32)>>,
+    /// Writes per run.
+    run_writes: usize,
+    /// `(key prefix, slot)` of each complete run of `run_writes` log entries, in key order,
+    /// built on first use. A complete run never changes, even in the generation being written.
+    runs: Vec<OnceLock<Vec<(u64, u32)>>>,
 }
 
 impl Generation {
-    fn with_capacity(writes: usize) -> Self {
+    fn with_capacity(writes: usize, run_writes: usize) -> Self {
         Generation {
             first_lsn: 0,
             last_lsn: 0,
@@ -328,6 +346,8 @@ impl Generation {
             arena: Vec::new(),
             log: Vec::with_capacity(writes),
             sorted: OnceLock::new(),
+            run_writes,
+            runs: (0..writes.div_ceil(run_writes)).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -341,7 +361,8 @@ impl Generation {
         self.slots.fill(Slot::default());
         self.arena.clear();
         self.log.clear();
-        self.sorted = OnceLock::new();
+        self.sorted.take();
+        self.runs.iter_mut().for_each(|run| drop(run.take()));
     }
 
     /// Whether a write of a `key_len`-byte key at `lsn` fits without outgrowing the write
@@ -413,40 +434,67 @@ impl Generation {
         true
     }
 
-    /// The log entries with an LSN above `read_lsn`.
-    fn writes_after(&self, read_lsn: Lsn) -> &[LogEntry] {
-        let start = match read_lsn.checked_sub(self.first_lsn) {
+    /// The index of the first log entry with an LSN above `read_lsn`.
+    fn first_write_after(&self, read_lsn: Lsn) -> usize {
+        match read_lsn.checked_sub(self.first_lsn) {
             None => 0,
             Some(rel) => self.log.partition_point(|w| Lsn::from(w.lsn) <= rel),
-        };
-        &self.log[start..]
+        }
     }
 
-    fn scan_log(&self, writes: &[LogEntry], range: &RangeProbe, conflicts: &mut Vec<Vec<u8>>) {
-        for w in writes {
+    fn scan_log(&self, writes: Range<usize>, range: &RangeProbe, conflicts: &mut Vec<Vec<u8>>) {
+        for w in &self.log[writes] {
             if range.contains(w.prefix, || self.key(w.slot)) {
                 conflicts.push(self.key(w.slot).to_vec());
             }
         }
     }
 
+    /// Like [`scan_log`](Self::scan_log), through the sorted runs that `writes` covers whole.
+    fn scan_runs(&self, writes: Range<usize>, range: &RangeProbe, conflicts: &mut Vec<Vec<u8>>) {
+        let first_run = writes.start.div_ceil(self.run_writes);
+        let end_run = writes.end / self.run_writes;
+        if first_run >= end_run {
+            return self.scan_log(writes, range, conflicts);
+        }
+        self.scan_log(writes.start..first_run * self.run_writes, range, conflicts);
+        for run in first_run..end_run {
+            let sorted = self.runs[run].get_or_init(|| {
+                let writes = &self.log[run * self.run_writes..][..self.run_writes];
+                self.sort_by_key(writes.iter().map(|w| (w.prefix, w.slot)).collect())
+            });
+            // Every write of the run is after the snapshot.
+            self.scan_sorted_slots(sorted, range, |_| true, conflicts);
+        }
+        self.scan_log(end_run * self.run_writes..writes.end, range, conflicts);
+    }
+
     fn scan_sorted(&self, range: &RangeProbe, read_lsn: Lsn, conflicts: &mut Vec<Vec<u8>>) {
         let sorted = self.sorted.get_or_init(|| {
-            let mut sorted: Vec<(u64, u32)> = (0..self.slots.len() as u32)
-                .filter(|&i| self.slots[i as usize].tag != 0)
-                .map(|i| (key_prefix(self.key(i)), i))
-                .collect();
-            // Prefix order agrees with key order, so keys are only compared on a tie.
-            sorted.sort_unstable_by(|&(pa, a), &(pb, b)| {
-                pa.cmp(&pb).then_with(|| self.key(a).cmp(self.key(b)))
-            });
-            sorted
+            let occupied = (0..self.slots.len() as u32).filter(|&i| self.slots[i as usize].tag != 0);
+            self.sort_by_key(occupied.map(|i| (key_prefix(self.key(i)), i)).collect())
         });
+        self.scan_sorted_slots(sorted, range, |slot| self.slot_lsn(slot) > read_lsn, conflicts);
+    }
+
+    fn sort_by_key(&self, mut slots: Vec<(u64, u32)>) -> Vec<(u64, u32)> {
+        // Prefix order agrees with key order, so keys are only compared on a tie.
+        slots.sort_unstable_by(|&(pa, a), &(pb, b)| pa.cmp(&pb).then_with(|| self.key(a).cmp(self.key(b))));
+        slots
+    }
+
+    fn scan_sorted_slots(
+        &self,
+        sorted: &[(u64, u32)],
+        range: &RangeProbe,
+        is_later: impl Fn(u32) -> bool,
+        conflicts: &mut Vec<Vec<u8>>,
+    ) {
         let from = sorted.partition_point(|&(prefix, slot)| range.below_start(prefix, || self.key(slot)));
         let in_range =
             sorted[from..].iter().take_while(|&&(prefix, slot)| range.below_end(prefix, || self.key(slot)));
         for &(_, slot) in in_range {
-            if self.slot_lsn(slot) > read_lsn {
+            if is_later(slot) {
                 conflicts.push(self.key(slot).to_vec());
             }
         }
@@ -616,11 +664,30 @@ mod tests {
         idx
     }
 
-    /// The same history in one generation, in one per write, and with the sorted view forced.
+    /// An index that uses sorted views and runs (of `run_writes`) wherever it can.
+    fn sorting(per_generation: usize, run_writes: usize) -> ConflictIndex {
+        sorting_within(10_000, per_generation, run_writes)
+    }
+
+    fn sorting_within(max_keys: usize, per_generation: usize, run_writes: usize) -> ConflictIndex {
+        let mut idx = ConflictIndex::with_generation_size(0, max_keys, per_generation);
+        idx.scan_limit = 0;
+        idx.run_writes = run_writes;
+        idx
+    }
+
+    /// The same history in one generation, in one per write, and with sorted views and runs
+    /// forced.
     fn abcs() -> Vec<ConflictIndex> {
-        let mut sorted = abc_in(1);
-        sorted.scan_limit = 0;
-        vec![abc_in(1000), abc_in(1), sorted]
+        let mut variants = vec![abc_in(1000), abc_in(1)];
+        for (per_generation, run_writes) in [(1, 1), (1000, 1), (1000, 2), (2, 1)] {
+            let mut idx = sorting(per_generation, run_writes);
+            idx.record(1, ["a"]);
+            idx.record(2, ["b"]);
+            idx.record(3, ["c"]);
+            variants.push(idx);
+        }
+        variants
     }
 
     #[test]
@@ -883,39 +950,50 @@ mod tests {
     }
 
     proptest! {
-        /// Range checks through the sorted view of sealed generations and through log scans
-        /// both find exactly the keys written after the snapshot inside the ranges.
+        /// Range checks through log scans, sorted runs and the sorted views of sealed
+        /// generations all find exactly the keys written after the snapshot in the ranges.
         #[test]
-        fn sorted_view_and_log_scan_find_exactly_the_later_writes_in_range(
+        fn every_range_path_finds_exactly_the_later_writes_in_range(
             commits in prop::collection::vec(prop::collection::vec(small_key(), 0..4), 1..60),
             per_generation in 1usize..8,
+            run_writes in 1usize..4,
             ranges in prop::collection::vec((small_key(), prop::option::of(small_key())), 1..4),
-            read_back in 0u64..70,
+            read_back in 0u64..40,
         ) {
             let mut scanning = ConflictIndex::with_generation_size(0, 10_000, per_generation);
             scanning.scan_limit = usize::MAX;
-            let mut sorting = ConflictIndex::with_generation_size(0, 10_000, per_generation);
-            sorting.scan_limit = 0;
+            let mut sorting = sorting(per_generation, run_writes);
+            // Drops generations all the time, so that reused ones must come back clean.
+            let mut recycling = sorting_within(3 * per_generation, per_generation, run_writes);
+            let ranges: Vec<KeyRange> =
+                ranges.into_iter().map(|(start, end)| KeyRange { start, end }).collect();
+            // Check after every commit, so that a sorted view gone stale would show.
             for (i, keys) in commits.iter().enumerate() {
                 scanning.record(i as u64 + 1, keys);
                 sorting.record(i as u64 + 1, keys);
-            }
-            let read_lsn = scanning.last_lsn().saturating_sub(read_back);
-            let mut r = req(read_lsn, Isolation::Serializable, &[]);
-            r.read_ranges = ranges.into_iter().map(|(start, end)| KeyRange { start, end }).collect();
+                recycling.record(i as u64 + 1, keys);
 
-            let mut expected: Vec<Vec<u8>> = commits[read_lsn as usize..]
-                .iter()
-                .flatten()
-                .filter(|key| r.read_ranges.iter().any(|range| range.contains(key)))
-                .cloned()
-                .collect();
-            expected.sort();
-            expected.dedup();
-            let expected =
-                if expected.is_empty() { Verdict::Commit } else { Verdict::Conflict { keys: expected } };
-            prop_assert_eq!(&scanning.check(&r), &expected);
-            prop_assert_eq!(&sorting.check(&r), &expected);
+                let read_lsn = scanning.last_lsn().saturating_sub(read_back);
+                let mut r = req(read_lsn, Isolation::Serializable, &[]);
+                r.read_ranges = ranges.clone();
+                let mut expected: Vec<Vec<u8>> = commits[read_lsn as usize..=i]
+                    .iter()
+                    .flatten()
+                    .filter(|key| ranges.iter().any(|range| range.contains(key)))
+                    .cloned()
+                    .collect();
+                expected.sort();
+                expected.dedup();
+                let expected =
+                    if expected.is_empty() { Verdict::Commit } else { Verdict::Conflict { keys: expected } };
+                prop_assert_eq!(&scanning.check(&r), &expected);
+                prop_assert_eq!(&sorting.check(&r), &expected);
+                if read_lsn >= recycling.floor() {
+                    prop_assert_eq!(&recycling.check(&r), &expected);
+                } else {
+                    prop_assert_eq!(recycling.check(&r), Verdict::TooOld { floor: recycling.floor() });
+                }
+            }
         }
     }
 }

@@ -36,8 +36,8 @@ impl SequencerNode {
     /// Forever: wait for the lease to lapse, become active, serve until deposed.
     pub async fn run(self: Arc<Self>) {
         loop {
-            self.wait_for_lapsed_lease().await;
-            match Sequencer::start(self.cfg.clone(), &self.endpoint).await {
+            let above = self.wait_for_lapsed_lease().await;
+            match Sequencer::start(self.cfg.clone(), &self.endpoint, above).await {
                 Ok(seq) => {
                     *self.active.write().expect("active lock") = Some(seq.clone());
                     let promised = seq.deposed().await;
@@ -45,37 +45,40 @@ impl SequencerNode {
                     warn!(epoch = %seq.epoch(), %promised, "deposed; back to standby");
                 }
                 Err(e) => {
-                    warn!("could not become active: {e}");
-                    let pause = rand::rng().random_range(
-                        self.cfg.lease.as_millis() as u64 / 4..=self.cfg.lease.as_millis() as u64,
-                    );
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    info!("not becoming active: {e}");
+                    tokio::time::sleep(self.cfg.heartbeat).await;
                 }
             }
         }
     }
 
     /// Returns once a majority of journal nodes has not heard from its promised epoch for a
-    /// whole lease. A random pause and a second look keep standbys from duelling.
-    async fn wait_for_lapsed_lease(&self) {
-        let mut confirmations = 0;
+    /// whole lease, with the highest promise seen. Standbys take a second look after a pause
+    /// that grows with their id, so the lowest-numbered live one usually wins without a duel.
+    async fn wait_for_lapsed_lease(&self) -> Epoch {
+        let stagger = self.cfg.lease / 5 * u32::from(self.cfg.id.saturating_sub(1).min(4));
+        let mut lapsed_once = false;
         loop {
-            if self.lease_lapsed().await {
-                confirmations += 1;
-                if confirmations == 2 {
-                    info!("the lease has lapsed; sealing a new epoch");
-                    return;
+            match self.lease_lapsed().await {
+                Some(above) if lapsed_once => {
+                    info!(%above, "the lease has lapsed; sealing a new epoch");
+                    return above;
                 }
-                let jitter = rand::rng().random_range(0..=self.cfg.lease.as_millis() as u64 / 2);
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
-            } else {
-                confirmations = 0;
-                tokio::time::sleep(self.cfg.heartbeat).await;
+                Some(_) => {
+                    lapsed_once = true;
+                    let jitter = rand::rng().random_range(0..=self.cfg.heartbeat.as_millis() as u64);
+                    tokio::time::sleep(stagger + Duration::from_millis(jitter)).await;
+                }
+                None => {
+                    lapsed_once = false;
+                    tokio::time::sleep(self.cfg.heartbeat).await;
+                }
             }
         }
     }
 
-    async fn lease_lapsed(&self) -> bool {
+    /// `Some(highest promise)` when a majority reports the lease lapsed.
+    async fn lease_lapsed(&self) -> Option<Epoch> {
         let timeout = self.cfg.heartbeat.max(Duration::from_millis(200));
         let answers = join_all(
             (0..self.journal.len())
@@ -83,12 +86,18 @@ impl SequencerNode {
         )
         .await;
         let lease_ms = self.cfg.lease.as_millis() as u64;
-        let lapsed = answers
-            .into_iter()
-            .filter(|a| matches!(a, Ok(Message::StatusResponse(s)) if s.lease_age_ms >= lease_ms))
-            .count();
+        let mut lapsed = 0;
+        let mut highest = Epoch::ZERO;
+        for a in answers {
+            if let Ok(Message::StatusResponse(s)) = a {
+                highest = highest.max(s.epoch);
+                if s.lease_age_ms >= lease_ms {
+                    lapsed += 1;
+                }
+            }
+        }
         debug!(lapsed, "lease check");
-        lapsed >= self.journal.majority()
+        (lapsed >= self.journal.majority()).then_some(highest)
     }
 
     fn status(&self) -> NodeStatus {

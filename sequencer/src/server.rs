@@ -170,9 +170,15 @@ struct Barrier {
 impl Sequencer {
     /// Seals a new epoch on a majority, reconfirms the log and starts serving. Returns once
     /// the sequencer is active (its epoch-start record is on a majority).
-    pub async fn start(cfg: SequencerConfig, endpoint: &Endpoint) -> Result<Arc<Sequencer>, SequencerError> {
+    /// `above`: the highest promise known (from the journal's status); the new epoch is chosen
+    /// above it.
+    pub async fn start(
+        cfg: SequencerConfig,
+        endpoint: &Endpoint,
+        above: Epoch,
+    ) -> Result<Arc<Sequencer>, SequencerError> {
         let journal = JournalClient::new(endpoint, &cfg.journal);
-        let (epoch, promises) = seal_majority(&journal, cfg.id, cfg.request_timeout).await?;
+        let (epoch, promises) = seal_majority(&journal, cfg.id, above, cfg.request_timeout).await?;
         // Reconfirmation: the promise with the highest (last epoch, last lsn) holds every
         // committed entry; its suffix above the highest known commit watermark is what others
         // may miss. Entries keep their original epoch.
@@ -752,14 +758,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Seals the lowest epoch of ours above every promise seen, until a majority promises it.
-/// Competing sequencers back off randomly so that one of them wins.
+/// Seals the lowest epoch of ours above `above` until a majority promises it. A refusal naming
+/// a higher epoch means another sequencer got there first: this one steps back (no duel) and
+/// watches that one's lease instead.
 async fn seal_majority(
     journal: &JournalClient,
     id: u16,
+    above: Epoch,
     timeout: Duration,
 ) -> Result<(Epoch, Vec<triad_journal::Promise>), SequencerError> {
-    let mut epoch = Epoch::new(1, id);
+    let mut epoch = above.next_for(id);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -778,17 +786,16 @@ async fn seal_majority(
             return Ok((epoch, promises));
         }
         if highest >= epoch {
-            epoch = highest.next_for(id);
-        } else {
-            // Not enough nodes reachable; the promises we got stay valid for this epoch, but a
-            // fresh round with a higher epoch is simpler and just as safe.
-            epoch = epoch.next_for(id);
+            return Err(SequencerError::Deposed { promised: highest });
         }
-        let pause = Duration::from_millis(rand::rng().random_range(20..200) * u64::from(attempt.min(10)));
+        // Too few nodes reachable. Nodes that did promise refuse the same epoch again, so the
+        // next round uses the next one.
+        epoch = epoch.next_for(id);
         if attempt % 5 == 1 {
             warn!(attempt, next_epoch = %epoch, "no majority of promises yet ({} of {} needed); unreachable: {}",
                   promises.len(), journal.majority(), errors.join("; "));
         }
+        let pause = Duration::from_millis(rand::rng().random_range(20..200) * u64::from(attempt.min(10)));
         tokio::time::sleep(pause).await;
     }
 }

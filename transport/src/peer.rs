@@ -19,7 +19,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(endpoint: Endpoint, addr: SocketAddr) -> Peer {
-        Peer { endpoint, addr, conn: Mutex::new(None), connect_timeout: Duration::from_secs(2) }
+        Peer { endpoint, addr, conn: Mutex::new(None), connect_timeout: Duration::from_millis(500) }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -53,7 +53,6 @@ pub async fn failover(cfg: FailoverConfig, say: impl Fn(String)) -> Result<Vec<D
             }
         }));
     }
-    let last_ack = |acks: &Mutex<Vec<(Instant, u64)>>| acks.lock().expect("acks lock").last().copied();
 
     let mut times = Vec::new();
     for run in 1..=cfg.runs {
@@ -63,7 +62,7 @@ pub async fn failover(cfg: FailoverConfig, say: impl Fn(String)) -> Result<Vec<D
         let Some(active) = cluster.active_sequencer().await else {
             bail!("no active sequencer before run {run}")
         };
-        let max_lsn = last_ack(&acks).map_or(0, |a| a.1);
+        let max_lsn = acks.lock().expect("acks lock").iter().map(|a| a.1).max().unwrap_or(0);
         let killed_at = Instant::now();
         cluster.kill(active)?;
         wait_for(Duration::from_secs(30), || {
