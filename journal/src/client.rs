@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use quinn::{Endpoint, RecvStream};
 use tracing::{debug, warn};
-use triad_protocol::{Entry, EntryId, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT};
+use triad_protocol::{Entry, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT};
 use triad_transport::{read_msg, Peer, TransportError};
+
+pub use crate::recovery::Promise;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -34,14 +36,6 @@ impl JournalError {
             code => JournalError::Refused { code, message: e.message, lsn: e.lsn },
         }
     }
-}
-
-/// A node's promise, as the sequencer sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Promise {
-    pub node: usize,
-    pub last: EntryId,
-    pub commit_lsn: Lsn,
 }
 
 /// Handles on every journal node of the cluster.

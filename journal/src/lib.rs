@@ -1,12 +1,14 @@
 //! The journal: Triad's replicated log, the acceptors of its Paxos.
 //!
 //! - [`acceptor`]: the rules (promises, log matching, truncation, fenced reads), free of I/O.
+//! - [`recovery`]: reconfirmation planning for a new epoch, free of I/O.
 //! - [`storage`]: durable checksummed segments behind the `LogStore` trait (and an in-memory twin).
 //! - [`server`]: a journal node over QUIC that executes the rules with group-committed fsyncs.
 //! - [`client`]: what the sequencer and learners use to talk to nodes.
 
 pub mod acceptor;
 pub mod client;
+pub mod recovery;
 pub mod server;
 pub mod storage;
 

@@ -21,8 +21,8 @@ use triad_protocol::{
 };
 use triad_transport::{read_msg, write_msg, Service, Stream, TransportError};
 
-use crate::acceptor::{self, AcceptorState, AppendDecision, FetchDecision, LogView, SealDecision};
-use crate::storage::{LogStore, Meta, StoreError};
+use crate::acceptor::{self, AcceptorState, AppendDecision, FetchDecision, SealDecision};
+use crate::storage::{LogStore, Meta, StoreError, StoreView};
 
 /// Limits of one fetch response.
 const FETCH_MAX_ENTRIES: usize = 4096;
@@ -80,23 +80,6 @@ struct Inner {
     /// Registered learners and their durable LSNs; trimming never passes the slowest.
     learners: BTreeMap<String, Lsn>,
     learners_dirty: bool,
-}
-
-struct View<'a>(&'a dyn LogStore);
-
-impl LogView for View<'_> {
-    fn last(&self) -> EntryId {
-        self.0.last()
-    }
-    fn first_lsn(&self) -> Lsn {
-        self.0.first_lsn()
-    }
-    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
-        self.0.epoch_at(lsn)
-    }
-    fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
-        self.0.first_lsn_of_epoch(epoch)
-    }
 }
 
 fn err(code: ErrorCode, message: impl Into<String>, epoch: Epoch, lsn: Lsn) -> Message {
@@ -232,38 +215,39 @@ impl JournalNode {
         let mut tick = tokio::time::interval(COMMIT_PERSIST_INTERVAL);
         loop {
             tick.tick().await;
-            let mut inner = self.lock();
-            if inner.learners_dirty {
-                if let Some(path) = &self.opts.learners_file {
-                    if let Err(e) = save_learners(path, &inner.learners) {
-                        drop(inner);
-                        return self.fail(format!("persisting learners to {}: {e}", path.display()));
-                    }
-                }
-                inner.learners_dirty = false;
-            }
-            // Trim only below what every registered learner has made durable (and what is
-            // committed), keeping `retain_entries` more for slow readers. No learner, no trim.
-            if let Some(slowest) = inner.learners.values().min().copied() {
-                let below = slowest.min(inner.state.commit_lsn).saturating_sub(self.opts.retain_entries);
-                if below > inner.store.first_lsn() {
-                    if let Err(e) = inner.store.trim_before(below) {
-                        drop(inner);
-                        return self.fail(format!("trimming the log: {e}"));
-                    }
-                    let first = inner.store.first_lsn();
-                    debug!(node = self.id, first, "trimmed the log below the slowest learner");
-                }
-            }
-            if inner.state.commit_lsn > inner.saved_commit {
-                let meta = Meta { promised: inner.state.promised, commit_lsn: inner.state.commit_lsn };
-                if let Err(e) = inner.store.save_meta(&meta) {
-                    drop(inner);
-                    return self.fail(format!("persisting metadata: {e}"));
-                }
-                inner.saved_commit = meta.commit_lsn;
+            if let Err(reason) = self.maintain() {
+                return self.fail(reason);
             }
         }
+    }
+
+    /// Periodic upkeep: persist learner registrations and the commit watermark, and trim the
+    /// log below what every registered learner has made durable.
+    pub fn maintain(&self) -> Result<(), String> {
+        let mut inner = self.lock();
+        if inner.learners_dirty {
+            if let Some(path) = &self.opts.learners_file {
+                save_learners(path, &inner.learners)
+                    .map_err(|e| format!("persisting learners to {}: {e}", path.display()))?;
+            }
+            inner.learners_dirty = false;
+        }
+        // Trim only below what every registered learner has made durable (and what is
+        // committed), keeping `retain_entries` more for slow readers. No learner, no trim.
+        if let Some(slowest) = inner.learners.values().min().copied() {
+            let below = slowest.min(inner.state.commit_lsn).saturating_sub(self.opts.retain_entries);
+            if below > inner.store.first_lsn() {
+                inner.store.trim_before(below).map_err(|e| format!("trimming the log: {e}"))?;
+                let first = inner.store.first_lsn();
+                debug!(node = self.id, first, "trimmed the log below the slowest learner");
+            }
+        }
+        if inner.state.commit_lsn > inner.saved_commit {
+            let meta = Meta { promised: inner.state.promised, commit_lsn: inner.state.commit_lsn };
+            inner.store.save_meta(&meta).map_err(|e| format!("persisting metadata: {e}"))?;
+            inner.saved_commit = meta.commit_lsn;
+        }
+        Ok(())
     }
 
     /// Seal: persist the promise before answering.
@@ -388,8 +372,14 @@ impl JournalNode {
         }
         let ids: Vec<EntryId> = entries.iter().map(Entry::id).collect();
         let mut inner = self.lock();
-        let decision =
-            acceptor::on_append(&inner.state, &View(inner.store.as_ref()), epoch, prev, &ids, commit_lsn);
+        let decision = acceptor::on_append(
+            &inner.state,
+            &StoreView(inner.store.as_ref()),
+            epoch,
+            prev,
+            &ids,
+            commit_lsn,
+        );
         match decision {
             AppendDecision::Stale { promised } => Err(err(
                 ErrorCode::StaleEpoch,
@@ -515,7 +505,7 @@ impl JournalNode {
         epoch: Option<Epoch>,
     ) -> Result<(Vec<Entry>, Lsn, Lsn), Message> {
         let inner = self.lock();
-        let upto = match acceptor::on_fetch(&inner.state, &View(inner.store.as_ref()), epoch) {
+        let upto = match acceptor::on_fetch(&inner.state, &StoreView(inner.store.as_ref()), epoch) {
             FetchDecision::Stale { promised } => {
                 return Err(err(
                     ErrorCode::StaleEpoch,
@@ -714,5 +704,95 @@ impl Service for JournalNode {
             }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+    use bytes::Bytes;
+
+    fn node_with_log(n: u64, retain: u64) -> Arc<JournalNode> {
+        let node = JournalNode::new(
+            1,
+            Box::new(MemoryStore::new()),
+            NodeOptions { learners_file: None, retain_entries: retain },
+        );
+        let e = Epoch::new(1, 1);
+        let entries: Vec<Entry> =
+            (1..=n).map(|lsn| Entry { epoch: e, lsn, payload: Bytes::from_static(b"x") }).collect();
+        node.append(e, EntryId::ZERO, &entries, n).expect("append");
+        node
+    }
+
+    fn first_lsn(node: &JournalNode) -> Lsn {
+        node.status().first_lsn
+    }
+
+    #[test]
+    fn no_learner_no_trim() {
+        let node = node_with_log(1000, 0);
+        node.maintain().unwrap();
+        assert_eq!(first_lsn(&node), 1);
+    }
+
+    #[test]
+    fn trims_only_below_the_slowest_learner_minus_retention() {
+        let node = node_with_log(1000, 100);
+        node.learner_report("fast".into(), 900);
+        node.learner_report("slow".into(), 300);
+        node.maintain().unwrap();
+        let first = first_lsn(&node);
+        assert!(first > 1, "something below the slowest learner should be trimmed");
+        assert!(first <= 200, "trimmed past slowest (300) minus retention (100): first lsn {first}");
+        // A learner's progress never goes backwards, and a registered learner holds the trim.
+        node.learner_report("slow".into(), 10);
+        assert_eq!(node.status().learners.iter().find(|l| l.name == "slow").unwrap().durable_lsn, 300);
+    }
+
+    #[test]
+    fn a_read_below_the_trim_point_names_it() {
+        let node = node_with_log(1000, 0);
+        node.learner_report("only".into(), 800);
+        node.maintain().unwrap();
+        let first = first_lsn(&node);
+        assert!(first > 1);
+        match node.fetch_step(1, 10, None) {
+            Err(Message::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Trimmed);
+                assert_eq!(e.lsn, first);
+                assert!(e.message.contains(&first.to_string()), "{}", e.message);
+            }
+            other => panic!("expected a trimmed error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_learner_names_are_refused() {
+        let node = node_with_log(1, 0);
+        assert!(matches!(node.learner_report("".into(), 1), Message::Error(_)));
+        assert!(matches!(node.learner_report("a b".into(), 1), Message::Error(_)));
+        assert!(matches!(node.learner_report("replayer-1".into(), 1), Message::LearnerAck { .. }));
+    }
+
+    #[test]
+    fn stale_heartbeats_and_appends_are_refused_with_the_promise() {
+        let node = node_with_log(3, 0);
+        assert!(matches!(node.seal(Epoch::new(5, 2)), Message::SealResponse { .. }));
+        match node.heartbeat(Epoch::new(4, 1)) {
+            Message::Error(e) => {
+                assert_eq!(e.code, ErrorCode::StaleEpoch);
+                assert_eq!(e.epoch, Epoch::new(5, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = Epoch::new(1, 1);
+        let late = [Entry { epoch: e, lsn: 4, payload: Bytes::new() }];
+        match node.append(e, EntryId::new(e, 3), &late, 4) {
+            Err(Message::Error(err)) => assert_eq!(err.code, ErrorCode::StaleEpoch),
+            other => panic!("a deposed epoch's append must be refused: {other:?}"),
+        }
+        assert_eq!(node.last().lsn, 3, "nothing of the deposed epoch was written");
     }
 }

@@ -18,7 +18,7 @@ use quinn::Endpoint;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
-use triad_journal::{JournalClient, JournalError};
+use triad_journal::{recovery, JournalClient, JournalError};
 use triad_protocol::{
     decode_record, encode_record, CommitOutcome, CommitRequest, Entry, EntryId, Epoch, ErrorCode, LogRecord,
     Lsn, Message, NodeStatus, TxnId, TxnOutcome, MAX_FRAME_DEFAULT,
@@ -179,17 +179,20 @@ impl Sequencer {
     ) -> Result<Arc<Sequencer>, SequencerError> {
         let journal = JournalClient::new(endpoint, &cfg.journal);
         let (epoch, promises) = seal_majority(&journal, cfg.id, above, cfg.request_timeout).await?;
-        // Reconfirmation: the promise with the highest (last epoch, last lsn) holds every
-        // committed entry; its suffix above the highest known commit watermark is what others
-        // may miss. Entries keep their original epoch.
-        let source = promises.iter().max_by_key(|p| p.last).expect("a majority is not empty");
-        let committed = promises.iter().map(|p| p.commit_lsn).max().unwrap_or(0).min(source.last.lsn);
-        let suffix = if source.last.lsn > committed {
-            journal.fetch_range(source.node, committed + 1, source.last.lsn, Some(epoch)).await?
-        } else {
+        // Reconfirmation (see `triad_journal::recovery`): adopt the log of the highest tail and
+        // copy its suffix above the known commit watermark to the others, each entry keeping
+        // its original epoch; then an epoch-start record.
+        let plan = recovery::plan(&promises).expect("a majority is not empty");
+        let source = promises.iter().find(|p| p.node == plan.source).expect("the plan's source promised");
+        let committed = plan.committed;
+        let suffix = if plan.suffix().is_empty() {
             Vec::new()
+        } else {
+            journal
+                .fetch_range(source.node, *plan.suffix().start(), *plan.suffix().end(), Some(epoch))
+                .await?
         };
-        if suffix.len() as u64 != source.last.lsn - committed {
+        if suffix.len() != plan.suffix().count() {
             return Err(SequencerError::Recovery(format!(
                 "node {} promised a log up to {:?} but served {} entries above {committed}",
                 journal.node(source.node).addr(),
@@ -197,7 +200,7 @@ impl Sequencer {
                 suffix.len()
             )));
         }
-        let epoch_start = source.last.lsn + 1;
+        let epoch_start = plan.epoch_start;
         // Index recent commit records by txn id: outcomes and retried commits are answered from
         // the log itself. Older records are searched in the journal when asked for.
         let mut txns = TxnTable {

@@ -35,6 +35,8 @@ pub enum Fault {
     PauseActiveSequencer,
     KillJournal(usize),
     KillReplayer,
+    /// Drop UDP between the active sequencer and two journal nodes (iptables on loopback).
+    PartitionActiveSequencer,
 }
 
 impl std::fmt::Display for Fault {
@@ -44,6 +46,9 @@ impl std::fmt::Display for Fault {
             Fault::PauseActiveSequencer => write!(f, "SIGSTOP the active sequencer past its lease"),
             Fault::KillJournal(i) => write!(f, "kill -9 journal-{}", i + 1),
             Fault::KillReplayer => write!(f, "kill -9 the replayer"),
+            Fault::PartitionActiveSequencer => {
+                write!(f, "partition the active sequencer from a journal majority")
+            }
         }
     }
 }
@@ -90,10 +95,11 @@ pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
     // Leave the last stretch fault-free so the run ends on a healthy cluster.
     while start.elapsed() + cfg.interval * 2 < cfg.duration {
         tokio::time::sleep(cfg.interval).await;
-        let fault = match rng.random_range(0..4) {
+        let fault = match rng.random_range(0..5) {
             0 => Fault::KillActiveSequencer,
             1 => Fault::PauseActiveSequencer,
             2 => Fault::KillJournal(rng.random_range(0..3)),
+            3 => Fault::PartitionActiveSequencer,
             _ => Fault::KillReplayer,
         };
         let at = start.elapsed().as_secs_f64();
@@ -103,7 +109,7 @@ pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
                 faults += 1;
                 say(format!("[{at:6.1}s] {fault} ({target}); {commits} commits so far"));
             }
-            None => say(format!("[{at:6.1}s] {fault}: no active sequencer right now, skipped")),
+            None => say(format!("[{at:6.1}s] {fault}: skipped (no active sequencer, or no iptables)")),
         }
     }
     cluster.heal()?;
@@ -145,10 +151,12 @@ pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
 /// Injects one fault and heals it; returns the member it hit (None when there was nothing to hit).
 async fn inject(cluster: &mut LocalCluster, fault: Fault) -> Result<Option<Role>> {
     let target = match fault {
-        Fault::KillActiveSequencer | Fault::PauseActiveSequencer => match cluster.active_sequencer().await {
-            Some(r) => r,
-            None => return Ok(None),
-        },
+        Fault::KillActiveSequencer | Fault::PauseActiveSequencer | Fault::PartitionActiveSequencer => {
+            match cluster.active_sequencer().await {
+                Some(r) => r,
+                None => return Ok(None),
+            }
+        }
         Fault::KillJournal(i) => Role::Journal(i),
         Fault::KillReplayer => Role::Replayer,
     };
@@ -157,6 +165,18 @@ async fn inject(cluster: &mut LocalCluster, fault: Fault) -> Result<Option<Role>
             cluster.signal_pause(target, true)?;
             tokio::time::sleep(LEASE * 3).await;
             cluster.signal_pause(target, false)?;
+        }
+        Fault::PartitionActiveSequencer => {
+            let seq_port = cluster.addr(target).port();
+            let journals: Vec<u16> = cluster.journal_addrs().iter().take(2).map(|a| a.port()).collect();
+            let _partition = match Partition::new(seq_port, &journals) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("partition fault skipped: {e:#}");
+                    return Ok(None);
+                }
+            };
+            tokio::time::sleep(LEASE * 3).await;
         }
         _ => {
             cluster.kill(target)?;
@@ -203,4 +223,55 @@ async fn journals_agree(cluster: &LocalCluster) -> Result<u64> {
         }
     }
     Ok(upto - from + 1)
+}
+
+/// iptables rules that drop UDP on loopback between one port and some others, both ways;
+/// removed when dropped. Only our own ports on 127.0.0.1 are touched.
+struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    fn new(port: u16, others: &[u16]) -> Result<Partition> {
+        let others = others.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+        let rule = |sport_match: &str, a: String, dport_match: &str, b: String| {
+            let mut r: Vec<String> = ["OUTPUT", "-o", "lo", "-p", "udp"].map(String::from).to_vec();
+            r.extend(["-m".into(), "multiport".into(), sport_match.into(), a, dport_match.into(), b]);
+            r.extend(["-j", "DROP", "-m", "comment", "--comment", "triad-chaos"].map(String::from));
+            r
+        };
+        let rules = vec![
+            rule("--sports", port.to_string(), "--dports", others.clone()),
+            rule("--sports", others, "--dports", port.to_string()),
+        ];
+        let mut p = Partition { rules: Vec::new() };
+        for r in rules {
+            iptables("-I", &r)?;
+            p.rules.push(r);
+        }
+        Ok(p)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for r in &self.rules {
+            if let Err(e) = iptables("-D", r) {
+                tracing::error!(
+                    "could not remove a partition rule ({e}); remove it by hand: iptables -D {}",
+                    r.join(" ")
+                );
+            }
+        }
+    }
+}
+
+fn iptables(op: &str, rule: &[String]) -> Result<()> {
+    let out = std::process::Command::new("iptables")
+        .arg(op)
+        .args(rule)
+        .output()
+        .context("running iptables (partitions need it, and root)")?;
+    ensure!(out.status.success(), "iptables {op} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(())
 }

@@ -347,3 +347,21 @@ mod tests {
         assert!(!b.take(0));
     }
 }
+
+/// A store seen through the acceptor's eyes.
+pub struct StoreView<'a>(pub &'a dyn LogStore);
+
+impl crate::acceptor::LogView for StoreView<'_> {
+    fn last(&self) -> EntryId {
+        self.0.last()
+    }
+    fn first_lsn(&self) -> Lsn {
+        self.0.first_lsn()
+    }
+    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        self.0.epoch_at(lsn)
+    }
+    fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
+        self.0.first_lsn_of_epoch(epoch)
+    }
+}
