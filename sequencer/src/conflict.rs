@@ -588,7 +588,7 @@ impl KeyHasher {
     fn new() -> Self {
         let random = RandomState::new();
         KeyHasher {
-            seed: random.hash_one(0x7472_6961_64u64),
+            seed: random.hash_one(0x0074_7269_6164_u64),
             mul: random.hash_one(0x636f_6e66_6c69_6374u64) | 1,
         }
     }

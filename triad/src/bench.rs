@@ -112,3 +112,278 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
     sorted[rank.min(sorted.len()) - 1]
 }
+
+/// Where benchmarks print progress and results.
+pub type Say = Arc<dyn Fn(String) + Send + Sync>;
+
+/// `triad bench sequencer`: the conflict-check core alone, one thread, no I/O.
+#[derive(Clone, Debug)]
+pub struct SequencerBenchConfig {
+    pub commits: u64,
+    pub keys_per_commit: usize,
+    pub key_space: u64,
+    /// How far behind the newest LSN each snapshot is (in commits).
+    pub snapshot_lag: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SequencerBenchReport {
+    pub checks_per_s: f64,
+    pub abort_rate: f64,
+    pub commits: u64,
+    pub seconds: f64,
+}
+
+pub fn sequencer(cfg: &SequencerBenchConfig) -> SequencerBenchReport {
+    use rand::{Rng, SeedableRng};
+    use triad_protocol::{CommitRequest, Isolation, TxnId, Write};
+    use triad_sequencer::conflict::ConflictIndex;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    // Requests are generated up front so the timed loop measures the index, not the generator.
+    let requests: Vec<CommitRequest> = (0..cfg.commits)
+        .map(|i| CommitRequest {
+            txn_id: TxnId(u128::from(i)),
+            read_lsn: 0,
+            isolation: Isolation::Snapshot,
+            read_keys: Vec::new(),
+            read_ranges: Vec::new(),
+            writes: (0..cfg.keys_per_commit)
+                .map(|_| Write {
+                    key: format!("k{:012}", rng.random_range(0..cfg.key_space)).into_bytes(),
+                    value: Some(Vec::new()),
+                })
+                .collect(),
+        })
+        .collect();
+    let mut index = ConflictIndex::new(0, 1 << 22);
+    let mut next_lsn = 1u64;
+    let mut aborts = 0u64;
+    let start = Instant::now();
+    for mut req in requests {
+        req.read_lsn = next_lsn.saturating_sub(cfg.snapshot_lag + 1).max(index.floor());
+        if index.check_and_record(&req, next_lsn).is_commit() {
+            next_lsn += 1;
+        } else {
+            aborts += 1;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    SequencerBenchReport {
+        checks_per_s: cfg.commits as f64 / seconds,
+        abort_rate: aborts as f64 / cfg.commits as f64,
+        commits: cfg.commits,
+        seconds,
+    }
+}
+
+/// Latency percentiles and throughput of a load run.
+#[derive(Debug, serde::Serialize)]
+pub struct LoadReport {
+    pub ops: u64,
+    pub aborts: u64,
+    pub seconds: f64,
+    pub ops_per_s: f64,
+    pub mb_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub abort_rate: f64,
+    /// CPU seconds (every cluster process and this one) per 100k operations.
+    pub cpu_s_per_100k: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub dir: PathBuf,
+    pub base_port: u16,
+    pub exe: PathBuf,
+    pub duration: Duration,
+    pub concurrency: usize,
+    /// Journal bench: record size. Txn bench: ignored.
+    pub record_bytes: usize,
+    /// Txn bench: number of accounts (branches = accounts / 1000, tellers = accounts / 100).
+    pub accounts: u64,
+}
+
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    // utime + stime, fields 14 and 15 of /proc/PID/stat, in clock ticks (100 per second here).
+    pids.iter()
+        .chain(std::iter::once(&std::process::id()))
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let after = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .sum()
+}
+
+async fn start_cluster(cfg: &LoadConfig) -> Result<(LocalCluster, Client)> {
+    let spec = ClusterSpec {
+        dir: cfg.dir.clone(),
+        base_port: cfg.base_port,
+        journals: 3,
+        sequencers: 1,
+        exe: cfg.exe.clone(),
+        log_filter: "warn".into(),
+    };
+    let mut cluster = LocalCluster::start(spec)?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let client = Client::connect(cluster.client_config())?;
+    Ok((cluster, client))
+}
+
+/// Runs `op` from `concurrency` tasks for `duration`; `op` returns Ok(true) for a commit,
+/// Ok(false) for an abort.
+async fn drive<F, Fut>(
+    cluster: &LocalCluster,
+    cfg: &LoadConfig,
+    bytes_per_op: usize,
+    say: Say,
+    op: F,
+) -> Result<LoadReport>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<bool, triad_shim::ShimError>> + Send,
+{
+    let pids: Vec<u32> = cluster.roles().into_iter().filter_map(|r| cluster.pid(r)).collect();
+    let cpu_before = cpu_seconds(&pids);
+    let start = Instant::now();
+    let deadline = start + cfg.duration;
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..cfg.concurrency {
+        let op = op.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut aborts = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                n += 1;
+                let t = Instant::now();
+                match op(worker, n).await {
+                    Ok(true) => {
+                        lat.push(t.elapsed());
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(false) => aborts += 1,
+                    Err(e) => return Err(anyhow::anyhow!("operation failed: {e}")),
+                }
+            }
+            Ok((lat, aborts))
+        }));
+    }
+    let progress = {
+        let done = done.clone();
+        let say = say.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut last = 0;
+            loop {
+                tick.tick().await;
+                let now = done.load(std::sync::atomic::Ordering::Relaxed);
+                say(format!("  … {now} ops ({} /s)", now - last));
+                last = now;
+            }
+        })
+    };
+    let mut lat = Vec::new();
+    let mut aborts = 0;
+    for t in tasks {
+        let (l, a) = t.await.context("load task")??;
+        lat.extend(l);
+        aborts += a;
+    }
+    progress.abort();
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&pids) - cpu_before;
+    lat.sort();
+    let ops = lat.len() as u64;
+    let ms = |p: f64| percentile(&lat, p).as_secs_f64() * 1000.0;
+    let report = LoadReport {
+        ops,
+        aborts,
+        seconds,
+        ops_per_s: ops as f64 / seconds,
+        mb_per_s: (ops as f64 * bytes_per_op as f64) / seconds / 1e6,
+        p50_ms: ms(50.0),
+        p99_ms: ms(99.0),
+        p999_ms: ms(99.9),
+        abort_rate: aborts as f64 / (ops + aborts).max(1) as f64,
+        cpu_s_per_100k: cpu / (ops.max(1) as f64) * 100_000.0,
+    };
+    Ok(report)
+}
+
+/// `triad bench journal`: records of `record_bytes` from `concurrency` producers, each a commit
+/// of one fresh key (no conflicts), through the sequencer into 3 journal nodes, fsync before ack.
+pub async fn journal(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
+    let (cluster, client) = start_cluster(&cfg).await?;
+    let value = Arc::new(vec![0x5a_u8; cfg.record_bytes]);
+    let op = move |worker: usize, n: u64| {
+        let client = client.clone();
+        let value = value.clone();
+        async move {
+            let mut txn = client.begin().await?;
+            txn.put(format!("j/{worker:04}/{n:012}"), value.to_vec());
+            txn.commit().await.map(|_| true)
+        }
+    };
+    drive(&cluster, &cfg, cfg.record_bytes, say, op).await
+}
+
+/// `triad bench txn`: TPC-B-like — update an account, a teller and a branch balance and insert
+/// a history row, in one transaction; conflicts (SQLSTATE 40001's cause) count as aborts.
+pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
+    use rand::Rng;
+    let (cluster, client) = start_cluster(&cfg).await?;
+    let accounts = cfg.accounts.max(1000);
+    let branches = (accounts / 1000).max(1);
+    let tellers = (accounts / 100).max(1);
+    say(format!("loading {accounts} accounts, {tellers} tellers, {branches} branches…"));
+    for chunk in (0..accounts).collect::<Vec<_>>().chunks(5000) {
+        let mut txn = client.begin().await?;
+        for a in chunk {
+            txn.put(format!("acct/{a:09}"), 0i64.to_be_bytes().to_vec());
+        }
+        txn.commit().await?;
+    }
+    let mut txn = client.begin().await?;
+    for t in 0..tellers {
+        txn.put(format!("tell/{t:09}"), 0i64.to_be_bytes().to_vec());
+    }
+    for b in 0..branches {
+        txn.put(format!("bran/{b:09}"), 0i64.to_be_bytes().to_vec());
+    }
+    txn.commit().await?;
+    let op = move |worker: usize, n: u64| {
+        let client = client.clone();
+        let (a, t, b, delta) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_range(0..accounts),
+                rng.random_range(0..tellers),
+                rng.random_range(0..branches),
+                rng.random_range(-5000i64..=5000),
+            )
+        };
+        async move {
+            let mut txn = client.begin().await?;
+            for key in [format!("acct/{a:09}"), format!("tell/{t:09}"), format!("bran/{b:09}")] {
+                let v = txn.get(key.as_bytes()).await?.unwrap_or_default();
+                let bal = i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]));
+                txn.put(key, (bal + delta).to_be_bytes().to_vec());
+            }
+            txn.put(format!("hist/{worker:04}/{n:012}"), format!("{a} {t} {b} {delta}").into_bytes());
+            match txn.commit().await {
+                Ok(_) => Ok(true),
+                Err(e) if e.is_retryable() => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    drive(&cluster, &cfg, 0, say, op).await
+}

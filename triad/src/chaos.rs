@@ -37,6 +37,8 @@ pub enum Fault {
     KillReplayer,
     /// Drop UDP between the active sequencer and two journal nodes (iptables on loopback).
     PartitionActiveSequencer,
+    /// kill -9 every sequencer and the replayer at once: only the journal survives.
+    KillAllButJournal,
 }
 
 impl std::fmt::Display for Fault {
@@ -49,6 +51,7 @@ impl std::fmt::Display for Fault {
             Fault::PartitionActiveSequencer => {
                 write!(f, "partition the active sequencer from a journal majority")
             }
+            Fault::KillAllButJournal => write!(f, "kill -9 every sequencer and the replayer"),
         }
     }
 }
@@ -95,7 +98,8 @@ pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
     // Leave the last stretch fault-free so the run ends on a healthy cluster.
     while start.elapsed() + cfg.interval * 2 < cfg.duration {
         tokio::time::sleep(cfg.interval).await;
-        let fault = match rng.random_range(0..5) {
+        let fault = match rng.random_range(0..6) {
+            5 => Fault::KillAllButJournal,
             0 => Fault::KillActiveSequencer,
             1 => Fault::PauseActiveSequencer,
             2 => Fault::KillJournal(rng.random_range(0..3)),
@@ -158,13 +162,24 @@ async fn inject(cluster: &mut LocalCluster, fault: Fault) -> Result<Option<Role>
             }
         }
         Fault::KillJournal(i) => Role::Journal(i),
-        Fault::KillReplayer => Role::Replayer,
+        Fault::KillReplayer | Fault::KillAllButJournal => Role::Replayer,
     };
     match fault {
         Fault::PauseActiveSequencer => {
             cluster.signal_pause(target, true)?;
             tokio::time::sleep(LEASE * 3).await;
             cluster.signal_pause(target, false)?;
+        }
+        Fault::KillAllButJournal => {
+            let victims: Vec<Role> =
+                cluster.roles().into_iter().filter(|r| !matches!(r, Role::Journal(_))).collect();
+            for &r in &victims {
+                cluster.kill(r)?;
+            }
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            for r in victims {
+                cluster.restart(r)?;
+            }
         }
         Fault::PartitionActiveSequencer => {
             let seq_port = cluster.addr(target).port();

@@ -62,6 +62,48 @@ enum BenchCmd {
     /// Time from kill -9 of the active sequencer to the first commit acknowledged in the new
     /// epoch, over several runs.
     Failover(FailoverArgs),
+    /// Records through the sequencer into 3 journal nodes (fsync before ack), from many
+    /// concurrent producers: records/s, MB/s, latency percentiles, CPU per 100k records.
+    Journal(LoadArgs),
+    /// TPC-B-like transactions through the compute shim: commits/s, abort rate, latencies.
+    Txn(LoadArgs),
+    /// The conflict-check core alone, one thread, no I/O: checks/s and abort rate.
+    Sequencer(SeqBenchArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent producers (journal) or clients (txn).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Record size in bytes (journal).
+    #[arg(long, default_value_t = 100)]
+    record_bytes: usize,
+    /// Accounts (txn); fewer accounts, more contention.
+    #[arg(long, default_value_t = 100_000)]
+    accounts: u64,
+    #[arg(long, default_value_t = 7500)]
+    base_port: u16,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SeqBenchArgs {
+    #[arg(long, default_value_t = 2_000_000)]
+    commits: u64,
+    #[arg(long, default_value_t = 4)]
+    keys_per_commit: usize,
+    #[arg(long, default_value_t = 10_000_000)]
+    key_space: u64,
+    /// How many commits behind the newest each snapshot reads.
+    #[arg(long, default_value_t = 16)]
+    snapshot_lag: u64,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -276,13 +318,19 @@ fn main() -> Result<()> {
             Cmd::Status(a) => status(a).await,
             Cmd::Chaos(a) => chaos(a).await,
             Cmd::Bench(BenchCmd::Failover(a)) => bench_failover(a).await,
+            Cmd::Bench(BenchCmd::Journal(a)) => bench_load(a, true).await,
+            Cmd::Bench(BenchCmd::Txn(a)) => bench_load(a, false).await,
+            Cmd::Bench(BenchCmd::Sequencer(a)) => {
+                bench_sequencer(a);
+                Ok(())
+            }
         }
     })
 }
 
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
-    let opts = SegmentOptions { segment_bytes: a.segment_size, ..SegmentOptions::default() };
+    let opts = SegmentOptions { segment_bytes: a.segment_size };
     let store = SegmentStore::open(&a.data_dir, opts)
         .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
     let node_opts =
@@ -539,6 +587,64 @@ async fn bench_failover(a: FailoverArgs) -> Result<()> {
             times.len(),
             p50.as_millis(),
             max.as_millis()
+        );
+    }
+    Ok(())
+}
+
+fn bench_sequencer(a: SeqBenchArgs) {
+    let cfg = triad::bench::SequencerBenchConfig {
+        commits: a.commits,
+        keys_per_commit: a.keys_per_commit,
+        key_space: a.key_space,
+        snapshot_lag: a.snapshot_lag,
+    };
+    let r = triad::bench::sequencer(&cfg);
+    if a.json {
+        println!("{}", serde_json::to_string(&r).expect("serializable"));
+    } else {
+        println!(
+            "sequencer core: {:.0} conflict-checked commits/s on one thread ({} commits of {} keys over {} keys, snapshots {} behind), abort rate {:.2}%",
+            r.checks_per_s,
+            r.commits,
+            a.keys_per_commit,
+            a.key_space,
+            a.snapshot_lag,
+            r.abort_rate * 100.0
+        );
+    }
+}
+
+async fn bench_load(a: LoadArgs, journal: bool) -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("triad-bench-").tempdir()?;
+    let cfg = triad::bench::LoadConfig {
+        dir: dir.path().to_path_buf(),
+        base_port: a.base_port,
+        exe: std::env::current_exe()?,
+        duration: a.duration,
+        concurrency: a.concurrency,
+        record_bytes: a.record_bytes,
+        accounts: a.accounts,
+    };
+    let json = a.json;
+    let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
+        if !json {
+            eprintln!("{line}");
+        }
+    });
+    let r =
+        if journal { triad::bench::journal(cfg, say).await? } else { triad::bench::txn(cfg, say).await? };
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else if journal {
+        println!(
+            "journal: {} records of {} B from {} producers in {:.1}s: {:.0} records/s, {:.2} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {:.1} CPU-s per 100k records",
+            r.ops, a.record_bytes, a.concurrency, r.seconds, r.ops_per_s, r.mb_per_s, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_s_per_100k
+        );
+    } else {
+        println!(
+            "txn (TPC-B-like, {} accounts): {} commits from {} clients in {:.1}s: {:.0} commits/s, abort rate {:.1}%; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {:.1} CPU-s per 100k commits",
+            a.accounts, r.ops, a.concurrency, r.seconds, r.ops_per_s, r.abort_rate * 100.0, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_s_per_100k
         );
     }
     Ok(())

@@ -1,7 +1,6 @@
 //! End to end over real QUIC on loopback, with real processes: the whole path of a transaction
 //! through three journal nodes, a sequencer and a replayer, under kill -9 of members.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use triad::bank::{Bank, BankConfig};
@@ -9,7 +8,7 @@ use triad::cluster::{ClusterSpec, LocalCluster, Role};
 use triad_shim::Client;
 
 /// Clusters share 2 cores; running them one at a time keeps the tests about correctness.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn cluster(base_port: u16) -> (LocalCluster, tempfile::TempDir) {
     let dir = tempfile::Builder::new().prefix("triad-e2e-").tempdir().unwrap();
@@ -58,16 +57,13 @@ fn dump_logs(c: &LocalCluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_bank_transfers_keep_the_invariant() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let (mut c, _dir) = cluster(21100);
     c.wait_ready(Duration::from_secs(60)).await.unwrap();
     let bank = bank(&c, 3);
     bank.setup().await.unwrap();
     let (history, elapsed) = bank.run(|_| {}).await.unwrap();
-    let report = bank.verify(&history, elapsed).await.map_err(|e| {
-        dump_logs(&c);
-        e
-    });
+    let report = bank.verify(&history, elapsed).await.inspect_err(|_| dump_logs(&c));
     let report = report.unwrap();
     assert!(report.committed > 0, "no transfer committed: {report}");
     assert_eq!(report.unknown, 0, "every outcome should be known without faults: {history:?}");
@@ -76,7 +72,7 @@ async fn concurrent_bank_transfers_keep_the_invariant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_journal_node_mid_run_loses_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let (mut c, _dir) = cluster(21200);
     c.wait_ready(Duration::from_secs(60)).await.unwrap();
     let bank = bank(&c, 4);
@@ -90,16 +86,13 @@ async fn killing_a_journal_node_mid_run_loses_nothing() {
     // Commits go on with two of three nodes.
     wait_commits(&bank, before, 100, Duration::from_secs(20)).await;
     let (history, elapsed) = runner.await.unwrap().unwrap();
-    let report = bank.verify(&history, elapsed).await.map_err(|e| {
-        dump_logs(&c);
-        e
-    });
+    let report = bank.verify(&history, elapsed).await.inspect_err(|_| dump_logs(&c));
     eprintln!("{}", report.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_journal_node_recovers_its_log_and_rejoins() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let (mut c, _dir) = cluster(21300);
     c.wait_ready(Duration::from_secs(60)).await.unwrap();
     let bank = bank(&c, 6);
@@ -118,16 +111,13 @@ async fn restarted_journal_node_recovers_its_log_and_rejoins() {
     c.kill(Role::Journal(2)).unwrap();
     wait_commits(&bank, n, 100, Duration::from_secs(30)).await;
     let (history, elapsed) = runner.await.unwrap().unwrap();
-    let report = bank.verify(&history, elapsed).await.map_err(|e| {
-        dump_logs(&c);
-        e
-    });
+    let report = bank.verify(&history, elapsed).await.inspect_err(|_| dump_logs(&c));
     eprintln!("{}", report.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_replayer_resumes_without_gaps() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let (mut c, _dir) = cluster(21400);
     c.wait_ready(Duration::from_secs(60)).await.unwrap();
     let bank = bank(&c, 4);
@@ -141,10 +131,7 @@ async fn restarted_replayer_resumes_without_gaps() {
     c.restart(Role::Replayer).unwrap();
     wait_commits(&bank, n, 100, Duration::from_secs(30)).await;
     let (history, elapsed) = runner.await.unwrap().unwrap();
-    let report = bank.verify(&history, elapsed).await.map_err(|e| {
-        dump_logs(&c);
-        e
-    });
+    let report = bank.verify(&history, elapsed).await.inspect_err(|_| dump_logs(&c));
     eprintln!("{}", report.unwrap());
     let log = std::fs::read_to_string(c.log_path(Role::Replayer)).unwrap();
     let opened: Vec<&str> = log.lines().filter(|l| l.contains("replayer opened")).collect();

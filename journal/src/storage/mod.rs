@@ -310,6 +310,24 @@ impl ReadBudget {
     }
 }
 
+/// A store seen through the acceptor's eyes.
+pub struct StoreView<'a>(pub &'a dyn LogStore);
+
+impl crate::acceptor::LogView for StoreView<'_> {
+    fn last(&self) -> EntryId {
+        self.0.last()
+    }
+    fn first_lsn(&self) -> Lsn {
+        self.0.first_lsn()
+    }
+    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+        self.0.epoch_at(lsn)
+    }
+    fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
+        self.0.first_lsn_of_epoch(epoch)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,23 +363,5 @@ mod tests {
         assert!(b.take(1) && b.take(1) && !b.take(1));
         let mut b = ReadBudget::new(0, 100);
         assert!(!b.take(0));
-    }
-}
-
-/// A store seen through the acceptor's eyes.
-pub struct StoreView<'a>(pub &'a dyn LogStore);
-
-impl crate::acceptor::LogView for StoreView<'_> {
-    fn last(&self) -> EntryId {
-        self.0.last()
-    }
-    fn first_lsn(&self) -> Lsn {
-        self.0.first_lsn()
-    }
-    fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
-        self.0.epoch_at(lsn)
-    }
-    fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
-        self.0.first_lsn_of_epoch(epoch)
     }
 }
