@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use quinn::Endpoint;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -178,7 +178,7 @@ impl Sequencer {
         above: Epoch,
     ) -> Result<Arc<Sequencer>, SequencerError> {
         let journal = JournalClient::new(endpoint, &cfg.journal);
-        let (epoch, promises) = seal_majority(&journal, cfg.id, above, cfg.request_timeout).await?;
+        let (epoch, promises) = seal_majority(&journal, cfg.id, above, cfg.lease).await?;
         // Reconfirmation (see `triad_journal::recovery`): adopt the log of the highest tail and
         // copy its suffix above the known commit watermark to the others, each entry keeping
         // its original epoch; then an epoch-start record.
@@ -356,13 +356,19 @@ impl Sequencer {
     async fn confirm_epoch(&self) -> Result<(), String> {
         let req = Message::HeartbeatRequest { epoch: self.epoch };
         let timeout = self.cfg.lease;
-        let answers =
-            join_all((0..self.journal.len()).map(|i| self.journal.node(i).call_timeout(&req, timeout))).await;
+        // Done as soon as a majority confirms: a dead node must not slow every begin down.
+        let mut answers: FuturesUnordered<_> =
+            (0..self.journal.len()).map(|i| self.journal.node(i).call_timeout(&req, timeout)).collect();
         let mut confirmed = 0;
-        for a in answers {
+        while let Some(a) = answers.next().await {
             match a {
                 // A node that promised nothing above our epoch has not joined any successor.
-                Ok(Message::HeartbeatResponse { promised, .. }) if promised <= self.epoch => confirmed += 1,
+                Ok(Message::HeartbeatResponse { promised, .. }) if promised <= self.epoch => {
+                    confirmed += 1;
+                    if confirmed >= self.journal.majority() {
+                        return Ok(());
+                    }
+                }
                 Ok(Message::Error(e)) if e.code == ErrorCode::StaleEpoch => {
                     self.depose(e.epoch);
                     return Err(format!("sequencer deposed by epoch {}", e.epoch));
@@ -370,14 +376,7 @@ impl Sequencer {
                 _ => {}
             }
         }
-        if confirmed >= self.journal.majority() {
-            Ok(())
-        } else {
-            Err(format!(
-                "only {confirmed} journal node(s) confirmed epoch {}; a majority is needed",
-                self.epoch
-            ))
-        }
+        Err(format!("only {confirmed} journal node(s) confirmed epoch {}; a majority is needed", self.epoch))
     }
 
     /// The fate of `txn_id`, decided from the log: committed iff its record lies in
@@ -774,15 +773,20 @@ async fn seal_majority(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let answers = join_all((0..journal.len()).map(|i| journal.seal(i, epoch, timeout))).await;
+        // A majority of promises is enough; a dead or frozen node must not hold recovery up.
+        let mut answers: FuturesUnordered<_> =
+            (0..journal.len()).map(|i| async move { (i, journal.seal(i, epoch, timeout).await) }).collect();
         let mut promises = Vec::new();
         let mut highest = Epoch::ZERO;
         let mut errors = Vec::new();
-        for (i, a) in answers.into_iter().enumerate() {
+        while let Some((i, a)) = answers.next().await {
             match a {
                 Ok(p) => promises.push(p),
                 Err(JournalError::Stale { promised }) => highest = highest.max(promised),
                 Err(e) => errors.push(format!("{}: {e}", journal.node(i).addr())),
+            }
+            if promises.len() >= journal.majority() {
+                break;
             }
         }
         if promises.len() >= journal.majority() {
