@@ -553,9 +553,7 @@ impl JournalNode {
             let (entries, commit_lsn, upto) = match self.fetch_step(next, max_entries, epoch) {
                 Ok(step) => step,
                 Err(refusal) => {
-                    stream.reply(&refusal).await?;
-                    let _ = stream.send.finish();
-                    return Ok(());
+                    return stream.answer(&refusal).await;
                 }
             };
             if let Some(last) = entries.last() {
@@ -658,33 +656,16 @@ impl Service for JournalNode {
     fn handle(
         self: Arc<Self>,
         first: Message,
-        mut stream: Stream,
+        stream: Stream,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         async move {
             match first {
-                Message::SealRequest { epoch } => {
-                    let answer = self.seal(epoch);
-                    stream.reply(&answer).await?;
-                    let _ = stream.send.finish();
-                    Ok(())
-                }
+                Message::SealRequest { epoch } => stream.answer(&self.seal(epoch)).await,
                 m @ Message::AppendRequest { .. } => self.append_stream(m, stream).await,
-                Message::HeartbeatRequest { epoch } => {
-                    let answer = self.heartbeat(epoch);
-                    stream.reply(&answer).await?;
-                    let _ = stream.send.finish();
-                    Ok(())
-                }
-                Message::StatusRequest => {
-                    stream.reply(&Message::StatusResponse(self.status())).await?;
-                    let _ = stream.send.finish();
-                    Ok(())
-                }
+                Message::HeartbeatRequest { epoch } => stream.answer(&self.heartbeat(epoch)).await,
+                Message::StatusRequest => stream.answer(&Message::StatusResponse(self.status())).await,
                 Message::LearnerReport { name, durable_lsn } => {
-                    let answer = self.learner_report(name, durable_lsn);
-                    stream.reply(&answer).await?;
-                    let _ = stream.send.finish();
-                    Ok(())
+                    stream.answer(&self.learner_report(name, durable_lsn)).await
                 }
                 Message::FetchRequest { from_lsn, max_entries, follow, epoch } => {
                     self.fetch_stream(from_lsn, max_entries, follow, epoch, stream).await
@@ -697,9 +678,7 @@ impl Service for JournalNode {
                         Epoch::ZERO,
                         0,
                     );
-                    stream.reply(&msg).await?;
-                    let _ = stream.send.finish();
-                    Ok(())
+                    stream.answer(&msg).await
                 }
             }
         }

@@ -122,7 +122,7 @@ impl Service for SequencerNode {
     fn handle(
         self: Arc<Self>,
         first: Message,
-        mut stream: Stream,
+        stream: Stream,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         async move {
             let active = self.active();
@@ -148,9 +148,7 @@ impl Service for SequencerNode {
                     error(ErrorCode::Unsupported, "a sequencer serves begin, commit, outcome and status", 0)
                 }
             };
-            stream.reply(&answer).await?;
-            let _ = stream.send.finish();
-            Ok(())
+            stream.answer(&answer).await
         }
         .boxed()
     }

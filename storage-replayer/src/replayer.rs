@@ -195,13 +195,11 @@ impl Service for Replayer {
     fn handle(
         self: Arc<Self>,
         first: Message,
-        mut stream: Stream,
+        stream: Stream,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         async move {
             let answer = self.answer(first).await;
-            stream.reply(&answer).await?;
-            let _ = stream.send.finish();
-            Ok(())
+            stream.answer(&answer).await
         }
         .boxed()
     }

@@ -22,6 +22,13 @@ impl Stream {
     pub async fn reply(&mut self, msg: &Message) -> Result<(), TransportError> {
         write_msg(&mut self.send, msg).await
     }
+
+    /// The last message on this stream: reply, then finish.
+    pub async fn answer(mut self, msg: &Message) -> Result<(), TransportError> {
+        self.reply(msg).await?;
+        let _ = self.send.finish();
+        Ok(())
+    }
 }
 
 pub trait Service: Send + Sync + 'static {

@@ -20,14 +20,7 @@ pub struct FailoverConfig {
 
 /// Kill -9 of the active sequencer → first commit acknowledged in the new epoch, per run.
 pub async fn failover(cfg: FailoverConfig, say: impl Fn(String)) -> Result<Vec<Duration>> {
-    let spec = ClusterSpec {
-        dir: cfg.dir.clone(),
-        base_port: cfg.base_port,
-        journals: 3,
-        sequencers: 2,
-        exe: cfg.exe.clone(),
-        log_filter: "info".into(),
-    };
+    let spec = ClusterSpec::local(cfg.dir.clone(), cfg.base_port, 2, cfg.exe.clone());
     let mut cluster = LocalCluster::start(spec)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     let client = Client::connect(cluster.client_config())?;
@@ -221,12 +214,8 @@ fn cpu_seconds(pids: &[u32]) -> f64 {
 
 async fn start_cluster(cfg: &LoadConfig) -> Result<(LocalCluster, Client)> {
     let spec = ClusterSpec {
-        dir: cfg.dir.clone(),
-        base_port: cfg.base_port,
-        journals: 3,
-        sequencers: 1,
-        exe: cfg.exe.clone(),
         log_filter: "warn".into(),
+        ..ClusterSpec::local(cfg.dir.clone(), cfg.base_port, 1, cfg.exe.clone())
     };
     let mut cluster = LocalCluster::start(spec)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;

@@ -69,14 +69,7 @@ pub struct Verdict {
 const LEASE: Duration = Duration::from_secs(1);
 
 pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
-    let spec = ClusterSpec {
-        dir: cfg.dir.clone(),
-        base_port: cfg.base_port,
-        journals: 3,
-        sequencers: 2,
-        exe: cfg.exe.clone(),
-        log_filter: "info".into(),
-    };
+    let spec = ClusterSpec::local(cfg.dir.clone(), cfg.base_port, 2, cfg.exe.clone());
     let mut cluster = LocalCluster::start(spec)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     say(format!("cluster up in {} (logs under logs/); seed {}", cfg.dir.display(), cfg.seed));

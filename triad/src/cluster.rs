@@ -45,6 +45,13 @@ pub struct ClusterSpec {
     pub log_filter: String,
 }
 
+impl ClusterSpec {
+    /// Three journal nodes, `sequencers` sequencer candidates and a replayer under `dir`.
+    pub fn local(dir: PathBuf, base_port: u16, sequencers: usize, exe: PathBuf) -> ClusterSpec {
+        ClusterSpec { dir, base_port, journals: 3, sequencers, exe, log_filter: "info".into() }
+    }
+}
+
 pub struct LocalCluster {
     spec: ClusterSpec,
     children: Vec<(Role, Option<Child>)>,

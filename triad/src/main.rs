@@ -419,13 +419,10 @@ async fn dev(a: DevArgs) -> Result<()> {
             (t.path().to_path_buf(), Some(t))
         }
     };
+    let exe = std::env::current_exe().context("locating the triad executable")?;
     let spec = ClusterSpec {
-        dir: dir.clone(),
-        base_port: a.base_port,
-        journals: 3,
-        sequencers: a.sequencers,
-        exe: std::env::current_exe().context("locating the triad executable")?,
         log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        ..ClusterSpec::local(dir.clone(), a.base_port, a.sequencers, exe)
     };
     let mut cluster = LocalCluster::start(spec)?;
     println!("triad dev: starting a local cluster in {}", dir.display());

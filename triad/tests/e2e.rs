@@ -12,14 +12,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn cluster(base_port: u16) -> (LocalCluster, tempfile::TempDir) {
     let dir = tempfile::Builder::new().prefix("triad-e2e-").tempdir().unwrap();
-    let spec = ClusterSpec {
-        dir: dir.path().to_path_buf(),
-        base_port,
-        journals: 3,
-        sequencers: 1,
-        exe: env!("CARGO_BIN_EXE_triad").into(),
-        log_filter: "info".into(),
-    };
+    let spec = ClusterSpec::local(dir.path().to_path_buf(), base_port, 1, env!("CARGO_BIN_EXE_triad").into());
     (LocalCluster::start(spec).unwrap(), dir)
 }
 
