@@ -4,9 +4,11 @@
 //!   runs, and what the fault tests kill and restart).
 //! - [`bank`]: the bank-transfer workload and its verifier (`triad demo`).
 //! - [`bench`]: benchmark programs (`triad bench …`).
+//! - [`compare`]: the same workloads against etcd and PostgreSQL (`triad bench compare`).
 //! - [`chaos`]: fault schedules against a local cluster, checked afterwards (`triad chaos`).
 
 pub mod bank;
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
+pub mod compare;

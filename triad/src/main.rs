@@ -69,6 +69,31 @@ enum BenchCmd {
     Txn(LoadArgs),
     /// The conflict-check core alone, one thread, no I/O: checks/s and abort rate.
     Sequencer(SeqBenchArgs),
+    /// The journal workload against a 3-member etcd cluster (fsync on) and the TPC-B-like
+    /// workload against PostgreSQL's pgbench, in the same run; prints both and the ratio.
+    /// Installs etcd-server / postgresql with apt-get when missing.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent producers for the log workload.
+    #[arg(long, default_value_t = 256)]
+    producers: usize,
+    #[arg(long, default_value_t = 100)]
+    record_bytes: usize,
+    /// Clients for the transaction workload.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Which workloads: log, txn or all.
+    #[arg(long, default_value = "all")]
+    workload: String,
+    #[arg(long, default_value_t = 7600)]
+    base_port: u16,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -320,6 +345,7 @@ fn main() -> Result<()> {
             Cmd::Bench(BenchCmd::Failover(a)) => bench_failover(a).await,
             Cmd::Bench(BenchCmd::Journal(a)) => bench_load(a, true).await,
             Cmd::Bench(BenchCmd::Txn(a)) => bench_load(a, false).await,
+            Cmd::Bench(BenchCmd::Compare(a)) => bench_compare(a).await,
             Cmd::Bench(BenchCmd::Sequencer(a)) => {
                 bench_sequencer(a);
                 Ok(())
@@ -642,6 +668,70 @@ async fn bench_load(a: LoadArgs, journal: bool) -> Result<()> {
         println!(
             "txn (TPC-B-like, {} accounts): {} commits from {} clients in {:.1}s: {:.0} commits/s, abort rate {:.1}%; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {:.1} CPU-s per 100k commits",
             a.accounts, r.ops, a.concurrency, r.seconds, r.ops_per_s, r.abort_rate * 100.0, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_s_per_100k
+        );
+    }
+    Ok(())
+}
+
+async fn bench_compare(a: CompareArgs) -> Result<()> {
+    if !matches!(a.workload.as_str(), "log" | "txn" | "all") {
+        bail!("--workload must be log, txn or all (got {:?})", a.workload);
+    }
+    let json = a.json;
+    let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
+        if !json {
+            eprintln!("{line}");
+        }
+    });
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    if a.workload != "txn" {
+        let dir = tempfile::Builder::new().prefix("triad-compare-").tempdir()?;
+        let peer = triad::compare::etcd(
+            dir.path(),
+            a.base_port + 50,
+            a.producers,
+            a.record_bytes,
+            a.duration,
+            &*say,
+        )
+        .await?;
+        let cfg = triad::bench::LoadConfig {
+            dir: dir.path().join("triad"),
+            base_port: a.base_port,
+            exe: exe.clone(),
+            duration: a.duration,
+            concurrency: a.producers,
+            record_bytes: a.record_bytes,
+            accounts: 0,
+        };
+        let triad = triad::bench::journal(cfg, say.clone()).await?;
+        rows.push(triad::compare::Row::new("log", "etcd 3.4 (3 members, fsync)", triad, peer));
+    }
+    if a.workload != "log" {
+        let dir = tempfile::Builder::new().prefix("triad-compare-").tempdir()?;
+        let peer =
+            triad::compare::postgres(dir.path(), a.base_port + 80, a.clients, a.duration, &*say).await?;
+        let cfg = triad::bench::LoadConfig {
+            dir: dir.path().join("triad"),
+            base_port: a.base_port,
+            exe,
+            duration: a.duration,
+            concurrency: a.clients,
+            record_bytes: 0,
+            accounts: 64_000,
+        };
+        let triad = triad::bench::txn(cfg, say.clone()).await?;
+        rows.push(triad::compare::Row::new("txn", "PostgreSQL 15 pgbench (TPC-B-like)", triad, peer));
+    }
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(());
+    }
+    for r in rows {
+        println!(
+            "{:<4} triad {:>9.0} ops/s (p50 {:.2} ms, p99 {:.2} ms) | {} {:>9.0} ops/s (p50 {:.2} ms, p99 {:.2} ms) | ratio {:.2}x",
+            r.workload, r.triad.ops_per_s, r.triad.p50_ms, r.triad.p99_ms, r.peer_name, r.peer.ops_per_s, r.peer.p50_ms, r.peer.p99_ms, r.ratio
         );
     }
     Ok(())
