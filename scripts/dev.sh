@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
-echo "dev: building (the first build compiles RocksDB: about 13 minutes on 2 cores)…" >&2
+echo "dev: building (the first build compiles RocksDB: 15 to 35 minutes on 2 cores)…" >&2
 cargo build --release --bin triad
 exec "$CARGO_TARGET_DIR/release/triad" dev "$@"

@@ -70,6 +70,7 @@ const LEASE: Duration = Duration::from_secs(1);
 
 pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
     let spec = ClusterSpec::local(cfg.dir.clone(), cfg.base_port, 2, cfg.exe.clone());
+    remove_stale_partitions();
     let mut cluster = LocalCluster::start(spec)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     say(format!("cluster up in {} (logs under logs/); seed {}", cfg.dir.display(), cfg.seed));
@@ -282,4 +283,18 @@ fn iptables(op: &str, rule: &[String]) -> Result<()> {
         .context("running iptables (partitions need it, and root)")?;
     ensure!(out.status.success(), "iptables {op} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     Ok(())
+}
+
+/// Removes partition rules a killed chaos run may have left behind (they carry our comment).
+fn remove_stale_partitions() {
+    let Ok(out) = std::process::Command::new("iptables").args(["-S", "OUTPUT"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(rule) = line.strip_prefix("-A ").filter(|r| r.contains("triad-chaos")) {
+            let rule: Vec<String> =
+                rule.split_whitespace().map(|w| w.trim_matches('"').to_string()).collect();
+            if let Err(e) = iptables("-D", &rule) {
+                tracing::warn!("could not remove a stale partition rule: {e:#}");
+            }
+        }
+    }
 }
