@@ -16,8 +16,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 use triad_protocol::{
-    Entry, EntryId, Epoch, ErrorCode, ErrorResponse, LearnerStatus, Lsn, Message, NodeStatus,
-    MAX_FRAME_DEFAULT,
+    Entry, EntryId, Epoch, ErrorCode, LearnerStatus, Lsn, Message, NodeStatus, MAX_FRAME_DEFAULT,
 };
 use triad_transport::{read_msg, write_msg, Service, Stream, TransportError};
 
@@ -80,10 +79,6 @@ struct Inner {
     /// Registered learners and their durable LSNs; trimming never passes the slowest.
     learners: BTreeMap<String, Lsn>,
     learners_dirty: bool,
-}
-
-fn err(code: ErrorCode, message: impl Into<String>, epoch: Epoch, lsn: Lsn) -> Message {
-    Message::Error(ErrorResponse { code, message: message.into(), epoch, lsn })
 }
 
 /// What the append reader tells the ack writer.
@@ -170,7 +165,7 @@ impl JournalNode {
     }
 
     fn failed_msg(&self) -> Message {
-        err(
+        Message::error(
             ErrorCode::StorageFailed,
             "journal node storage failed; it no longer acknowledges",
             Epoch::ZERO,
@@ -257,7 +252,7 @@ impl JournalNode {
         }
         let mut inner = self.lock();
         match acceptor::on_seal(&inner.state, epoch) {
-            SealDecision::Refuse { promised } => err(
+            SealDecision::Refuse { promised } => Message::error(
                 ErrorCode::StaleEpoch,
                 format!("node {} has promised epoch {promised}; refusing seal of {epoch}", self.id),
                 promised,
@@ -289,7 +284,7 @@ impl JournalNode {
         }
         let mut inner = self.lock();
         if epoch < inner.state.promised {
-            return err(
+            return Message::error(
                 ErrorCode::StaleEpoch,
                 format!("epoch {epoch} is deposed: node {} has promised {}", self.id, inner.state.promised),
                 inner.state.promised,
@@ -326,7 +321,7 @@ impl JournalNode {
     pub fn learner_report(&self, name: String, durable_lsn: Lsn) -> Message {
         let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         if name.is_empty() || name.len() > 128 || !name.chars().all(valid) {
-            return err(
+            return Message::error(
                 ErrorCode::Malformed,
                 "a learner name is 1 to 128 characters of letters, digits, '-', '_' and '.'",
                 Epoch::ZERO,
@@ -361,7 +356,7 @@ impl JournalNode {
         let mut floor = prev.epoch;
         for (i, e) in entries.iter().enumerate() {
             if e.lsn != prev.lsn + 1 + i as u64 || e.epoch < floor || e.epoch > epoch {
-                return Err(err(
+                return Err(Message::error(
                     ErrorCode::Malformed,
                     format!("append entries must be dense after {prev:?} with epochs in order up to {epoch}"),
                     epoch,
@@ -381,13 +376,13 @@ impl JournalNode {
             commit_lsn,
         );
         match decision {
-            AppendDecision::Stale { promised } => Err(err(
+            AppendDecision::Stale { promised } => Err(Message::error(
                 ErrorCode::StaleEpoch,
                 format!("epoch {epoch} is deposed: node {} has promised {promised}", self.id),
                 promised,
                 0,
             )),
-            AppendDecision::Mismatch { retry_from } => Err(err(
+            AppendDecision::Mismatch { retry_from } => Err(Message::error(
                 ErrorCode::LogMismatch,
                 format!("node {} does not hold {prev:?}; retry from lsn {retry_from}", self.id),
                 inner.state.promised,
@@ -395,7 +390,7 @@ impl JournalNode {
             )),
             AppendDecision::CommittedConflict { lsn } => {
                 error!(node = self.id, lsn, %epoch, "append would overwrite a committed entry; refused");
-                Err(err(
+                Err(Message::error(
                     ErrorCode::Internal,
                     format!("append would overwrite committed lsn {lsn}"),
                     epoch,
@@ -456,7 +451,7 @@ impl JournalNode {
                     Ok(None) => break,
                     Err(e) => {
                         warn!(node = self.id, %peer, "append stream: {e}");
-                        let _ = tx.send(AckEvent::Refuse(err(
+                        let _ = tx.send(AckEvent::Refuse(Message::error(
                             ErrorCode::Malformed,
                             e.to_string(),
                             Epoch::ZERO,
@@ -467,7 +462,7 @@ impl JournalNode {
                 },
             };
             let Message::AppendRequest { epoch, prev, entries, commit_lsn } = msg else {
-                let _ = tx.send(AckEvent::Refuse(err(
+                let _ = tx.send(AckEvent::Refuse(Message::error(
                     ErrorCode::Malformed,
                     "only appends may follow an append on its stream",
                     Epoch::ZERO,
@@ -507,7 +502,7 @@ impl JournalNode {
         let inner = self.lock();
         let upto = match acceptor::on_fetch(&inner.state, &StoreView(inner.store.as_ref()), epoch) {
             FetchDecision::Stale { promised } => {
-                return Err(err(
+                return Err(Message::error(
                     ErrorCode::StaleEpoch,
                     format!("recovery read of a deposed epoch; node {} has promised {promised}", self.id),
                     promised,
@@ -518,7 +513,7 @@ impl JournalNode {
         };
         let first = inner.store.first_lsn();
         if next < first {
-            return Err(err(
+            return Err(Message::error(
                 ErrorCode::Trimmed,
                 format!("lsn {next} was trimmed; node {} holds the log from lsn {first}", self.id),
                 Epoch::ZERO,
@@ -529,7 +524,7 @@ impl JournalNode {
             inner
                 .store
                 .read(next, max_entries, FETCH_MAX_BYTES)
-                .map_err(|e| err(ErrorCode::Internal, e.to_string(), Epoch::ZERO, next))?
+                .map_err(|e| Message::error(ErrorCode::Internal, e.to_string(), Epoch::ZERO, next))?
         } else {
             Vec::new()
         };
@@ -672,7 +667,7 @@ impl Service for JournalNode {
                 }
                 other => {
                     debug!("journal got an unexpected {other:?}");
-                    let msg = err(
+                    let msg = Message::error(
                         ErrorCode::Unsupported,
                         "a journal node serves seal, append, fetch, heartbeat, learner reports and status",
                         Epoch::ZERO,

@@ -330,3 +330,10 @@ pub enum Message {
 
     Error(ErrorResponse),
 }
+
+impl Message {
+    /// An error answer; `epoch` and `lsn` carry the hint some codes promise (0 otherwise).
+    pub fn error(code: ErrorCode, message: impl Into<String>, epoch: Epoch, lsn: Lsn) -> Message {
+        Message::Error(ErrorResponse { code, message: message.into(), epoch, lsn })
+    }
+}

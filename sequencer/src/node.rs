@@ -11,7 +11,7 @@ use quinn::Endpoint;
 use rand::Rng;
 use tracing::{debug, info, warn};
 use triad_journal::JournalClient;
-use triad_protocol::{CommitOutcome, Epoch, ErrorCode, ErrorResponse, Lsn, Message, NodeStatus};
+use triad_protocol::{CommitOutcome, Epoch, ErrorCode, Message, NodeStatus};
 use triad_transport::{Service, Stream, TransportError};
 
 use crate::{Sequencer, SequencerConfig};
@@ -111,11 +111,12 @@ impl SequencerNode {
 }
 
 fn not_leader() -> Message {
-    error(ErrorCode::NotLeader, "this sequencer is not the active one; ask another candidate", 0)
-}
-
-fn error(code: ErrorCode, message: impl Into<String>, lsn: Lsn) -> Message {
-    Message::Error(ErrorResponse { code, message: message.into(), epoch: Epoch::ZERO, lsn })
+    Message::error(
+        ErrorCode::NotLeader,
+        "this sequencer is not the active one; ask another candidate",
+        Epoch::ZERO,
+        0,
+    )
 }
 
 impl Service for SequencerNode {
@@ -136,7 +137,7 @@ impl Service for SequencerNode {
                 (Message::OutcomeRequest { txn_id, read_lsn }, Some(seq)) => {
                     match seq.outcome(txn_id, read_lsn).await {
                         Ok(outcome) => Message::OutcomeResponse(outcome),
-                        Err(reason) => error(ErrorCode::Unavailable, reason, 0),
+                        Err(reason) => Message::error(ErrorCode::Unavailable, reason, Epoch::ZERO, 0),
                     }
                 }
                 (
@@ -145,7 +146,12 @@ impl Service for SequencerNode {
                 ) => not_leader(),
                 (other, _) => {
                     debug!("sequencer got an unexpected {other:?}");
-                    error(ErrorCode::Unsupported, "a sequencer serves begin, commit, outcome and status", 0)
+                    Message::error(
+                        ErrorCode::Unsupported,
+                        "a sequencer serves begin, commit, outcome and status",
+                        Epoch::ZERO,
+                        0,
+                    )
                 }
             };
             stream.answer(&answer).await

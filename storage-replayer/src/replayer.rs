@@ -11,7 +11,7 @@ use quinn::Endpoint;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use triad_journal::{JournalClient, JournalError, TailReader};
-use triad_protocol::{decode_record, Epoch, ErrorCode, ErrorResponse, Lsn, Message, NodeStatus};
+use triad_protocol::{decode_record, Epoch, ErrorCode, Lsn, Message, NodeStatus};
 use triad_transport::{Service, Stream, TransportError};
 
 use crate::format::{CommittedRecord, FormatError, StorageFormat};
@@ -137,15 +137,11 @@ impl Replayer {
             }
         };
         tokio::time::timeout(self.read_timeout, wait).await.map_err(|_| {
-            error(
-                ErrorCode::Timeout,
-                format!(
+            Message::error(ErrorCode::Timeout, format!(
                     "lsn {lsn} not applied within {:?} (applied: {}); the replayer is behind or cut off from the journal",
                     self.read_timeout,
                     self.applied_lsn()
-                ),
-                self.applied_lsn(),
-            )
+                ), Epoch::ZERO, self.applied_lsn())
         })
     }
 
@@ -158,7 +154,7 @@ impl Replayer {
                 match self.format.get(&key, read_lsn) {
                     Ok(Some(v)) => Message::GetResponse { value: v.value, version_lsn: v.lsn },
                     Ok(None) => Message::GetResponse { value: None, version_lsn: 0 },
-                    Err(e) => error(ErrorCode::Internal, e.to_string(), 0),
+                    Err(e) => Message::error(ErrorCode::Internal, e.to_string(), Epoch::ZERO, 0),
                 }
             }
             Message::ScanRequest { range, read_lsn, limit } => {
@@ -167,7 +163,7 @@ impl Replayer {
                 }
                 match self.format.scan(&range, read_lsn, limit.max(1) as usize) {
                     Ok((rows, more)) => Message::ScanResponse { rows, more },
-                    Err(e) => error(ErrorCode::Internal, e.to_string(), 0),
+                    Err(e) => Message::error(ErrorCode::Internal, e.to_string(), Epoch::ZERO, 0),
                 }
             }
             Message::StatusRequest => Message::StatusResponse(NodeStatus {
@@ -181,14 +177,15 @@ impl Replayer {
             }),
             other => {
                 debug!("replayer got an unexpected {other:?}");
-                error(ErrorCode::Unsupported, "a replayer serves get, scan and status", 0)
+                Message::error(
+                    ErrorCode::Unsupported,
+                    "a replayer serves get, scan and status",
+                    Epoch::ZERO,
+                    0,
+                )
             }
         }
     }
-}
-
-fn error(code: ErrorCode, message: impl Into<String>, lsn: Lsn) -> Message {
-    Message::Error(ErrorResponse { code, message: message.into(), epoch: Epoch::ZERO, lsn })
 }
 
 impl Service for Replayer {

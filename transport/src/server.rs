@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use quinn::{Endpoint, RecvStream, SendStream};
 use tracing::{debug, warn};
-use triad_protocol::{ErrorCode, ErrorResponse, Message, MAX_FRAME_DEFAULT};
+use triad_protocol::{ErrorCode, Message, MAX_FRAME_DEFAULT};
 
 use crate::{read_msg, write_msg, TransportError};
 
@@ -70,8 +70,11 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                         Err(e) => {
                             warn!(%peer, "rejected stream: {e}");
                             let mut send = send;
-                            let _ = write_msg(&mut send, &error_message(ErrorCode::Malformed, e.to_string()))
-                                .await;
+                            let _ = write_msg(
+                                &mut send,
+                                &Message::error(ErrorCode::Malformed, e.to_string(), Default::default(), 0),
+                            )
+                            .await;
                             let _ = send.finish();
                             return;
                         }
@@ -84,9 +87,4 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
             }
         });
     }
-}
-
-/// Shorthand for an error message without epoch or LSN detail.
-pub fn error_message(code: ErrorCode, message: impl Into<String>) -> Message {
-    Message::Error(ErrorResponse { code, message: message.into(), epoch: Default::default(), lsn: 0 })
 }
