@@ -55,6 +55,15 @@ impl Replayer {
     /// Registers with every journal node and reports how far this learner has durably
     /// applied: the journal trims only below the slowest registered learner.
     async fn report_progress(&self, client: &JournalClient) {
+        // An idle replayer still makes its last batch durable, so the journal can trim.
+        if self.format.durable_lsn() < self.applied_lsn() {
+            let format = self.format.clone();
+            match tokio::task::spawn_blocking(move || format.sync()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!("syncing applied state: {e}"),
+                Err(e) => warn!("sync task failed: {e}"),
+            }
+        }
         let msg = Message::LearnerReport { name: self.name.clone(), durable_lsn: self.format.durable_lsn() };
         let calls = (0..client.len()).map(|i| client.node(i).call_timeout(&msg, Duration::from_secs(1)));
         for (i, answer) in futures::future::join_all(calls).await.into_iter().enumerate() {
