@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use triad_shim::Client;
 
-use crate::cluster::{ClusterSpec, LocalCluster};
+use crate::cluster::{ClusterSpec, LocalCluster, Role};
 
 #[derive(Clone, Debug)]
 pub struct FailoverConfig {
@@ -184,6 +184,8 @@ pub struct LoadReport {
     pub abort_rate: f64,
     /// CPU seconds (every cluster process and this one) per 100k operations.
     pub cpu_s_per_100k: f64,
+    /// Largest gap seen between the commit watermark and the replayer's applied LSN.
+    pub max_replayer_lag: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -264,17 +266,39 @@ where
             Ok((lat, aborts))
         }));
     }
+    // Once a second: progress, and how far the replayer trails the commit watermark.
+    let max_lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tls = triad_transport::TlsConfig::load(&cluster.tls_dir(), "client")?;
+    let endpoint = tls.client_endpoint([127, 0, 0, 1].into())?;
+    let sequencer = triad_transport::Peer::new(endpoint.clone(), cluster.addr(Role::Sequencer(0)));
+    let replayer = triad_transport::Peer::new(endpoint, cluster.addr(Role::Replayer));
     let progress = {
         let done = done.clone();
         let say = say.clone();
+        let max_lag = max_lag.clone();
         tokio::spawn(async move {
+            let status = async |peer: &triad_transport::Peer| match peer
+                .call_timeout(&triad_protocol::Message::StatusRequest, Duration::from_millis(500))
+                .await
+            {
+                Ok(triad_protocol::Message::StatusResponse(s)) => Some(s),
+                _ => None,
+            };
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
             let mut last = 0;
             loop {
                 tick.tick().await;
                 let now = done.load(std::sync::atomic::Ordering::Relaxed);
-                say(format!("  … {now} ops ({} /s)", now - last));
+                let lag = match (status(&sequencer).await, status(&replayer).await) {
+                    (Some(s), Some(r)) => {
+                        let lag = s.commit_lsn.saturating_sub(r.applied_lsn);
+                        max_lag.fetch_max(lag, std::sync::atomic::Ordering::Relaxed);
+                        format!("replayer {lag} entries behind")
+                    }
+                    _ => "replayer lag unknown".into(),
+                };
+                say(format!("  … {now} ops ({} /s), {lag}", now - last));
                 last = now;
             }
         })
@@ -303,6 +327,7 @@ where
         p999_ms: ms(99.9),
         abort_rate: aborts as f64 / (ops + aborts).max(1) as f64,
         cpu_s_per_100k: cpu / (ops.max(1) as f64) * 100_000.0,
+        max_replayer_lag: max_lag.load(std::sync::atomic::Ordering::Relaxed),
     };
     Ok(report)
 }

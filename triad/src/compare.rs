@@ -192,6 +192,7 @@ fn report(mut lat: Vec<Duration>, aborts: u64, elapsed: Duration, bytes: usize) 
         p999_ms: ms(99.9),
         abort_rate: aborts as f64 / (ops + aborts).max(1) as f64,
         cpu_s_per_100k: 0.0,
+        max_replayer_lag: 0,
     }
 }
 

@@ -661,8 +661,8 @@ async fn bench_load(a: LoadArgs, journal: bool) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else if journal {
         println!(
-            "journal: {} records of {} B from {} producers in {:.1}s: {:.0} records/s, {:.2} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {:.1} CPU-s per 100k records",
-            r.ops, a.record_bytes, a.concurrency, r.seconds, r.ops_per_s, r.mb_per_s, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_s_per_100k
+            "journal: {} records of {} B from {} producers in {:.1}s: {:.0} records/s, {:.2} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {:.1} CPU-s per 100k records; replayer at most {} entries behind",
+            r.ops, a.record_bytes, a.concurrency, r.seconds, r.ops_per_s, r.mb_per_s, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_s_per_100k, r.max_replayer_lag
         );
     } else {
         println!(
