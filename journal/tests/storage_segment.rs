@@ -541,3 +541,18 @@ fn reads_outside_the_log() {
     assert!(store.read(1, 0, 10).unwrap().is_empty());
     assert_eq!(store.read(1, 10, 0).unwrap(), batch(1, 1..=1));
 }
+
+/// Two processes (here: two opens) on one log directory would corrupt it: the second is refused
+/// with an error naming the directory, and the directory opens again once the first is closed.
+#[test]
+fn a_log_directory_is_opened_by_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SegmentStore::open(dir.path(), SegmentOptions::default()).unwrap();
+    match SegmentStore::open(dir.path(), SegmentOptions::default()) {
+        Err(StoreError::InUse { dir: d, .. }) => assert_eq!(d, dir.path()),
+        Err(e) => panic!("expected InUse, got {e}"),
+        Ok(_) => panic!("a second store opened a directory that is in use"),
+    }
+    drop(first);
+    SegmentStore::open(dir.path(), SegmentOptions::default()).unwrap();
+}

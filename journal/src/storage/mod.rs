@@ -61,6 +61,9 @@ pub enum StoreError {
     /// The requested LSN lies below the first entry still held.
     #[error("lsn below the first entry still held ({first})")]
     Trimmed { first: Lsn },
+    /// Another process holds the log directory: two nodes writing one log would corrupt it.
+    #[error("log directory {dir} is in use by another process (lock file {lock} is held)")]
+    InUse { dir: PathBuf, lock: PathBuf },
     /// An entry's payload does not fit the record format's 32-bit length.
     #[error("entry {lsn} is too large to store ({len} payload bytes)")]
     RecordTooLarge { lsn: Lsn, len: usize },

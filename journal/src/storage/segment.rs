@@ -66,6 +66,7 @@ const MAX_READ_CHUNK: usize = 1 << 20;
 /// The append buffer keeps its capacity between appends, unless one huge batch inflated it.
 const MAX_RETAINED_BUFFER: usize = 8 << 20;
 const META_FILE: &str = "meta";
+const LOCK_FILE: &str = "LOCK";
 const META_TMP: &str = "meta.tmp";
 const SEGMENT_SUFFIX: &str = ".seg";
 const TMP_SUFFIX: &str = ".tmp";
@@ -96,6 +97,8 @@ pub struct SegmentStore {
     shared: Arc<Shared>,
     /// Reused for every append, so that the write path allocates nothing per record.
     buf: Vec<u8>,
+    /// Held (flock) while the store is open.
+    _lock: File,
 }
 
 #[derive(Debug)]
@@ -191,6 +194,21 @@ impl SegmentStore {
                 sync_dir(parent)?;
             }
         }
+        // One process per log directory, held for the store's life.
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("opening lock file", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse { dir: dir.to_path_buf(), lock: lock_path })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking", &lock_path)(e)),
+        }
         let mut names = Vec::new();
         let mut has_meta = false;
         for dirent in fs::read_dir(dir).map_err(io_err("listing log directory", dir))? {
@@ -200,6 +218,9 @@ impl SegmentStore {
                 tracing::warn!(path = %path.display(), "ignoring unknown file in log directory");
                 continue;
             };
+            if name == LOCK_FILE {
+                continue;
+            }
             if name == META_FILE {
                 has_meta = true;
             } else if let Some(lsn) = parse_segment_name(&name) {
@@ -241,6 +262,7 @@ impl SegmentStore {
             meta,
             shared: Shared::with_durable(last),
             buf: Vec::new(),
+            _lock: lock,
         };
         tracing::info!(
             dir = %store.dir.display(),
