@@ -249,7 +249,7 @@ impl Client {
             if tokio::time::Instant::now() >= deadline {
                 return Err(ShimError::Unavailable(format!("no active sequencer answered: {last}")));
             }
-            if next == i || attempt % n as u32 == 0 {
+            if next == i || attempt.is_multiple_of(n as u32) {
                 tokio::time::sleep(Duration::from_millis(10 * u64::from((attempt / n as u32).clamp(1, 20))))
                     .await;
             }

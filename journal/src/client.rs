@@ -164,7 +164,7 @@ impl TailReader {
                     let node = self.client.node(self.node).addr();
                     self.node = (self.node + 1) % self.client.len();
                     let pause = Duration::from_millis(20 * u64::from(self.failures.min(25)));
-                    if self.failures % self.client.len() as u32 == 0 {
+                    if self.failures.is_multiple_of(self.client.len() as u32) {
                         warn!(%node, "tailing the journal failed everywhere, retrying in {pause:?}: {e}");
                     } else {
                         debug!(%node, "tailing the journal: {e}; trying the next node");

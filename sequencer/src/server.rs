@@ -631,7 +631,7 @@ impl Sequencer {
                 Err(JournalError::Stale { promised }) => return self.depose(promised),
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 50 == 0 {
+                    if failures == 1 || failures.is_multiple_of(50) {
                         warn!(node = %addr, "replication interrupted: {e}");
                     } else {
                         debug!(node = %addr, "replication interrupted: {e}");
