@@ -131,14 +131,22 @@ impl Client {
     pub(crate) async fn commit(&self, req: CommitRequest) -> Result<Lsn, ShimError> {
         let (txn_id, read_lsn) = (req.txn_id, req.read_lsn);
         // Resending the same request to another candidate is safe: commits are deduplicated by
-        // txn id, and a deposed sequencer can no longer commit anything.
-        let in_doubt = match self.sequencer_call(&Message::CommitRequest(req)).await {
+        // txn id, and a deposed sequencer can no longer commit anything. But once a copy may
+        // have reached a candidate without an answer, a refusal from another candidate (which
+        // may itself be deposed without knowing it) no longer proves the first copy failed: then
+        // only the outcome, decided from the log by the active sequencer, is definitive.
+        let mut maybe_delivered = false;
+        let answer = self.sequencer_call_tracked(&Message::CommitRequest(req), &mut maybe_delivered).await;
+        let in_doubt = match answer {
             Ok(Message::CommitResponse(CommitOutcome::Committed { lsn })) => return Ok(lsn),
-            Ok(Message::CommitResponse(CommitOutcome::Conflict { keys })) => {
+            Ok(Message::CommitResponse(CommitOutcome::Conflict { keys })) if !maybe_delivered => {
                 return Err(ShimError::Conflict { keys })
             }
-            Ok(Message::CommitResponse(CommitOutcome::TooOld { floor })) => {
+            Ok(Message::CommitResponse(CommitOutcome::TooOld { floor })) if !maybe_delivered => {
                 return Err(ShimError::TooOld { floor })
+            }
+            Ok(Message::CommitResponse(CommitOutcome::Conflict { .. } | CommitOutcome::TooOld { .. })) => {
+                "refused after an earlier copy went unanswered".to_string()
             }
             Ok(Message::CommitResponse(CommitOutcome::Unavailable { reason })) => reason,
             Ok(other) => return Err(unexpected(other)),
@@ -207,6 +215,16 @@ impl Client {
     /// says it is not the leader, that cannot be reached, or whose read barrier failed (it may
     /// be deposed) is skipped, with a growing pause once every candidate was tried.
     async fn sequencer_call(&self, req: &Message) -> Result<Message, ShimError> {
+        self.sequencer_call_tracked(req, &mut false).await
+    }
+
+    /// [`Client::sequencer_call`], noting in `maybe_delivered` whether some candidate may have
+    /// received the request without answering (a timeout or a broken connection).
+    async fn sequencer_call_tracked(
+        &self,
+        req: &Message,
+        maybe_delivered: &mut bool,
+    ) -> Result<Message, ShimError> {
         let deadline = tokio::time::Instant::now() + self.inner.cfg.request_timeout;
         let n = self.inner.sequencers.len();
         let mut last;
@@ -238,6 +256,7 @@ impl Client {
                 Ok(m) => return Ok(m),
                 Err(e) => {
                     last = format!("{}: {e}", peer.addr());
+                    *maybe_delivered = true;
                     true
                 }
             };

@@ -381,17 +381,34 @@ impl Sequencer {
 
     /// The fate of `txn_id`, decided from the log: committed iff its record lies in
     /// `(read_lsn, commit watermark]`. An id not found is fenced so it can never commit later.
+    ///
+    /// "Aborted" is only said by a sequencer that, after fencing the id, proves with a heartbeat
+    /// round that it is still the active one: a deposed sequencer that does not know it yet must
+    /// not speak for its successor, which may have committed the transaction.
     pub async fn outcome(&self, txn_id: TxnId, read_lsn: Lsn) -> Result<TxnOutcome, String> {
+        if read_lsn > self.commit_lsn() {
+            // The client read a snapshot newer than anything we committed: another sequencer
+            // is (or was) active after us.
+            return Err(format!("read lsn {read_lsn} is beyond this sequencer's watermark; it is stale"));
+        }
         let (found, floor) = {
             let mut t = self.txns.lock().expect("txns lock");
             match t.by_id.get(&txn_id) {
-                Some(&lsn) => (Some(lsn), t.floor),
+                Some(&lsn) => (Some(lsn), None),
                 None if read_lsn >= t.floor => {
                     t.fenced.insert(txn_id);
-                    return Ok(TxnOutcome::Aborted);
+                    (None, None)
                 }
-                None => (None, t.floor),
+                None => (None, Some(t.floor)),
             }
+        };
+        let floor = match (found, floor) {
+            (Some(lsn), _) => return self.wait_committed(lsn).await.map(|()| TxnOutcome::Committed { lsn }),
+            (None, None) => {
+                self.confirm_epoch().await?;
+                return Ok(TxnOutcome::Aborted);
+            }
+            (None, Some(floor)) => floor,
         };
         if let Some(lsn) = found {
             return self.wait_committed(lsn).await.map(|()| TxnOutcome::Committed { lsn });
@@ -416,6 +433,7 @@ impl Sequencer {
             from = upto + 1;
         }
         self.txns.lock().expect("txns lock").fenced.insert(txn_id);
+        self.confirm_epoch().await?;
         Ok(TxnOutcome::Aborted)
     }
 
