@@ -1,5 +1,5 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ struct Inner {
     unreachable_since: Vec<std::sync::Mutex<Option<tokio::time::Instant>>>,
     replayers: Vec<Peer>,
     next_replayer: AtomicUsize,
+    /// The highest LSN this client has seen acknowledged or used as a snapshot: a snapshot
+    /// write-only transactions can take without a read barrier.
+    seen_lsn: AtomicU64,
     cache: ReadCache,
     cfg: ClientConfig,
 }
@@ -80,6 +83,7 @@ impl Client {
             unreachable_since: cfg.sequencers.iter().map(|_| std::sync::Mutex::new(None)).collect(),
             replayers: cfg.replayers.iter().map(|&a| Peer::new(endpoint.clone(), a)).collect(),
             next_replayer: AtomicUsize::new(0),
+            seen_lsn: AtomicU64::new(0),
             cache: ReadCache::new(cfg.cache_bytes),
             cfg,
         };
@@ -95,7 +99,34 @@ impl Client {
             }
             other => return Err(unexpected(other)),
         };
+        self.inner.seen_lsn.fetch_max(read_lsn, Ordering::Relaxed);
         Ok(Txn::new(self.clone(), read_lsn, TxnId(rand::rng().random())))
+    }
+
+    /// Commits `writes` as a write-only transaction, without the read barrier a [`Txn`] pays
+    /// at `begin`: with nothing read, any snapshot at or below the commit watermark is a valid
+    /// one, so it takes the newest LSN this client has seen. An older snapshot can only make a
+    /// write-write conflict *more* likely, never hide one. Conflicts are returned, not retried;
+    /// a snapshot below the sequencer's conflict window is refreshed once with a barrier.
+    pub async fn write(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<Lsn, ShimError> {
+        let writes: Vec<triad_protocol::Write> =
+            writes.into_iter().map(|(key, value)| triad_protocol::Write { key, value }).collect();
+        let mut read_lsn = self.inner.seen_lsn.load(Ordering::Relaxed);
+        for refreshed in [false, true] {
+            let req = CommitRequest {
+                txn_id: TxnId(rand::rng().random()),
+                read_lsn,
+                isolation: triad_protocol::Isolation::Snapshot,
+                read_keys: vec![],
+                read_ranges: vec![],
+                writes: writes.clone(),
+            };
+            match self.commit(req).await {
+                Err(ShimError::TooOld { .. }) if !refreshed => read_lsn = self.begin().await?.read_lsn(),
+                other => return other,
+            }
+        }
+        unreachable!("the second attempt returns")
     }
 
     /// Runs `body` in a transaction and commits it, retrying from the start (new snapshot) on
@@ -138,7 +169,10 @@ impl Client {
         let mut maybe_delivered = false;
         let answer = self.sequencer_call_tracked(&Message::CommitRequest(req), &mut maybe_delivered).await;
         let in_doubt = match answer {
-            Ok(Message::CommitResponse(CommitOutcome::Committed { lsn })) => return Ok(lsn),
+            Ok(Message::CommitResponse(CommitOutcome::Committed { lsn })) => {
+                self.inner.seen_lsn.fetch_max(lsn, Ordering::Relaxed);
+                return Ok(lsn);
+            }
             Ok(Message::CommitResponse(CommitOutcome::Conflict { keys })) if !maybe_delivered => {
                 return Err(ShimError::Conflict { keys })
             }

@@ -34,8 +34,7 @@ impl ShimError {
 }
 
 fn show_keys(keys: &[Vec<u8>]) -> String {
-    let mut shown: Vec<String> =
-        keys.iter().take(5).map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+    let mut shown: Vec<String> = keys.iter().take(5).map(|k| k.escape_ascii().to_string()).collect();
     if keys.len() > 5 {
         shown.push("…".into());
     }

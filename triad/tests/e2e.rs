@@ -61,6 +61,20 @@ async fn concurrent_bank_transfers_keep_the_invariant() {
     assert!(report.committed > 0, "no transfer committed: {report}");
     assert_eq!(report.unknown, 0, "every outcome should be known without faults: {history:?}");
     eprintln!("{report}");
+
+    // Write-only commits skip the read barrier but are still conflict-checked: a transaction
+    // that read a key before a blind write to it committed must not commit its own write.
+    let client = Client::connect(c.client_config()).unwrap();
+    let first = client.write(vec![(b"blind/a".to_vec(), Some(b"1".to_vec()))]).await.unwrap();
+    let mut txn = client.begin().await.unwrap();
+    assert!(txn.read_lsn() >= first, "a later begin sees the blind write's LSN");
+    assert_eq!(txn.get(b"blind/a").await.unwrap(), Some(b"1".to_vec()));
+    let second = client.write(vec![(b"blind/a".to_vec(), Some(b"2".to_vec()))]).await.unwrap();
+    assert!(second > first);
+    txn.put(b"blind/a".to_vec(), b"3".to_vec());
+    assert!(matches!(txn.commit().await, Err(triad_shim::ShimError::Conflict { .. })));
+    let mut check = client.begin().await.unwrap();
+    assert_eq!(check.get(b"blind/a").await.unwrap(), Some(b"2".to_vec()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
