@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Installs what building Triad needs on a fresh Debian machine: clang and libclang for
-# RocksDB's bindings. Safe to run again; does nothing when they are present.
+# Installs what building and testing Triad needs on a fresh Debian machine: clang and libclang
+# for RocksDB's bindings; psql and pgbench, which the SQL front end's tests drive as real
+# clients. Safe to run again; does nothing when they are present.
 set -euo pipefail
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+missing=()
 if ! ldconfig -p 2>/dev/null | grep -q 'libclang' || ! command -v clang >/dev/null; then
-    echo "setup: installing clang and libclang-dev (needed by RocksDB's bindings)…" >&2
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    missing+=(clang libclang-dev)
+fi
+command -v psql >/dev/null || missing+=(postgresql-client)
+# Debian's pgbench wrapper exists with the client alone; the program itself comes with the server.
+pgbench --version >/dev/null 2>&1 || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]} (RocksDB's bindings; SQL client tests)…" >&2
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang libclang-dev >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

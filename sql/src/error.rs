@@ -1,0 +1,115 @@
+//! Errors of the SQL front end and the SQLSTATE each is reported with.
+
+use pgwire::error::{ErrorInfo, PgWireError};
+use triad_shim::ShimError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The cluster refused or could not run the transaction.
+    #[error(transparent)]
+    Shim(#[from] ShimError),
+    /// GlueSQL rejected or failed the statement.
+    #[error("{0}")]
+    Engine(String),
+    /// SQL GlueSQL parses but this front end does not run.
+    #[error("{0} is not supported by Triad's SQL front end")]
+    Unsupported(String),
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedTxn,
+    #[error("parameter ${index}: {message}")]
+    Param { index: usize, message: String },
+    #[error("cannot send a result: {0}")]
+    Encode(String),
+    #[error("bind error: {0}")]
+    Bind(String),
+    #[error("session failed: {0}")]
+    Internal(String),
+}
+
+impl SqlError {
+    /// The SQLSTATE a PostgreSQL client acts on.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            // Serialization failure: standard retry loops (pgbench --max-tries, ORMs) rerun it.
+            SqlError::Shim(
+                ShimError::Conflict { .. } | ShimError::TooOld { .. } | ShimError::NotCommitted(_),
+            ) => "40001",
+            SqlError::Shim(ShimError::Unavailable(_)) => "08006",
+            SqlError::Shim(ShimError::ReadTimeout(_)) => "57014",
+            SqlError::Shim(_) => "XX000",
+            SqlError::Engine(msg) if msg.starts_with("parser:") => "42601",
+            SqlError::Engine(msg) if msg.contains("table not found") || msg.contains("TableNotFound") => {
+                "42P01"
+            }
+            SqlError::Engine(msg) if msg.contains("column") && msg.contains("not found") => "42703",
+            SqlError::Engine(msg) if msg.contains("already exists") || msg.contains("AlreadyExists") => {
+                "42P07"
+            }
+            SqlError::Engine(msg) if msg.contains("duplicate") || msg.contains("Duplicate") => "23505",
+            SqlError::Engine(msg) if msg.contains("unsupported") || msg.contains("Unsupported") => "0A000",
+            SqlError::Engine(_) => "42000",
+            SqlError::Unsupported(_) => "0A000",
+            SqlError::InFailedTxn => "25P02",
+            SqlError::Param { .. } | SqlError::Bind(_) => "22P02",
+            SqlError::Encode(_) => "22000",
+            SqlError::Internal(_) => "XX000",
+        }
+    }
+
+    /// The message a client shows. Conflicts follow Aurora DSQL's convention (code OC000 in
+    /// the text) and say what to do.
+    pub fn message(&self) -> String {
+        match self {
+            SqlError::Shim(ShimError::Conflict { keys }) => {
+                let mut what: Vec<String> = keys.iter().map(|k| crate::store::describe_key(k)).collect();
+                what.sort();
+                what.dedup();
+                format!(
+                    "OC000: change conflicts with another transaction, please retry: another transaction committed first a change to {}",
+                    what.join(", ")
+                )
+            }
+            SqlError::Shim(e @ (ShimError::TooOld { .. } | ShimError::NotCommitted(_))) => {
+                format!("OC001: transaction must be retried: {e}")
+            }
+            SqlError::Shim(ShimError::Unavailable(e)) => {
+                format!("lost the connection to the Triad cluster (sequencer or replayer unreachable): {e}")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    pub fn to_info(&self) -> ErrorInfo {
+        // Protocol strings end at a NUL byte: one inside a message would corrupt the frame.
+        let message = self.message().replace('\0', "\\0");
+        ErrorInfo::new("ERROR".to_owned(), self.sqlstate().to_owned(), message)
+    }
+
+    pub fn to_pgwire(&self) -> PgWireError {
+        PgWireError::UserError(Box::new(self.to_info()))
+    }
+}
+
+impl From<gluesql_core::error::Error> for SqlError {
+    fn from(e: gluesql_core::error::Error) -> SqlError {
+        SqlError::Engine(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_are_serialization_failures_named_oc000() {
+        let e = SqlError::Shim(ShimError::Conflict { keys: vec![b"sql/r/t\0k".to_vec()] });
+        assert_eq!(e.sqlstate(), "40001");
+        assert!(e.message().starts_with("OC000"), "{}", e.message());
+        assert!(e.message().contains("a row of table t"), "{}", e.message());
+        assert!(!e.to_info().message.contains('\0'));
+        assert_eq!(SqlError::Shim(ShimError::TooOld { floor: 3 }).sqlstate(), "40001");
+        assert_eq!(SqlError::Shim(ShimError::Unavailable("x".into())).sqlstate(), "08006");
+        assert_eq!(SqlError::InFailedTxn.sqlstate(), "25P02");
+        assert_eq!(SqlError::Unsupported("CREATE INDEX".into()).sqlstate(), "0A000");
+    }
+}

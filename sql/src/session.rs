@@ -1,0 +1,332 @@
+//! One client connection's SQL session: GlueSQL over a [`ShimStore`], and the transaction
+//! rules PostgreSQL clients expect.
+//!
+//! The session, not GlueSQL, owns transaction boundaries. Outside `BEGIN … COMMIT` every
+//! statement is its own shim transaction, committed when it succeeds. Inside, statements share
+//! one snapshot and one write set, and `COMMIT` sends it to the sequencer; an error inside
+//! leaves the block failed (SQLSTATE 25P02) until `ROLLBACK` or `COMMIT`, as in PostgreSQL.
+//! A conflict at commit is SQLSTATE 40001, so clients' retry loops run the transaction again.
+//!
+//! Everything here is synchronous and runs on a blocking thread (see [`crate::store`]).
+
+use std::sync::Arc;
+
+use gluesql_core::ast::DataType;
+use gluesql_core::data::{Schema, Value};
+use gluesql_core::executor::{Payload, PayloadVariable};
+use gluesql_core::prelude::Glue;
+use gluesql_core::sqlparser::ast::{Statement, TransactionIsolationLevel, TransactionMode};
+use gluesql_core::store::{Planner, Store};
+use gluesql_core::translate::{translate_with_params, ParamLiteral};
+use tokio::runtime::Handle;
+use triad_protocol::Isolation;
+use triad_shim::Client;
+
+use crate::error::SqlError;
+use crate::store::ShimStore;
+use crate::types::{describe, Description, Schemas};
+
+/// What one statement produced.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Begin,
+    Commit,
+    Rollback,
+    /// A command without rows: its tag ("INSERT", "UPDATE", …) and row count if it has one.
+    Command {
+        tag: &'static str,
+        rows: Option<usize>,
+    },
+    Rows {
+        labels: Vec<String>,
+        rows: Vec<Vec<Value>>,
+    },
+}
+
+/// A statement parsed for the extended protocol, with what [`describe`] inferred.
+#[derive(Debug)]
+pub struct Prepared {
+    pub sql: String,
+    pub stmt: Statement,
+    pub desc: Description,
+}
+
+pub struct Session {
+    glue: Glue<ShimStore>,
+    /// Inside BEGIN … COMMIT.
+    explicit: bool,
+    /// An error happened inside the block; only COMMIT/ROLLBACK are accepted.
+    failed: bool,
+}
+
+struct StoreSchemas<'a>(&'a ShimStore);
+
+impl Schemas for StoreSchemas<'_> {
+    fn schema(&mut self, table: &str) -> Result<Option<Schema>, SqlError> {
+        self.0.fetch_schema(table).map_err(|e| self.shim_error(e))
+    }
+}
+
+impl StoreSchemas<'_> {
+    fn shim_error(&self, e: gluesql_core::error::Error) -> SqlError {
+        self.0.take_error().map(SqlError::Shim).unwrap_or_else(|| e.into())
+    }
+}
+
+impl Session {
+    /// `rt` must be the runtime the shim's client runs on; the session itself is used from
+    /// blocking threads only.
+    pub fn new(client: Client, rt: Handle) -> Session {
+        Session { glue: Glue::new(ShimStore::new(client, rt)), explicit: false, failed: false }
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.explicit
+    }
+
+    fn store(&self) -> &ShimStore {
+        &self.glue.storage
+    }
+
+    /// A GlueSQL error, or the shim error that caused it.
+    fn engine_error(&self, e: gluesql_core::error::Error) -> SqlError {
+        self.store().take_error().map(SqlError::Shim).unwrap_or_else(|| e.into())
+    }
+
+    /// Runs every statement of a simple-protocol query in order, stopping at the first error
+    /// (as PostgreSQL does); returns what ran and the error, if one stopped it.
+    pub fn simple(&mut self, sql: &str) -> (Vec<Outcome>, Option<SqlError>) {
+        let stmts = match gluesql_core::parse_sql::parse(sql) {
+            Ok(s) => s,
+            Err(e) => return (vec![], Some(self.fail(e.into()))),
+        };
+        let mut out = Vec::with_capacity(stmts.len());
+        for stmt in &stmts {
+            match self.execute(stmt, &[]) {
+                Ok(o) => out.push(o),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    /// Parses one statement and infers its parameter and column types (extended protocol).
+    pub fn prepare(&mut self, sql: &str) -> Result<Option<Arc<Prepared>>, SqlError> {
+        let mut stmts = gluesql_core::parse_sql::parse(sql).map_err(SqlError::from)?;
+        if stmts.len() > 1 {
+            return Err(SqlError::Engine(
+                "parser: cannot insert multiple commands into a prepared statement".into(),
+            ));
+        }
+        let Some(stmt) = stmts.pop() else { return Ok(None) };
+        let had_txn = self.store().in_txn();
+        let desc = describe(&stmt, &mut StoreSchemas(self.store()));
+        if !had_txn && !self.explicit {
+            // Looking up schemas may have begun a transaction; an autocommit statement must
+            // read at a fresh snapshot when it runs, so don't keep this one.
+            drop(self.store().take_txn());
+        }
+        Ok(Some(Arc::new(Prepared { sql: sql.to_string(), stmt, desc: desc? })))
+    }
+
+    /// Runs one statement with its parameters.
+    pub fn execute(&mut self, stmt: &Statement, params: &[ParamLiteral]) -> Result<Outcome, SqlError> {
+        if self.failed && !matches!(stmt, Statement::Commit { .. } | Statement::Rollback { .. }) {
+            return Err(SqlError::InFailedTxn);
+        }
+        match stmt {
+            Statement::StartTransaction { modes, .. } => {
+                if self.explicit {
+                    // PostgreSQL warns and carries on; so do we.
+                    return Ok(Outcome::Begin);
+                }
+                if let Some(iso) = isolation_of(modes) {
+                    self.store().set_isolation(iso);
+                }
+                // A statement prepared earlier may have left nothing open; begin now so the
+                // snapshot is taken at BEGIN.
+                self.store().begin_now()?;
+                self.explicit = true;
+                Ok(Outcome::Begin)
+            }
+            Statement::SetTransaction { modes, .. } => {
+                if let Some(iso) = isolation_of(modes) {
+                    self.store().set_isolation(iso);
+                }
+                Ok(Outcome::Command { tag: "SET", rows: None })
+            }
+            Statement::Commit { .. } => {
+                let was_failed = self.failed;
+                self.explicit = false;
+                self.failed = false;
+                let txn = self.store().take_txn();
+                if was_failed {
+                    return Ok(Outcome::Rollback);
+                }
+                if let Some(txn) = txn {
+                    self.store().block_on(txn.commit())?;
+                }
+                Ok(Outcome::Commit)
+            }
+            Statement::Rollback { savepoint: Some(_), .. } => {
+                Err(self.fail(SqlError::Unsupported("ROLLBACK TO SAVEPOINT".into())))
+            }
+            Statement::Rollback { .. } => {
+                self.explicit = false;
+                self.failed = false;
+                drop(self.store().take_txn());
+                Ok(Outcome::Rollback)
+            }
+            // Session settings drivers send at connect time; Triad has none to change.
+            Statement::SetVariable { .. } | Statement::SetTimeZone { .. } | Statement::SetNames { .. } => {
+                Ok(Outcome::Command { tag: "SET", rows: None })
+            }
+            Statement::ShowVariable { variable } => {
+                let name =
+                    variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
+                let value = self.show(&name).ok_or_else(|| SqlError::Unsupported(format!("SHOW {name}")))?;
+                Ok(Outcome::Rows { labels: vec![name], rows: vec![vec![Value::Str(value)]] })
+            }
+            Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => {
+                Err(self.fail(SqlError::Unsupported("SAVEPOINT".into())))
+            }
+            Statement::CreateIndex(_)
+            | Statement::Drop { object_type: gluesql_core::sqlparser::ast::ObjectType::Index, .. } => {
+                Err(self.fail(SqlError::Unsupported("CREATE/DROP INDEX (secondary indexes)".into())))
+            }
+            _ => self.run(stmt, params),
+        }
+    }
+
+    fn show(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "transaction_isolation" | "transaction isolation level" => "repeatable read".into(),
+            "server_version" => "15.0 (Triad)".into(),
+            "server_encoding" | "client_encoding" => "UTF8".into(),
+            "standard_conforming_strings" => "on".into(),
+            "datestyle" => "ISO, MDY".into(),
+            "timezone" => "UTC".into(),
+            "search_path" => "public".into(),
+            _ => return None,
+        })
+    }
+
+    /// Marks the block failed if inside one; returns the error for chaining.
+    fn fail(&mut self, e: SqlError) -> SqlError {
+        if self.explicit {
+            self.failed = true;
+        } else {
+            drop(self.store().take_txn());
+        }
+        e
+    }
+
+    /// A data statement, through GlueSQL.
+    fn run(&mut self, stmt: &Statement, params: &[ParamLiteral]) -> Result<Outcome, SqlError> {
+        let result = translate_with_params(stmt, params)
+            .map_err(SqlError::from)
+            .and_then(|s| self.glue.storage.plan(s.into()).map_err(|e| self.engine_error(e)))
+            .and_then(|plan| self.glue.execute_stmt(&plan).map_err(|e| self.engine_error(e)));
+        let payload = match result {
+            Ok(p) => p,
+            Err(e) => return Err(self.fail(e)),
+        };
+        let outcome = match outcome_of(payload) {
+            Ok(o) => o,
+            Err(e) => return Err(self.fail(e)),
+        };
+        if !self.explicit {
+            if let Some(txn) = self.store().take_txn() {
+                self.store().block_on(txn.commit())?;
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+fn isolation_of(modes: &[TransactionMode]) -> Option<Isolation> {
+    modes.iter().find_map(|m| match m {
+        TransactionMode::IsolationLevel(TransactionIsolationLevel::Serializable) => {
+            Some(Isolation::Serializable)
+        }
+        // Weaker levels are answered with snapshot isolation, which is stronger than each.
+        TransactionMode::IsolationLevel(_) => Some(Isolation::Snapshot),
+        _ => None,
+    })
+}
+
+fn outcome_of(p: Payload) -> Result<Outcome, SqlError> {
+    let cmd = |tag, rows| Outcome::Command { tag, rows };
+    Ok(match p {
+        Payload::Select { labels, rows } => Outcome::Rows { labels, rows },
+        Payload::SelectMap(_) => {
+            return Err(SqlError::Unsupported("selecting from a table without declared columns".into()))
+        }
+        Payload::ShowColumns(cols) => Outcome::Rows {
+            labels: vec!["column".into(), "type".into()],
+            rows: cols
+                .into_iter()
+                .map(|(c, t)| vec![Value::Str(c), Value::Str(data_type_name(&t))])
+                .collect(),
+        },
+        Payload::ShowVariable(v) => {
+            let (label, rows) = match v {
+                PayloadVariable::Tables(t) => {
+                    ("tables", t.into_iter().map(|x| vec![Value::Str(x)]).collect())
+                }
+                PayloadVariable::Functions(f) => {
+                    ("functions", f.into_iter().map(|x| vec![Value::Str(x)]).collect())
+                }
+                PayloadVariable::Version(v) => ("version", vec![vec![Value::Str(v)]]),
+            };
+            Outcome::Rows { labels: vec![label.into()], rows }
+        }
+        Payload::Insert(n) => cmd("INSERT", Some(n)),
+        Payload::Delete(n) => cmd("DELETE", Some(n)),
+        Payload::Update(n) => cmd("UPDATE", Some(n)),
+        Payload::Create => cmd("CREATE TABLE", None),
+        Payload::DropTable(_) => cmd("DROP TABLE", None),
+        Payload::DropFunction => cmd("DROP FUNCTION", None),
+        Payload::AlterTable => cmd("ALTER TABLE", None),
+        Payload::CreateIndex => cmd("CREATE INDEX", None),
+        Payload::DropIndex => cmd("DROP INDEX", None),
+        Payload::StartTransaction => Outcome::Begin,
+        Payload::Commit => Outcome::Commit,
+        Payload::Rollback => Outcome::Rollback,
+    })
+}
+
+fn data_type_name(t: &DataType) -> String {
+    format!("{t}")
+}
+
+/// A bound parameter value, as GlueSQL takes it.
+pub fn literal(v: Value) -> Result<ParamLiteral, SqlError> {
+    use gluesql_core::translate::IntoParamLiteral as L;
+    Ok(match v {
+        Value::Null => ParamLiteral::null(),
+        Value::Bool(x) => x.into_param_literal(),
+        Value::I8(x) => x.into_param_literal(),
+        Value::I16(x) => x.into_param_literal(),
+        Value::I32(x) => x.into_param_literal(),
+        Value::I64(x) => x.into_param_literal(),
+        Value::I128(x) => x.into_param_literal(),
+        Value::U8(x) => x.into_param_literal(),
+        Value::U16(x) => x.into_param_literal(),
+        Value::U32(x) => x.into_param_literal(),
+        Value::U64(x) => x.into_param_literal(),
+        Value::U128(x) => x.into_param_literal(),
+        Value::F32(x) => x.into_param_literal(),
+        Value::F64(x) => x.into_param_literal(),
+        Value::Decimal(x) => x.into_param_literal(),
+        Value::Str(x) => x.into_param_literal(),
+        Value::Bytea(x) => x.into_param_literal(),
+        Value::Inet(x) => x.into_param_literal(),
+        Value::Date(x) => x.into_param_literal(),
+        Value::Timestamp(x) => x.into_param_literal(),
+        Value::Time(x) => x.into_param_literal(),
+        Value::Interval(x) => x.into_param_literal(),
+        Value::Point(x) => x.into_param_literal(),
+        other => return Err(SqlError::Unsupported(format!("a parameter of value {other:?}"))),
+    })
+}
