@@ -199,32 +199,56 @@ async fn inject(cluster: &mut LocalCluster, fault: Fault) -> Result<Option<Role>
 /// Every journal node holds the same record at every committed LSN (unique order). Returns how
 /// many LSNs were compared.
 async fn journals_agree(cluster: &LocalCluster) -> Result<u64> {
+    let tls = triad_transport::TlsConfig::load(&cluster.tls_dir(), "client")?;
+    let names: Vec<String> = (0..cluster.spec().journals).map(|i| Role::Journal(i).to_string()).collect();
+    logs_agree(&tls, &cluster.journal_addrs(), &names).await
+}
+
+/// Every journal node holds the same record at every LSN all of them hold as committed (the
+/// log's order is unique). Returns how many LSNs were compared. `names` label the nodes in
+/// errors. Shared by the local and the docker chaos checks.
+pub async fn logs_agree(
+    tls: &triad_transport::TlsConfig,
+    journals: &[std::net::SocketAddr],
+    names: &[String],
+) -> Result<u64> {
+    let endpoint = tls.client_endpoint(std::net::Ipv4Addr::UNSPECIFIED.into())?;
     let mut tips = Vec::new();
-    for i in 0..cluster.spec().journals {
-        let s = cluster.status(Role::Journal(i)).await?;
+    for (addr, name) in journals.iter().zip(names) {
+        let peer = triad_transport::Peer::new(endpoint.clone(), *addr);
+        let s = match peer
+            .call_timeout(&triad_protocol::Message::StatusRequest, std::time::Duration::from_secs(5))
+            .await
+            .with_context(|| format!("status of {name}"))?
+        {
+            triad_protocol::Message::StatusResponse(s) => s,
+            other => anyhow::bail!("{name} answered a status request with {other:?}"),
+        };
         tips.push((s.first_lsn, s.commit_lsn.min(s.last.lsn)));
     }
     let from = tips.iter().map(|t| t.0).max().unwrap_or(1).max(1);
     let upto = tips.iter().map(|t| t.1).min().unwrap_or(0);
     ensure!(upto >= from, "journal nodes share no committed range ({tips:?})");
-    let tls = triad_transport::TlsConfig::load(&cluster.tls_dir(), "client")?;
-    let endpoint = tls.client_endpoint([127, 0, 0, 1].into())?;
-    let client = JournalClient::new(&endpoint, &cluster.journal_addrs());
+    let client = JournalClient::new(&endpoint, journals);
     let mut logs = Vec::new();
-    for i in 0..client.len() {
-        logs.push(
-            client
-                .fetch_range(i, from, upto, None)
-                .await
-                .with_context(|| format!("reading journal-{}", i + 1))?,
-        );
+    for (i, name) in names.iter().enumerate() {
+        logs.push(client.fetch_range(i, from, upto, None).await.with_context(|| format!("reading {name}"))?);
     }
     for (i, log) in logs.iter().enumerate().skip(1) {
+        ensure!(
+            log.len() == logs[0].len(),
+            "{} returned {} entries, {} returned {}",
+            names[0],
+            logs[0].len(),
+            names[i],
+            log.len()
+        );
         for (a, b) in logs[0].iter().zip(log) {
             ensure!(
                 a == b,
-                "journal-1 and journal-{} disagree at lsn {}: epochs {} and {}",
-                i + 1,
+                "{} and {} disagree at lsn {}: epochs {} and {}",
+                names[0],
+                names[i],
                 a.lsn,
                 a.epoch,
                 b.epoch

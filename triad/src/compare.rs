@@ -232,8 +232,8 @@ BEGIN;
 UPDATE accounts SET abalance = abalance + :delta WHERE aid = :aid;
 UPDATE tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
 UPDATE branches SET bbalance = bbalance + :delta WHERE bid = :bid;
-INSERT INTO history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
-END;
+INSERT INTO history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, NOW());
+COMMIT;
 ";
 
 /// PostgreSQL refuses to run as root; its server tools then run as the `postgres` user —
@@ -258,6 +258,7 @@ pub async fn postgres(
     port: u16,
     clients: usize,
     duration: Duration,
+    mode: &str,
     say: &dyn Fn(String),
 ) -> Result<LoadReport> {
     ensure_package("pgbench", "postgresql-contrib", say)?;
@@ -288,39 +289,62 @@ pub async fn postgres(
         .spawn()
         .context("starting postgres")?;
     let _server = Guard(server);
-    let psql = |sql: &str| {
-        Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .stdout(Stdio::null())
-            .output()
-    };
+    let target = PgTarget { port, user: "postgres", password: None, dbname: "postgres" };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !psql("SELECT 1")?.status.success() {
+    while !target.psql("SELECT 1")?.status.success() {
         if Instant::now() > deadline {
             bail!("postgres did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let out = psql(PG_SCHEMA)?;
+    let out = target.psql(PG_SCHEMA)?;
     ensure!(out.status.success(), "creating the tables failed: {}", String::from_utf8_lossy(&out.stderr));
+    say(format!("postgres: pgbench TPC-B-like, {clients} clients, {duration:?}, -M {mode}…"));
+    pgbench(&target, dir, clients, duration, mode).await
+}
+
+/// A PostgreSQL-wire server to point psql and pgbench at.
+pub struct PgTarget<'a> {
+    pub port: u16,
+    pub user: &'a str,
+    pub password: Option<&'a str>,
+    pub dbname: &'a str,
+}
+
+impl PgTarget<'_> {
+    fn command(&self, binary: &str) -> Command {
+        let mut c = Command::new(binary);
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", self.user]);
+        if let Some(p) = self.password {
+            c.env("PGPASSWORD", p);
+        }
+        c
+    }
+
+    fn psql(&self, sql: &str) -> Result<std::process::Output> {
+        Ok(self
+            .command("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dbname, "-c", sql])
+            .stdout(Stdio::null())
+            .output()?)
+    }
+}
+
+/// Runs the TPC-B-like script with pgbench for `duration` and reads its per-transaction log.
+/// Serialization failures are retried (as a client library would) and counted as aborts.
+async fn pgbench(
+    target: &PgTarget<'_>,
+    dir: &Path,
+    clients: usize,
+    duration: Duration,
+    mode: &str,
+) -> Result<LoadReport> {
     let script = dir.join("tpcb.sql");
     std::fs::write(&script, PG_SCRIPT)?;
-    say(format!("postgres: pgbench TPC-B-like, {clients} clients, {duration:?}…"));
     let log_prefix = dir.join("pgbench_log");
-    let out = Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-n", "-l"])
+    let out = target
+        .command("pgbench")
+        .args(["-n", "-l", "--max-tries", "1000", "-M", mode])
         .arg(format!("--log-prefix={}", log_prefix.display()))
         .args([
             "-c",
@@ -332,11 +356,17 @@ pub async fn postgres(
         ])
         .arg("-f")
         .arg(&script)
-        .arg("postgres")
+        .arg(target.dbname)
         .current_dir(dir)
         .output()?;
-    ensure!(out.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
-    // Per-transaction logs: "client txn latency_us script epoch epoch_us"; failed ones are marked.
+    ensure!(
+        out.status.success(),
+        "pgbench failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Per-transaction logs: "client txn latency_us script epoch epoch_us [retries]"; failed
+    // transactions carry a word instead of a latency.
     let mut lat = Vec::new();
     let mut aborts = 0;
     for entry in std::fs::read_dir(dir)? {
@@ -345,14 +375,66 @@ pub async fn postgres(
             let mut text = String::new();
             tokio::fs::File::open(&path).await?.read_to_string(&mut text).await?;
             for line in text.lines() {
-                match line.split_whitespace().nth(2).map(str::parse::<u64>) {
-                    Some(Ok(us)) => lat.push(Duration::from_micros(us)),
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                match fields.get(2).map(|f| f.parse::<u64>()) {
+                    Some(Ok(us)) => {
+                        lat.push(Duration::from_micros(us));
+                        aborts += fields.get(6).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+                    }
                     _ => aborts += 1,
                 }
             }
+            std::fs::remove_file(&path)?;
         }
     }
     Ok(report(lat, aborts, duration, 0))
+}
+
+/// The same schema and rows as [`PG_SCHEMA`], in the SQL Triad's front end runs (no
+/// generate_series): rows inserted in batches, one transaction per batch.
+pub async fn triad_sql_setup(port: u16, password: &str, say: &dyn Fn(String)) -> Result<()> {
+    let target = PgTarget { port, user: "triad", password: Some(password), dbname: "triad" };
+    let run = |sql: String| -> Result<()> {
+        let out = target.psql(&sql)?;
+        ensure!(
+            out.status.success(),
+            "setting up the tables failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run("CREATE TABLE branches (bid INT PRIMARY KEY, bbalance INT);
+         CREATE TABLE tellers (tid INT PRIMARY KEY, bid INT, tbalance INT);
+         CREATE TABLE accounts (aid INT PRIMARY KEY, bid INT, abalance INT);
+         CREATE TABLE history (tid INT, bid INT, aid INT, delta INT, mtime TIMESTAMP);"
+        .into())?;
+    let batch = |table: &str, from: u32, to: u32, row: &dyn Fn(u32) -> String| {
+        let rows: Vec<String> = (from..to).map(row).collect();
+        format!("INSERT INTO {table} VALUES {}", rows.join(","))
+    };
+    run(batch("branches", 0, 64, &|b| format!("({b},0)")))?;
+    run(batch("tellers", 0, 640, &|t| format!("({t},{},0)", t / 10)))?;
+    say("triad sql: loading 64,000 accounts…".into());
+    for start in (0..64_000).step_by(2000) {
+        run(batch("accounts", start, start + 2000, &|a| format!("({a},{},0)", a / 1000)))?;
+    }
+    Ok(())
+}
+
+/// pgbench's TPC-B-like script against Triad's SQL front end (set up by [`triad_sql_setup`]).
+pub async fn triad_sql(
+    dir: &Path,
+    port: u16,
+    password: &str,
+    clients: usize,
+    duration: Duration,
+    mode: &str,
+    say: &dyn Fn(String),
+) -> Result<LoadReport> {
+    ensure_package("pgbench", "postgresql-contrib", say)?;
+    let target = PgTarget { port, user: "triad", password: Some(password), dbname: "triad" };
+    say(format!("triad sql: pgbench TPC-B-like, {clients} clients, {duration:?}, -M {mode}…"));
+    pgbench(&target, dir, clients, duration, mode).await
 }
 
 /// One comparison row: both sides and the ratio of throughputs.

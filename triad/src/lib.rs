@@ -6,9 +6,11 @@
 //! - [`bench`]: benchmark programs (`triad bench …`).
 //! - [`compare`]: the same workloads against etcd and PostgreSQL (`triad bench compare`).
 //! - [`chaos`]: fault schedules against a local cluster, checked afterwards (`triad chaos`).
+//! - [`docker`]: the docker-compose deployment's health checks and chaos driver (`triad docker`).
 
 pub mod bank;
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod compare;
+pub mod docker;

@@ -45,6 +45,8 @@ enum Cmd {
     Sequencer(SequencerArgs),
     /// Run a storage replayer (tails the journal, serves reads at an LSN).
     Replayer(ReplayerArgs),
+    /// Serve SQL over the PostgreSQL wire protocol (psql, pgbench, drivers) on the compute shim.
+    Sql(SqlArgs),
     /// Generate the cluster's TLS material: a CA and one certificate per node name.
     Certs(CertsArgs),
     /// Show every member's state: epochs, log tails, commit watermarks, learners and their lag.
@@ -55,6 +57,10 @@ enum Cmd {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Helpers of the docker-compose deployment (docker/): container health checks, waiting
+    /// for a cluster, and chaos against its containers.
+    #[command(subcommand)]
+    Docker(triad::docker::DockerCmd),
 }
 
 #[derive(Subcommand)]
@@ -87,9 +93,12 @@ struct CompareArgs {
     /// Clients for the transaction workload.
     #[arg(long, default_value_t = 8)]
     clients: usize,
-    /// Which workloads: log, txn or all.
+    /// Which workloads: log (vs etcd), txn (shim vs pgbench), sql (pgbench against both) or all.
     #[arg(long, default_value = "all")]
     workload: String,
+    /// pgbench query protocol for the sql workload: simple, extended or prepared.
+    #[arg(long, default_value = "simple")]
+    sql_mode: String,
     #[arg(long, default_value_t = 7600)]
     base_port: u16,
     #[arg(long)]
@@ -253,6 +262,29 @@ struct ReplayerArgs {
 }
 
 #[derive(Args)]
+struct SqlArgs {
+    /// TCP address for PostgreSQL clients.
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    listen: SocketAddr,
+    /// Sequencer candidates, comma separated; the front end finds the active one.
+    #[arg(long, value_delimiter = ',', required = true)]
+    sequencer: Vec<SocketAddr>,
+    #[arg(long, value_delimiter = ',', required = true)]
+    replayer: Vec<SocketAddr>,
+    /// The user clients log in as.
+    #[arg(long, default_value = "triad", env = "TRIAD_SQL_USER")]
+    user: String,
+    /// Their password (or set TRIAD_SQL_PASSWORD, or use --password-file).
+    #[arg(long, env = "TRIAD_SQL_PASSWORD", hide_env_values = true, conflicts_with = "password_file")]
+    password: Option<String>,
+    /// A file whose first line is the password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Args)]
 struct CertsArgs {
     /// Output directory.
     #[arg(long)]
@@ -289,6 +321,9 @@ struct DevArgs {
     /// Run the bank demo against the cluster, verify it and exit (instead of serving).
     #[arg(long)]
     demo: bool,
+    /// Where the SQL front end (PostgreSQL wire protocol) listens; user and password `triad`.
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    sql_listen: SocketAddr,
     #[command(flatten)]
     bank: BankArgs,
 }
@@ -324,7 +359,9 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let default_level = match cli.cmd {
-        Cmd::Dev(_) | Cmd::Demo(_) | Cmd::Status(_) | Cmd::Chaos(_) | Cmd::Bench(_) => "warn",
+        Cmd::Dev(_) | Cmd::Demo(_) | Cmd::Status(_) | Cmd::Chaos(_) | Cmd::Bench(_) | Cmd::Docker(_) => {
+            "warn"
+        }
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -337,11 +374,13 @@ fn main() -> Result<()> {
             Cmd::Journal(a) => journal(a).await,
             Cmd::Sequencer(a) => sequencer(a).await,
             Cmd::Replayer(a) => replayer(a).await,
+            Cmd::Sql(a) => sql(a).await,
             Cmd::Certs(a) => certs(a),
             Cmd::Dev(a) => dev(a).await,
             Cmd::Demo(a) => demo(a).await,
             Cmd::Status(a) => status(a).await,
             Cmd::Chaos(a) => chaos(a).await,
+            Cmd::Docker(c) => triad::docker::run(c, |line| println!("{line}")).await,
             Cmd::Bench(BenchCmd::Failover(a)) => bench_failover(a).await,
             Cmd::Bench(BenchCmd::Journal(a)) => bench_load(a, true).await,
             Cmd::Bench(BenchCmd::Txn(a)) => bench_load(a, false).await,
@@ -401,6 +440,33 @@ async fn replayer(a: ReplayerArgs) -> Result<()> {
     tokio::spawn(triad_transport::serve(endpoint.clone(), replayer.clone()));
     tokio::select! {
         e = replayer.clone().run(&endpoint, &a.journal) => Err(e).context("replayer stopped"),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+async fn sql(a: SqlArgs) -> Result<()> {
+    let password = match (&a.password, &a.password_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the password file {}", f.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        (None, None) => bail!("set a password: --password, TRIAD_SQL_PASSWORD or --password-file"),
+    };
+    if password.is_empty() {
+        bail!("the SQL password is empty");
+    }
+    let cfg = ClientConfig::new(a.sequencer.clone(), a.replayer.clone(), a.tls.load()?);
+    let client = Client::connect(cfg)?;
+    let server =
+        triad_sql::SqlServer::bind(a.listen, client, triad_sql::Auth { user: a.user.clone(), password })
+            .await
+            .with_context(|| format!("listening for SQL clients on {}", a.listen))?;
+    triad_sql::announce(server.local_addr(), &a.user);
+    tokio::select! {
+        r = server.run() => r.context("SQL front end stopped"),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
@@ -466,6 +532,24 @@ async fn dev(a: DevArgs) -> Result<()> {
     if a.demo {
         return run_demo(client, &a.bank).await;
     }
+    // Dev only: a fixed, printed password. `triad sql` requires one to be configured.
+    let auth = triad_sql::Auth { user: "triad".into(), password: "triad".into() };
+    let sql = triad_sql::SqlServer::bind(a.sql_listen, client.clone(), auth).await.with_context(|| {
+        format!("starting the SQL front end on {} (pass --sql-listen to pick another address)", a.sql_listen)
+    })?;
+    let sql_addr = sql.local_addr();
+    tokio::spawn(async move {
+        if let Err(e) = sql.run().await {
+            warn!(error = %e, "SQL front end stopped");
+        }
+    });
+    println!(
+        "  {:<12} {:<16} psql postgres://triad:triad@{}:{}/triad   (dev password)",
+        "sql",
+        sql_addr.to_string(),
+        sql_addr.ip(),
+        sql_addr.port()
+    );
     println!(
         "ready. Try: triad demo --sequencer {} --replayer {} --tls-dir {} --tls-name client",
         cluster.sequencer_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
@@ -674,9 +758,13 @@ async fn bench_load(a: LoadArgs, journal: bool) -> Result<()> {
 }
 
 async fn bench_compare(a: CompareArgs) -> Result<()> {
-    if !matches!(a.workload.as_str(), "log" | "txn" | "all") {
-        bail!("--workload must be log, txn or all (got {:?})", a.workload);
+    if !matches!(a.workload.as_str(), "log" | "txn" | "sql" | "all") {
+        bail!("--workload must be log, txn, sql or all (got {:?})", a.workload);
     }
+    if !matches!(a.sql_mode.as_str(), "simple" | "extended" | "prepared") {
+        bail!("--sql-mode must be simple, extended or prepared (got {:?})", a.sql_mode);
+    }
+    let runs = |w: &str| a.workload == "all" || a.workload == w;
     let json = a.json;
     let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
         if !json {
@@ -685,7 +773,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
     });
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
-    if a.workload != "txn" {
+    if runs("log") {
         let dir = tempfile::Builder::new().prefix("triad-compare-").tempdir()?;
         let peer = triad::compare::etcd(
             dir.path(),
@@ -708,10 +796,11 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
         let triad = triad::bench::journal(cfg, say.clone()).await?;
         rows.push(triad::compare::Row::new("log", "etcd 3.4 (3 members, fsync)", triad, peer));
     }
-    if a.workload != "log" {
+    if runs("txn") {
         let dir = tempfile::Builder::new().prefix("triad-compare-").tempdir()?;
         let peer =
-            triad::compare::postgres(dir.path(), a.base_port + 80, a.clients, a.duration, &*say).await?;
+            triad::compare::postgres(dir.path(), a.base_port + 80, a.clients, a.duration, "simple", &*say)
+                .await?;
         let cfg = triad::bench::LoadConfig {
             dir: dir.path().join("triad"),
             base_port: a.base_port,
@@ -723,6 +812,27 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
         };
         let triad = triad::bench::txn(cfg, say.clone()).await?;
         rows.push(triad::compare::Row::new("txn", "PostgreSQL 15 pgbench (TPC-B-like)", triad, peer));
+    }
+    if runs("sql") {
+        let dir = tempfile::Builder::new().prefix("triad-compare-").tempdir()?;
+        let pg_dir = dir.path().join("pg");
+        std::fs::create_dir_all(&pg_dir)?;
+        let peer =
+            triad::compare::postgres(&pg_dir, a.base_port + 80, a.clients, a.duration, &a.sql_mode, &*say)
+                .await?;
+        let cfg = triad::bench::LoadConfig {
+            dir: dir.path().join("triad"),
+            base_port: a.base_port,
+            exe: std::env::current_exe()?,
+            duration: a.duration,
+            concurrency: a.clients,
+            record_bytes: 0,
+            accounts: 64_000,
+        };
+        std::fs::create_dir_all(&cfg.dir)?;
+        let triad = triad::bench::sql(cfg, &a.sql_mode, say.clone()).await?;
+        let peer_name = format!("PostgreSQL 15 (same pgbench script, -M {})", a.sql_mode);
+        rows.push(triad::compare::Row::new("sql", &peer_name, triad, peer));
     }
     if json {
         println!("{}", serde_json::to_string(&rows)?);

@@ -1,0 +1,416 @@
+//! The SQL front end through real PostgreSQL clients — `psql`, `pgbench` and tokio-postgres —
+//! against a real cluster (journal nodes, sequencer, replayer as processes) on loopback.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client as PgClient, NoTls};
+use triad::cluster::{ClusterSpec, LocalCluster};
+use triad_shim::Client;
+use triad_sql::{Auth, SqlServer};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Env {
+    _cluster: LocalCluster,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+async fn start(base_port: u16) -> Env {
+    let dir = tempfile::Builder::new().prefix("triad-sql-").tempdir().unwrap();
+    let spec = ClusterSpec::local(dir.path().to_path_buf(), base_port, 1, env!("CARGO_BIN_EXE_triad").into());
+    let mut cluster = LocalCluster::start(spec).unwrap();
+    cluster.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let client = Client::connect(cluster.client_config()).unwrap();
+    let auth = Auth { user: "triad".into(), password: "secret".into() };
+    let server = SqlServer::bind("127.0.0.1:0".parse().unwrap(), client, auth).await.unwrap();
+    let port = server.local_addr().port();
+    tokio::spawn(server.run());
+    Env { _cluster: cluster, dir, port }
+}
+
+async fn connect(port: u16) -> PgClient {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=triad password=secret dbname=triad"),
+        NoTls,
+    )
+    .await
+    .expect("tokio-postgres connects with the configured password");
+    tokio::spawn(conn);
+    client
+}
+
+/// Runs `psql` on a script, as a user would; returns stdout, panics with stderr on failure.
+fn psql(port: u16, dir: &Path, script: &str) -> String {
+    let file = dir.join("script.sql");
+    std::fs::write(&file, script).unwrap();
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "triad",
+            "-d",
+            "triad",
+        ])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-f")
+        .arg(&file)
+        .env("PGPASSWORD", "secret")
+        .output()
+        .expect("psql is installed (postgresql-client)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "psql failed: {}\nstdout:\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_runs_ddl_dml_joins_aggregates_and_transactions() {
+    let _s = SERIAL.lock().await;
+    let env = start(21600).await;
+    let out = psql(
+        env.port,
+        env.dir.path(),
+        "CREATE TABLE branches (bid INT PRIMARY KEY, name TEXT);
+         CREATE TABLE accounts (aid INT PRIMARY KEY, bid INT, balance INT);
+         INSERT INTO branches VALUES (1, 'north'), (2, 'south');
+         INSERT INTO accounts VALUES (1, 1, 100), (2, 1, 50), (3, 2, 70), (5, 2, 9);
+         UPDATE accounts SET balance = balance + 5 WHERE aid = 2;
+         DELETE FROM accounts WHERE aid = 3;
+         SELECT b.name, COUNT(*), SUM(a.balance) FROM accounts a JOIN branches b ON a.bid = b.bid GROUP BY b.name ORDER BY b.name;
+         BEGIN;
+         UPDATE accounts SET balance = 0 WHERE aid = 1;
+         ROLLBACK;
+         BEGIN;
+         INSERT INTO accounts VALUES (4, 2, 1);
+         UPDATE accounts SET balance = balance - 1 WHERE aid = 5;
+         COMMIT;
+         SELECT aid, balance FROM accounts ORDER BY aid;
+         SELECT MAX(balance), MIN(balance) FROM accounts WHERE bid = 1;
+         DROP TABLE branches;",
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines, ["north|2|155", "south|1|9", "1|100", "2|55", "4|1", "5|8", "100|55"], "{out}");
+
+    // Errors a user can act on, and a session that survives them.
+    let file = env.dir.path().join("bad.sql");
+    std::fs::write(&file, "SELEC 1;\nCREATE INDEX ix ON accounts (bid);\nSELECT * FROM nowhere;\n").unwrap();
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "triad",
+            "-d",
+            "triad",
+            "-p",
+            &env.port.to_string(),
+            "-f",
+        ])
+        .arg(&file)
+        .env("PGPASSWORD", "secret")
+        .env("PGOPTIONS", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("parser"), "{err}");
+    assert!(err.contains("CREATE/DROP INDEX (secondary indexes) is not supported"), "{err}");
+    assert!(err.to_lowercase().contains("nowhere"), "{err}");
+
+    // A wrong password is refused.
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "triad",
+            "-d",
+            "triad",
+            "-p",
+            &env.port.to_string(),
+            "-c",
+            "SELECT 1",
+        ])
+        .env("PGPASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).to_lowercase().contains("password"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_prepared_statements_with_parameters() {
+    let _s = SERIAL.lock().await;
+    let env = start(21700).await;
+    let c = connect(env.port).await;
+    c.batch_execute("CREATE TABLE people (id INT PRIMARY KEY, name TEXT, score FLOAT, active BOOLEAN)")
+        .await
+        .unwrap();
+    let insert =
+        c.prepare("INSERT INTO people (id, name, score, active) VALUES ($1, $2, $3, $4)").await.unwrap();
+    for (id, name, score) in [(1i64, "ada", 9.5f64), (2, "bob", 7.0), (3, "cy", 8.25)] {
+        let n = c.execute(&insert, &[&id, &name, &score, &(id != 2)]).await.unwrap();
+        assert_eq!(n, 1);
+    }
+    let rows = c
+        .query(
+            "SELECT id, name, score FROM people WHERE score > $1 AND active = $2 ORDER BY id",
+            &[&8.0f64, &true],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i64, String, f64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(got, vec![(1, "ada".into(), 9.5), (3, "cy".into(), 8.25)]);
+    let count: i64 =
+        c.query_one("SELECT COUNT(*) FROM people WHERE id <> $1", &[&2i64]).await.unwrap().get(0);
+    assert_eq!(count, 2);
+
+    // A transaction through the driver: its writes are visible inside, gone after rollback.
+    let mut c = c;
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE people SET score = $1 WHERE id = $2", &[&1.0f64, &1i64]).await.unwrap();
+    let inside: f64 = tx.query_one("SELECT score FROM people WHERE id = $1", &[&1i64]).await.unwrap().get(0);
+    assert_eq!(inside, 1.0);
+    tx.rollback().await.unwrap();
+    let after: f64 = c.query_one("SELECT score FROM people WHERE id = $1", &[&1i64]).await.unwrap().get(0);
+    assert_eq!(after, 9.5);
+
+    // Bad parameters get an error, not a crash, and the connection keeps working.
+    let typed = c.prepare_typed("SELECT name FROM people WHERE id = $1", &[Type::TEXT]).await.unwrap();
+    let e = c.query(&typed, &[&"not a number"]).await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::INVALID_TEXT_REPRESENTATION), "{e}");
+    let name: String = c.query_one("SELECT name FROM people WHERE id = $1", &[&3i64]).await.unwrap().get(0);
+    assert_eq!(name, "cy");
+
+    // Token soup: every string gets an answer (rows or an error), never a dropped connection.
+    use rand::{Rng, SeedableRng};
+    let words = [
+        "SELECT",
+        "INSERT",
+        "INTO",
+        "UPDATE",
+        "DELETE",
+        "FROM",
+        "WHERE",
+        "people",
+        "id",
+        "name",
+        "(",
+        ")",
+        ",",
+        "*",
+        "=",
+        "'x'",
+        "1",
+        "-9223372036854775808",
+        "1e309",
+        "NULL",
+        "VALUES",
+        "SET",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "CREATE",
+        "TABLE",
+        "DROP",
+        "GROUP",
+        "BY",
+        "ORDER",
+        "LIMIT",
+        "$1",
+        ";",
+        "JOIN",
+        "ON",
+        "COUNT(*)",
+        "CAST",
+        "AS",
+        "INT",
+        "TEXT",
+        "\u{feff}",
+        "--",
+        "/*",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..300 {
+        let n = rng.random_range(1..12);
+        let sql: Vec<&str> = (0..n).map(|_| words[rng.random_range(0..words.len())]).collect();
+        let sql = sql.join(" ");
+        match c.simple_query(&sql).await {
+            Ok(_) => {}
+            Err(e) => assert!(e.as_db_error().is_some(), "{sql:?} broke the connection: {e}"),
+        }
+    }
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let one: i64 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+/// Adds 1 to the counter in its own transaction, retrying on serialization failures the way a
+/// client library's retry loop does; returns how many attempts conflicted.
+async fn increment(c: &mut PgClient) -> u32 {
+    let mut conflicts = 0;
+    loop {
+        let tx = c.transaction().await.unwrap();
+        let v: i64 = tx.query_one("SELECT v FROM counter WHERE id = 1", &[]).await.unwrap().get(0);
+        tx.execute("UPDATE counter SET v = $1 WHERE id = 1", &[&(v + 1)]).await.unwrap();
+        match tx.commit().await {
+            Ok(()) => return conflicts,
+            Err(e) if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) => {
+                let db = e.as_db_error().expect("a server error");
+                assert!(db.message().starts_with("OC000"), "{db}");
+                conflicts += 1;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_one_row_conflict_with_40001_and_retries_lose_nothing() {
+    let _s = SERIAL.lock().await;
+    let env = start(21800).await;
+    let mut a = connect(env.port).await;
+    let mut b = connect(env.port).await;
+    a.batch_execute("CREATE TABLE counter (id INT PRIMARY KEY, v INT); INSERT INTO counter VALUES (1, 0)")
+        .await
+        .unwrap();
+
+    // Deterministic interleaving: both read 0, A commits first, B must get 40001.
+    let ta = a.transaction().await.unwrap();
+    let tb = b.transaction().await.unwrap();
+    let va: i64 = ta.query_one("SELECT v FROM counter WHERE id = 1", &[]).await.unwrap().get(0);
+    let vb: i64 = tb.query_one("SELECT v FROM counter WHERE id = 1", &[]).await.unwrap().get(0);
+    ta.execute("UPDATE counter SET v = $1 WHERE id = 1", &[&(va + 1)]).await.unwrap();
+    tb.execute("UPDATE counter SET v = $1 WHERE id = 1", &[&(vb + 1)]).await.unwrap();
+    ta.commit().await.unwrap();
+    let e = tb.commit().await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::T_R_SERIALIZATION_FAILURE), "{e}");
+    // B retries and succeeds; the counter shows both increments.
+    increment(&mut b).await;
+    let v: i64 = a.query_one("SELECT v FROM counter WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(v, 2);
+
+    // Racing sessions with retry loops: every increment lands exactly once.
+    let per_session = 15;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect(env.port).await;
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            for _ in 0..per_session {
+                conflicts += increment(&mut c).await;
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    let v: i64 = a.query_one("SELECT v FROM counter WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(v, 2 + 4 * per_session, "lost update ({conflicts} conflicts retried)");
+}
+
+const PGBENCH_SCRIPT: &str = "\\set aid random(1, 1000)
+\\set bid random(1, 10)
+\\set tid random(1, 100)
+\\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, NOW());
+COMMIT;
+";
+
+fn pgbench(port: u16, dir: &Path, mode: &str, clients: u32, txns: u32) -> String {
+    let file = dir.join("tpcb.sql");
+    std::fs::write(&file, PGBENCH_SCRIPT).unwrap();
+    let out = Command::new("pgbench")
+        .args(["-n", "-h", "127.0.0.1", "-U", "triad", "--max-tries", "1000", "-M", mode])
+        .args(["-p", &port.to_string(), "-c", &clients.to_string(), "-t", &txns.to_string(), "-f"])
+        .arg(&file)
+        .arg("triad")
+        .env("PGPASSWORD", "secret")
+        .output()
+        .expect("pgbench is installed (postgresql-contrib / postgresql-15)");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pgbench -M {mode} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_tpcb_like_in_both_query_modes_keeps_balances_consistent() {
+    let _s = SERIAL.lock().await;
+    let env = start(21900).await;
+    let c = connect(env.port).await;
+    c.batch_execute(
+        "CREATE TABLE pgbench_branches (bid INT PRIMARY KEY, bbalance INT);
+         CREATE TABLE pgbench_tellers (tid INT PRIMARY KEY, bid INT, tbalance INT);
+         CREATE TABLE pgbench_accounts (aid INT PRIMARY KEY, bid INT, abalance INT);
+         CREATE TABLE pgbench_history (tid INT, bid INT, aid INT, delta INT, mtime TIMESTAMP);",
+    )
+    .await
+    .unwrap();
+    let values = |n: u32, f: &dyn Fn(u32) -> String| (1..=n).map(f).collect::<Vec<_>>().join(",");
+    c.batch_execute(&format!("INSERT INTO pgbench_branches VALUES {}", values(10, &|i| format!("({i},0)"))))
+        .await
+        .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO pgbench_tellers VALUES {}",
+        values(100, &|i| format!("({i},{},0)", (i - 1) / 10 + 1))
+    ))
+    .await
+    .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO pgbench_accounts VALUES {}",
+        values(1000, &|i| format!("({i},{},0)", (i - 1) / 100 + 1))
+    ))
+    .await
+    .unwrap();
+
+    let (clients, txns) = (4, 40);
+    for mode in ["simple", "extended"] {
+        let out = pgbench(env.port, env.dir.path(), mode, clients, txns);
+        let expected =
+            format!("number of transactions actually processed: {}/{}", clients * txns, clients * txns);
+        assert!(out.contains(&expected), "pgbench -M {mode}:\n{out}");
+        eprintln!(
+            "pgbench -M {mode}: {}",
+            out.lines().filter(|l| l.starts_with("tps")).collect::<Vec<_>>().join(" ")
+        );
+    }
+    let one = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let history = one("SELECT COUNT(*) FROM pgbench_history").await;
+    assert_eq!(history, 2 * (clients * txns) as i64, "every committed transaction left one history row");
+    let deltas = one("SELECT SUM(delta) FROM pgbench_history").await;
+    assert_eq!(one("SELECT SUM(abalance) FROM pgbench_accounts").await, deltas);
+    assert_eq!(one("SELECT SUM(tbalance) FROM pgbench_tellers").await, deltas);
+    assert_eq!(one("SELECT SUM(bbalance) FROM pgbench_branches").await, deltas);
+}
