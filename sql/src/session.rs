@@ -11,9 +11,12 @@
 
 use std::sync::Arc;
 
+use gluesql_core::ast;
 use gluesql_core::ast::DataType;
-use gluesql_core::data::{Schema, Value};
+use gluesql_core::data::{Key, Schema, Value};
+use gluesql_core::executor::evaluate_stateless;
 use gluesql_core::executor::{Payload, PayloadVariable};
+use gluesql_core::plan::plan_scalar_expr;
 use gluesql_core::prelude::Glue;
 use gluesql_core::sqlparser::ast::{Statement, TransactionIsolationLevel, TransactionMode};
 use gluesql_core::store::{Planner, Store};
@@ -223,10 +226,18 @@ impl Session {
 
     /// A data statement, through GlueSQL.
     fn run(&mut self, stmt: &Statement, params: &[ParamLiteral]) -> Result<Outcome, SqlError> {
-        let result = translate_with_params(stmt, params)
-            .map_err(SqlError::from)
-            .and_then(|s| self.glue.storage.plan(s.into()).map_err(|e| self.engine_error(e)))
-            .and_then(|plan| self.glue.execute_stmt(&plan).map_err(|e| self.engine_error(e)));
+        let result = translate_with_params(stmt, params).map_err(SqlError::from).and_then(|s| {
+            let hint = self.point_of(&s).map_err(|e| self.engine_error(e))?;
+            self.store().set_point_hint(hint);
+            let r = self
+                .glue
+                .storage
+                .plan(s.into())
+                .and_then(|plan| self.glue.execute_stmt(&plan))
+                .map_err(|e| self.engine_error(e));
+            self.store().set_point_hint(None);
+            r
+        });
         let payload = match result {
             Ok(p) => p,
             Err(e) => return Err(self.fail(e)),
@@ -241,6 +252,53 @@ impl Session {
             }
         }
         Ok(outcome)
+    }
+}
+
+impl Session {
+    /// The one row an UPDATE or DELETE can touch, when its WHERE clause requires the primary
+    /// key to equal a constant (alone or ANDed with anything else).
+    fn point_of(&self, stmt: &ast::Statement) -> gluesql_core::error::Result<Option<(String, Key)>> {
+        let (table, Some(selection)) = (match stmt {
+            ast::Statement::Update { table_name, selection, .. } => (table_name, selection.as_ref()),
+            ast::Statement::Delete { table_name, selection } => (table_name, selection.as_ref()),
+            _ => return Ok(None),
+        }) else {
+            return Ok(None);
+        };
+        let Some(schema) = self.store().fetch_schema(table)? else { return Ok(None) };
+        let Some(pk) = schema.column_defs.iter().flatten().find(|c| c.unique.is_some_and(|u| u.is_primary))
+        else {
+            return Ok(None);
+        };
+        let Some(constant) = pk_constant(selection, &pk.name) else { return Ok(None) };
+        // Evaluated and cast as GlueSQL does for the stored row, so the key bytes match. A
+        // constant that does not convert leaves the statement to GlueSQL's own full scan.
+        let key = evaluate_stateless(None, &plan_scalar_expr(constant.clone()))
+            .and_then(Value::try_from)
+            .and_then(|v| v.cast(&pk.data_type))
+            .and_then(Key::try_from);
+        Ok(key.ok().map(|k| (table.clone(), k)))
+    }
+}
+
+/// `column = constant` (either way round) required by `e`: the constant, if there is one.
+fn pk_constant<'a>(e: &'a ast::Expr, column: &str) -> Option<&'a ast::Expr> {
+    use ast::{BinaryOperator as Op, Expr as E};
+    let is_col = |x: &E| match x {
+        E::Identifier(c) => c.eq_ignore_ascii_case(column),
+        E::CompoundIdentifier { ident, .. } => ident.eq_ignore_ascii_case(column),
+        _ => false,
+    };
+    let is_const = |x: &E| matches!(x, E::Literal(_) | E::Value(_));
+    match e {
+        E::BinaryOp { left, op: Op::Eq, right } if is_col(left) && is_const(right) => Some(right),
+        E::BinaryOp { left, op: Op::Eq, right } if is_col(right) && is_const(left) => Some(left),
+        E::BinaryOp { left, op: Op::And, right } => {
+            pk_constant(left, column).or_else(|| pk_constant(right, column))
+        }
+        E::Nested(inner) => pk_constant(inner, column),
+        _ => None,
     }
 }
 

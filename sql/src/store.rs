@@ -111,6 +111,9 @@ struct State {
     appended: u32,
     /// The shim error behind the last `StorageMsg`, so the session can give the right SQLSTATE.
     last_error: Option<ShimError>,
+    /// Set by the session while an UPDATE or DELETE whose WHERE pins the primary key runs: a
+    /// scan of that table reads just that row (see [`ShimStore::set_point_hint`]).
+    point_hint: Option<(String, Key)>,
 }
 
 /// GlueSQL storage over one shim transaction at a time (see the module docs).
@@ -130,6 +133,7 @@ impl ShimStore {
                 next_isolation: Isolation::Snapshot,
                 appended: 0,
                 last_error: None,
+                point_hint: None,
             }),
         }
     }
@@ -166,6 +170,14 @@ impl ShimStore {
         st.appended = 0;
         st.next_isolation = Isolation::Snapshot;
         st.txn.take()
+    }
+
+    /// GlueSQL 0.20 runs every UPDATE and DELETE as a full table scan filtered by the WHERE
+    /// clause. When that clause requires `primary key = key`, no other row can match, so the
+    /// scan may return just that row — GlueSQL still applies the whole clause to it. Only the
+    /// session sets this, for one such statement, and clears it afterwards.
+    pub fn set_point_hint(&self, hint: Option<(String, Key)>) {
+        self.state().point_hint = hint;
     }
 
     /// The shim error behind the most recent storage failure, if one was.
@@ -280,6 +292,11 @@ impl Store for ShimStore {
     }
 
     fn scan_data<'a>(&'a self, table_name: &str) -> Result<RowIter<'a>> {
+        let hint = self.state().point_hint.clone();
+        if let Some((table, key)) = hint.filter(|(t, _)| t == table_name) {
+            let row = self.fetch_data(&table, &key)?.map(|values| Ok((key, values)));
+            return Ok(Box::new(row.into_iter()));
+        }
         let range = table_range(table_name)?;
         Ok(Box::new(TableScan { store: self, range, page: Vec::new().into_iter(), done: false }))
     }

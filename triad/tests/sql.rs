@@ -96,6 +96,8 @@ async fn psql_runs_ddl_dml_joins_aggregates_and_transactions() {
          INSERT INTO accounts VALUES (4, 2, 1);
          UPDATE accounts SET balance = balance - 1 WHERE aid = 5;
          COMMIT;
+         UPDATE accounts SET balance = 0 WHERE aid = 5 AND balance > 1000;
+         DELETE FROM accounts WHERE aid = 99;
          SELECT aid, balance FROM accounts ORDER BY aid;
          SELECT MAX(balance), MIN(balance) FROM accounts WHERE bid = 1;
          DROP TABLE branches;",
