@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use gluesql_core::ast;
-use gluesql_core::ast::DataType;
 use gluesql_core::data::{Key, Schema, Value};
 use gluesql_core::executor::evaluate_stateless;
 use gluesql_core::executor::{Payload, PayloadVariable};
@@ -81,10 +80,6 @@ impl Session {
     /// blocking threads only.
     pub fn new(client: Client, rt: Handle) -> Session {
         Session { glue: Glue::new(ShimStore::new(client, rt)), explicit: false, failed: false }
-    }
-
-    pub fn in_transaction(&self) -> bool {
-        self.explicit
     }
 
     fn store(&self) -> &ShimStore {
@@ -322,10 +317,7 @@ fn outcome_of(p: Payload) -> Result<Outcome, SqlError> {
         }
         Payload::ShowColumns(cols) => Outcome::Rows {
             labels: vec!["column".into(), "type".into()],
-            rows: cols
-                .into_iter()
-                .map(|(c, t)| vec![Value::Str(c), Value::Str(data_type_name(&t))])
-                .collect(),
+            rows: cols.into_iter().map(|(c, t)| vec![Value::Str(c), Value::Str(t.to_string())]).collect(),
         },
         Payload::ShowVariable(v) => {
             let (label, rows) = match v {
@@ -352,10 +344,6 @@ fn outcome_of(p: Payload) -> Result<Outcome, SqlError> {
         Payload::Commit => Outcome::Commit,
         Payload::Rollback => Outcome::Rollback,
     })
-}
-
-fn data_type_name(t: &DataType) -> String {
-    format!("{t}")
 }
 
 /// A bound parameter value, as GlueSQL takes it.

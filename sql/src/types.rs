@@ -6,8 +6,6 @@
 //! encoded *as described*, converting where GlueSQL produced a different width. The simple
 //! protocol has no describe step: its columns take the type of their first non-null value.
 
-use std::collections::HashMap;
-
 use gluesql_core::ast::DataType;
 use gluesql_core::data::{Schema, Value};
 use gluesql_core::sqlparser::ast::{
@@ -530,13 +528,11 @@ fn type_of(e: &Expr, scope: &Scope) -> Option<DataType> {
     }
 }
 
-/// Column name → type for the simple protocol cache of schemas.
-pub type SchemaCache = HashMap<String, Option<Schema>>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use gluesql_core::ast::ColumnDef;
+    use std::collections::HashMap;
 
     struct Fixed(HashMap<String, Schema>);
 

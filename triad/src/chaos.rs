@@ -115,24 +115,35 @@ pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
     say(format!("[{:6.1}s] workload done; healing and checking", start.elapsed().as_secs_f64()));
     cluster.wait_ready(Duration::from_secs(60)).await?;
 
+    verdict(&bank, &history, elapsed, faults, journals_agree(&cluster).await).await
+}
+
+/// The checks every chaos run ends with, all of them reported at once: every outcome
+/// definitive, the bank's history verified (money conserved, acknowledged transfers visible,
+/// aborted ones not, begins linearizable) and `agree` — the journal nodes' committed logs
+/// compared — holding.
+pub async fn verdict(
+    bank: &Bank,
+    history: &crate::bank::History,
+    elapsed: Duration,
+    faults: usize,
+    agree: Result<u64>,
+) -> Result<Verdict> {
     let mut problems = Vec::new();
     if !history.unknown.is_empty() {
         problems.push(format!("{} commit(s) ended without a definitive outcome", history.unknown.len()));
     }
-    let report = match bank.verify(&history, elapsed).await {
+    let report = match bank.verify(history, elapsed).await {
         Ok(r) => Some(r),
         Err(e) => {
             problems.push(format!("{e:#}"));
             None
         }
     };
-    let checked_lsns = match journals_agree(&cluster).await {
-        Ok(n) => n,
-        Err(e) => {
-            problems.push(format!("{e:#}"));
-            0
-        }
-    };
+    let checked_lsns = agree.unwrap_or_else(|e| {
+        problems.push(format!("{e:#}"));
+        0
+    });
     if !problems.is_empty() {
         bail!("VIOLATIONS:\n  - {}", problems.join("\n  - "));
     }

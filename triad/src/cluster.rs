@@ -279,12 +279,7 @@ impl LocalCluster {
             if let Some((role, status)) = self.exited().into_iter().next() {
                 bail!("{role} exited with {status} while starting; see {}", self.log_path(role).display());
             }
-            let probe = async {
-                let mut txn = client.begin().await?;
-                txn.get(b"\0ready").await?;
-                Ok::<_, triad_shim::ShimError>(())
-            };
-            match probe.await {
+            match serves_reads(&client).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last_err = e.to_string(),
             }
@@ -307,4 +302,12 @@ impl Drop for LocalCluster {
             }
         }
     }
+}
+
+/// Whether the cluster serves a transaction end to end: an active sequencer hands out a
+/// snapshot and a replayer answers a read at it.
+pub async fn serves_reads(client: &Client) -> Result<(), triad_shim::ShimError> {
+    let mut txn = client.begin().await?;
+    txn.get(b"\0ready").await?;
+    Ok(())
 }

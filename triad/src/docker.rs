@@ -454,12 +454,7 @@ impl DockerCluster {
         let client = Client::connect(cfg)?;
         let mut last_err = String::from("not tried");
         while Instant::now() < deadline {
-            let probe = async {
-                let mut txn = client.begin().await?;
-                txn.get(b"\0ready").await?;
-                Ok::<_, triad_shim::ShimError>(())
-            };
-            match probe.await {
+            match crate::cluster::serves_reads(&client).await {
                 Ok(()) => return Ok(()),
                 Err(e) => last_err = e.to_string(),
             }
@@ -579,35 +574,7 @@ pub async fn chaos(cluster: &DockerCluster, cfg: ChaosConfig, say: &impl Fn(Stri
     cluster.wait_healthy(Duration::from_secs(120), say).await?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
 
-    let mut problems = Vec::new();
-    if !history.unknown.is_empty() {
-        problems.push(format!("{} commit(s) ended without a definitive outcome", history.unknown.len()));
-    }
-    let report = match bank.verify(&history, elapsed).await {
-        Ok(r) => Some(r),
-        Err(e) => {
-            problems.push(format!("{e:#}"));
-            None
-        }
-    };
-    let checked_lsns = match cluster.journals_agree().await {
-        Ok(n) => n,
-        Err(e) => {
-            problems.push(format!("{e:#}"));
-            0
-        }
-    };
-    if !problems.is_empty() {
-        bail!("VIOLATIONS:\n  - {}", problems.join("\n  - "));
-    }
-    let report = report.expect("verified above");
-    Ok(Verdict {
-        faults,
-        committed: report.committed,
-        aborted: report.aborted,
-        begins: history.begins.len(),
-        checked_lsns,
-    })
+    crate::chaos::verdict(&bank, &history, elapsed, faults, cluster.journals_agree().await).await
 }
 
 /// Injects one fault and heals it; returns what it did (None when there was nothing to hit).

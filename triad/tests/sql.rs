@@ -44,32 +44,22 @@ async fn connect(port: u16) -> PgClient {
     client
 }
 
+/// `psql` against the front end as user triad with `password`, plus `args`.
+fn psql_cmd(port: u16, password: &str, args: &[&str]) -> std::process::Output {
+    Command::new("psql")
+        .args(["-X", "-h", "127.0.0.1", "-U", "triad", "-d", "triad", "-p", &port.to_string()])
+        .args(args)
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("psql is installed (postgresql-client)")
+}
+
 /// Runs `psql` on a script, as a user would; returns stdout, panics with stderr on failure.
 fn psql(port: u16, dir: &Path, script: &str) -> String {
     let file = dir.join("script.sql");
     std::fs::write(&file, script).unwrap();
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "triad",
-            "-d",
-            "triad",
-        ])
-        .arg("-p")
-        .arg(port.to_string())
-        .arg("-f")
-        .arg(&file)
-        .env("PGPASSWORD", "secret")
-        .output()
-        .expect("psql is installed (postgresql-client)");
+    let out =
+        psql_cmd(port, "secret", &["-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", file.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "psql failed: {}\nstdout:\n{stdout}", String::from_utf8_lossy(&out.stderr));
     stdout
@@ -108,48 +98,14 @@ async fn psql_runs_ddl_dml_joins_aggregates_and_transactions() {
     // Errors a user can act on, and a session that survives them.
     let file = env.dir.path().join("bad.sql");
     std::fs::write(&file, "SELEC 1;\nCREATE INDEX ix ON accounts (bid);\nSELECT * FROM nowhere;\n").unwrap();
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "triad",
-            "-d",
-            "triad",
-            "-p",
-            &env.port.to_string(),
-            "-f",
-        ])
-        .arg(&file)
-        .env("PGPASSWORD", "secret")
-        .env("PGOPTIONS", "")
-        .output()
-        .unwrap();
+    let out = psql_cmd(env.port, "secret", &["-q", "-f", file.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("parser"), "{err}");
     assert!(err.contains("CREATE/DROP INDEX (secondary indexes) is not supported"), "{err}");
     assert!(err.to_lowercase().contains("nowhere"), "{err}");
 
     // A wrong password is refused.
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "triad",
-            "-d",
-            "triad",
-            "-p",
-            &env.port.to_string(),
-            "-c",
-            "SELECT 1",
-        ])
-        .env("PGPASSWORD", "wrong")
-        .output()
-        .unwrap();
+    let out = psql_cmd(env.port, "wrong", &["-c", "SELECT 1"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).to_lowercase().contains("password"),
