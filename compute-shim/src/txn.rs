@@ -50,6 +50,28 @@ impl Txn {
         self.client.read(key, self.read_lsn).await
     }
 
+    /// The values of `keys` at the snapshot, like [`Txn::get`] each, read concurrently: one
+    /// round trip's latency for all of them instead of one per key.
+    pub async fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, ShimError> {
+        let reads = keys.iter().map(|&key| {
+            let own = self.writes.get(key).cloned();
+            let (client, read_lsn) = (&self.client, self.read_lsn);
+            async move {
+                match own {
+                    Some(v) => Ok(v),
+                    None => client.read(key, read_lsn).await,
+                }
+            }
+        });
+        let values = futures::future::try_join_all(reads).await?;
+        for &key in keys {
+            if !self.writes.contains_key(key) {
+                self.read_keys.push(key.to_vec());
+            }
+        }
+        Ok(values)
+    }
+
     /// Up to `limit` live rows of `range` at the snapshot, with this transaction's own writes
     /// applied, in key order.
     pub async fn scan(

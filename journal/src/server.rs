@@ -648,6 +648,31 @@ async fn ack_writer(
 }
 
 impl Service for JournalNode {
+    fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
+        let answer = match msg {
+            Message::SealRequest { epoch } => self.seal(epoch),
+            Message::HeartbeatRequest { epoch } => self.heartbeat(epoch),
+            Message::StatusRequest => Message::StatusResponse(self.status()),
+            Message::LearnerReport { name, durable_lsn } => self.learner_report(name, durable_lsn),
+            Message::AppendRequest { .. } | Message::FetchRequest { .. } => Message::error(
+                ErrorCode::Unsupported,
+                "appends and fetches need a stream of their own, not a multiplexed one",
+                Epoch::ZERO,
+                0,
+            ),
+            other => {
+                debug!("journal got an unexpected {other:?}");
+                Message::error(
+                    ErrorCode::Unsupported,
+                    "a journal node serves seal, append, fetch, heartbeat, learner reports and status",
+                    Epoch::ZERO,
+                    0,
+                )
+            }
+        };
+        futures::future::ready(answer).boxed()
+    }
+
     fn handle(
         self: Arc<Self>,
         first: Message,
@@ -655,25 +680,13 @@ impl Service for JournalNode {
     ) -> BoxFuture<'static, Result<(), TransportError>> {
         async move {
             match first {
-                Message::SealRequest { epoch } => stream.answer(&self.seal(epoch)).await,
                 m @ Message::AppendRequest { .. } => self.append_stream(m, stream).await,
-                Message::HeartbeatRequest { epoch } => stream.answer(&self.heartbeat(epoch)).await,
-                Message::StatusRequest => stream.answer(&Message::StatusResponse(self.status())).await,
-                Message::LearnerReport { name, durable_lsn } => {
-                    stream.answer(&self.learner_report(name, durable_lsn)).await
-                }
                 Message::FetchRequest { from_lsn, max_entries, follow, epoch } => {
                     self.fetch_stream(from_lsn, max_entries, follow, epoch, stream).await
                 }
                 other => {
-                    debug!("journal got an unexpected {other:?}");
-                    let msg = Message::error(
-                        ErrorCode::Unsupported,
-                        "a journal node serves seal, append, fetch, heartbeat, learner reports and status",
-                        Epoch::ZERO,
-                        0,
-                    );
-                    stream.answer(&msg).await
+                    let answer = self.request(other).await;
+                    stream.answer(&answer).await
                 }
             }
         }

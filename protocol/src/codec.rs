@@ -64,7 +64,7 @@ impl From<InvalidFlatbuffer> for DecodeError {
 /// If the encoding would exceed 2 GiB, the most a flatbuffer can address; frames are limited
 /// to far less (see [`crate::frame::MAX_FRAME_DEFAULT`]).
 pub fn encode_message(msg: &Message) -> Vec<u8> {
-    let (buf, head) = encode_message_with_headroom(msg, 0);
+    let (buf, head) = encode_message_with_headroom(msg, 0, 0);
     into_front(buf, head)
 }
 
@@ -96,10 +96,11 @@ pub fn encode_record(record: &LogRecord) -> Vec<u8> {
 /// Encodes `msg` and returns the builder's buffer with the encoding at `buf[head..]`. The
 /// builder is sized so that normally `head >= headroom`, which lets [`crate::frame`] put its
 /// header in front of the message without copying it into a second buffer.
-pub(crate) fn encode_message_with_headroom(msg: &Message, headroom: usize) -> (Vec<u8>, usize) {
-    let mut fbb = FlatBufferBuilder::with_capacity(64 + headroom + message_size_hint(msg));
+/// `id` is the request id of a multiplexed stream (0 on a stream of its own).
+pub(crate) fn encode_message_with_headroom(msg: &Message, headroom: usize, id: u64) -> (Vec<u8>, usize) {
+    let mut fbb = FlatBufferBuilder::with_capacity(72 + headroom + message_size_hint(msg));
     let (body_type, body) = build_body(&mut fbb, msg);
-    let root = fb::Message::create(&mut fbb, &fb::MessageArgs { body_type, body: Some(body) });
+    let root = fb::Message::create(&mut fbb, &fb::MessageArgs { body_type, body: Some(body), id });
     fb::finish_message_buffer(&mut fbb, root);
     fbb.collapse()
 }
@@ -498,6 +499,11 @@ fn record_size_hint(record: &LogRecord) -> usize {
 /// Decodes and validates a message. Entry payloads are copied out of `buf`; see
 /// [`decode_message_bytes`] to share them instead.
 pub fn decode_message(buf: &[u8]) -> Result<Message, DecodeError> {
+    decode_message_with(buf, &Bytes::copy_from_slice).map(|(_, msg)| msg)
+}
+
+/// Decodes a message together with its request id (see [`crate::frame::frame_request`]).
+pub fn decode_request(buf: &[u8]) -> Result<(u64, Message), DecodeError> {
     decode_message_with(buf, &Bytes::copy_from_slice)
 }
 
@@ -505,7 +511,7 @@ pub fn decode_message(buf: &[u8]) -> Result<Message, DecodeError> {
 /// saves copying every payload of a large append or fetch. Every decoded entry keeps the whole
 /// of `buf` alive.
 pub fn decode_message_bytes(buf: &Bytes) -> Result<Message, DecodeError> {
-    decode_message_with(buf, &|payload| buf.slice_ref(payload))
+    decode_message_with(buf, &|payload| buf.slice_ref(payload)).map(|(_, msg)| msg)
 }
 
 /// Decodes and validates a log record.
@@ -570,167 +576,170 @@ fn present<T>(value: Option<T>, field: &str) -> Result<T, DecodeError> {
 fn decode_message_with<'b>(
     buf: &'b [u8],
     payload: &dyn Fn(&'b [u8]) -> Bytes,
-) -> Result<Message, DecodeError> {
+) -> Result<(u64, Message), DecodeError> {
     use fb::Body as B;
     let msg = verified_root::<fb::Message>(buf, "message", MESSAGE_IDENTIFIER)?;
     // Only ever look at the body through the accessor of a known tag: for an unknown tag the
     // verifier has not checked the body, and reading it would not be safe.
-    Ok(match msg.body_type() {
-        B::BeginRequest => Message::BeginRequest,
-        B::BeginResponse => {
-            let b = present(msg.body_as_begin_response(), "body")?;
-            Message::BeginResponse { read_lsn: b.read_lsn() }
-        }
-        B::CommitRequest => {
-            let b = present(msg.body_as_commit_request(), "body")?;
-            Message::CommitRequest(CommitRequest {
-                txn_id: txn_id_from_fb(b.txn_id()),
-                read_lsn: b.read_lsn(),
-                isolation: isolation_from_fb(b.isolation())?,
-                read_keys: keys(b.read_keys()),
-                read_ranges: b
-                    .read_ranges()
-                    .map(|v| v.iter().map(key_range_from_fb).collect())
-                    .unwrap_or_default(),
-                writes: writes(b.writes()),
-            })
-        }
-        B::CommitResponse => {
-            let b = present(msg.body_as_commit_response(), "body")?;
-            Message::CommitResponse(outcome_from_fb(&b)?)
-        }
-        B::SealRequest => {
-            let b = present(msg.body_as_seal_request(), "body")?;
-            Message::SealRequest { epoch: Epoch(b.epoch()) }
-        }
-        B::SealResponse => {
-            let b = present(msg.body_as_seal_response(), "body")?;
-            Message::SealResponse {
-                promised: Epoch(b.promised()),
-                last: entry_id_from_fb(b.last()),
-                commit_lsn: b.commit_lsn(),
+    Ok((
+        msg.id(),
+        match msg.body_type() {
+            B::BeginRequest => Message::BeginRequest,
+            B::BeginResponse => {
+                let b = present(msg.body_as_begin_response(), "body")?;
+                Message::BeginResponse { read_lsn: b.read_lsn() }
             }
-        }
-        B::AppendRequest => {
-            let b = present(msg.body_as_append_request(), "body")?;
-            Message::AppendRequest {
-                epoch: Epoch(b.epoch()),
-                prev: entry_id_from_fb(b.prev()),
-                entries: entries(b.entries(), payload),
-                commit_lsn: b.commit_lsn(),
+            B::CommitRequest => {
+                let b = present(msg.body_as_commit_request(), "body")?;
+                Message::CommitRequest(CommitRequest {
+                    txn_id: txn_id_from_fb(b.txn_id()),
+                    read_lsn: b.read_lsn(),
+                    isolation: isolation_from_fb(b.isolation())?,
+                    read_keys: keys(b.read_keys()),
+                    read_ranges: b
+                        .read_ranges()
+                        .map(|v| v.iter().map(key_range_from_fb).collect())
+                        .unwrap_or_default(),
+                    writes: writes(b.writes()),
+                })
             }
-        }
-        B::AppendResponse => {
-            let b = present(msg.body_as_append_response(), "body")?;
-            Message::AppendResponse { epoch: Epoch(b.epoch()), durable: entry_id_from_fb(b.durable()) }
-        }
-        B::FetchRequest => {
-            let b = present(msg.body_as_fetch_request(), "body")?;
-            Message::FetchRequest {
-                from_lsn: b.from_lsn(),
-                max_entries: b.max_entries(),
-                follow: b.follow_(),
-                epoch: b.epoch().map(Epoch),
+            B::CommitResponse => {
+                let b = present(msg.body_as_commit_response(), "body")?;
+                Message::CommitResponse(outcome_from_fb(&b)?)
             }
-        }
-        B::FetchResponse => {
-            let b = present(msg.body_as_fetch_response(), "body")?;
-            Message::FetchResponse { entries: entries(b.entries(), payload), commit_lsn: b.commit_lsn() }
-        }
-        B::HeartbeatRequest => {
-            let b = present(msg.body_as_heartbeat_request(), "body")?;
-            Message::HeartbeatRequest { epoch: Epoch(b.epoch()) }
-        }
-        B::HeartbeatResponse => {
-            let b = present(msg.body_as_heartbeat_response(), "body")?;
-            Message::HeartbeatResponse { promised: Epoch(b.promised()), commit_lsn: b.commit_lsn() }
-        }
-        B::OutcomeRequest => {
-            let b = present(msg.body_as_outcome_request(), "body")?;
-            Message::OutcomeRequest { txn_id: txn_id_from_fb(b.txn_id()), read_lsn: b.read_lsn() }
-        }
-        B::OutcomeResponse => {
-            let b = present(msg.body_as_outcome_response(), "body")?;
-            Message::OutcomeResponse(txn_outcome_from_fb(&b)?)
-        }
-        B::LearnerReport => {
-            let b = present(msg.body_as_learner_report(), "body")?;
-            Message::LearnerReport { name: b.name().to_owned(), durable_lsn: b.durable_lsn() }
-        }
-        B::LearnerAck => {
-            let b = present(msg.body_as_learner_ack(), "body")?;
-            Message::LearnerAck { first_lsn: b.first_lsn() }
-        }
-        B::StatusRequest => Message::StatusRequest,
-        B::StatusResponse => {
-            let b = present(msg.body_as_status_response(), "body")?;
-            Message::StatusResponse(NodeStatus {
-                role: b.role().to_owned(),
-                id: b.id(),
-                epoch: Epoch(b.epoch()),
-                active: b.active(),
-                last: entry_id_from_fb(b.last()),
-                commit_lsn: b.commit_lsn(),
-                first_lsn: b.first_lsn(),
-                applied_lsn: b.applied_lsn(),
-                lease_age_ms: b.lease_age_ms(),
-                learners: b
-                    .learners()
-                    .map(|v| {
-                        v.iter()
-                            .map(|l| LearnerStatus {
-                                name: l.name().to_owned(),
-                                durable_lsn: l.durable_lsn(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            })
-        }
-        B::GetRequest => {
-            let b = present(msg.body_as_get_request(), "body")?;
-            Message::GetRequest { key: b.key().bytes().to_vec(), read_lsn: b.read_lsn() }
-        }
-        B::GetResponse => {
-            let b = present(msg.body_as_get_response(), "body")?;
-            Message::GetResponse {
-                value: b.value().map(|v| v.bytes().to_vec()),
-                version_lsn: b.version_lsn(),
+            B::SealRequest => {
+                let b = present(msg.body_as_seal_request(), "body")?;
+                Message::SealRequest { epoch: Epoch(b.epoch()) }
             }
-        }
-        B::ScanRequest => {
-            let b = present(msg.body_as_scan_request(), "body")?;
-            Message::ScanRequest {
-                range: key_range_from_fb(b.range()),
-                read_lsn: b.read_lsn(),
-                limit: b.limit(),
+            B::SealResponse => {
+                let b = present(msg.body_as_seal_response(), "body")?;
+                Message::SealResponse {
+                    promised: Epoch(b.promised()),
+                    last: entry_id_from_fb(b.last()),
+                    commit_lsn: b.commit_lsn(),
+                }
             }
-        }
-        B::ScanResponse => {
-            let b = present(msg.body_as_scan_response(), "body")?;
-            let rows = b.rows().map(|v| {
-                v.iter()
-                    .map(|r| Row {
-                        key: r.key().bytes().to_vec(),
-                        value: r.value().bytes().to_vec(),
-                        version_lsn: r.version_lsn(),
-                    })
-                    .collect()
-            });
-            Message::ScanResponse { rows: rows.unwrap_or_default(), more: b.more() }
-        }
-        B::ErrorResponse => {
-            let b = present(msg.body_as_error_response(), "body")?;
-            Message::Error(ErrorResponse {
-                code: error_code_from_fb(b.code())?,
-                message: b.message().unwrap_or_default().to_owned(),
-                epoch: Epoch(b.epoch()),
-                lsn: b.lsn(),
-            })
-        }
-        B::NONE => return Err(DecodeError::MissingField("body".into())),
-        other => return Err(DecodeError::UnknownUnionTag { union: "Body", tag: other.0 }),
-    })
+            B::AppendRequest => {
+                let b = present(msg.body_as_append_request(), "body")?;
+                Message::AppendRequest {
+                    epoch: Epoch(b.epoch()),
+                    prev: entry_id_from_fb(b.prev()),
+                    entries: entries(b.entries(), payload),
+                    commit_lsn: b.commit_lsn(),
+                }
+            }
+            B::AppendResponse => {
+                let b = present(msg.body_as_append_response(), "body")?;
+                Message::AppendResponse { epoch: Epoch(b.epoch()), durable: entry_id_from_fb(b.durable()) }
+            }
+            B::FetchRequest => {
+                let b = present(msg.body_as_fetch_request(), "body")?;
+                Message::FetchRequest {
+                    from_lsn: b.from_lsn(),
+                    max_entries: b.max_entries(),
+                    follow: b.follow_(),
+                    epoch: b.epoch().map(Epoch),
+                }
+            }
+            B::FetchResponse => {
+                let b = present(msg.body_as_fetch_response(), "body")?;
+                Message::FetchResponse { entries: entries(b.entries(), payload), commit_lsn: b.commit_lsn() }
+            }
+            B::HeartbeatRequest => {
+                let b = present(msg.body_as_heartbeat_request(), "body")?;
+                Message::HeartbeatRequest { epoch: Epoch(b.epoch()) }
+            }
+            B::HeartbeatResponse => {
+                let b = present(msg.body_as_heartbeat_response(), "body")?;
+                Message::HeartbeatResponse { promised: Epoch(b.promised()), commit_lsn: b.commit_lsn() }
+            }
+            B::OutcomeRequest => {
+                let b = present(msg.body_as_outcome_request(), "body")?;
+                Message::OutcomeRequest { txn_id: txn_id_from_fb(b.txn_id()), read_lsn: b.read_lsn() }
+            }
+            B::OutcomeResponse => {
+                let b = present(msg.body_as_outcome_response(), "body")?;
+                Message::OutcomeResponse(txn_outcome_from_fb(&b)?)
+            }
+            B::LearnerReport => {
+                let b = present(msg.body_as_learner_report(), "body")?;
+                Message::LearnerReport { name: b.name().to_owned(), durable_lsn: b.durable_lsn() }
+            }
+            B::LearnerAck => {
+                let b = present(msg.body_as_learner_ack(), "body")?;
+                Message::LearnerAck { first_lsn: b.first_lsn() }
+            }
+            B::StatusRequest => Message::StatusRequest,
+            B::StatusResponse => {
+                let b = present(msg.body_as_status_response(), "body")?;
+                Message::StatusResponse(NodeStatus {
+                    role: b.role().to_owned(),
+                    id: b.id(),
+                    epoch: Epoch(b.epoch()),
+                    active: b.active(),
+                    last: entry_id_from_fb(b.last()),
+                    commit_lsn: b.commit_lsn(),
+                    first_lsn: b.first_lsn(),
+                    applied_lsn: b.applied_lsn(),
+                    lease_age_ms: b.lease_age_ms(),
+                    learners: b
+                        .learners()
+                        .map(|v| {
+                            v.iter()
+                                .map(|l| LearnerStatus {
+                                    name: l.name().to_owned(),
+                                    durable_lsn: l.durable_lsn(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
+            B::GetRequest => {
+                let b = present(msg.body_as_get_request(), "body")?;
+                Message::GetRequest { key: b.key().bytes().to_vec(), read_lsn: b.read_lsn() }
+            }
+            B::GetResponse => {
+                let b = present(msg.body_as_get_response(), "body")?;
+                Message::GetResponse {
+                    value: b.value().map(|v| v.bytes().to_vec()),
+                    version_lsn: b.version_lsn(),
+                }
+            }
+            B::ScanRequest => {
+                let b = present(msg.body_as_scan_request(), "body")?;
+                Message::ScanRequest {
+                    range: key_range_from_fb(b.range()),
+                    read_lsn: b.read_lsn(),
+                    limit: b.limit(),
+                }
+            }
+            B::ScanResponse => {
+                let b = present(msg.body_as_scan_response(), "body")?;
+                let rows = b.rows().map(|v| {
+                    v.iter()
+                        .map(|r| Row {
+                            key: r.key().bytes().to_vec(),
+                            value: r.value().bytes().to_vec(),
+                            version_lsn: r.version_lsn(),
+                        })
+                        .collect()
+                });
+                Message::ScanResponse { rows: rows.unwrap_or_default(), more: b.more() }
+            }
+            B::ErrorResponse => {
+                let b = present(msg.body_as_error_response(), "body")?;
+                Message::Error(ErrorResponse {
+                    code: error_code_from_fb(b.code())?,
+                    message: b.message().unwrap_or_default().to_owned(),
+                    epoch: Epoch(b.epoch()),
+                    lsn: b.lsn(),
+                })
+            }
+            B::NONE => return Err(DecodeError::MissingField("body".into())),
+            other => return Err(DecodeError::UnknownUnionTag { union: "Body", tag: other.0 }),
+        },
+    ))
 }
 
 fn outcome_from_fb(resp: &fb::CommitResponse<'_>) -> Result<CommitOutcome, DecodeError> {

@@ -115,7 +115,12 @@ pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
 /// header is written into that slack and the frame is shifted to the front of the same
 /// allocation, instead of encoding into one vector and copying into another.
 pub fn frame_message(msg: &Message) -> Vec<u8> {
-    let (buf, head) = codec::encode_message_with_headroom(msg, HEADER_LEN);
+    frame_request(msg, 0)
+}
+
+/// Like [`frame_message`], with the request id of a multiplexed stream in the message.
+pub fn frame_request(msg: &Message, id: u64) -> Vec<u8> {
+    let (buf, head) = codec::encode_message_with_headroom(msg, HEADER_LEN, id);
     frame_in_place(buf, head)
 }
 

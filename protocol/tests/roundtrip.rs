@@ -180,6 +180,19 @@ proptest! {
         assert_message_round_trips(&msg);
     }
 
+    /// A multiplexed stream matches answers to requests by the id in the message.
+    #[test]
+    fn request_ids_round_trip_through_a_frame(msg in message(), id in any::<u64>()) {
+        let frame = triad_protocol::frame::frame_request(&msg, id);
+        let (payload, used) = decode_frame(&frame, usize::MAX).unwrap().unwrap();
+        prop_assert_eq!(used, frame.len());
+        let (got_id, got) = decode_request(payload).unwrap();
+        prop_assert_eq!(got_id, id);
+        prop_assert_eq!(got, msg.clone());
+        // A plain frame is request 0, and decodes the same message.
+        prop_assert_eq!(decode_request(&encode_message(&msg)).unwrap(), (0, msg));
+    }
+
     #[test]
     fn record_round_trips(record in log_record()) {
         assert_record_round_trips(&record);

@@ -12,7 +12,7 @@ use rand::Rng;
 use tracing::{debug, info, warn};
 use triad_journal::JournalClient;
 use triad_protocol::{CommitOutcome, Epoch, ErrorCode, Message, NodeStatus};
-use triad_transport::{Service, Stream, TransportError};
+use triad_transport::Service;
 
 use crate::{Sequencer, SequencerConfig};
 
@@ -120,14 +120,10 @@ fn not_leader() -> Message {
 }
 
 impl Service for SequencerNode {
-    fn handle(
-        self: Arc<Self>,
-        first: Message,
-        stream: Stream,
-    ) -> BoxFuture<'static, Result<(), TransportError>> {
+    fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
         async move {
             let active = self.active();
-            let answer = match (first, active) {
+            match (msg, active) {
                 (Message::StatusRequest, _) => Message::StatusResponse(self.status()),
                 (Message::BeginRequest, Some(seq)) => match seq.begin().await {
                     Ok(read_lsn) => Message::BeginResponse { read_lsn },
@@ -153,8 +149,7 @@ impl Service for SequencerNode {
                         0,
                     )
                 }
-            };
-            stream.answer(&answer).await
+            }
         }
         .boxed()
     }

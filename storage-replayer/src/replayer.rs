@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use triad_journal::{JournalClient, JournalError, TailReader};
 use triad_protocol::{decode_record, Epoch, ErrorCode, Lsn, Message, NodeStatus};
-use triad_transport::{Service, Stream, TransportError};
+use triad_transport::Service;
 
 use crate::format::{CommittedRecord, FormatError, StorageFormat};
 
@@ -198,16 +198,8 @@ impl Replayer {
 }
 
 impl Service for Replayer {
-    fn handle(
-        self: Arc<Self>,
-        first: Message,
-        stream: Stream,
-    ) -> BoxFuture<'static, Result<(), TransportError>> {
-        async move {
-            let answer = self.answer(first).await;
-            stream.answer(&answer).await
-        }
-        .boxed()
+    fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
+        async move { self.answer(msg).await }.boxed()
     }
 }
 

@@ -20,6 +20,8 @@ pub enum TransportError {
     Frame(#[from] triad_protocol::FrameError),
     #[error("bad message: {0}")]
     Decode(#[from] triad_protocol::DecodeError),
+    #[error("multiplexed stream lost before the answer came: {0}")]
+    StreamLost(String),
     #[error("peer closed the stream before answering")]
     Closed,
     #[error("unexpected message: {0}")]

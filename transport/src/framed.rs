@@ -3,12 +3,20 @@
 
 use quinn::{RecvStream, SendStream};
 use triad_protocol::frame::{FrameHeader, HEADER_LEN};
-use triad_protocol::{decode_message, frame::frame_message, Message};
+use triad_protocol::{decode_request, frame::frame_message, Message};
 
 use crate::TransportError;
 
 /// Reads the next message. `Ok(None)` when the peer finished the stream cleanly between frames.
 pub async fn read_msg(recv: &mut RecvStream, max_frame: usize) -> Result<Option<Message>, TransportError> {
+    Ok(read_request(recv, max_frame).await?.map(|(_, msg)| msg))
+}
+
+/// Reads the next message with its request id (0 unless the stream is multiplexed).
+pub async fn read_request(
+    recv: &mut RecvStream,
+    max_frame: usize,
+) -> Result<Option<(u64, Message)>, TransportError> {
     let mut header = [0u8; HEADER_LEN];
     // A clean end of stream is only legal on a frame boundary.
     match recv.read(&mut header[..1]).await {
@@ -21,7 +29,7 @@ pub async fn read_msg(recv: &mut RecvStream, max_frame: usize) -> Result<Option<
     let mut payload = vec![0u8; hdr.len as usize];
     read_exact(recv, &mut payload).await?;
     hdr.verify(&payload)?;
-    Ok(Some(decode_message(&payload)?))
+    Ok(Some(decode_request(&payload)?))
 }
 
 async fn read_exact(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), TransportError> {

@@ -2,18 +2,19 @@
 //! mutual authentication between tiers), framed messages on QUIC streams, a reconnecting peer
 //! handle for clients, and an accept loop for servers.
 //!
-//! Every exchange is one bidirectional QUIC stream: the opener sends a first message that says
-//! what the stream is for; simple requests get one answer, replication and tailing streams stay
-//! open and carry many frames in order.
+//! Requests that get one answer share one long-lived multiplexed stream per peer (see `mux`);
+//! replication and tailing get a bidirectional stream of their own, whose first message says
+//! what it is for and which then carries many frames in order.
 
 mod error;
 mod framed;
+mod mux;
 mod peer;
 mod server;
 pub mod tls;
 
 pub use error::TransportError;
-pub use framed::{read_msg, write_msg, write_raw_frame};
+pub use framed::{read_msg, read_request, write_msg, write_raw_frame};
 pub use peer::Peer;
 pub use server::{serve, Service, Stream};
 pub use tls::{ClusterCa, TlsConfig};

@@ -1,25 +1,44 @@
-//! A client's handle on one remote node: connects lazily, reconnects after a failure, and opens
-//! a stream per exchange.
+//! A client's handle on one remote node: connects lazily, reconnects after a failure, sends
+//! request/answer calls over one multiplexed stream and opens a stream of its own for each
+//! streaming exchange.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::Mutex;
-use triad_protocol::{Message, MAX_FRAME_DEFAULT};
+use triad_protocol::frame::frame_request;
+use triad_protocol::Message;
 
-use crate::{read_msg, write_msg, TransportError, SERVER_NAME};
+use crate::mux::Mux;
+use crate::{write_msg, TransportError, SERVER_NAME};
 
 pub struct Peer {
     endpoint: Endpoint,
     addr: SocketAddr,
     conn: Mutex<Option<Connection>>,
+    /// The stream calls share; replaced once it breaks.
+    mux: std::sync::Mutex<Option<Arc<Mux>>>,
+    /// Held while a new multiplexed stream is opened, so concurrent callers open only one.
+    opening: Mutex<()>,
+    next_id: AtomicU64,
     connect_timeout: Duration,
 }
 
 impl Peer {
     pub fn new(endpoint: Endpoint, addr: SocketAddr) -> Peer {
-        Peer { endpoint, addr, conn: Mutex::new(None), connect_timeout: Duration::from_millis(500) }
+        Peer {
+            endpoint,
+            addr,
+            conn: Mutex::new(None),
+            mux: std::sync::Mutex::new(None),
+            opening: Mutex::new(()),
+            next_id: AtomicU64::new(1),
+            connect_timeout: Duration::from_millis(500),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -63,11 +82,38 @@ impl Peer {
         Ok((send, recv))
     }
 
-    /// One request, one answer.
+    /// One request, one answer, on the peer's multiplexed stream.
     pub async fn call(&self, request: &Message) -> Result<Message, TransportError> {
-        let (mut send, mut recv) = self.open(request).await?;
-        let _ = send.finish();
-        read_msg(&mut recv, MAX_FRAME_DEFAULT).await?.ok_or(TransportError::Closed)
+        let mux = self.mux().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        mux.call(id, Bytes::from(frame_request(request, id))).await
+    }
+
+    fn live_mux(&self) -> Option<Arc<Mux>> {
+        let guard = self.mux.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().filter(|m| !m.failed()).cloned()
+    }
+
+    /// The live multiplexed stream, opening one (and reconnecting) if there is none.
+    async fn mux(&self) -> Result<Arc<Mux>, TransportError> {
+        if let Some(m) = self.live_mux() {
+            return Ok(m);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(m) = self.live_mux() {
+            return Ok(m);
+        }
+        let conn = self.connection().await?;
+        let (send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.forget(&conn).await;
+                return Err(e.into());
+            }
+        };
+        let m = Arc::new(Mux::start(send, recv));
+        *self.mux.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+        Ok(m)
     }
 
     /// [`Peer::call`] bounded by `timeout`.

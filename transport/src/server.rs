@@ -4,12 +4,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use quinn::{Endpoint, RecvStream, SendStream};
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
+use triad_protocol::frame::frame_request;
 use triad_protocol::{ErrorCode, Message, MAX_FRAME_DEFAULT};
 
-use crate::{read_msg, write_msg, TransportError};
+use crate::mux::write_batches;
+use crate::{read_request, write_msg, TransportError};
 
 /// A stream handed to a service after its first message was read.
 pub struct Stream {
@@ -32,12 +36,23 @@ impl Stream {
 }
 
 pub trait Service: Send + Sync + 'static {
-    /// Handles one stream whose first message was `first`. Errors are logged by the caller.
+    /// Answers one request with one message. Requests on a multiplexed stream (what
+    /// [`crate::Peer::call`] sends) come here; so does the first message of a stream of its
+    /// own, unless [`Service::handle`] is overridden.
+    fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message>;
+
+    /// Handles one stream of its own whose first message was `first`; services with streaming
+    /// exchanges (replication, tailing) override it. Errors are logged by the caller.
     fn handle(
         self: Arc<Self>,
         first: Message,
         stream: Stream,
-    ) -> BoxFuture<'static, Result<(), TransportError>>;
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(async move {
+            let answer = self.request(first).await;
+            stream.answer(&answer).await
+        })
+    }
 }
 
 /// Accepts connections until the endpoint is closed.
@@ -64,8 +79,9 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                 };
                 let service = service.clone();
                 tokio::spawn(async move {
-                    let first = match read_msg(&mut recv, MAX_FRAME_DEFAULT).await {
-                        Ok(Some(m)) => m,
+                    let first = match read_request(&mut recv, MAX_FRAME_DEFAULT).await {
+                        Ok(Some((0, m))) => m,
+                        Ok(Some((id, m))) => return serve_mux(service, id, m, send, recv, peer).await,
                         Ok(None) => return,
                         Err(e) => {
                             warn!(%peer, "rejected stream: {e}");
@@ -85,6 +101,54 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                     }
                 });
             }
+        });
+    }
+}
+
+/// A multiplexed stream: every request is answered by its own task, answers leave in the order
+/// they are ready, batched by one writer. A broken or malformed frame ends the stream with an
+/// error under id 0 (the client then fails what it still waits for); answers already on their
+/// way are still written before the stream finishes.
+async fn serve_mux<S: Service>(
+    service: Arc<S>,
+    first_id: u64,
+    first: Message,
+    send: SendStream,
+    mut recv: RecvStream,
+    peer: SocketAddr,
+) {
+    let (frames, rx) = mpsc::unbounded_channel();
+    tokio::spawn(write_batches(send, rx, None));
+    let mut next = Some((first_id, first));
+    loop {
+        let (id, msg) = match next.take() {
+            Some(request) => request,
+            None => match read_request(&mut recv, MAX_FRAME_DEFAULT).await {
+                Ok(Some(request)) => request,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(%peer, "multiplexed stream rejected: {e}");
+                    let refusal = Message::error(ErrorCode::Malformed, e.to_string(), Default::default(), 0);
+                    let _ = frames.send(Bytes::from(frame_request(&refusal, 0)));
+                    return;
+                }
+            },
+        };
+        if id == 0 {
+            warn!(%peer, "multiplexed stream rejected: a request without an id");
+            let refusal = Message::error(
+                ErrorCode::Malformed,
+                "every request on a multiplexed stream needs a non-zero id",
+                Default::default(),
+                0,
+            );
+            let _ = frames.send(Bytes::from(frame_request(&refusal, 0)));
+            return;
+        }
+        let (service, frames) = (service.clone(), frames.clone());
+        tokio::spawn(async move {
+            let answer = service.request(msg).await;
+            let _ = frames.send(Bytes::from(frame_request(&answer, id)));
         });
     }
 }

@@ -1,6 +1,6 @@
-//! Bad input at the transport: a peer without a certificate from the cluster CA is refused at
-//! the handshake, and a malformed frame gets an error answer — the server keeps serving both
-//! times.
+//! The transport over real QUIC on loopback: a peer without a certificate from the cluster CA
+//! is refused at the handshake, a malformed frame gets an error answer (the server keeps
+//! serving both times), and calls sharing one multiplexed stream each get their own answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,18 +8,24 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use triad_protocol::{ErrorCode, Message};
-use triad_transport::{read_msg, serve, ClusterCa, Peer, Service, Stream, TlsConfig, TransportError};
+use triad_transport::{read_msg, read_request, serve, ClusterCa, Peer, Service, TlsConfig};
 
-/// Answers every status request with a default status.
+/// Answers a status request with a default status, and a get of `key` at `read_lsn` after
+/// `read_lsn` milliseconds with `key` as the value — so answers finish out of order.
 struct Echo;
 
 impl Service for Echo {
-    fn handle(
-        self: Arc<Self>,
-        _first: Message,
-        stream: Stream,
-    ) -> BoxFuture<'static, Result<(), TransportError>> {
-        async move { stream.answer(&Message::StatusResponse(Default::default())).await }.boxed()
+    fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
+        async move {
+            match msg {
+                Message::GetRequest { key, read_lsn } => {
+                    tokio::time::sleep(Duration::from_millis(read_lsn)).await;
+                    Message::GetResponse { value: Some(key), version_lsn: read_lsn }
+                }
+                _ => Message::StatusResponse(Default::default()),
+            }
+        }
+        .boxed()
     }
 }
 
@@ -86,4 +92,87 @@ async fn a_malformed_frame_gets_an_error_answer_and_the_server_keeps_serving() {
 
     let answer = peer.call_timeout(&Message::StatusRequest, Duration::from_secs(3)).await.unwrap();
     assert!(matches!(answer, Message::StatusResponse(_)));
+}
+
+fn get(key: u32, delay_ms: u64) -> Message {
+    Message::GetRequest { key: key.to_be_bytes().to_vec(), read_lsn: delay_ms }
+}
+
+fn assert_answers(answer: Message, key: u32, delay_ms: u64) {
+    match answer {
+        Message::GetResponse { value, version_lsn } => {
+            assert_eq!(value, Some(key.to_be_bytes().to_vec()), "answer of another request");
+            assert_eq!(version_lsn, delay_ms);
+        }
+        other => panic!("expected a get answer, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_calls_share_one_stream_and_each_gets_its_own_answer() {
+    let ca = ClusterCa::generate().unwrap();
+    let addr = server(&ca).await;
+    let member = TlsConfig::issue(&ca, "client").unwrap();
+    let peer = Arc::new(Peer::new(member.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr));
+
+    // Later requests finish first: answers come back in another order than requests went out.
+    let calls = (0..300u32).map(|k| {
+        let peer = peer.clone();
+        let delay = u64::from((300 - k) % 17);
+        tokio::spawn(async move {
+            let answer = peer.call_timeout(&get(k, delay), Duration::from_secs(10)).await.unwrap();
+            assert_answers(answer, k, delay);
+        })
+    });
+    for call in futures::future::join_all(calls).await {
+        call.unwrap();
+    }
+
+    // A caller that gives up (timeout) leaves the stream usable, and its late answer is not
+    // delivered to anyone else.
+    let gave_up = peer.call_timeout(&get(7, 300), Duration::from_millis(20)).await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
+    let answer = peer.call_timeout(&get(8, 0), Duration::from_secs(5)).await.unwrap();
+    assert_answers(answer, 8, 0);
+    // The server answers the abandoned request (300 ms) while this one (350 ms) still waits.
+    let answer = peer.call_timeout(&get(9, 350), Duration::from_secs(5)).await.unwrap();
+    assert_answers(answer, 9, 350);
+}
+
+#[tokio::test]
+async fn a_malformed_frame_on_a_multiplexed_stream_is_refused_with_id_zero() {
+    let ca = ClusterCa::generate().unwrap();
+    let addr = server(&ca).await;
+    let member = TlsConfig::issue(&ca, "client").unwrap();
+    let peer = Peer::new(member.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
+    let conn = peer.connection().await.unwrap();
+
+    // A valid request with an id makes the stream multiplexed; then a corrupt frame.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&triad_protocol::frame::frame_request(&get(1, 50), 5)).await.unwrap();
+    let mut bad = triad_protocol::frame::frame_request(&Message::StatusRequest, 6);
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    send.write_all(&bad).await.unwrap();
+    let mut saw_refusal = false;
+    let mut saw_answer = false;
+    while let Some((id, msg)) = read_request(&mut recv, 1 << 20).await.unwrap() {
+        match (id, msg) {
+            (0, Message::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::Malformed);
+                saw_refusal = true;
+            }
+            (5, answer) => {
+                assert_answers(answer, 1, 50);
+                saw_answer = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The request that was already being served is still answered before the stream ends.
+    assert!(saw_refusal && saw_answer, "refusal {saw_refusal}, answer {saw_answer}");
+
+    // The peer's own calls are unaffected.
+    let answer = peer.call_timeout(&get(2, 0), Duration::from_secs(5)).await.unwrap();
+    assert_answers(answer, 2, 0);
 }

@@ -386,8 +386,11 @@ pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
         };
         async move {
             let mut txn = client.begin().await?;
-            for key in [format!("acct/{a:09}"), format!("tell/{t:09}"), format!("bran/{b:09}")] {
-                let v = txn.get(key.as_bytes()).await?.unwrap_or_default();
+            let keys = [format!("acct/{a:09}"), format!("tell/{t:09}"), format!("bran/{b:09}")];
+            let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+            let values = txn.get_many(&refs).await?;
+            for (key, v) in keys.into_iter().zip(values) {
+                let v = v.unwrap_or_default();
                 let bal = i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]));
                 txn.put(key, (bal + delta).to_be_bytes().to_vec());
             }

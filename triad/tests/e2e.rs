@@ -75,6 +75,16 @@ async fn concurrent_bank_transfers_keep_the_invariant() {
     assert!(matches!(txn.commit().await, Err(triad_shim::ShimError::Conflict { .. })));
     let mut check = client.begin().await.unwrap();
     assert_eq!(check.get(b"blind/a").await.unwrap(), Some(b"2".to_vec()));
+
+    // Concurrent reads: answers in the order asked, own writes seen, every key in the read set
+    // (serializable: a later write to any of them makes the commit conflict).
+    let mut txn = client.begin().await.unwrap();
+    txn.set_isolation(triad_protocol::Isolation::Serializable);
+    txn.put(b"blind/own".to_vec(), b"mine".to_vec());
+    let got = txn.get_many(&[b"blind/own", b"blind/a", b"blind/none"]).await.unwrap();
+    assert_eq!(got, vec![Some(b"mine".to_vec()), Some(b"2".to_vec()), None]);
+    client.write(vec![(b"blind/none".to_vec(), Some(b"x".to_vec()))]).await.unwrap();
+    assert!(matches!(txn.commit().await, Err(triad_shim::ShimError::Conflict { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

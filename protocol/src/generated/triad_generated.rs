@@ -5120,6 +5120,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Message<'a> {
 impl<'a> Message<'a> {
   pub const VT_BODY_TYPE: ::flatbuffers::VOffsetT = 4;
   pub const VT_BODY: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5131,6 +5132,7 @@ impl<'a> Message<'a> {
     args: &'args MessageArgs
   ) -> ::flatbuffers::WIPOffset<Message<'bldr>> {
     let mut builder = MessageBuilder::new(_fbb);
+    builder.add_id(args.id);
     if let Some(x) = args.body { builder.add_body(x); }
     builder.add_body_type(args.body_type);
     builder.finish()
@@ -5150,6 +5152,16 @@ impl<'a> Message<'a> {
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Table<'a>>>(Message::VT_BODY, None).unwrap()}
+  }
+  /// Request id on a multiplexed stream, where many requests share one stream and answers may
+  /// come back in any order: an answer carries its request's id. 0 (absent) on a stream that
+  /// carries one exchange, and on a multiplexed stream for an error about the stream itself.
+  #[inline]
+  pub fn id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Message::VT_ID, Some(0)).unwrap()}
   }
   #[inline]
   #[allow(non_snake_case)]
@@ -5509,6 +5521,7 @@ impl ::flatbuffers::Verifiable for Message<'_> {
           _ => Ok(()),
         }
      })?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
      .finish();
     Ok(())
   }
@@ -5516,6 +5529,7 @@ impl ::flatbuffers::Verifiable for Message<'_> {
 pub struct MessageArgs {
     pub body_type: Body,
     pub body: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+    pub id: u64,
 }
 impl<'a> Default for MessageArgs {
   #[inline]
@@ -5523,6 +5537,7 @@ impl<'a> Default for MessageArgs {
     MessageArgs {
       body_type: Body::NONE,
       body: None, // required field
+      id: 0,
     }
   }
 }
@@ -5539,6 +5554,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MessageBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_body(&mut self, body: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Message::VT_BODY, body);
+  }
+  #[inline]
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(Message::VT_ID, id, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MessageBuilder<'a, 'b, A> {
@@ -5727,6 +5746,7 @@ impl ::core::fmt::Debug for Message<'_> {
           ds.field("body", &x)
         },
       };
+      ds.field("id", &self.id());
       ds.finish()
   }
 }
