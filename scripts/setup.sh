@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing Triad needs on a fresh Debian machine: clang and libclang
 # for RocksDB's bindings; psql and pgbench, which the SQL front end's tests drive as real
-# clients. Safe to run again; does nothing when they are present.
+# clients; psycopg for the driver test. Safe to run again; does nothing when they are present.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -16,4 +16,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]} (RocksDB's bindings; SQL client tests)…" >&2
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# psycopg (the most used Python driver) for the SQL front end's driver test, in the repository's
+# venv (shared with flatc; git-ignored). Pinned so every machine tests the same driver.
+PSYCOPG="psycopg[binary]==3.3.9"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! "$root/.venv/bin/python" -c 'import psycopg, sys; sys.exit(psycopg.__version__ != "3.3.9")' 2>/dev/null; then
+    echo "setup: installing $PSYCOPG into $root/.venv (SQL driver test)…" >&2
+    [ -x "$root/.venv/bin/pip" ] || python3 -m venv "$root/.venv"
+    "$root/.venv/bin/pip" install --quiet --disable-pip-version-check "$PSYCOPG"
 fi
