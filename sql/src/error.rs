@@ -51,7 +51,13 @@ impl SqlError {
                 "42P07"
             }
             SqlError::Engine(msg) if msg.contains("duplicate") || msg.contains("Duplicate") => "23505",
-            SqlError::Engine(msg) if msg.contains("unsupported") || msg.contains("Unsupported") => "0A000",
+            SqlError::Engine(msg)
+                if msg.contains("unsupported")
+                    || msg.contains("Unsupported")
+                    || msg.contains("not supported") =>
+            {
+                "0A000"
+            }
             SqlError::Engine(_) => "42000",
             SqlError::Unsupported(_) => "0A000",
             SqlError::InFailedTxn => "25P02",
@@ -120,6 +126,11 @@ mod tests {
         use gluesql_core::store::IndexError as I;
         assert_eq!(index(I::IndexNameAlreadyExists("i".into())).sqlstate(), "42P07");
         assert_eq!(index(I::IndexNameDoesNotExist("i".into())).sqlstate(), "42704");
+        for sql in ["CREATE UNIQUE INDEX i ON t (a)", "CREATE INDEX i ON t (a, b)"] {
+            let stmt = &gluesql_core::parse_sql::parse(sql).unwrap()[0];
+            let e = SqlError::from(gluesql_core::translate::translate(stmt).unwrap_err());
+            assert_eq!(e.sqlstate(), "0A000", "{sql}: {e}");
+        }
         let e = SqlError::Shim(ShimError::Conflict { keys: vec![b"sql/i/t\0ix\0k".to_vec()] });
         assert!(e.message().contains("an index of table t"), "{}", e.message());
     }
