@@ -38,15 +38,26 @@ impl SqlError {
             SqlError::Shim(ShimError::ReadTimeout(_)) => "57014",
             SqlError::Shim(_) => "XX000",
             SqlError::Engine(msg) if msg.starts_with("parser:") => "42601",
-            SqlError::Engine(msg) if msg.contains("table not found") || msg.contains("TableNotFound") => {
+            SqlError::Engine(msg)
+                if msg.contains("table not found")
+                    || msg.contains("table does not exist")
+                    || msg.contains("TableNotFound") =>
+            {
                 "42P01"
             }
+            SqlError::Engine(msg) if msg.contains("index name does not exist") => "42704",
             SqlError::Engine(msg) if msg.contains("column") && msg.contains("not found") => "42703",
             SqlError::Engine(msg) if msg.contains("already exists") || msg.contains("AlreadyExists") => {
                 "42P07"
             }
             SqlError::Engine(msg) if msg.contains("duplicate") || msg.contains("Duplicate") => "23505",
-            SqlError::Engine(msg) if msg.contains("unsupported") || msg.contains("Unsupported") => "0A000",
+            SqlError::Engine(msg)
+                if msg.contains("unsupported")
+                    || msg.contains("Unsupported")
+                    || msg.contains("not supported") =>
+            {
+                "0A000"
+            }
             SqlError::Engine(_) => "42000",
             SqlError::Unsupported(_) => "0A000",
             SqlError::InFailedTxn => "25P02",
@@ -110,6 +121,17 @@ mod tests {
         assert_eq!(SqlError::Shim(ShimError::TooOld { floor: 3 }).sqlstate(), "40001");
         assert_eq!(SqlError::Shim(ShimError::Unavailable("x".into())).sqlstate(), "08006");
         assert_eq!(SqlError::InFailedTxn.sqlstate(), "25P02");
-        assert_eq!(SqlError::Unsupported("CREATE INDEX".into()).sqlstate(), "0A000");
+        assert_eq!(SqlError::Unsupported("SAVEPOINT".into()).sqlstate(), "0A000");
+        let index = |e: gluesql_core::store::IndexError| SqlError::from(gluesql_core::error::Error::from(e));
+        use gluesql_core::store::IndexError as I;
+        assert_eq!(index(I::IndexNameAlreadyExists("i".into())).sqlstate(), "42P07");
+        assert_eq!(index(I::IndexNameDoesNotExist("i".into())).sqlstate(), "42704");
+        for sql in ["CREATE UNIQUE INDEX i ON t (a)", "CREATE INDEX i ON t (a, b)"] {
+            let stmt = &gluesql_core::parse_sql::parse(sql).unwrap()[0];
+            let e = SqlError::from(gluesql_core::translate::translate(stmt).unwrap_err());
+            assert_eq!(e.sqlstate(), "0A000", "{sql}: {e}");
+        }
+        let e = SqlError::Shim(ShimError::Conflict { keys: vec![b"sql/i/t\0ix\0k".to_vec()] });
+        assert!(e.message().contains("an index of table t"), "{}", e.message());
     }
 }

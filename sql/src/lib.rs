@@ -5,9 +5,11 @@
 //! - [`session`]: per-connection transaction rules (BEGIN/COMMIT/ROLLBACK, autocommit,
 //!   conflicts as SQLSTATE 40001).
 //! - [`store`]: GlueSQL's storage traits on one shim transaction; the key layout.
+//! - [`index`]: secondary indexes — entry keys, the order-preserving value encoding, ranges.
 //! - [`types`]: PostgreSQL types of parameters and result columns.
 
 pub mod error;
+pub mod index;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -188,10 +188,6 @@ impl Session {
             Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => {
                 Err(self.fail(SqlError::Unsupported("SAVEPOINT".into())))
             }
-            Statement::CreateIndex(_)
-            | Statement::Drop { object_type: gluesql_core::sqlparser::ast::ObjectType::Index, .. } => {
-                Err(self.fail(SqlError::Unsupported("CREATE/DROP INDEX (secondary indexes)".into())))
-            }
             _ => self.run(stmt, params),
         }
     }

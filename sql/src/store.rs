@@ -7,6 +7,11 @@
 //! insertion order, and never collides with another transaction's (a collision would only be
 //! a write-write conflict, retried, never a lost row).
 //!
+//! Secondary indexes (see [`crate::index`]) keep one entry per row under `sql/i/<table>\0…`,
+//! written in the same transaction as the row, so a commit changes a row and its index entries
+//! together and the sequencer's conflict checks cover both. An index scan reads a range of
+//! entries, then each entry's row by a point read, at the transaction's snapshot.
+//!
 //! GlueSQL calls storage synchronously. A [`ShimStore`] therefore lives on a blocking thread
 //! (the session runs GlueSQL inside `spawn_blocking`) and drives the async shim with
 //! [`Handle::block_on`]: no runtime worker thread ever waits, and each session has its own
@@ -14,15 +19,24 @@
 
 use std::sync::Mutex;
 
-use gluesql_core::data::{Key, Schema, Value};
+use gluesql_core::ast::{IndexOperator, OrderByExpr};
+use gluesql_core::chrono::Utc;
+use gluesql_core::data::{Key, Schema, SchemaIndex, SchemaIndexOrd, Value};
 use gluesql_core::error::{Error, Result};
+use gluesql_core::plan::StatementPlan;
+use gluesql_core::planner::{
+    fetch_schema_map, plan_aggregate, plan_hash_join, plan_index, plan_primary_key, plan_schemaless, validate,
+};
 use gluesql_core::store::{
-    AlterTable, CustomFunction, CustomFunctionMut, Index, IndexMut, Metadata, Planner, RowIter, Store,
-    StoreMut, Transaction,
+    AlterTable, CustomFunction, CustomFunctionMut, Index, IndexError, IndexMut, Metadata, Planner, RowIter,
+    Store, StoreMut, Transaction,
 };
 use tokio::runtime::Handle;
+use tracing::warn;
 use triad_protocol::{Isolation, KeyRange};
 use triad_shim::{Client, ShimError, Txn};
+
+use crate::index::{self, IndexSpec, TableIndexes};
 
 const SCHEMA_PREFIX: &[u8] = b"sql/s/";
 const ROW_PREFIX: &[u8] = b"sql/r/";
@@ -37,7 +51,7 @@ pub fn schema_key(table: &str) -> Result<Vec<u8>> {
 
 /// Every schema key.
 pub fn schema_range() -> KeyRange {
-    KeyRange { start: SCHEMA_PREFIX.to_vec(), end: Some(prefix_end(SCHEMA_PREFIX)) }
+    KeyRange { start: SCHEMA_PREFIX.to_vec(), end: Some(index::prefix_successor(SCHEMA_PREFIX)) }
 }
 
 /// The range holding all rows of `table`.
@@ -62,6 +76,8 @@ pub fn describe_key(key: &[u8]) -> String {
         format!("a row of table {}", String::from_utf8_lossy(table))
     } else if let Some(table) = key.strip_prefix(SCHEMA_PREFIX) {
         format!("the definition of table {}", String::from_utf8_lossy(table))
+    } else if let Some(table) = index::table_of_key(key) {
+        format!("an index of table {}", String::from_utf8_lossy(table))
     } else {
         format!("key {}", key.escape_ascii())
     }
@@ -72,12 +88,6 @@ fn check_name(table: &str) -> Result<()> {
         return Err(Error::StorageMsg(format!("table name {table:?} contains a NUL byte")));
     }
     Ok(())
-}
-
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    *end.last_mut().expect("non-empty prefix") += 1;
-    end
 }
 
 /// A stored row carries its GlueSQL key so scans can hand it back without decoding key bytes.
@@ -103,9 +113,74 @@ pub fn generated_key(read_lsn: u64, txn_bits: u32, counter: u32) -> Key {
     Key::U128(((read_lsn as u128) << 64) | ((txn_bits as u128) << 32) | counter as u128)
 }
 
+/// The transaction operations the store is built on: a shim [`Txn`] in production. The store
+/// is generic over them so its logic also runs in-process over a map, in tests.
+pub trait KvTxn {
+    /// The value of `key` at the snapshot, with this transaction's own writes applied.
+    fn get(&mut self, rt: &Handle, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, ShimError>;
+    /// Up to `limit` live entries of `range` in key order, own writes applied.
+    fn scan(&mut self, rt: &Handle, range: KeyRange, limit: usize)
+        -> std::result::Result<Entries, ShimError>;
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>);
+    fn delete(&mut self, key: Vec<u8>);
+    fn set_isolation(&mut self, isolation: Isolation);
+    fn read_lsn(&self) -> u64;
+    /// Bits of the transaction's id, to tell its generated row keys from other transactions'.
+    fn id_bits(&self) -> u32;
+}
+
+/// Where transactions come from: the shim [`Client`] in production.
+pub trait Backend {
+    type Txn: KvTxn;
+    fn begin(&self, rt: &Handle) -> std::result::Result<Self::Txn, ShimError>;
+}
+
+impl KvTxn for Txn {
+    fn get(&mut self, rt: &Handle, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, ShimError> {
+        rt.block_on(Txn::get(self, key))
+    }
+
+    fn scan(
+        &mut self,
+        rt: &Handle,
+        range: KeyRange,
+        limit: usize,
+    ) -> std::result::Result<Entries, ShimError> {
+        rt.block_on(Txn::scan(self, range, limit))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        Txn::put(self, key, value)
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        Txn::delete(self, key)
+    }
+
+    fn set_isolation(&mut self, isolation: Isolation) {
+        Txn::set_isolation(self, isolation)
+    }
+
+    fn read_lsn(&self) -> u64 {
+        Txn::read_lsn(self)
+    }
+
+    fn id_bits(&self) -> u32 {
+        self.id().0 as u32
+    }
+}
+
+impl Backend for Client {
+    type Txn = Txn;
+
+    fn begin(&self, rt: &Handle) -> std::result::Result<Txn, ShimError> {
+        rt.block_on(Client::begin(self))
+    }
+}
+
 /// What the session needs to know about the store's transaction.
-struct State {
-    txn: Option<Txn>,
+struct State<T> {
+    txn: Option<T>,
     /// Isolation the next transaction starts with.
     next_isolation: Isolation,
     appended: u32,
@@ -117,16 +192,25 @@ struct State {
 }
 
 /// GlueSQL storage over one shim transaction at a time (see the module docs).
-pub struct ShimStore {
-    client: Client,
+pub struct ShimStore<B: Backend = Client> {
+    backend: B,
     rt: Handle,
-    state: Mutex<State>,
+    state: Mutex<State<B::Txn>>,
 }
 
-impl ShimStore {
-    pub fn new(client: Client, rt: Handle) -> ShimStore {
+/// A batch of writes, applied in order: `None` deletes.
+type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Key-value pairs as a range read returns them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Index entries (key, primary-key bytes) in the order an index scan visits them.
+type EntryIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + 'a>;
+
+impl<B: Backend> ShimStore<B> {
+    pub fn new(backend: B, rt: Handle) -> ShimStore<B> {
         ShimStore {
-            client,
+            backend,
             rt,
             state: Mutex::new(State {
                 txn: None,
@@ -138,7 +222,7 @@ impl ShimStore {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State<B::Txn>> {
         // A panic inside GlueSQL cannot leave State half-updated in a way that matters: the
         // session drops the transaction after any error.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -165,7 +249,7 @@ impl ShimStore {
     }
 
     /// Takes the open transaction out, for the session to commit or drop.
-    pub fn take_txn(&self) -> Option<Txn> {
+    pub fn take_txn(&self) -> Option<B::Txn> {
         let mut st = self.state();
         st.appended = 0;
         st.next_isolation = Isolation::Snapshot;
@@ -189,9 +273,9 @@ impl ShimStore {
         self.rt.block_on(f)
     }
 
-    fn ensure(&self, st: &mut State) -> std::result::Result<(), ShimError> {
+    fn ensure(&self, st: &mut State<B::Txn>) -> std::result::Result<(), ShimError> {
         if st.txn.is_none() {
-            let mut txn = self.rt.block_on(self.client.begin())?;
+            let mut txn = self.backend.begin(&self.rt)?;
             txn.set_isolation(st.next_isolation);
             st.txn = Some(txn);
         }
@@ -201,7 +285,7 @@ impl ShimStore {
     /// Runs `f` on the open transaction (beginning one if needed), recording shim errors.
     fn with_txn<T>(
         &self,
-        f: impl FnOnce(&Handle, &mut Txn) -> std::result::Result<T, ShimError>,
+        f: impl FnOnce(&Handle, &mut B::Txn) -> std::result::Result<T, ShimError>,
     ) -> Result<T> {
         let mut st = self.state();
         let r = self.ensure(&mut st).and_then(|()| f(&self.rt, st.txn.as_mut().expect("ensured")));
@@ -212,26 +296,101 @@ impl ShimStore {
         })
     }
 
-    fn scan_page(&self, range: &KeyRange) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.with_txn(|rt, txn| rt.block_on(txn.scan(range.clone(), SCAN_PAGE)))
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.with_txn(|rt, txn| txn.get(rt, key))
+    }
+
+    fn scan_page(&self, range: &KeyRange) -> Result<Entries> {
+        self.with_txn(|rt, txn| txn.scan(rt, range.clone(), SCAN_PAGE))
+    }
+
+    fn scan_range(&self, range: KeyRange) -> RangeScan<'_, B> {
+        RangeScan { store: self, range, page: Vec::new().into_iter(), done: false }
+    }
+
+    fn apply(&self, writes: Writes) -> Result<()> {
+        self.with_txn(|_, txn| {
+            for (k, v) in writes {
+                match v {
+                    Some(v) => txn.put(k, v),
+                    None => txn.delete(k),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes every key of `range` (index entries of a dropped index or table).
+    fn delete_range(&self, range: KeyRange) -> Result<()> {
+        let keys = self.scan_range(range).map(|e| e.map(|(k, _)| (k, None))).collect::<Result<Writes>>()?;
+        self.apply(keys)
+    }
+
+    /// The table's indexes, if it has any.
+    fn indexes_of(&self, table: &str) -> Result<Option<TableIndexes>> {
+        let Some(schema) = self.fetch_schema(table)? else { return Ok(None) };
+        let indexes = TableIndexes::new(&schema)?;
+        Ok((!indexes.is_empty()).then_some(indexes))
+    }
+
+    /// The index entries the row stored under `row_key` has now (none if there is no row).
+    fn stored_entries(&self, indexes: &TableIndexes, row_key: &[u8]) -> Result<Vec<Vec<u8>>> {
+        match self.get(row_key)? {
+            Some(bytes) => {
+                let (key, values) = decode_row(&bytes)?;
+                indexes.entries(&key, &values)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The rows an index scan reaches: each entry's row by a point read, kept only if the row
+    /// still has that entry. Entries come from this index's own writes, in the same transaction
+    /// as their row, so the check only ever drops something when a transaction that began
+    /// before the index existed changed a row after it was built (see docs/sql.md).
+    fn rows_of_entries<'a>(
+        &'a self,
+        table: &str,
+        indexes: TableIndexes,
+        spec: usize,
+        entries: EntryIter<'a>,
+    ) -> Result<RowIter<'a>> {
+        let row_prefix = table_range(table)?.start;
+        let table = table.to_string();
+        Ok(Box::new(entries.filter_map(move |entry| {
+            let spec: &IndexSpec = &indexes.specs[spec];
+            let row = entry.and_then(|(entry_key, pk)| {
+                let Some(bytes) = self.get(&[row_prefix.as_slice(), &pk].concat())? else {
+                    warn!(table = %table, index = %spec.name, "index entry without a row; skipped");
+                    return Ok(None);
+                };
+                let (key, values) = decode_row(&bytes)?;
+                if spec.entry_key(&spec.value(indexes.columns(), &values)?, &key)? != entry_key {
+                    warn!(table = %table, index = %spec.name, "index entry no longer matches its row; skipped");
+                    return Ok(None);
+                }
+                Ok(Some((key, values)))
+            });
+            row.transpose()
+        })))
     }
 }
 
-/// Pages through a table's range, one shim range read per [`SCAN_PAGE`] rows.
-struct TableScan<'a> {
-    store: &'a ShimStore,
+/// Pages through a key range, one shim range read per [`SCAN_PAGE`] entries.
+struct RangeScan<'a, B: Backend> {
+    store: &'a ShimStore<B>,
     range: KeyRange,
     page: std::vec::IntoIter<(Vec<u8>, Vec<u8>)>,
     done: bool,
 }
 
-impl Iterator for TableScan<'_> {
-    type Item = Result<(Key, Vec<Value>)>;
+impl<B: Backend> Iterator for RangeScan<'_, B> {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some((_, v)) = self.page.next() {
-                return Some(decode_row(&v));
+            if let Some(entry) = self.page.next() {
+                return Some(Ok(entry));
             }
             if self.done {
                 return None;
@@ -256,36 +415,21 @@ impl Iterator for TableScan<'_> {
     }
 }
 
-impl Store for ShimStore {
+impl<B: Backend> Store for ShimStore<B> {
     fn fetch_schema(&self, table_name: &str) -> Result<Option<Schema>> {
         let key = schema_key(table_name)?;
-        match self.with_txn(|rt, txn| rt.block_on(txn.get(&key)))? {
+        match self.get(&key)? {
             Some(bytes) => decode_schema(&bytes).map(Some),
             None => Ok(None),
         }
     }
 
     fn fetch_all_schemas(&self) -> Result<Vec<Schema>> {
-        let mut out = Vec::new();
-        let mut range = schema_range();
-        loop {
-            let rows = self.scan_page(&range)?;
-            for (_, v) in &rows {
-                out.push(decode_schema(v)?);
-            }
-            match rows.last() {
-                Some((last, _)) if rows.len() >= SCAN_PAGE => {
-                    range.start = last.clone();
-                    range.start.push(0);
-                }
-                _ => return Ok(out),
-            }
-        }
+        self.scan_range(schema_range()).map(|e| e.and_then(|(_, v)| decode_schema(&v))).collect()
     }
 
     fn fetch_data(&self, table_name: &str, key: &Key) -> Result<Option<Vec<Value>>> {
-        let k = row_key(table_name, key)?;
-        match self.with_txn(|rt, txn| rt.block_on(txn.get(&k)))? {
+        match self.get(&row_key(table_name, key)?)? {
             Some(bytes) => decode_row(&bytes).map(|(_, values)| Some(values)),
             None => Ok(None),
         }
@@ -297,37 +441,27 @@ impl Store for ShimStore {
             let row = self.fetch_data(&table, &key)?.map(|values| Ok((key, values)));
             return Ok(Box::new(row.into_iter()));
         }
-        let range = table_range(table_name)?;
-        Ok(Box::new(TableScan { store: self, range, page: Vec::new().into_iter(), done: false }))
+        let rows = self.scan_range(table_range(table_name)?);
+        Ok(Box::new(rows.map(|e| e.and_then(|(_, v)| decode_row(&v)))))
     }
 }
 
-impl StoreMut for ShimStore {
+impl<B: Backend> StoreMut for ShimStore<B> {
     fn insert_schema(&mut self, schema: &Schema) -> Result<()> {
         let key = schema_key(&schema.table_name)?;
         let bytes = encode_schema(schema)?;
-        self.with_txn(|_, txn| {
-            txn.put(key, bytes);
-            Ok(())
-        })
+        self.apply(vec![(key, Some(bytes))])
     }
 
     fn delete_schema(&mut self, table_name: &str) -> Result<()> {
-        // Dropping a table deletes its rows too, in the same transaction.
-        let rows: Vec<(Key, Vec<Value>)> = self.scan_data(table_name)?.collect::<Result<_>>()?;
-        let keys = rows.iter().map(|(k, _)| row_key(table_name, k)).collect::<Result<Vec<_>>>()?;
-        let key = schema_key(table_name)?;
-        self.with_txn(|_, txn| {
-            for k in keys {
-                txn.delete(k);
-            }
-            txn.delete(key);
-            Ok(())
-        })
+        // Dropping a table deletes its rows and index entries too, in the same transaction.
+        self.delete_range(table_range(table_name)?)?;
+        self.delete_range(index::table_indexes_range(table_name)?)?;
+        self.apply(vec![(schema_key(table_name)?, None)])
     }
 
     fn append_data(&mut self, table_name: &str, rows: Vec<Vec<Value>>) -> Result<()> {
-        let table_name = table_name.to_string();
+        let indexes = self.indexes_of(table_name)?;
         let mut st = self.state();
         let r = self.ensure(&mut st);
         if let Err(e) = r {
@@ -337,45 +471,149 @@ impl StoreMut for ShimStore {
         }
         let mut appended = st.appended;
         let txn = st.txn.as_mut().expect("ensured");
-        let txn_bits = txn.id().0 as u32;
+        let txn_bits = txn.id_bits();
         for values in rows {
             let key = generated_key(txn.read_lsn(), txn_bits, appended);
             appended = appended
                 .checked_add(1)
                 .ok_or_else(|| Error::StorageMsg("too many rows appended in one transaction".into()))?;
-            txn.put(row_key(&table_name, &key)?, encode_row(&key, &values)?);
+            if let Some(indexes) = &indexes {
+                let pk = key.to_cmp_be_bytes()?;
+                for entry in indexes.entries(&key, &values)? {
+                    txn.put(entry, pk.clone());
+                }
+            }
+            txn.put(row_key(table_name, &key)?, encode_row(&key, &values)?);
         }
         st.appended = appended;
         Ok(())
     }
 
     fn insert_data(&mut self, table_name: &str, rows: Vec<(Key, Vec<Value>)>) -> Result<()> {
-        let encoded = rows
-            .iter()
-            .map(|(k, v)| Ok((row_key(table_name, k)?, encode_row(k, v)?)))
-            .collect::<Result<Vec<_>>>()?;
-        self.with_txn(|_, txn| {
-            for (k, v) in encoded {
-                txn.put(k, v);
+        let indexes = self.indexes_of(table_name)?;
+        for (key, values) in rows {
+            let row_key = row_key(table_name, &key)?;
+            let mut writes = Writes::new();
+            if let Some(indexes) = &indexes {
+                // UPDATE stores its rows here too: entries of the row's old values must go.
+                let old = self.stored_entries(indexes, &row_key)?;
+                let new = indexes.entries(&key, &values)?;
+                let pk = key.to_cmp_be_bytes()?;
+                writes.extend(old.iter().filter(|e| !new.contains(e)).map(|e| (e.clone(), None)));
+                writes.extend(new.into_iter().filter(|e| !old.contains(e)).map(|e| (e, Some(pk.clone()))));
             }
-            Ok(())
-        })
+            writes.push((row_key, Some(encode_row(&key, &values)?)));
+            self.apply(writes)?;
+        }
+        Ok(())
     }
 
     fn delete_data(&mut self, table_name: &str, keys: Vec<Key>) -> Result<()> {
-        let keys = keys.iter().map(|k| row_key(table_name, k)).collect::<Result<Vec<_>>>()?;
-        self.with_txn(|_, txn| {
-            for k in keys {
-                txn.delete(k);
+        let indexes = self.indexes_of(table_name)?;
+        let mut writes = Writes::new();
+        for key in keys {
+            let row_key = row_key(table_name, &key)?;
+            if let Some(indexes) = &indexes {
+                writes.extend(self.stored_entries(indexes, &row_key)?.into_iter().map(|e| (e, None)));
             }
+            writes.push((row_key, None));
+        }
+        self.apply(writes)
+    }
+}
+
+impl<B: Backend> Index for ShimStore<B> {
+    fn scan_indexed_data<'a>(
+        &'a self,
+        table_name: &str,
+        index_name: &str,
+        asc: Option<bool>,
+        cmp_value: Option<(&IndexOperator, Value)>,
+    ) -> Result<RowIter<'a>> {
+        let schema = self
+            .fetch_schema(table_name)?
+            .ok_or_else(|| IndexError::ConflictTableNotFound(table_name.to_string()))?;
+        let indexes = TableIndexes::new(&schema)?;
+        let spec = indexes
+            .specs
+            .iter()
+            .position(|s| s.name == index_name)
+            .ok_or_else(|| IndexError::IndexNameDoesNotExist(index_name.to_string()))?;
+        let range = match cmp_value {
+            Some((op, value)) => indexes.specs[spec].range(op, value),
+            None => Some(indexes.specs[spec].full_range()),
+        };
+        let Some(range) = range else { return Ok(Box::new(std::iter::empty())) };
+        let entries: EntryIter<'a> = if asc == Some(false) {
+            // The shim reads ranges forwards only. The entries (keys, not rows) are read in
+            // full and walked backwards; rows are still fetched only as they are consumed.
+            let mut all = self.scan_range(range).collect::<Result<Vec<_>>>()?;
+            all.reverse();
+            Box::new(all.into_iter().map(Ok))
+        } else {
+            Box::new(self.scan_range(range))
+        };
+        self.rows_of_entries(table_name, indexes, spec, entries)
+    }
+}
+
+impl<B: Backend> IndexMut for ShimStore<B> {
+    fn create_index(&mut self, table_name: &str, index_name: &str, column: &OrderByExpr) -> Result<()> {
+        index::check_index_name(index_name)?;
+        let mut schema = self
+            .fetch_schema(table_name)?
+            .ok_or_else(|| IndexError::TableNotFound(table_name.to_string()))?;
+        if schema.indexes.iter().any(|i| i.name == index_name) {
+            return Err(IndexError::IndexNameAlreadyExists(index_name.to_string()).into());
+        }
+        let order = match column.asc {
+            Some(true) => SchemaIndexOrd::Asc,
+            Some(false) => SchemaIndexOrd::Desc,
+            None => SchemaIndexOrd::Both,
+        };
+        let index = SchemaIndex {
+            name: index_name.to_string(),
+            expr: column.expr.clone(),
+            order,
+            created: Utc::now().naive_utc(),
+        };
+        let spec = TableIndexes::new(&Schema { indexes: vec![index.clone()], ..schema.clone() })?;
+        // The build reads the whole table at this snapshot. Serializable makes the commit fail
+        // (40001, retry) if another transaction changed a row of the table meanwhile, instead of
+        // leaving that row without its entry.
+        self.with_txn(|_, txn| {
+            txn.set_isolation(Isolation::Serializable);
             Ok(())
-        })
+        })?;
+        let mut writes = Writes::new();
+        for row in self.scan_data(table_name)? {
+            let (key, values) = row?;
+            let pk = key.to_cmp_be_bytes()?;
+            writes.extend(spec.entries(&key, &values)?.into_iter().map(|e| (e, Some(pk.clone()))));
+        }
+        schema.indexes.push(index);
+        writes.push((schema_key(table_name)?, Some(encode_schema(&schema)?)));
+        self.apply(writes)
+    }
+
+    fn drop_index(&mut self, table_name: &str, index_name: &str) -> Result<()> {
+        let mut schema = self
+            .fetch_schema(table_name)?
+            .ok_or_else(|| IndexError::TableNotFound(table_name.to_string()))?;
+        let before = schema.indexes.len();
+        schema.indexes.retain(|i| i.name != index_name);
+        if schema.indexes.len() == before {
+            return Err(IndexError::IndexNameDoesNotExist(index_name.to_string()).into());
+        }
+        // Every generation of the name goes, including entries a straggler wrote for an older one.
+        self.delete_range(index::index_name_range(table_name, index_name)?)?;
+        self.insert_schema(&schema)
     }
 }
 
 /// The session, not GlueSQL, decides where transactions begin and end (it handles BEGIN,
 /// COMMIT and ROLLBACK itself); telling GlueSQL "no autocommit here" keeps it from committing.
-impl Transaction for ShimStore {
+impl<B: Backend> Transaction for ShimStore<B> {
     fn begin(&mut self, _autocommit: bool) -> Result<bool> {
         Ok(false)
     }
@@ -389,13 +627,27 @@ impl Transaction for ShimStore {
     }
 }
 
-impl AlterTable for ShimStore {}
-impl Index for ShimStore {}
-impl IndexMut for ShimStore {}
-impl Metadata for ShimStore {}
-impl CustomFunction for ShimStore {}
-impl CustomFunctionMut for ShimStore {}
-impl Planner for ShimStore {}
+/// GlueSQL's default plan leaves out its index planner; a storage with indexes adds it. It
+/// runs after the primary-key planner and never replaces the access path that one chose.
+impl<B: Backend> Planner for ShimStore<B> {
+    fn plan(&self, statement: StatementPlan) -> Result<StatementPlan> {
+        let schema_map = fetch_schema_map(self, &statement)?;
+        validate(&schema_map, &statement)?;
+        let statement = plan_schemaless(&schema_map, statement)?;
+        let statement = plan_primary_key(&schema_map, statement);
+        let statement = plan_index(&schema_map, statement);
+        let statement = plan_hash_join(&schema_map, statement);
+        Ok(plan_aggregate(statement))
+    }
+}
+
+impl<B: Backend> AlterTable for ShimStore<B> {}
+impl<B: Backend> Metadata for ShimStore<B> {}
+impl<B: Backend> CustomFunction for ShimStore<B> {}
+impl<B: Backend> CustomFunctionMut for ShimStore<B> {}
+
+#[cfg(test)]
+mod mem_tests;
 
 #[cfg(test)]
 mod tests {
