@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use futures::{stream, Sink};
+use futures::{stream, Sink, SinkExt};
 use gluesql_core::ast::DataType;
 use gluesql_core::chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use gluesql_core::data::Value;
@@ -24,6 +24,8 @@ use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::extendedquery::Sync as PgSync;
+use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use rust_decimal::Decimal;
@@ -32,7 +34,7 @@ use tracing::{debug, info, warn};
 use triad_shim::Client;
 
 use crate::error::SqlError;
-use crate::session::{literal, Outcome, Prepared, Session};
+use crate::session::{literal, Block, Outcome, Prepared, Session};
 use crate::types::{encode_value, fields_from_rows, pg_type};
 
 /// The one user the front end accepts, and its password (MD5 challenge on the wire).
@@ -210,7 +212,7 @@ fn response(o: Outcome, formats: Option<(&[(String, Type)], &Format)>) -> Result
 
 #[async_trait]
 impl SimpleQueryHandler for Simple {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -218,10 +220,26 @@ impl SimpleQueryHandler for Simple {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let sql = query.to_owned();
-        let (outcomes, error) = match on_session(&self.session, move |s| s.simple(&sql)).await {
-            Ok(r) => r,
-            Err(e) => (vec![], Some(e)),
-        };
+        let ((outcomes, error), block) =
+            match on_session(&self.session, move |s| (s.simple(&sql), s.block())).await {
+                Ok(r) => r,
+                Err(e) => ((vec![], Some(e)), Block::Failed),
+            };
+        // pgwire derives ReadyForQuery's status from the responses: an error inside a block
+        // marks it failed. But a COMMIT that fails (a conflict) ends the block, as in
+        // PostgreSQL, and drivers that track the status (psycopg) must see it idle, or they
+        // take their next BEGIN for a nested one. Returned as a query-level error instead,
+        // pgwire reports the status the session set; any earlier results of the same query
+        // string are then not sent — libpq would only have kept the error anyway.
+        if let Some(e) = &error {
+            let block_began = outcomes.iter().any(|o| matches!(o, Outcome::Begin));
+            let was_in_block = client.transaction_status() != TransactionStatus::Idle || block_began;
+            if block == Block::Idle && was_in_block {
+                debug!(error = %e, "statement ended its transaction block");
+                client.set_transaction_status(TransactionStatus::Idle);
+                return Err(e.to_pgwire());
+            }
+        }
         let mut out = Vec::with_capacity(outcomes.len() + 1);
         for o in outcomes {
             match response(o, None) {
@@ -357,6 +375,29 @@ impl ExtendedQueryHandler for Extended {
 
     fn query_parser(&self) -> Arc<Parser> {
         self.parser.clone()
+    }
+
+    /// ReadyForQuery reports the session's own view of its block (see the simple handler:
+    /// pgwire alone would call the session failed after a COMMIT that failed and ended it).
+    async fn on_sync<C>(&self, client: &mut C, _message: PgSync) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // No statement of this connection runs between Execute and Sync, so the lock is free.
+        let block = self.session.lock().unwrap_or_else(|p| p.into_inner()).block();
+        let status = match block {
+            Block::Idle => TransactionStatus::Idle,
+            Block::Open => TransactionStatus::Transaction,
+            Block::Failed => TransactionStatus::Error,
+        };
+        client.set_transaction_status(status);
+        client.portal_store().rm_portal(pgwire::api::DEFAULT_NAME);
+        client.send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(status))).await?;
+        client.flush().await?;
+        Ok(())
     }
 
     async fn do_query<C>(

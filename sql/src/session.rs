@@ -53,6 +53,15 @@ pub struct Prepared {
     pub desc: Description,
 }
 
+/// Whether a session is inside a transaction block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Block {
+    Idle,
+    Open,
+    /// An error happened inside the block; it waits for ROLLBACK (or COMMIT).
+    Failed,
+}
+
 pub struct Session {
     glue: Glue<ShimStore>,
     /// Inside BEGIN … COMMIT.
@@ -80,6 +89,16 @@ impl Session {
     /// blocking threads only.
     pub fn new(client: Client, rt: Handle) -> Session {
         Session { glue: Glue::new(ShimStore::new(client, rt)), explicit: false, failed: false }
+    }
+
+    /// Where the session stands between statements, for the status byte of ReadyForQuery.
+    /// After a failed COMMIT the block is over (rolled back), as in PostgreSQL.
+    pub fn block(&self) -> Block {
+        match (self.explicit, self.failed) {
+            (false, _) => Block::Idle,
+            (true, false) => Block::Open,
+            (true, true) => Block::Failed,
+        }
     }
 
     fn store(&self) -> &ShimStore {

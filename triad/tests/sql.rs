@@ -444,3 +444,25 @@ async fn pgbench_tpcb_like_in_both_query_modes_keeps_balances_consistent() {
     assert_eq!(one("SELECT SUM(tbalance) FROM pgbench_tellers").await, deltas);
     assert_eq!(one("SELECT SUM(bbalance) FROM pgbench_branches").await, deltas);
 }
+
+/// psycopg 3 (Python's most used driver, extended protocol with its own choice of parameter
+/// types, binary results, transaction blocks, 40001 as `SerializationFailure`, retry loops):
+/// the script in tests/clients/ exits non-zero on any deviation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_runs_unmodified() {
+    let _s = SERIAL.lock().await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup.sh (installs psycopg)", python.display());
+    let env = start(22100).await;
+    let dsn = format!("host=127.0.0.1 port={} user=triad password=secret dbname=triad", env.port);
+    let script = root.join("triad/tests/clients/psycopg_check.py");
+    let out = tokio::task::spawn_blocking(move || Command::new(python).arg(script).arg(dsn).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "psycopg script failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    eprintln!("{}", stdout.trim());
+}
