@@ -120,6 +120,7 @@ impl Client {
                 read_keys: vec![],
                 read_ranges: vec![],
                 writes: writes.clone(),
+                guard_keys: vec![],
             };
             match self.commit(req).await {
                 Err(ShimError::TooOld { .. }) if !refreshed => read_lsn = self.begin().await?.read_lsn(),

@@ -13,6 +13,7 @@ pub struct Txn {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     read_keys: Vec<Vec<u8>>,
     read_ranges: Vec<KeyRange>,
+    guard_keys: Vec<Vec<u8>>,
 }
 
 impl Txn {
@@ -25,6 +26,7 @@ impl Txn {
             writes: BTreeMap::new(),
             read_keys: Vec::new(),
             read_ranges: Vec::new(),
+            guard_keys: Vec::new(),
         }
     }
 
@@ -132,6 +134,17 @@ impl Txn {
         self.writes.insert(key.into(), None);
     }
 
+    /// Makes the commit conflict if `key` was written after this transaction's snapshot, under
+    /// snapshot isolation too (FoundationDB calls this adding a read conflict key). For what
+    /// the writes depend on without being read through `get` — a SQL table's schema, which
+    /// says which index entries a row write must maintain.
+    pub fn guard(&mut self, key: impl Into<Vec<u8>>) {
+        let key = key.into();
+        if !self.guard_keys.contains(&key) {
+            self.guard_keys.push(key);
+        }
+    }
+
     /// Sends the transaction to the sequencer; `Ok(lsn)` once a majority of journal nodes holds
     /// it. A read-only transaction at snapshot isolation commits without a round trip.
     pub async fn commit(self) -> Result<Lsn, ShimError> {
@@ -145,6 +158,7 @@ impl Txn {
             read_keys: self.read_keys,
             read_ranges: self.read_ranges,
             writes: self.writes.into_iter().map(|(key, value)| Write { key, value }).collect(),
+            guard_keys: self.guard_keys,
         };
         self.client.commit(req).await
     }

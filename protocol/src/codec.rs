@@ -133,6 +133,7 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
                 Some(fbb.create_vector(&offs))
             };
             let writes = write_list(fbb, &req.writes);
+            let guard_keys = key_list(fbb, &req.guard_keys);
             let txn_id = txn_id_to_fb(req.txn_id);
             let args = fb::CommitRequestArgs {
                 txn_id: Some(&txn_id),
@@ -141,6 +142,7 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
                 read_keys,
                 read_ranges,
                 writes,
+                guard_keys,
             };
             (B::CommitRequest, fb::CommitRequest::create(fbb, &args).as_union_value())
         }
@@ -456,6 +458,7 @@ fn message_size_hint(msg: &Message) -> usize {
         Message::CommitRequest(req) => {
             ITEM_OVERHEAD
                 + keys_hint(&req.read_keys)
+                + keys_hint(&req.guard_keys)
                 + req.read_ranges.iter().map(range_hint).sum::<usize>()
                 + writes_hint(&req.writes)
         }
@@ -601,6 +604,7 @@ fn decode_message_with<'b>(
                         .map(|v| v.iter().map(key_range_from_fb).collect())
                         .unwrap_or_default(),
                     writes: writes(b.writes()),
+                    guard_keys: keys(b.guard_keys()),
                 })
             }
             B::CommitResponse => {

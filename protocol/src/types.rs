@@ -123,6 +123,9 @@ pub struct CommitRequest {
     pub read_keys: Vec<Vec<u8>>,
     pub read_ranges: Vec<KeyRange>,
     pub writes: Vec<Write>,
+    /// Checked against later writes whatever the isolation: the commit conflicts if any of
+    /// these keys was written after `read_lsn`.
+    pub guard_keys: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -111,6 +111,7 @@ fn dense_messages_pass_the_verifier_limits() {
             read_keys: vec![vec![]; many],
             read_ranges: vec![KeyRange { start: vec![], end: None }; many],
             writes: vec![Write { key: vec![], value: None }; many],
+            guard_keys: vec![vec![]; many],
         }),
         Message::AppendRequest {
             epoch: Epoch(1),

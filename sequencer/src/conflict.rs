@@ -170,6 +170,9 @@ impl ConflictIndex {
         for write in &req.writes {
             self.check_key(&write.key, read_lsn, &mut conflicts);
         }
+        for key in &req.guard_keys {
+            self.check_key(key, read_lsn, &mut conflicts);
+        }
         if req.isolation == Isolation::Serializable {
             for key in &req.read_keys {
                 self.check_key(key, read_lsn, &mut conflicts);
@@ -652,6 +655,7 @@ mod tests {
             read_keys: Vec::new(),
             read_ranges: Vec::new(),
             writes: writes.iter().map(|w| Write { key: k(w), value: Some(b"v".to_vec()) }).collect(),
+            guard_keys: vec![],
         }
     }
 
@@ -717,6 +721,20 @@ mod tests {
         let idx = abc_in(1);
         let debug = format!("{idx:?}");
         assert!(debug.contains("retained_writes: 3") && debug.len() < 200, "{debug}");
+    }
+
+    #[test]
+    fn guard_keys_conflict_under_snapshot_isolation_too() {
+        for mut idx in abcs() {
+            let mut r = si(1, &["x"]);
+            r.guard_keys = vec![k("b"), k("a")];
+            // `a` (lsn 1) is inside the snapshot; `b` (lsn 2) is not.
+            assert_eq!(idx.check(&r), conflict(&["b"]));
+            r.read_lsn = 2;
+            assert_eq!(idx.check_and_record(&r, 4), Verdict::Commit);
+            // A guard is not a write: the guarded key was not recorded as written at 4.
+            assert_eq!(idx.check(&si(3, &["a", "b"])), Verdict::Commit);
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ impl Model {
             .flat_map(|(_, keys)| keys.iter())
             .filter(|key| {
                 req.writes.iter().any(|w| &w.key == *key)
+                    || req.guard_keys.contains(key)
                     || (serializable
                         && (req.read_keys.contains(key) || req.read_ranges.iter().any(|r| r.contains(key))))
             })
@@ -49,6 +50,7 @@ enum Op {
         read_keys: Vec<Vec<u8>>,
         read_ranges: Vec<KeyRange>,
         writes: Vec<Vec<u8>>,
+        guard_keys: Vec<Vec<u8>>,
     },
     RaiseFloor {
         back: u64,
@@ -80,14 +82,16 @@ fn op() -> impl Strategy<Value = Op> {
         prop::collection::vec(key(), 0..4),
         prop::collection::vec(range(), 0..3),
         prop::collection::vec(key(), 0..4),
+        prop::collection::vec(key(), 0..2),
     )
-        .prop_map(|(read_pick, gap, isolation, read_keys, read_ranges, writes)| Op::Commit {
+        .prop_map(|(read_pick, gap, isolation, read_keys, read_ranges, writes, guard_keys)| Op::Commit {
             read_pick,
             gap,
             isolation,
             read_keys,
             read_ranges,
             writes,
+            guard_keys,
         });
     prop_oneof![
         30 => commit,
@@ -111,7 +115,7 @@ fn run(index: ConflictIndex, ops: &[Op]) -> Result<usize, TestCaseError> {
                 index.raise_floor(to);
                 raised = raised.max(to);
             }
-            Op::Commit { read_pick, gap, isolation, read_keys, read_ranges, writes } => {
+            Op::Commit { read_pick, gap, isolation, read_keys, read_ranges, writes, guard_keys } => {
                 let last = index.last_lsn();
                 let read_lsn = if *read_pick < 800 {
                     last.saturating_sub(read_pick % 12)
@@ -128,6 +132,7 @@ fn run(index: ConflictIndex, ops: &[Op]) -> Result<usize, TestCaseError> {
                         .iter()
                         .map(|key| Write { key: key.clone(), value: Some(vec![1]) })
                         .collect(),
+                    guard_keys: guard_keys.clone(),
                 };
                 let lsn = last + gap;
                 let floor_before = index.floor();
@@ -206,6 +211,7 @@ fn small_budget_still_decides_fresh_snapshots() {
                 end: Some(keys[((i * 11) % 50 + 3).min(49)].clone()),
             }],
             writes: vec![keys[(i * 13) % 50].clone(), keys[(i * 17) % 50].clone()],
+            guard_keys: vec![],
         })
         .collect();
     let decided = run(ConflictIndex::with_generation_size(0, 16, 2), &ops).unwrap();

@@ -124,6 +124,8 @@ pub trait KvTxn {
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>);
     fn delete(&mut self, key: Vec<u8>);
     fn set_isolation(&mut self, isolation: Isolation);
+    /// Makes the commit fail if `key` changed after the snapshot, whatever the isolation.
+    fn guard(&mut self, key: Vec<u8>);
     fn read_lsn(&self) -> u64;
     /// Bits of the transaction's id, to tell its generated row keys from other transactions'.
     fn id_bits(&self) -> u32;
@@ -159,6 +161,10 @@ impl KvTxn for Txn {
 
     fn set_isolation(&mut self, isolation: Isolation) {
         Txn::set_isolation(self, isolation)
+    }
+
+    fn guard(&mut self, key: Vec<u8>) {
+        Txn::guard(self, key)
     }
 
     fn read_lsn(&self) -> u64 {
@@ -326,8 +332,16 @@ impl<B: Backend> ShimStore<B> {
         self.apply(keys)
     }
 
-    /// The table's indexes, if it has any.
+    /// The indexes a write to `table` must maintain, if it has any. The write depends on the
+    /// schema it read, so its commit is made to fail if the schema changed after the snapshot:
+    /// otherwise a writer that began before a `CREATE INDEX` committed, and commits after it,
+    /// would leave the new index without its rows' entries.
     fn indexes_of(&self, table: &str) -> Result<Option<TableIndexes>> {
+        let guard = schema_key(table)?;
+        self.with_txn(|_, txn| {
+            txn.guard(guard);
+            Ok(())
+        })?;
         let Some(schema) = self.fetch_schema(table)? else { return Ok(None) };
         let indexes = TableIndexes::new(&schema)?;
         Ok((!indexes.is_empty()).then_some(indexes))

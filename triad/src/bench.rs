@@ -147,6 +147,7 @@ pub fn sequencer(cfg: &SequencerBenchConfig) -> SequencerBenchReport {
                     value: Some(Vec::new()),
                 })
                 .collect(),
+            guard_keys: Vec::new(),
         })
         .collect();
     let mut index = ConflictIndex::new(0, 1 << 22);

@@ -1723,6 +1723,7 @@ impl<'a> CommitRequest<'a> {
   pub const VT_READ_KEYS: ::flatbuffers::VOffsetT = 10;
   pub const VT_READ_RANGES: ::flatbuffers::VOffsetT = 12;
   pub const VT_WRITES: ::flatbuffers::VOffsetT = 14;
+  pub const VT_GUARD_KEYS: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1735,6 +1736,7 @@ impl<'a> CommitRequest<'a> {
   ) -> ::flatbuffers::WIPOffset<CommitRequest<'bldr>> {
     let mut builder = CommitRequestBuilder::new(_fbb);
     builder.add_read_lsn(args.read_lsn);
+    if let Some(x) = args.guard_keys { builder.add_guard_keys(x); }
     if let Some(x) = args.writes { builder.add_writes(x); }
     if let Some(x) = args.read_ranges { builder.add_read_ranges(x); }
     if let Some(x) = args.read_keys { builder.add_read_keys(x); }
@@ -1786,6 +1788,15 @@ impl<'a> CommitRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Write>>>>(CommitRequest::VT_WRITES, None)}
   }
+  /// Keys checked against later writes under every isolation level (a front end guards what
+  /// its writes depend on, such as a table's schema, without serializable checks of every read).
+  #[inline]
+  pub fn guard_keys(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>>>(CommitRequest::VT_GUARD_KEYS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CommitRequest<'_> {
@@ -1800,6 +1811,7 @@ impl ::flatbuffers::Verifiable for CommitRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("read_keys", Self::VT_READ_KEYS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyRange>>>>("read_ranges", Self::VT_READ_RANGES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Write>>>>("writes", Self::VT_WRITES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("guard_keys", Self::VT_GUARD_KEYS, false)?
      .finish();
     Ok(())
   }
@@ -1811,6 +1823,7 @@ pub struct CommitRequestArgs<'a> {
     pub read_keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
     pub read_ranges: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyRange<'a>>>>>,
     pub writes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Write<'a>>>>>,
+    pub guard_keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
 }
 impl<'a> Default for CommitRequestArgs<'a> {
   #[inline]
@@ -1822,6 +1835,7 @@ impl<'a> Default for CommitRequestArgs<'a> {
       read_keys: None,
       read_ranges: None,
       writes: None,
+      guard_keys: None,
     }
   }
 }
@@ -1856,6 +1870,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CommitRequestBuilder<'a, 'b, 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CommitRequest::VT_WRITES, writes);
   }
   #[inline]
+  pub fn add_guard_keys(&mut self, guard_keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Key<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CommitRequest::VT_GUARD_KEYS, guard_keys);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CommitRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CommitRequestBuilder {
@@ -1880,6 +1898,7 @@ impl ::core::fmt::Debug for CommitRequest<'_> {
       ds.field("read_keys", &self.read_keys());
       ds.field("read_ranges", &self.read_ranges());
       ds.field("writes", &self.writes());
+      ds.field("guard_keys", &self.guard_keys());
       ds.finish()
   }
 }

@@ -126,14 +126,15 @@ pub fn node_status() -> impl Strategy<Value = NodeStatus> {
 }
 
 pub fn commit_request() -> impl Strategy<Value = CommitRequest> {
-    (txn_id(), lsn(), isolation(), list(bytes()), list(key_range()), list(write())).prop_map(
-        |(txn_id, read_lsn, isolation, read_keys, read_ranges, writes)| CommitRequest {
+    (txn_id(), lsn(), isolation(), list(bytes()), list(key_range()), list(write()), list(bytes())).prop_map(
+        |(txn_id, read_lsn, isolation, read_keys, read_ranges, writes, guard_keys)| CommitRequest {
             txn_id,
             read_lsn,
             isolation,
             read_keys,
             read_ranges,
             writes,
+            guard_keys,
         },
     )
 }
@@ -244,6 +245,7 @@ pub fn message_examples() -> Vec<Message> {
                 KeyRange { start: b"b".to_vec(), end: Some(b"c".to_vec()) },
             ],
             writes: vec![w(b"", Some(b"")), w(b"k", None), w(b"k2", Some(b"v"))],
+            guard_keys: vec![b"sql/s/t".to_vec(), vec![]],
         }),
         Message::CommitRequest(CommitRequest {
             txn_id: TxnId(0),
@@ -252,6 +254,7 @@ pub fn message_examples() -> Vec<Message> {
             read_keys: vec![],
             read_ranges: vec![],
             writes: vec![],
+            guard_keys: vec![],
         }),
         Message::CommitResponse(CommitOutcome::Committed { lsn: 9 }),
         Message::CommitResponse(CommitOutcome::Conflict { keys: vec![vec![], b"x".to_vec()] }),
