@@ -85,6 +85,21 @@ async fn concurrent_bank_transfers_keep_the_invariant() {
     assert_eq!(got, vec![Some(b"mine".to_vec()), Some(b"2".to_vec()), None]);
     client.write(vec![(b"blind/none".to_vec(), Some(b"x".to_vec()))]).await.unwrap();
     assert!(matches!(txn.commit().await, Err(triad_shim::ShimError::Conflict { .. })));
+
+    // A guarded key conflicts under snapshot isolation when written after the snapshot, and
+    // only then.
+    let mut guarded = client.begin().await.unwrap();
+    let mut unaffected = client.begin().await.unwrap();
+    client.write(vec![(b"blind/schema".to_vec(), Some(b"v2".to_vec()))]).await.unwrap();
+    guarded.guard(b"blind/schema".to_vec());
+    guarded.put(b"blind/row1".to_vec(), b"r".to_vec());
+    match guarded.commit().await {
+        Err(triad_shim::ShimError::Conflict { keys }) => assert_eq!(keys, vec![b"blind/schema".to_vec()]),
+        other => panic!("a write after the snapshot to a guarded key must conflict: {other:?}"),
+    }
+    unaffected.guard(b"blind/other".to_vec());
+    unaffected.put(b"blind/row2".to_vec(), b"r".to_vec());
+    unaffected.commit().await.expect("an unchanged guarded key does not conflict");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
