@@ -75,24 +75,19 @@ fn range() -> impl Strategy<Value = KeyRange> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let commit = (
-        0..1000u64,
-        1..=3u64,
-        prop_oneof![Just(Isolation::Snapshot), Just(Isolation::Serializable)],
-        prop::collection::vec(key(), 0..4),
-        prop::collection::vec(range(), 0..3),
-        prop::collection::vec(key(), 0..4),
-        prop::collection::vec(key(), 0..2),
-    )
-        .prop_map(|(read_pick, gap, isolation, read_keys, read_ranges, writes, guard_keys)| Op::Commit {
-            read_pick,
-            gap,
-            isolation,
-            read_keys,
-            read_ranges,
-            writes,
-            guard_keys,
-        });
+    let commit =
+        (
+            0..1000u64,
+            1..=3u64,
+            prop_oneof![Just(Isolation::Snapshot), Just(Isolation::Serializable)],
+            prop::collection::vec(key(), 0..4),
+            prop::collection::vec(range(), 0..3),
+            prop::collection::vec(key(), 0..4),
+            prop::collection::vec(key(), 0..2),
+        )
+            .prop_map(|(read_pick, gap, isolation, read_keys, read_ranges, writes, guard_keys)| {
+                Op::Commit { read_pick, gap, isolation, read_keys, read_ranges, writes, guard_keys }
+            });
     prop_oneof![
         30 => commit,
         1 => (0..6u64).prop_map(|back| Op::RaiseFloor { back }),

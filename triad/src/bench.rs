@@ -374,8 +374,12 @@ pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
         txn.put(format!("bran/{b:09}"), 0i64.to_be_bytes().to_vec());
     }
     txn.commit().await?;
+    // Where a transaction's time goes: summed per phase over committed transactions.
+    let phases: Arc<[std::sync::atomic::AtomicU64; 4]> = Arc::new(Default::default());
+    let totals = phases.clone();
     let op = move |worker: usize, n: u64| {
         let client = client.clone();
+        let phases = phases.clone();
         let (a, t, b, delta) = {
             let mut rng = rand::rng();
             (
@@ -386,10 +390,13 @@ pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
             )
         };
         async move {
+            let started = Instant::now();
             let mut txn = client.begin().await?;
+            let begun = Instant::now();
             let keys = [format!("acct/{a:09}"), format!("tell/{t:09}"), format!("bran/{b:09}")];
             let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
             let values = txn.get_many(&refs).await?;
+            let read = Instant::now();
             for (key, v) in keys.into_iter().zip(values) {
                 let v = v.unwrap_or_default();
                 let bal = i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]));
@@ -397,13 +404,29 @@ pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
             }
             txn.put(format!("hist/{worker:04}/{n:012}"), format!("{a} {t} {b} {delta}").into_bytes());
             match txn.commit().await {
-                Ok(_) => Ok(true),
+                Ok(_) => {
+                    let spans = [begun - started, read - begun, read.elapsed()];
+                    for (sum, d) in phases.iter().zip(spans) {
+                        sum.fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    phases[3].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(true)
+                }
                 Err(e) if e.is_retryable() => Ok(false),
                 Err(e) => Err(e),
             }
         }
     };
-    drive(&cluster, &cfg, 0, say, op).await
+    let report = drive(&cluster, &cfg, 0, say.clone(), op).await?;
+    let load = |i: usize| totals[i].load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let mean_ms = |i: usize| load(i) / load(3).max(1.0) / 1e6;
+    say(format!(
+        "time per committed transaction (mean): begin {:.2} ms, reads {:.2} ms, commit {:.2} ms",
+        mean_ms(0),
+        mean_ms(1),
+        mean_ms(2)
+    ));
+    Ok(report)
 }
 
 /// `bench compare --workload sql`: pgbench's TPC-B-like script through Triad's SQL front end

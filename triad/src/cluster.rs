@@ -228,6 +228,9 @@ impl LocalCluster {
             .args(self.args(role))
             .env("RUST_LOG", &self.spec.log_filter)
             .env("NO_COLOR", "1")
+            // Every member shares this machine: one worker thread each keeps them from waking
+            // each other's threads (measured in docs/benchmarks.md).
+            .env("TRIAD_WORKER_THREADS", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -31,6 +31,11 @@ Start with `triad dev` (a whole cluster on loopback) or `triad dev --demo`."
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Runtime worker threads of this process (default: one per core). Processes that share a
+    /// machine with the rest of their cluster run best with 1 each — fewer threads handing
+    /// work to one another — so `triad dev`, `chaos` and `bench` start their children so.
+    #[arg(long, global = true, env = "TRIAD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(Subcommand)]
@@ -368,7 +373,11 @@ fn main() -> Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads {
+        rt.worker_threads(usize::from(n));
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Journal(a) => journal(a).await,
