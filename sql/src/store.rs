@@ -326,6 +326,18 @@ impl<B: Backend> ShimStore<B> {
         })
     }
 
+    /// Makes this transaction serializable. DDL that reads a whole table and acts on every row
+    /// it saw (building an index, dropping a table or an index) must fail (40001, retry) if
+    /// another transaction changed a row of the table after the snapshot; otherwise that row
+    /// would be left without its index entry, or outlive its dropped table. (Writers that began
+    /// before the DDL committed are caught the other way round, by their schema guard.)
+    fn serializable(&self) -> Result<()> {
+        self.with_txn(|_, txn| {
+            txn.set_isolation(Isolation::Serializable);
+            Ok(())
+        })
+    }
+
     /// Deletes every key of `range` (index entries of a dropped index or table).
     fn delete_range(&self, range: KeyRange) -> Result<()> {
         let keys = self.scan_range(range).map(|e| e.map(|(k, _)| (k, None))).collect::<Result<Writes>>()?;
@@ -469,6 +481,7 @@ impl<B: Backend> StoreMut for ShimStore<B> {
 
     fn delete_schema(&mut self, table_name: &str) -> Result<()> {
         // Dropping a table deletes its rows and index entries too, in the same transaction.
+        self.serializable()?;
         self.delete_range(table_range(table_name)?)?;
         self.delete_range(index::table_indexes_range(table_name)?)?;
         self.apply(vec![(schema_key(table_name)?, None)])
@@ -592,13 +605,8 @@ impl<B: Backend> IndexMut for ShimStore<B> {
             created: Utc::now().naive_utc(),
         };
         let spec = TableIndexes::new(&Schema { indexes: vec![index.clone()], ..schema.clone() })?;
-        // The build reads the whole table at this snapshot. Serializable makes the commit fail
-        // (40001, retry) if another transaction changed a row of the table meanwhile, instead of
-        // leaving that row without its entry.
-        self.with_txn(|_, txn| {
-            txn.set_isolation(Isolation::Serializable);
-            Ok(())
-        })?;
+        // The build reads the whole table at this snapshot: see `serializable`.
+        self.serializable()?;
         let mut writes = Writes::new();
         for row in self.scan_data(table_name)? {
             let (key, values) = row?;
@@ -620,6 +628,7 @@ impl<B: Backend> IndexMut for ShimStore<B> {
             return Err(IndexError::IndexNameDoesNotExist(index_name.to_string()).into());
         }
         // Every generation of the name goes, including entries a straggler wrote for an older one.
+        self.serializable()?;
         self.delete_range(index::index_name_range(table_name, index_name)?)?;
         self.insert_schema(&schema)
     }

@@ -562,3 +562,34 @@ fn a_writer_older_than_the_index_conflicts_instead_of_missing_it() {
     a.commit().unwrap();
     b.commit().unwrap();
 }
+
+#[test]
+fn a_row_written_while_its_table_is_dropped_makes_the_drop_retry() {
+    let (kv, rt, mut c) = setup();
+    let mut writer = Conn::new(&kv, &rt);
+    c.run("CREATE TABLE t (id INT PRIMARY KEY, v INT)");
+    c.run("CREATE INDEX ix ON t (v)");
+    c.run("INSERT INTO t VALUES (1, 1)");
+    // The drop saw row 1 only; a row committed meanwhile must not outlive the table.
+    c.exec("DROP TABLE t").unwrap();
+    writer.run("INSERT INTO t VALUES (100, 7)");
+    let e = c.commit().unwrap_err();
+    assert!(matches!(e, ShimError::Conflict { .. }), "{e}");
+    c.run("DROP TABLE t");
+    assert!(kv.keys_with_prefix(&table_range("t").unwrap().start).is_empty());
+    assert!(kv.keys_with_prefix(&index_prefix("t")).is_empty());
+    c.run("CREATE TABLE t (id INT PRIMARY KEY, v INT)");
+    assert_eq!(c.ids("SELECT id FROM t"), Vec::<Option<i64>>::new());
+
+    // The same for DROP INDEX: an entry written meanwhile would be left behind for good.
+    c.run("INSERT INTO t VALUES (1, 1)");
+    c.run("CREATE INDEX ix ON t (v)");
+    c.exec("DROP INDEX t.ix").unwrap();
+    let mut late = Conn::new(&kv, &rt);
+    late.exec("SELECT * FROM t").unwrap();
+    late.commit().unwrap();
+    late.run("INSERT INTO t VALUES (2, 2)");
+    assert!(matches!(c.commit().unwrap_err(), ShimError::Conflict { .. }));
+    c.run("DROP INDEX t.ix");
+    assert!(kv.keys_with_prefix(&index_prefix("t")).is_empty());
+}
