@@ -6,7 +6,7 @@
 //! to it and reads its cumulative acks; the commit watermark is the LSN a majority has fsynced.
 //! A node that lags behind the window catches up from a peer's log, never from memory here.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,8 +125,9 @@ struct TxnTable {
     order: VecDeque<(Lsn, TxnId)>,
     /// Every commit record above this LSN is in `by_id`.
     floor: Lsn,
-    /// Declared aborted by an outcome query; their commit is refused should it ever arrive.
-    fenced: HashSet<TxnId>,
+    /// Declared aborted by an outcome query, with the read LSN the query named; their commit
+    /// is refused should it ever arrive.
+    fenced: HashMap<TxnId, Lsn>,
     cap: usize,
 }
 
@@ -141,6 +142,13 @@ impl TxnTable {
             }
             self.floor = self.floor.max(old);
         }
+    }
+
+    /// Forgets fenced ids whose snapshot lies below the conflict floor: the conflict check
+    /// refuses such a commit as too old anyway, so the id can no longer commit. Keeps the set
+    /// from growing with every outcome query a long-lived sequencer answers.
+    fn prune_fenced(&mut self, conflict_floor: Lsn) {
+        self.fenced.retain(|_, read_lsn| *read_lsn >= conflict_floor);
     }
 
     fn index_entries(&mut self, entries: &[Entry]) -> Result<(), SequencerError> {
@@ -207,7 +215,7 @@ impl Sequencer {
             by_id: HashMap::new(),
             order: VecDeque::new(),
             floor: committed,
-            fenced: HashSet::new(),
+            fenced: HashMap::new(),
             cap: cfg.txn_index,
         };
         let index_from = committed.saturating_sub(cfg.txn_index as u64 / 4);
@@ -396,7 +404,7 @@ impl Sequencer {
             match t.by_id.get(&txn_id) {
                 Some(&lsn) => (Some(lsn), None),
                 None if read_lsn >= t.floor => {
-                    t.fenced.insert(txn_id);
+                    t.fenced.insert(txn_id, read_lsn);
                     (None, None)
                 }
                 None => (None, Some(t.floor)),
@@ -432,7 +440,7 @@ impl Sequencer {
             }
             from = upto + 1;
         }
-        self.txns.lock().expect("txns lock").fenced.insert(txn_id);
+        self.txns.lock().expect("txns lock").fenced.insert(txn_id, read_lsn);
         self.confirm_epoch().await?;
         Ok(TxnOutcome::Aborted)
     }
@@ -492,6 +500,7 @@ impl Sequencer {
     async fn admission(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
         let mut index = ConflictIndex::new(self.epoch_start, self.cfg.conflict_keys);
         let mut next_lsn = self.epoch_start + 1;
+        let mut pruned_below = index.floor();
         let mut commit_rx = self.commit.subscribe();
         let mut batch = Vec::with_capacity(self.cfg.max_batch);
         while rx.recv_many(&mut batch, self.cfg.max_batch).await > 0 {
@@ -517,7 +526,7 @@ impl Sequencer {
                     waiters.push((lsn, p.reply));
                     continue;
                 }
-                if txns.fenced.contains(&p.req.txn_id) {
+                if txns.fenced.contains_key(&p.req.txn_id) {
                     let _ = p.reply.send(CommitOutcome::Unavailable {
                         reason: "transaction was already declared aborted by an outcome query".into(),
                     });
@@ -548,6 +557,10 @@ impl Sequencer {
                         let _ = p.reply.send(CommitOutcome::TooOld { floor });
                     }
                 }
+            }
+            if index.floor() > pruned_below {
+                pruned_below = index.floor();
+                txns.prune_fenced(pruned_below);
             }
             drop(txns);
             {
@@ -822,5 +835,53 @@ async fn seal_majority(
         }
         let pause = Duration::from_millis(rand::rng().random_range(20..200) * u64::from(attempt.min(10)));
         tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triad_protocol::{Isolation, Write};
+
+    fn table(cap: usize) -> TxnTable {
+        TxnTable { by_id: HashMap::new(), order: VecDeque::new(), floor: 0, fenced: HashMap::new(), cap }
+    }
+
+    #[test]
+    fn fenced_ids_are_forgotten_only_below_the_conflict_floor() {
+        let mut t = table(16);
+        t.fenced.insert(TxnId(1), 10);
+        t.fenced.insert(TxnId(2), 20);
+        t.prune_fenced(10);
+        assert!(t.fenced.contains_key(&TxnId(1)) && t.fenced.contains_key(&TxnId(2)));
+        t.prune_fenced(11);
+        assert!(!t.fenced.contains_key(&TxnId(1)), "below the floor");
+        assert!(t.fenced.contains_key(&TxnId(2)), "at or above the floor it must stay fenced");
+
+        // Why forgetting is safe: the conflict check refuses that snapshot as too old, so the
+        // forgotten transaction still cannot commit.
+        let mut index = ConflictIndex::new(11, 1000);
+        let late = CommitRequest {
+            txn_id: TxnId(1),
+            read_lsn: 10,
+            isolation: Isolation::Snapshot,
+            read_keys: vec![],
+            read_ranges: vec![],
+            writes: vec![Write { key: b"k".to_vec(), value: Some(b"v".to_vec()) }],
+            guard_keys: vec![],
+        };
+        assert_eq!(index.check_and_record(&late, 12), Verdict::TooOld { floor: 11 });
+    }
+
+    #[test]
+    fn the_txn_index_keeps_its_cap_and_raises_its_floor() {
+        let mut t = table(2);
+        for lsn in 1..=5 {
+            t.insert(lsn, TxnId(u128::from(lsn)));
+        }
+        assert_eq!(t.by_id.len(), 2);
+        assert_eq!(t.by_id.get(&TxnId(5)), Some(&5));
+        assert_eq!(t.by_id.get(&TxnId(3)), None);
+        assert_eq!(t.floor, 3, "every commit record above the floor is indexed");
     }
 }
