@@ -350,6 +350,25 @@ pub async fn journal(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
     drive(&cluster, &cfg, cfg.record_bytes, say, op).await
 }
 
+/// `triad bench rtt`: the transport's floor under every other figure — requests to a journal
+/// node that answers them without touching its log (status requests), over the multiplexed
+/// QUIC stream every tier uses, from `concurrency` callers (1: one round trip at a time).
+pub async fn rtt(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
+    let (cluster, _client) = start_cluster(&cfg).await?;
+    let peer = Arc::new(cluster.peer(Role::Journal(0))?);
+    let op = move |_: usize, _: u64| {
+        let peer = peer.clone();
+        async move {
+            match peer.call(&triad_protocol::Message::StatusRequest).await {
+                Ok(triad_protocol::Message::StatusResponse(_)) => Ok(true),
+                Ok(other) => Err(triad_shim::ShimError::Protocol(format!("unexpected answer {other:?}"))),
+                Err(e) => Err(triad_shim::ShimError::Unavailable(e.to_string())),
+            }
+        }
+    };
+    drive(&cluster, &cfg, 0, say, op).await
+}
+
 /// `triad bench txn`: TPC-B-like — update an account, a teller and a branch balance and insert
 /// a history row, in one transaction; conflicts (SQLSTATE 40001's cause) count as aborts.
 pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {

@@ -106,10 +106,15 @@ impl LocalCluster {
         self.children.iter().find(|(r, _)| *r == role).and_then(|(_, c)| c.as_ref().map(Child::id))
     }
 
+    /// A client's handle on one member, with the cluster's client certificate.
+    pub fn peer(&self, role: Role) -> Result<Peer> {
+        let endpoint = self.client_tls.client_endpoint([127, 0, 0, 1].into())?;
+        Ok(Peer::new(endpoint, self.addr(role)))
+    }
+
     /// Asks a member for its status.
     pub async fn status(&self, role: Role) -> Result<NodeStatus> {
-        let endpoint = self.client_tls.client_endpoint([127, 0, 0, 1].into())?;
-        let peer = Peer::new(endpoint, self.addr(role));
+        let peer = self.peer(role)?;
         match peer.call_timeout(&Message::StatusRequest, Duration::from_secs(1)).await? {
             Message::StatusResponse(s) => Ok(s),
             other => bail!("{role} answered {other:?}"),

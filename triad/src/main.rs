@@ -78,6 +78,9 @@ enum BenchCmd {
     Journal(LoadArgs),
     /// TPC-B-like transactions through the compute shim: commits/s, abort rate, latencies.
     Txn(LoadArgs),
+    /// Request round trips to a journal node that answers without touching its log: the
+    /// transport's floor (QUIC, TLS, framing, wake-ups) under every other figure.
+    Rtt(LoadArgs),
     /// The conflict-check core alone, one thread, no I/O: checks/s and abort rate.
     Sequencer(SeqBenchArgs),
     /// The journal workload against a 3-member etcd cluster (fsync on) and the TPC-B-like
@@ -391,8 +394,9 @@ fn main() -> Result<()> {
             Cmd::Chaos(a) => chaos(a).await,
             Cmd::Docker(c) => triad::docker::run(c, |line| println!("{line}")).await,
             Cmd::Bench(BenchCmd::Failover(a)) => bench_failover(a).await,
-            Cmd::Bench(BenchCmd::Journal(a)) => bench_load(a, true).await,
-            Cmd::Bench(BenchCmd::Txn(a)) => bench_load(a, false).await,
+            Cmd::Bench(BenchCmd::Journal(a)) => bench_load(a, Load::Journal).await,
+            Cmd::Bench(BenchCmd::Txn(a)) => bench_load(a, Load::Txn).await,
+            Cmd::Bench(BenchCmd::Rtt(a)) => bench_load(a, Load::Rtt).await,
             Cmd::Bench(BenchCmd::Compare(a)) => bench_compare(a).await,
             Cmd::Bench(BenchCmd::Sequencer(a)) => {
                 bench_sequencer(a);
@@ -731,7 +735,13 @@ fn bench_sequencer(a: SeqBenchArgs) {
     }
 }
 
-async fn bench_load(a: LoadArgs, journal: bool) -> Result<()> {
+enum Load {
+    Journal,
+    Txn,
+    Rtt,
+}
+
+async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("triad-bench-").tempdir()?;
     let cfg = triad::bench::LoadConfig {
         dir: dir.path().to_path_buf(),
@@ -748,11 +758,19 @@ async fn bench_load(a: LoadArgs, journal: bool) -> Result<()> {
             eprintln!("{line}");
         }
     });
-    let r =
-        if journal { triad::bench::journal(cfg, say).await? } else { triad::bench::txn(cfg, say).await? };
+    let r = match load {
+        Load::Journal => triad::bench::journal(cfg, say).await?,
+        Load::Txn => triad::bench::txn(cfg, say).await?,
+        Load::Rtt => triad::bench::rtt(cfg, say).await?,
+    };
     if json {
         println!("{}", serde_json::to_string(&r)?);
-    } else if journal {
+    } else if let Load::Rtt = load {
+        println!(
+            "rtt: {} requests from {} callers in {:.1}s: {:.0} requests/s; round trip p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms; {:.1} CPU-s per 100k requests",
+            r.ops, a.concurrency, r.seconds, r.ops_per_s, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_s_per_100k
+        );
+    } else if let Load::Journal = load {
         println!(
             "journal: {} records of {} B from {} producers in {:.1}s: {:.0} records/s, {:.2} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {:.1} CPU-s per 100k records; replayer at most {} entries behind",
             r.ops, a.record_bytes, a.concurrency, r.seconds, r.ops_per_s, r.mb_per_s, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_s_per_100k, r.max_replayer_lag
