@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use quinn::{Endpoint, RecvStream, SendStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 use triad_protocol::frame::frame_request;
 use triad_protocol::{ErrorCode, Message, MAX_FRAME_DEFAULT};
@@ -105,6 +105,12 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
     }
 }
 
+/// Most requests of one multiplexed stream being served at once. Beyond it the stream is not
+/// read until one finishes, so QUIC's flow control pushes back on the sender instead of the
+/// server growing tasks and answers without bound (the limit a stream per request had from
+/// the connection's stream count).
+const MAX_IN_FLIGHT_PER_STREAM: usize = 4096;
+
 /// A multiplexed stream: every request is answered by its own task, answers leave in the order
 /// they are ready, batched by one writer. A broken or malformed frame ends the stream with an
 /// error under id 0 (the client then fails what it still waits for); answers already on their
@@ -119,8 +125,10 @@ async fn serve_mux<S: Service>(
 ) {
     let (frames, rx) = mpsc::unbounded_channel();
     tokio::spawn(write_batches(send, rx, None));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
     let mut next = Some((first_id, first));
     loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let (id, msg) = match next.take() {
             Some(request) => request,
             None => match read_request(&mut recv, MAX_FRAME_DEFAULT).await {
@@ -149,6 +157,7 @@ async fn serve_mux<S: Service>(
         tokio::spawn(async move {
             let answer = service.request(msg).await;
             let _ = frames.send(Bytes::from(frame_request(&answer, id)));
+            drop(permit);
         });
     }
 }
