@@ -510,6 +510,11 @@ pub fn decode_request(buf: &[u8]) -> Result<(u64, Message), DecodeError> {
     decode_message_with(buf, &Bytes::copy_from_slice)
 }
 
+/// [`decode_request`] with entry payloads sliced from `buf` (see [`decode_message_bytes`]).
+pub fn decode_request_bytes(buf: &Bytes) -> Result<(u64, Message), DecodeError> {
+    decode_message_with(buf, &|payload| buf.slice_ref(payload))
+}
+
 /// Like [`decode_message`], but entry payloads are slices of `buf` rather than copies, which
 /// saves copying every payload of a large append or fetch. Every decoded entry keeps the whole
 /// of `buf` alive.

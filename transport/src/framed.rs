@@ -3,7 +3,7 @@
 
 use quinn::{RecvStream, SendStream};
 use triad_protocol::frame::{FrameHeader, HEADER_LEN};
-use triad_protocol::{decode_request, frame::frame_message, Message};
+use triad_protocol::{decode_request_bytes, frame::frame_message, Message};
 
 use crate::TransportError;
 
@@ -29,7 +29,9 @@ pub async fn read_request(
     let mut payload = vec![0u8; hdr.len as usize];
     read_exact(recv, &mut payload).await?;
     hdr.verify(&payload)?;
-    Ok(Some(decode_request(&payload)?))
+    // Entry payloads (appends, fetches) are slices of the frame's buffer, not copies: one
+    // allocation per frame instead of one per entry.
+    Ok(Some(decode_request_bytes(&bytes::Bytes::from(payload))?))
 }
 
 async fn read_exact(recv: &mut RecvStream, buf: &mut [u8]) -> Result<(), TransportError> {
