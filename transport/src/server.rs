@@ -1,5 +1,7 @@
 //! The accept loop every server tier runs: one task per connection, one per stream. The first
-//! frame of a stream says what it is for; the service takes the stream from there.
+//! frame of a stream says what it is for: a request with an id opens a multiplexed stream,
+//! whose requests the service answers one by one ([`Service::request`]); without an id the
+//! stream is the service's own ([`Service::handle`]: replication, tailing).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
