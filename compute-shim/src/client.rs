@@ -7,6 +7,7 @@ use rand::Rng;
 use tracing::debug;
 use triad_protocol::{
     CommitOutcome, CommitRequest, ErrorCode, KeyRange, Lsn, Message, Row, TxnId, TxnOutcome,
+    MAX_MULTI_GET_KEYS,
 };
 use triad_transport::{Peer, TlsConfig};
 
@@ -226,6 +227,37 @@ impl Client {
             }
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Reads `keys` at `at`: what the cache can answer from it, the rest from a replayer in
+    /// one multi-get per [`MAX_MULTI_GET_KEYS`] keys. Answers are in the order of `keys`.
+    pub(crate) async fn read_many(&self, keys: &[&[u8]], at: Lsn) -> Result<Vec<Option<Vec<u8>>>, ShimError> {
+        let mut out: Vec<Option<Option<Vec<u8>>>> =
+            keys.iter().map(|k| self.inner.cache.get(k, at).map(|(value, _)| value)).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+        for chunk in missing.chunks(MAX_MULTI_GET_KEYS) {
+            let req = Message::MultiGetRequest {
+                keys: chunk.iter().map(|&i| keys[i].to_vec()).collect(),
+                read_lsn: at,
+            };
+            match self.replayer_call(&req).await? {
+                Message::MultiGetResponse { values } if values.len() == chunk.len() => {
+                    for (&i, v) in chunk.iter().zip(values) {
+                        self.inner.cache.insert(keys[i], v.value.as_deref(), v.version_lsn, at);
+                        out[i] = Some(v.value);
+                    }
+                }
+                Message::MultiGetResponse { values } => {
+                    return Err(ShimError::Protocol(format!(
+                        "a multi-get of {} keys was answered with {} values",
+                        chunk.len(),
+                        values.len()
+                    )))
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(out.into_iter().map(|v| v.expect("every key answered")).collect())
     }
 
     pub(crate) async fn scan(

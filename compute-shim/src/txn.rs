@@ -52,23 +52,20 @@ impl Txn {
         self.client.read(key, self.read_lsn).await
     }
 
-    /// The values of `keys` at the snapshot, like [`Txn::get`] each, read concurrently: one
-    /// round trip's latency for all of them instead of one per key.
+    /// The values of `keys` at the snapshot, like [`Txn::get`] each, in one request to a
+    /// replayer (a multi-get) for all of them that neither this transaction's own writes nor
+    /// the cache answer: one round trip instead of one per key.
     pub async fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, ShimError> {
-        let reads = keys.iter().map(|&key| {
-            let own = self.writes.get(key).cloned();
-            let (client, read_lsn) = (&self.client, self.read_lsn);
-            async move {
-                match own {
-                    Some(v) => Ok(v),
-                    None => client.read(key, read_lsn).await,
-                }
-            }
-        });
-        let values = futures::future::try_join_all(reads).await?;
+        let remote: Vec<&[u8]> = keys.iter().copied().filter(|k| !self.writes.contains_key(*k)).collect();
+        let mut fetched = self.client.read_many(&remote, self.read_lsn).await?.into_iter();
+        let mut values = Vec::with_capacity(keys.len());
         for &key in keys {
-            if !self.writes.contains_key(key) {
-                self.read_keys.push(key.to_vec());
+            match self.writes.get(key) {
+                Some(own) => values.push(own.clone()),
+                None => {
+                    self.read_keys.push(key.to_vec());
+                    values.push(fetched.next().expect("one answer per key read"));
+                }
             }
         }
         Ok(values)

@@ -237,6 +237,28 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
             let args = fb::ScanRequestArgs { range: Some(range), read_lsn: *read_lsn, limit: *limit };
             (B::ScanRequest, fb::ScanRequest::create(fbb, &args).as_union_value())
         }
+        Message::MultiGetRequest { keys, read_lsn } => {
+            let keys = key_list(fbb, keys);
+            let args = fb::MultiGetRequestArgs { keys, read_lsn: *read_lsn };
+            (B::MultiGetRequest, fb::MultiGetRequest::create(fbb, &args).as_union_value())
+        }
+        Message::MultiGetResponse { values } => {
+            let values = if values.is_empty() {
+                None
+            } else {
+                let offs: Vec<_> = values
+                    .iter()
+                    .map(|v| {
+                        let value = v.value.as_ref().map(|b| fbb.create_vector(b));
+                        let args = fb::ReadValueArgs { value, version_lsn: v.version_lsn };
+                        fb::ReadValue::create(fbb, &args)
+                    })
+                    .collect();
+                Some(fbb.create_vector(&offs))
+            };
+            let args = fb::MultiGetResponseArgs { values };
+            (B::MultiGetResponse, fb::MultiGetResponse::create(fbb, &args).as_union_value())
+        }
         Message::ScanResponse { rows, more } => {
             let rows = if rows.is_empty() {
                 None
@@ -477,6 +499,14 @@ fn message_size_hint(msg: &Message) -> usize {
                 + rows
                     .iter()
                     .map(|r| ITEM_OVERHEAD + bytes_hint(&r.key) + bytes_hint(&r.value))
+                    .sum::<usize>()
+        }
+        Message::MultiGetRequest { keys, .. } => ITEM_OVERHEAD + keys_hint(keys),
+        Message::MultiGetResponse { values } => {
+            ITEM_OVERHEAD
+                + values
+                    .iter()
+                    .map(|v| ITEM_OVERHEAD + v.value.as_deref().map_or(0, bytes_hint))
                     .sum::<usize>()
         }
         Message::Error(err) => ITEM_OVERHEAD + bytes_hint(err.message.as_bytes()),
@@ -735,6 +765,22 @@ fn decode_message_with<'b>(
                         .collect()
                 });
                 Message::ScanResponse { rows: rows.unwrap_or_default(), more: b.more() }
+            }
+            B::MultiGetRequest => {
+                let b = present(msg.body_as_multi_get_request(), "body")?;
+                Message::MultiGetRequest { keys: keys(b.keys()), read_lsn: b.read_lsn() }
+            }
+            B::MultiGetResponse => {
+                let b = present(msg.body_as_multi_get_response(), "body")?;
+                let values = b.values().map(|v| {
+                    v.iter()
+                        .map(|r| ReadValue {
+                            value: r.value().map(|v| v.bytes().to_vec()),
+                            version_lsn: r.version_lsn(),
+                        })
+                        .collect()
+                });
+                Message::MultiGetResponse { values: values.unwrap_or_default() }
             }
             B::ErrorResponse => {
                 let b = present(msg.body_as_error_response(), "body")?;

@@ -147,6 +147,17 @@ pub enum CommitOutcome {
     },
 }
 
+/// Most keys one [`Message::MultiGetRequest`] may ask for: a bound on the work (and the
+/// answer's size) of one request. Clients split longer lists.
+pub const MAX_MULTI_GET_KEYS: usize = 4096;
+
+/// One key's answer to a multi-get: as [`Message::GetResponse`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadValue {
+    pub value: Option<Vec<u8>>,
+    pub version_lsn: Lsn,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
     pub key: Vec<u8>,
@@ -329,6 +340,15 @@ pub enum Message {
     ScanResponse {
         rows: Vec<Row>,
         more: bool,
+    },
+    /// Several point reads at one LSN, answered together.
+    MultiGetRequest {
+        keys: Vec<Vec<u8>>,
+        read_lsn: Lsn,
+    },
+    /// One answer per key of the request, in its order.
+    MultiGetResponse {
+        values: Vec<ReadValue>,
     },
 
     Error(ErrorResponse),

@@ -11,7 +11,9 @@ use quinn::Endpoint;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use triad_journal::{JournalClient, JournalError, TailReader};
-use triad_protocol::{decode_record, Epoch, ErrorCode, Lsn, Message, NodeStatus};
+use triad_protocol::{
+    decode_record, Epoch, ErrorCode, Lsn, Message, NodeStatus, ReadValue, MAX_MULTI_GET_KEYS,
+};
 use triad_transport::Service;
 
 use crate::format::{CommittedRecord, FormatError, StorageFormat};
@@ -166,6 +168,28 @@ impl Replayer {
                     Err(e) => Message::error(ErrorCode::Internal, e.to_string(), Epoch::ZERO, 0),
                 }
             }
+            Message::MultiGetRequest { keys, read_lsn } => {
+                if keys.len() > MAX_MULTI_GET_KEYS {
+                    return Message::error(
+                        ErrorCode::Malformed,
+                        format!("a multi-get reads at most {MAX_MULTI_GET_KEYS} keys, not {}", keys.len()),
+                        Epoch::ZERO,
+                        0,
+                    );
+                }
+                if let Err(e) = self.wait_applied(read_lsn).await {
+                    return e;
+                }
+                let mut values = Vec::with_capacity(keys.len());
+                for key in &keys {
+                    match self.format.get(key, read_lsn) {
+                        Ok(Some(v)) => values.push(ReadValue { value: v.value, version_lsn: v.lsn }),
+                        Ok(None) => values.push(ReadValue::default()),
+                        Err(e) => return Message::error(ErrorCode::Internal, e.to_string(), Epoch::ZERO, 0),
+                    }
+                }
+                Message::MultiGetResponse { values }
+            }
             Message::ScanRequest { range, read_lsn, limit } => {
                 if let Err(e) = self.wait_applied(read_lsn).await {
                     return e;
@@ -188,7 +212,7 @@ impl Replayer {
                 debug!("replayer got an unexpected {other:?}");
                 Message::error(
                     ErrorCode::Unsupported,
-                    "a replayer serves get, scan and status",
+                    "a replayer serves get, multi-get, scan and status",
                     Epoch::ZERO,
                     0,
                 )

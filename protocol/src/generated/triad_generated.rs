@@ -408,10 +408,10 @@ pub struct TxnOutcomeUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 23;
+pub const ENUM_MAX_BODY: u8 = 25;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 24] = [
+pub const ENUM_VALUES_BODY: [Body; 26] = [
   Body::NONE,
   Body::BeginRequest,
   Body::BeginResponse,
@@ -436,6 +436,8 @@ pub const ENUM_VALUES_BODY: [Body; 24] = [
   Body::LearnerAck,
   Body::StatusRequest,
   Body::StatusResponse,
+  Body::MultiGetRequest,
+  Body::MultiGetResponse,
 ];
 
 /// Every kind of message. A frame carries exactly one. New members go at the end, so that
@@ -469,9 +471,11 @@ impl Body {
   pub const LearnerAck: Self = Self(21);
   pub const StatusRequest: Self = Self(22);
   pub const StatusResponse: Self = Self(23);
+  pub const MultiGetRequest: Self = Self(24);
+  pub const MultiGetResponse: Self = Self(25);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 23;
+  pub const ENUM_MAX: u8 = 25;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::BeginRequest,
@@ -497,6 +501,8 @@ impl Body {
     Self::LearnerAck,
     Self::StatusRequest,
     Self::StatusResponse,
+    Self::MultiGetRequest,
+    Self::MultiGetResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -525,6 +531,8 @@ impl Body {
       Self::LearnerAck => Some("LearnerAck"),
       Self::StatusRequest => Some("StatusRequest"),
       Self::StatusResponse => Some("StatusResponse"),
+      Self::MultiGetRequest => Some("MultiGetRequest"),
+      Self::MultiGetResponse => Some("MultiGetResponse"),
       _ => None,
     }
   }
@@ -3946,6 +3954,332 @@ impl ::core::fmt::Debug for ScanResponse<'_> {
       ds.finish()
   }
 }
+pub enum MultiGetRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Reads several keys as of one `read_lsn`, answered together: a transaction that reads a few
+/// rows pays one round trip for them.
+pub struct MultiGetRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MultiGetRequest<'a> {
+  type Inner = MultiGetRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MultiGetRequest<'a> {
+  pub const VT_KEYS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_READ_LSN: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MultiGetRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MultiGetRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MultiGetRequest<'bldr>> {
+    let mut builder = MultiGetRequestBuilder::new(_fbb);
+    builder.add_read_lsn(args.read_lsn);
+    if let Some(x) = args.keys { builder.add_keys(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn keys(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key>>>>(MultiGetRequest::VT_KEYS, None)}
+  }
+  #[inline]
+  pub fn read_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(MultiGetRequest::VT_READ_LSN, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MultiGetRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Key>>>>("keys", Self::VT_KEYS, false)?
+     .visit_field::<u64>("read_lsn", Self::VT_READ_LSN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MultiGetRequestArgs<'a> {
+    pub keys: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Key<'a>>>>>,
+    pub read_lsn: u64,
+}
+impl<'a> Default for MultiGetRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MultiGetRequestArgs {
+      keys: None,
+      read_lsn: 0,
+    }
+  }
+}
+
+pub struct MultiGetRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MultiGetRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_keys(&mut self, keys: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Key<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MultiGetRequest::VT_KEYS, keys);
+  }
+  #[inline]
+  pub fn add_read_lsn(&mut self, read_lsn: u64) {
+    self.fbb_.push_slot::<u64>(MultiGetRequest::VT_READ_LSN, read_lsn, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MultiGetRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MultiGetRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MultiGetRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MultiGetRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MultiGetRequest");
+      ds.field("keys", &self.keys());
+      ds.field("read_lsn", &self.read_lsn());
+      ds.finish()
+  }
+}
+pub enum ReadValueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One key's answer in a `MultiGetResponse`, with the meaning of `GetResponse`'s fields.
+pub struct ReadValue<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ReadValue<'a> {
+  type Inner = ReadValue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ReadValue<'a> {
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION_LSN: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ReadValue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReadValueArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ReadValue<'bldr>> {
+    let mut builder = ReadValueBuilder::new(_fbb);
+    builder.add_version_lsn(args.version_lsn);
+    if let Some(x) = args.value { builder.add_value(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn value(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ReadValue::VT_VALUE, None)}
+  }
+  #[inline]
+  pub fn version_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ReadValue::VT_VERSION_LSN, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ReadValue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, false)?
+     .visit_field::<u64>("version_lsn", Self::VT_VERSION_LSN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReadValueArgs<'a> {
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub version_lsn: u64,
+}
+impl<'a> Default for ReadValueArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ReadValueArgs {
+      value: None,
+      version_lsn: 0,
+    }
+  }
+}
+
+pub struct ReadValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReadValueBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ReadValue::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_version_lsn(&mut self, version_lsn: u64) {
+    self.fbb_.push_slot::<u64>(ReadValue::VT_VERSION_LSN, version_lsn, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReadValueBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReadValueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ReadValue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ReadValue<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ReadValue");
+      ds.field("value", &self.value());
+      ds.field("version_lsn", &self.version_lsn());
+      ds.finish()
+  }
+}
+pub enum MultiGetResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The answers of a `MultiGetRequest`, one per key, in the order of its keys.
+pub struct MultiGetResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MultiGetResponse<'a> {
+  type Inner = MultiGetResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MultiGetResponse<'a> {
+  pub const VT_VALUES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MultiGetResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MultiGetResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MultiGetResponse<'bldr>> {
+    let mut builder = MultiGetResponseBuilder::new(_fbb);
+    if let Some(x) = args.values { builder.add_values(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn values(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReadValue<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReadValue>>>>(MultiGetResponse::VT_VALUES, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MultiGetResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReadValue>>>>("values", Self::VT_VALUES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MultiGetResponseArgs<'a> {
+    pub values: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReadValue<'a>>>>>,
+}
+impl<'a> Default for MultiGetResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MultiGetResponseArgs {
+      values: None,
+    }
+  }
+}
+
+pub struct MultiGetResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MultiGetResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_values(&mut self, values: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ReadValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MultiGetResponse::VT_VALUES, values);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MultiGetResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MultiGetResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MultiGetResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MultiGetResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MultiGetResponse");
+      ds.field("values", &self.values());
+      ds.finish()
+  }
+}
 pub enum HeartbeatRequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -5504,6 +5838,34 @@ impl<'a> Message<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_multi_get_request(&self) -> Option<MultiGetRequest<'a>> {
+    if self.body_type() == Body::MultiGetRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { MultiGetRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_multi_get_response(&self) -> Option<MultiGetResponse<'a>> {
+    if self.body_type() == Body::MultiGetResponse {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { MultiGetResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Message<'_> {
@@ -5537,6 +5899,8 @@ impl ::flatbuffers::Verifiable for Message<'_> {
           Body::LearnerAck => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LearnerAck>>("Body::LearnerAck", pos),
           Body::StatusRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusRequest>>("Body::StatusRequest", pos),
           Body::StatusResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusResponse>>("Body::StatusResponse", pos),
+          Body::MultiGetRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MultiGetRequest>>("Body::MultiGetRequest", pos),
+          Body::MultiGetResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MultiGetResponse>>("Body::MultiGetResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -5755,6 +6119,20 @@ impl ::core::fmt::Debug for Message<'_> {
         },
         Body::StatusResponse => {
           if let Some(x) = self.body_as_status_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::MultiGetRequest => {
+          if let Some(x) = self.body_as_multi_get_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::MultiGetResponse => {
+          if let Some(x) = self.body_as_multi_get_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

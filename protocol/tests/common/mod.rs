@@ -177,6 +177,9 @@ pub fn message() -> impl Strategy<Value = Message> {
         (key_range(), lsn(), any::<u32>())
             .prop_map(|(range, read_lsn, limit)| { Message::ScanRequest { range, read_lsn, limit } }),
         (list(row()), any::<bool>()).prop_map(|(rows, more)| Message::ScanResponse { rows, more }),
+        (list(bytes()), lsn()).prop_map(|(keys, read_lsn)| Message::MultiGetRequest { keys, read_lsn }),
+        list((opt_bytes(), lsn()).prop_map(|(value, version_lsn)| ReadValue { value, version_lsn }))
+            .prop_map(|values| Message::MultiGetResponse { values }),
         (error_code(), text(), epoch(), lsn()).prop_map(|(code, message, epoch, lsn)| {
             Message::Error(ErrorResponse { code, message, epoch, lsn })
         }),
@@ -216,11 +219,13 @@ pub fn variant_name(msg: &Message) -> &'static str {
         Message::GetResponse { .. } => "GetResponse",
         Message::ScanRequest { .. } => "ScanRequest",
         Message::ScanResponse { .. } => "ScanResponse",
+        Message::MultiGetRequest { .. } => "MultiGetRequest",
+        Message::MultiGetResponse { .. } => "MultiGetResponse",
         Message::Error(_) => "Error",
     }
 }
 
-pub const MESSAGE_VARIANTS: usize = 23;
+pub const MESSAGE_VARIANTS: usize = 25;
 
 fn w(key: &[u8], value: Option<&[u8]>) -> Write {
     Write { key: key.to_vec(), value: value.map(<[u8]>::to_vec) }
@@ -317,6 +322,16 @@ pub fn message_examples() -> Vec<Message> {
         Message::GetResponse { value: None, version_lsn: 0 },
         Message::GetResponse { value: Some(vec![]), version_lsn: 3 },
         Message::GetResponse { value: Some(b"v".to_vec()), version_lsn: 3 },
+        Message::MultiGetRequest { keys: vec![], read_lsn: 1 },
+        Message::MultiGetRequest { keys: vec![vec![], b"a".to_vec(), b"a".to_vec()], read_lsn: u64::MAX },
+        Message::MultiGetResponse { values: vec![] },
+        Message::MultiGetResponse {
+            values: vec![
+                ReadValue { value: None, version_lsn: 0 },
+                ReadValue { value: Some(vec![]), version_lsn: 3 },
+                ReadValue { value: Some(b"v".to_vec()), version_lsn: 9 },
+            ],
+        },
         Message::ScanRequest { range: KeyRange { start: vec![], end: None }, read_lsn: 1, limit: 0 },
         Message::ScanRequest {
             range: KeyRange { start: b"a".to_vec(), end: Some(b"z".to_vec()) },
