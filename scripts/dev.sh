@@ -4,7 +4,7 @@
 #   scripts/dev.sh --demo     the same, plus the bank-transfer demo, verified, then exit
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --build
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 echo "dev: building (the first build compiles RocksDB: 15 to 35 minutes on 2 cores)…" >&2
 cargo build --release --bin triad
