@@ -118,6 +118,24 @@ impl Bank {
         self.committed.load(Ordering::Relaxed)
     }
 
+    /// Waits until the workload has made `n` more commits than `from`; returns the count then,
+    /// or an error once `limit` has passed (a stalled cluster).
+    pub async fn wait_commits(&self, from: usize, n: usize, limit: Duration) -> Result<usize> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let now = self.committed_so_far();
+            if now >= from + n {
+                return Ok(now);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "commits stalled at {now} (wanted {} within {limit:?})",
+                from + n
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn account(&self, i: u32) -> Vec<u8> {
         format!("{}a/{i:06}", self.prefix).into_bytes()
     }

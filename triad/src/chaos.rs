@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use triad_journal::JournalClient;
 use triad_shim::Client;
 
-use crate::bank::{Bank, BankConfig};
+use crate::bank::{Bank, BankConfig, History};
 use crate::cluster::{ClusterSpec, LocalCluster, Role};
 
 #[derive(Clone, Debug)]
@@ -79,16 +79,8 @@ pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
     cluster.wait_ready(Duration::from_secs(60)).await?;
     say(format!("cluster up in {} (logs under logs/); seed {}", cfg.dir.display(), cfg.seed));
 
-    let client = Client::connect(cluster.client_config())?;
-    let bank = Bank::new(
-        client,
-        BankConfig { accounts: 50, clients: cfg.clients, duration: cfg.duration, initial_balance: 1000 },
-    );
-    bank.setup().await.context("opening the accounts")?;
-    let runner = {
-        let bank = bank.clone();
-        tokio::spawn(async move { bank.run(|_| {}).await })
-    };
+    let (bank, runner) =
+        start_workload(Client::connect(cluster.client_config())?, cfg.clients, cfg.duration).await?;
 
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let start = Instant::now();
@@ -128,7 +120,7 @@ pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
 /// compared — holding.
 pub async fn verdict(
     bank: &Bank,
-    history: &crate::bank::History,
+    history: &History,
     elapsed: Duration,
     faults: usize,
     agree: Result<u64>,
@@ -159,6 +151,22 @@ pub async fn verdict(
         begins: history.begins.len(),
         checked_lsns,
     })
+}
+
+/// The bank workload a fault schedule runs against: 50 accounts opened, then transfers from
+/// `clients` tasks for `duration` in the background. The task yields the recorded history.
+pub async fn start_workload(
+    client: Client,
+    clients: usize,
+    duration: Duration,
+) -> Result<(Bank, tokio::task::JoinHandle<Result<(History, Duration)>>)> {
+    let bank = Bank::new(client, BankConfig { accounts: 50, clients, duration, initial_balance: 1000 });
+    bank.setup().await.context("opening the accounts")?;
+    let runner = {
+        let bank = bank.clone();
+        tokio::spawn(async move { bank.run(|_| {}).await })
+    };
+    Ok((bank, runner))
 }
 
 /// Injects one fault and heals it; returns the member it hit (None when there was nothing to hit,

@@ -28,7 +28,7 @@ use triad_protocol::{Message, NodeStatus};
 use triad_shim::{Client, ClientConfig};
 use triad_transport::{Peer, TlsConfig};
 
-use crate::bank::{Bank, BankConfig};
+use crate::chaos::start_workload;
 use crate::chaos::Verdict;
 
 /// The port each tier listens on inside its container (every member has its own address).
@@ -515,16 +515,8 @@ pub async fn chaos(cluster: &DockerCluster, cfg: ChaosConfig, say: &impl Fn(Stri
     cluster.heal()?;
     cluster.wait_healthy(Duration::from_secs(120), say).await?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
-    let client = Client::connect(cluster.client_config())?;
-    let bank = Bank::new(
-        client,
-        BankConfig { accounts: 50, clients: cfg.clients, duration: cfg.duration, initial_balance: 1000 },
-    );
-    bank.setup().await.context("opening the accounts")?;
-    let runner = {
-        let bank = bank.clone();
-        tokio::spawn(async move { bank.run(|_| {}).await })
-    };
+    let (bank, runner) =
+        start_workload(Client::connect(cluster.client_config())?, cfg.clients, cfg.duration).await?;
 
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let start = Instant::now();

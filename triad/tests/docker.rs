@@ -166,19 +166,6 @@ fn sql_inserts(p: &Project, addr: std::net::SocketAddr, next_id: &mut i64, rows:
     acked
 }
 
-/// Waits until the workload has `n` more commits than `from`; fails after `limit`.
-async fn wait_commits(bank: &Bank, from: usize, n: usize, limit: Duration) -> usize {
-    let deadline = Instant::now() + limit;
-    loop {
-        let now = bank.committed_so_far();
-        if now >= from + n {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "commits stalled at {now} (wanted {} within {limit:?})", from + n);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_cluster_survives_losing_the_active_sequencer_and_a_journal_node() {
     if let Some(reason) = unavailable() {
@@ -219,7 +206,7 @@ async fn compose_cluster_survives_losing_the_active_sequencer_and_a_journal_node
         let bank = bank.clone();
         tokio::spawn(async move { bank.run(|_| {}).await })
     };
-    let before = wait_commits(&bank, 0, 30, Duration::from_secs(60)).await;
+    let before = bank.wait_commits(0, 30, Duration::from_secs(60)).await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let active = loop {
@@ -231,7 +218,7 @@ async fn compose_cluster_survives_losing_the_active_sequencer_and_a_journal_node
     };
     eprintln!("docker test: crashing the active sequencer {} after {before} commits", active.service);
     cluster.crash(&active, Duration::from_secs(60)).await.expect("crashing the active sequencer");
-    let after_seq = wait_commits(&bank, before, 30, Duration::from_secs(60)).await;
+    let after_seq = bank.wait_commits(before, 30, Duration::from_secs(60)).await.unwrap();
     eprintln!("docker test: commits continue after the failover ({after_seq})");
     if let Some(addr) = sql {
         sql_acked.extend(sql_inserts(&p, addr, &mut next_id, 3));
@@ -240,7 +227,7 @@ async fn compose_cluster_survives_losing_the_active_sequencer_and_a_journal_node
     let journal = cluster.tier(Tier::Journal)[0].clone();
     eprintln!("docker test: crashing {}", journal.service);
     cluster.crash(&journal, Duration::from_secs(60)).await.expect("crashing a journal node");
-    let after_journal = wait_commits(&bank, after_seq, 30, Duration::from_secs(60)).await;
+    let after_journal = bank.wait_commits(after_seq, 30, Duration::from_secs(60)).await.unwrap();
     eprintln!("docker test: commits continue after the journal crash ({after_journal})");
     if let Some(addr) = sql {
         sql_acked.extend(sql_inserts(&p, addr, &mut next_id, 3));

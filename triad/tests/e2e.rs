@@ -1,7 +1,7 @@
 //! End to end over real QUIC on loopback, with real processes: the whole path of a transaction
 //! through three journal nodes, a sequencer and a replayer, under kill -9 of members.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use triad::bank::{Bank, BankConfig};
 use triad::cluster::{ClusterSpec, LocalCluster, Role};
@@ -22,19 +22,6 @@ fn bank(cluster: &LocalCluster, secs: u64) -> Bank {
         client,
         BankConfig { accounts: 50, clients: 8, duration: Duration::from_secs(secs), initial_balance: 1000 },
     )
-}
-
-/// Waits until the workload has made `n` more commits than `from`; fails after `limit`.
-async fn wait_commits(bank: &Bank, from: usize, n: usize, limit: Duration) -> usize {
-    let deadline = Instant::now() + limit;
-    loop {
-        let now = bank.committed_so_far();
-        if now >= from + n {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "commits stalled at {now} (wanted {} within {limit:?})", from + n);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn dump_logs(c: &LocalCluster) {
@@ -113,10 +100,10 @@ async fn killing_a_journal_node_mid_run_loses_nothing() {
         let bank = bank.clone();
         tokio::spawn(async move { bank.run(|_| {}).await })
     };
-    let before = wait_commits(&bank, 0, 100, Duration::from_secs(20)).await;
+    let before = bank.wait_commits(0, 100, Duration::from_secs(20)).await.unwrap();
     c.kill(Role::Journal(0)).unwrap();
     // Commits go on with two of three nodes.
-    wait_commits(&bank, before, 100, Duration::from_secs(20)).await;
+    bank.wait_commits(before, 100, Duration::from_secs(20)).await.unwrap();
     let (history, elapsed) = runner.await.unwrap().unwrap();
     let report = bank.verify(&history, elapsed).await.inspect_err(|_| dump_logs(&c));
     eprintln!("{}", report.unwrap());
@@ -133,15 +120,15 @@ async fn restarted_journal_node_recovers_its_log_and_rejoins() {
         let bank = bank.clone();
         tokio::spawn(async move { bank.run(|_| {}).await })
     };
-    let n = wait_commits(&bank, 0, 100, Duration::from_secs(20)).await;
+    let n = bank.wait_commits(0, 100, Duration::from_secs(20)).await.unwrap();
     c.kill(Role::Journal(1)).unwrap();
-    let n = wait_commits(&bank, n, 100, Duration::from_secs(20)).await;
+    let n = bank.wait_commits(n, 100, Duration::from_secs(20)).await.unwrap();
     c.restart(Role::Journal(1)).unwrap();
-    let n = wait_commits(&bank, n, 100, Duration::from_secs(20)).await;
+    let n = bank.wait_commits(n, 100, Duration::from_secs(20)).await.unwrap();
     // With node 2 back, losing node 3 must still leave a majority: node 2 recovered its log
     // from disk and caught up on what it missed.
     c.kill(Role::Journal(2)).unwrap();
-    wait_commits(&bank, n, 100, Duration::from_secs(30)).await;
+    bank.wait_commits(n, 100, Duration::from_secs(30)).await.unwrap();
     let (history, elapsed) = runner.await.unwrap().unwrap();
     let report = bank.verify(&history, elapsed).await.inspect_err(|_| dump_logs(&c));
     eprintln!("{}", report.unwrap());
@@ -158,10 +145,10 @@ async fn restarted_replayer_resumes_without_gaps() {
         let bank = bank.clone();
         tokio::spawn(async move { bank.run(|_| {}).await })
     };
-    let n = wait_commits(&bank, 0, 100, Duration::from_secs(20)).await;
+    let n = bank.wait_commits(0, 100, Duration::from_secs(20)).await.unwrap();
     c.kill(Role::Replayer).unwrap();
     c.restart(Role::Replayer).unwrap();
-    wait_commits(&bank, n, 100, Duration::from_secs(30)).await;
+    bank.wait_commits(n, 100, Duration::from_secs(30)).await.unwrap();
     let (history, elapsed) = runner.await.unwrap().unwrap();
     let report = bank.verify(&history, elapsed).await.inspect_err(|_| dump_logs(&c));
     eprintln!("{}", report.unwrap());
