@@ -83,7 +83,7 @@ struct Inner {
 
 /// What the append reader tells the ack writer.
 enum AckEvent {
-    Matched { epoch: Epoch, matched: EntryId, heartbeat: bool },
+    Matched { epoch: Epoch, matched: EntryId },
     Refuse(Message),
 }
 
@@ -472,8 +472,7 @@ impl JournalNode {
             };
             match self.append(epoch, prev, &entries, commit_lsn) {
                 Ok(matched) => {
-                    let heartbeat = entries.is_empty();
-                    if tx.send(AckEvent::Matched { epoch, matched, heartbeat }).is_err() {
+                    if tx.send(AckEvent::Matched { epoch, matched }).is_err() {
                         break;
                     }
                 }
@@ -614,14 +613,12 @@ async fn ack_writer(
     let mut epoch = Epoch::ZERO;
     let mut sent = None;
     loop {
-        let mut force = false;
         tokio::select! {
             ev = rx.recv() => match ev {
                 None => break,
-                Some(AckEvent::Matched { epoch: e, matched: m, heartbeat }) => {
+                Some(AckEvent::Matched { epoch: e, matched: m }) => {
                     epoch = e;
                     matched = m;
-                    force = heartbeat;
                 }
                 Some(AckEvent::Refuse(msg)) => {
                     let _ = write_msg(&mut send, &msg).await;
@@ -637,7 +634,10 @@ async fn ack_writer(
         // Everything up to `matched` equals the sender's log; of that, only the durable prefix
         // may be acknowledged.
         let ack = if d.lsn >= matched.lsn { matched } else { d };
-        if force || sent != Some(ack) {
+        // Only a change is worth a message: an append carrying nothing but the commit watermark
+        // (sent after every quorum) or a heartbeat needs no answer. The stream's first append, the
+        // sender's probe, is always answered.
+        if sent != Some(ack) {
             if write_msg(&mut send, &Message::AppendResponse { epoch, durable: ack }).await.is_err() {
                 return;
             }

@@ -12,7 +12,7 @@ use rand::Rng;
 use tracing::{debug, info, warn};
 use triad_journal::JournalClient;
 use triad_protocol::{CommitOutcome, Epoch, ErrorCode, Message, NodeStatus};
-use triad_transport::Service;
+use triad_transport::{Reply, Service};
 
 use crate::{Sequencer, SequencerConfig};
 
@@ -120,6 +120,15 @@ fn not_leader() -> Message {
 }
 
 impl Service for SequencerNode {
+    fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {
+        match (msg, self.active()) {
+            (Message::CommitRequest(req), Some(seq)) => seq.submit(req, reply),
+            (msg, _) => {
+                tokio::spawn(async move { reply.send(&self.request(msg).await) });
+            }
+        }
+    }
+
     fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
         async move {
             let active = self.active();

@@ -23,7 +23,7 @@ use triad_protocol::{
     decode_record, encode_record, CommitOutcome, CommitRequest, Entry, EntryId, Epoch, ErrorCode, LogRecord,
     Lsn, Message, NodeStatus, TxnId, TxnOutcome, MAX_FRAME_DEFAULT,
 };
-use triad_transport::{read_msg, TransportError};
+use triad_transport::{read_msg, Reply, TransportError};
 
 use crate::conflict::{ConflictIndex, Verdict};
 
@@ -81,7 +81,25 @@ pub enum SequencerError {
 
 struct Pending {
     req: CommitRequest,
-    reply: oneshot::Sender<CommitOutcome>,
+    reply: Responder,
+}
+
+/// Who waits for a commit's outcome: a caller of [`Sequencer::commit`], or a client's request
+/// answered straight onto its stream when the outcome is known.
+enum Responder {
+    Local(oneshot::Sender<CommitOutcome>),
+    Wire(Reply),
+}
+
+impl Responder {
+    fn send(self, outcome: CommitOutcome) {
+        match self {
+            Responder::Local(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Responder::Wire(reply) => reply.send(&Message::CommitResponse(outcome)),
+        }
+    }
 }
 
 /// Recent entries, dense from `first`.
@@ -111,7 +129,7 @@ pub struct Sequencer {
     appended: watch::Sender<Lsn>,
     commit: watch::Sender<Lsn>,
     acks: Mutex<Vec<Lsn>>,
-    waiters: Mutex<BTreeMap<Lsn, Vec<oneshot::Sender<CommitOutcome>>>>,
+    waiters: Mutex<BTreeMap<Lsn, Vec<Responder>>>,
     admit: mpsc::Sender<Pending>,
     deposed: watch::Sender<Option<Epoch>>,
     stopped: AtomicBool,
@@ -312,7 +330,7 @@ impl Sequencer {
             // Whatever was in flight has an outcome the next epoch's recovery decides.
             let waiters = std::mem::take(&mut *self.waiters.lock().expect("waiters lock"));
             for reply in waiters.into_values().flatten() {
-                let _ = reply.send(CommitOutcome::Unavailable {
+                reply.send(CommitOutcome::Unavailable {
                     reason: format!("sequencer deposed by epoch {promised}; outcome decided by its recovery"),
                 });
             }
@@ -484,7 +502,7 @@ impl Sequencer {
             return CommitOutcome::Unavailable { reason: "sequencer deposed".into() };
         }
         let (reply, rx) = oneshot::channel();
-        if self.admit.send(Pending { req, reply }).await.is_err() {
+        if self.admit.send(Pending { req, reply: Responder::Local(reply) }).await.is_err() {
             return CommitOutcome::Unavailable { reason: "sequencer stopping".into() };
         }
         match tokio::time::timeout(self.cfg.request_timeout, rx).await {
@@ -493,6 +511,33 @@ impl Sequencer {
             Err(_) => CommitOutcome::Unavailable {
                 reason: format!("no journal quorum within {:?}", self.cfg.request_timeout),
             },
+        }
+    }
+
+    /// [`Sequencer::commit`] for a client's request: the outcome is written to `reply` when
+    /// known, with no task waiting for it. No timer either: the client bounds each attempt
+    /// itself and then asks for the outcome; a deposed sequencer answers every waiter at once.
+    pub fn submit(&self, req: CommitRequest, reply: Reply) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return reply.send(&Message::CommitResponse(CommitOutcome::Unavailable {
+                reason: "sequencer deposed".into(),
+            }));
+        }
+        let pending = Pending { req, reply: Responder::Wire(reply) };
+        match self.admit.try_send(pending) {
+            Ok(()) => {}
+            // Admission is behind: this request waits for room like any other.
+            Err(mpsc::error::TrySendError::Full(pending)) => {
+                let admit = self.admit.clone();
+                tokio::spawn(async move {
+                    if let Err(mpsc::error::SendError(p)) = admit.send(pending).await {
+                        p.reply.send(CommitOutcome::Unavailable { reason: "sequencer stopping".into() });
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(p)) => {
+                p.reply.send(CommitOutcome::Unavailable { reason: "sequencer stopping".into() })
+            }
         }
     }
 
@@ -513,7 +558,7 @@ impl Sequencer {
             }
             if self.stopped.load(Ordering::SeqCst) {
                 for p in batch.drain(..) {
-                    let _ = p.reply.send(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
+                    p.reply.send(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
                 }
                 return;
             }
@@ -527,13 +572,13 @@ impl Sequencer {
                     continue;
                 }
                 if txns.fenced.contains_key(&p.req.txn_id) {
-                    let _ = p.reply.send(CommitOutcome::Unavailable {
+                    p.reply.send(CommitOutcome::Unavailable {
                         reason: "transaction was already declared aborted by an outcome query".into(),
                     });
                     continue;
                 }
                 if p.req.read_lsn > self.commit_lsn() {
-                    let _ = p.reply.send(CommitOutcome::Unavailable {
+                    p.reply.send(CommitOutcome::Unavailable {
                         reason: format!("read lsn {} is beyond the commit watermark", p.req.read_lsn),
                     });
                     continue;
@@ -551,10 +596,10 @@ impl Sequencer {
                         next_lsn += 1;
                     }
                     Verdict::Conflict { keys } => {
-                        let _ = p.reply.send(CommitOutcome::Conflict { keys });
+                        p.reply.send(CommitOutcome::Conflict { keys });
                     }
                     Verdict::TooOld { floor } => {
-                        let _ = p.reply.send(CommitOutcome::TooOld { floor });
+                        p.reply.send(CommitOutcome::TooOld { floor });
                     }
                 }
             }
@@ -568,7 +613,7 @@ impl Sequencer {
                 let mut w = self.waiters.lock().expect("waiters lock");
                 for (lsn, reply) in waiters {
                     if lsn <= commit {
-                        let _ = reply.send(CommitOutcome::Committed { lsn });
+                        reply.send(CommitOutcome::Committed { lsn });
                     } else {
                         w.entry(lsn).or_default().push(reply);
                     }
@@ -593,7 +638,7 @@ impl Sequencer {
             };
             for (lsn, replies) in done {
                 for reply in replies {
-                    let _ = reply.send(CommitOutcome::Committed { lsn });
+                    reply.send(CommitOutcome::Committed { lsn });
                 }
             }
             self.trim_window(commit);

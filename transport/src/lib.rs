@@ -16,7 +16,7 @@ pub mod tls;
 pub use error::TransportError;
 pub use framed::{read_msg, read_request, write_msg, write_raw_frame};
 pub use peer::Peer;
-pub use server::{serve, Service, Stream};
+pub use server::{serve, Reply, Service, Stream};
 pub use tls::{ClusterCa, TlsConfig};
 
 /// ALPN protocol name; a peer speaking anything else is refused during the handshake.

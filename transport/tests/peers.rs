@@ -1,6 +1,7 @@
 //! The transport over real QUIC on loopback: a peer without a certificate from the cluster CA
 //! is refused at the handshake, a malformed frame gets an error answer (the server keeps
-//! serving both times), and calls sharing one multiplexed stream each get their own answer.
+//! serving both times), calls sharing one multiplexed stream each get their own answer, and a
+//! request the server drops unanswered is answered `Unavailable`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,13 +9,25 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use triad_protocol::{ErrorCode, Message};
-use triad_transport::{read_msg, read_request, serve, ClusterCa, Peer, Service, TlsConfig};
+use triad_transport::{read_msg, read_request, serve, ClusterCa, Peer, Reply, Service, TlsConfig};
 
 /// Answers a status request with a default status, and a get of `key` at `read_lsn` after
-/// `read_lsn` milliseconds with `key` as the value — so answers finish out of order.
+/// `read_lsn` milliseconds with `key` as the value — so answers finish out of order. A get at
+/// `FORGET` is dropped without an answer (its reply handle is discarded).
 struct Echo;
 
+const FORGET: u64 = u64::MAX;
+
 impl Service for Echo {
+    fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {
+        match msg {
+            Message::GetRequest { read_lsn: FORGET, .. } => drop(reply),
+            msg => {
+                tokio::spawn(async move { reply.send(&self.request(msg).await) });
+            }
+        }
+    }
+
     fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
         async move {
             match msg {
@@ -173,6 +186,21 @@ async fn a_malformed_frame_on_a_multiplexed_stream_is_refused_with_id_zero() {
     assert!(saw_refusal && saw_answer, "refusal {saw_refusal}, answer {saw_answer}");
 
     // The peer's own calls are unaffected.
+    let answer = peer.call_timeout(&get(2, 0), Duration::from_secs(5)).await.unwrap();
+    assert_answers(answer, 2, 0);
+}
+
+#[tokio::test]
+async fn a_request_the_server_drops_is_answered_unavailable_not_left_waiting() {
+    let ca = ClusterCa::generate().unwrap();
+    let addr = server(&ca).await;
+    let member = TlsConfig::issue(&ca, "client").unwrap();
+    let peer = Peer::new(member.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
+    match peer.call_timeout(&get(1, FORGET), Duration::from_secs(10)).await.unwrap() {
+        Message::Error(e) => assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}"),
+        other => panic!("expected an Unavailable error, got {other:?}"),
+    }
+    // The stream is still good for the next request.
     let answer = peer.call_timeout(&get(2, 0), Duration::from_secs(5)).await.unwrap();
     assert_answers(answer, 2, 0);
 }

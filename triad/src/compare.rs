@@ -193,6 +193,8 @@ fn report(mut lat: Vec<Duration>, aborts: u64, elapsed: Duration, bytes: usize) 
         abort_rate: aborts as f64 / (ops + aborts).max(1) as f64,
         cpu_s_per_100k: 0.0,
         max_replayer_lag: 0,
+        cpu_by_process: Vec::new(),
+        datagrams_per_op: 0.0,
     }
 }
 

@@ -763,6 +763,13 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
         Load::Txn => triad::bench::txn(cfg, say).await?,
         Load::Rtt => triad::bench::rtt(cfg, say).await?,
     };
+    if !json && !r.cpu_by_process.is_empty() {
+        eprintln!(
+            "CPU-s per 100k by process: {}; {:.2} UDP datagrams per operation",
+            r.cpu_split(),
+            r.datagrams_per_op
+        );
+    }
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else if let Load::Rtt = load {
