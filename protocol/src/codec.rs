@@ -73,24 +73,60 @@ pub fn encode_message(msg: &Message) -> Vec<u8> {
 /// # Panics
 /// If the encoding would exceed 2 GiB, like [`encode_message`].
 pub fn encode_record(record: &LogRecord) -> Vec<u8> {
-    let mut fbb = FlatBufferBuilder::with_capacity(64 + record_size_hint(record));
+    with_builder(64 + record_size_hint(record), |fbb| encode_record_in(fbb, record), 0)
+}
+
+/// Runs `build` on this thread's reusable builder (a fresh one if that is in use) and copies
+/// the finished buffer out behind `headroom` zero bytes. A builder per encoding would allocate
+/// its buffer and its bookkeeping vectors every time, on the hot path of every request.
+fn with_builder(hint: usize, build: impl FnOnce(&mut Fbb<'static>), headroom: usize) -> Vec<u8> {
+    /// A builder grown beyond this by a large message is dropped rather than kept.
+    const KEEP_CAPACITY: usize = 64 << 10;
+    thread_local! {
+        static BUILDER: std::cell::RefCell<Fbb<'static>> = std::cell::RefCell::new(Fbb::with_capacity(4096));
+    }
+    let copy_out = |fbb: &Fbb<'static>| {
+        let data = fbb.finished_data();
+        let mut out = Vec::with_capacity(headroom + data.len());
+        out.resize(headroom, 0);
+        out.extend_from_slice(data);
+        out
+    };
+    BUILDER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut fbb) => {
+            fbb.reset();
+            build(&mut fbb);
+            let out = copy_out(&fbb);
+            // The builder's buffer grew to at least the message's size.
+            if out.len() > KEEP_CAPACITY {
+                *fbb = Fbb::with_capacity(4096);
+            }
+            out
+        }
+        Err(_) => {
+            let mut fbb = Fbb::with_capacity(hint + headroom);
+            build(&mut fbb);
+            copy_out(&fbb)
+        }
+    })
+}
+
+fn encode_record_in(fbb: &mut Fbb<'static>, record: &LogRecord) {
     let (body_type, body) = match record {
         LogRecord::Commit { txn_id, writes } => {
-            let writes = write_list(&mut fbb, writes);
+            let writes = write_list(fbb, writes);
             let txn_id = txn_id_to_fb(*txn_id);
             let args = fb::CommitRecordArgs { txn_id: Some(&txn_id), writes };
-            (fb::RecordBody::CommitRecord, fb::CommitRecord::create(&mut fbb, &args).as_union_value())
+            (fb::RecordBody::CommitRecord, fb::CommitRecord::create(fbb, &args).as_union_value())
         }
         LogRecord::EpochStart { epoch } => {
             let args = fb::EpochStartRecordArgs { epoch: epoch.0 };
-            let off = fb::EpochStartRecord::create(&mut fbb, &args);
+            let off = fb::EpochStartRecord::create(fbb, &args);
             (fb::RecordBody::EpochStartRecord, off.as_union_value())
         }
     };
-    let root = fb::LogRecord::create(&mut fbb, &fb::LogRecordArgs { body_type, body: Some(body) });
+    let root = fb::LogRecord::create(fbb, &fb::LogRecordArgs { body_type, body: Some(body) });
     fbb.finish(root, Some(RECORD_IDENTIFIER));
-    let (buf, head) = fbb.collapse();
-    into_front(buf, head)
 }
 
 /// Encodes `msg` and returns the builder's buffer with the encoding at `buf[head..]`. The
@@ -98,11 +134,17 @@ pub fn encode_record(record: &LogRecord) -> Vec<u8> {
 /// header in front of the message without copying it into a second buffer.
 /// `id` is the request id of a multiplexed stream (0 on a stream of its own).
 pub(crate) fn encode_message_with_headroom(msg: &Message, headroom: usize, id: u64) -> (Vec<u8>, usize) {
-    let mut fbb = FlatBufferBuilder::with_capacity(72 + headroom + message_size_hint(msg));
-    let (body_type, body) = build_body(&mut fbb, msg);
-    let root = fb::Message::create(&mut fbb, &fb::MessageArgs { body_type, body: Some(body), id });
-    fb::finish_message_buffer(&mut fbb, root);
-    fbb.collapse()
+    let hint = 72 + message_size_hint(msg);
+    let buf = with_builder(
+        hint,
+        |fbb| {
+            let (body_type, body) = build_body(fbb, msg);
+            let root = fb::Message::create(fbb, &fb::MessageArgs { body_type, body: Some(body), id });
+            fb::finish_message_buffer(fbb, root);
+        },
+        headroom,
+    );
+    (buf, headroom)
 }
 
 /// Moves the finished buffer (built back to front) to the start of its allocation.
