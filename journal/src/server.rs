@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,8 @@ pub struct JournalNode {
     dirty: Notify,
     failed: AtomicBool,
     fatal: watch::Sender<Option<String>>,
+    /// Open fetch streams that follow the committed log (learners tailing this node).
+    followers: Arc<AtomicUsize>,
 }
 
 struct Inner {
@@ -114,6 +116,7 @@ impl JournalNode {
             dirty: Notify::new(),
             failed: AtomicBool::new(false),
             fatal: watch::channel(None).0,
+            followers: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -441,7 +444,7 @@ impl JournalNode {
     async fn append_stream(self: Arc<Self>, first: Message, stream: Stream) -> Result<(), TransportError> {
         let Stream { send, mut recv, peer } = stream;
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(ack_writer(send, rx, self.durable.subscribe()));
+        let writer = tokio::spawn(ack_writer(send, rx, self.durable.subscribe(), self.followers.clone()));
         let mut next = Some(first);
         loop {
             let msg = match next.take() {
@@ -541,6 +544,7 @@ impl JournalNode {
     ) -> Result<(), TransportError> {
         let mut next = from_lsn.max(1);
         let max_entries = (max_entries as usize).clamp(1, FETCH_MAX_ENTRIES);
+        let _following = follow.then(|| Following::start(&self.followers));
         let mut commit_rx = self.commit.subscribe();
         loop {
             commit_rx.borrow_and_update();
@@ -604,10 +608,27 @@ fn save_learners(path: &std::path::Path, learners: &BTreeMap<String, Lsn>) -> st
     Ok(())
 }
 
+/// Counts one following fetch stream for as long as it lives.
+struct Following(Arc<AtomicUsize>);
+
+impl Following {
+    fn start(followers: &Arc<AtomicUsize>) -> Following {
+        followers.fetch_add(1, Ordering::Relaxed);
+        Following(followers.clone())
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn ack_writer(
     mut send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<AckEvent>,
     mut durable: watch::Receiver<EntryId>,
+    followers: Arc<AtomicUsize>,
 ) {
     let mut matched = EntryId::ZERO;
     let mut epoch = Epoch::ZERO;
@@ -634,14 +655,15 @@ async fn ack_writer(
         // Everything up to `matched` equals the sender's log; of that, only the durable prefix
         // may be acknowledged.
         let ack = if d.lsn >= matched.lsn { matched } else { d };
+        let tailed = followers.load(Ordering::Relaxed) > 0;
         // Only a change is worth a message: an append carrying nothing but the commit watermark
         // (sent after every quorum) or a heartbeat needs no answer. The stream's first append, the
         // sender's probe, is always answered.
-        if sent != Some(ack) {
-            if write_msg(&mut send, &Message::AppendResponse { epoch, durable: ack }).await.is_err() {
+        if sent != Some((ack, tailed)) {
+            if write_msg(&mut send, &Message::AppendResponse { epoch, durable: ack, tailed }).await.is_err() {
                 return;
             }
-            sent = Some(ack);
+            sent = Some((ack, tailed));
         }
     }
     let _ = send.finish();

@@ -210,9 +210,9 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
                 fb::AppendRequestArgs { epoch: epoch.0, prev: Some(&prev), entries, commit_lsn: *commit_lsn };
             (B::AppendRequest, fb::AppendRequest::create(fbb, &args).as_union_value())
         }
-        Message::AppendResponse { epoch, durable } => {
+        Message::AppendResponse { epoch, durable, tailed } => {
             let durable = entry_id_to_fb(*durable);
-            let args = fb::AppendResponseArgs { epoch: epoch.0, durable: Some(&durable) };
+            let args = fb::AppendResponseArgs { epoch: epoch.0, durable: Some(&durable), tailed: *tailed };
             (B::AppendResponse, fb::AppendResponse::create(fbb, &args).as_union_value())
         }
         Message::FetchRequest { from_lsn, max_entries, follow, epoch } => {
@@ -711,7 +711,11 @@ fn decode_message_with<'b>(
             }
             B::AppendResponse => {
                 let b = present(msg.body_as_append_response(), "body")?;
-                Message::AppendResponse { epoch: Epoch(b.epoch()), durable: entry_id_from_fb(b.durable()) }
+                Message::AppendResponse {
+                    epoch: Epoch(b.epoch()),
+                    durable: entry_id_from_fb(b.durable()),
+                    tailed: b.tailed(),
+                }
             }
             B::FetchRequest => {
                 let b = present(msg.body_as_fetch_request(), "body")?;

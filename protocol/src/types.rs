@@ -268,6 +268,9 @@ pub enum Message {
     AppendResponse {
         epoch: Epoch,
         durable: EntryId,
+        /// A learner follows this node's committed log, so it wants each new commit watermark
+        /// at once; other nodes can wait for the next append or heartbeat to carry it.
+        tailed: bool,
     },
 
     // learner (or recovering sequencer) → journal

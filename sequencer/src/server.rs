@@ -726,7 +726,7 @@ impl Sequencer {
         let peer = self.journal.node(node).clone();
         // Probe from our tip backwards; the node's hints skip a whole divergent epoch at a time.
         let mut prev_lsn = *self.appended.borrow();
-        let (mut send, mut recv, matched) = loop {
+        let (mut send, mut recv, matched, tailed) = loop {
             let prev = EntryId::new(self.epoch_at(prev_lsn).await?, prev_lsn);
             let probe = Message::AppendRequest {
                 epoch: self.epoch,
@@ -736,9 +736,9 @@ impl Sequencer {
             };
             let (send, mut recv) = peer.open(&probe).await?;
             match read_msg(&mut recv, MAX_FRAME_DEFAULT).await? {
-                Some(Message::AppendResponse { durable, .. }) => {
+                Some(Message::AppendResponse { durable, tailed, .. }) => {
                     self.record_ack(node, durable.lsn);
-                    break (send, recv, prev);
+                    break (send, recv, prev, tailed);
                 }
                 Some(Message::Error(e)) if e.code == ErrorCode::LogMismatch => {
                     prev_lsn = e.lsn.min(prev_lsn.saturating_sub(1));
@@ -750,12 +750,18 @@ impl Sequencer {
         };
         debug!(node = %peer.addr(), matched = matched.lsn, "replica matched");
 
+        // Whether a learner follows this node. A node nobody tails learns a new commit watermark
+        // with the next append or heartbeat instead of a message of its own after every quorum:
+        // fewer messages and wake-ups per commit, and learners still see commits at once.
+        let tailed = Arc::new(AtomicBool::new(tailed));
         let mut reader = {
             let seq = self.clone();
+            let tailed = tailed.clone();
             tokio::spawn(async move {
                 loop {
                     match read_msg(&mut recv, MAX_FRAME_DEFAULT).await {
-                        Ok(Some(Message::AppendResponse { durable, .. })) => {
+                        Ok(Some(Message::AppendResponse { durable, tailed: t, .. })) => {
+                            tailed.store(t, Ordering::Relaxed);
                             seq.record_ack(node, durable.lsn)
                         }
                         Ok(Some(Message::Error(e))) => return JournalError::from_response(e, 0),
@@ -783,7 +789,7 @@ impl Sequencer {
             let tip = *appended.borrow_and_update();
             let batch =
                 if prev.lsn < tip { self.entries_for(node, prev.lsn + 1, tip).await? } else { Vec::new() };
-            if !batch.is_empty() || commit_lsn > sent_commit {
+            if !batch.is_empty() || (commit_lsn > sent_commit && tailed.load(Ordering::Relaxed)) {
                 let next_prev = batch.last().map(Entry::id).unwrap_or(prev);
                 let msg = Message::AppendRequest { epoch: self.epoch, prev, entries: batch, commit_lsn };
                 triad_transport::write_msg(&mut send, &msg).await?;
@@ -802,6 +808,7 @@ impl Sequencer {
                     // even when no client commits.
                     let msg = Message::AppendRequest { epoch: self.epoch, prev, entries: Vec::new(), commit_lsn };
                     triad_transport::write_msg(&mut send, &msg).await?;
+                    sent_commit = commit_lsn;
                 }
             }
         }

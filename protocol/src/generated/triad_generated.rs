@@ -2906,6 +2906,7 @@ impl<'a> ::flatbuffers::Follow<'a> for AppendResponse<'a> {
 impl<'a> AppendResponse<'a> {
   pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
   pub const VT_DURABLE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TAILED: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2919,6 +2920,7 @@ impl<'a> AppendResponse<'a> {
     let mut builder = AppendResponseBuilder::new(_fbb);
     builder.add_epoch(args.epoch);
     if let Some(x) = args.durable { builder.add_durable(x); }
+    builder.add_tailed(args.tailed);
     builder.finish()
   }
 
@@ -2937,6 +2939,13 @@ impl<'a> AppendResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<EntryId>(AppendResponse::VT_DURABLE, None).unwrap()}
   }
+  #[inline]
+  pub fn tailed(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(AppendResponse::VT_TAILED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for AppendResponse<'_> {
@@ -2947,6 +2956,7 @@ impl ::flatbuffers::Verifiable for AppendResponse<'_> {
     v.visit_table(pos)?
      .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
      .visit_field::<EntryId>("durable", Self::VT_DURABLE, true)?
+     .visit_field::<bool>("tailed", Self::VT_TAILED, false)?
      .finish();
     Ok(())
   }
@@ -2954,6 +2964,7 @@ impl ::flatbuffers::Verifiable for AppendResponse<'_> {
 pub struct AppendResponseArgs<'a> {
     pub epoch: u64,
     pub durable: Option<&'a EntryId>,
+    pub tailed: bool,
 }
 impl<'a> Default for AppendResponseArgs<'a> {
   #[inline]
@@ -2961,6 +2972,7 @@ impl<'a> Default for AppendResponseArgs<'a> {
     AppendResponseArgs {
       epoch: 0,
       durable: None, // required field
+      tailed: false,
     }
   }
 }
@@ -2977,6 +2989,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AppendResponseBuilder<'a, 'b,
   #[inline]
   pub fn add_durable(&mut self, durable: &EntryId) {
     self.fbb_.push_slot_always::<&EntryId>(AppendResponse::VT_DURABLE, durable);
+  }
+  #[inline]
+  pub fn add_tailed(&mut self, tailed: bool) {
+    self.fbb_.push_slot::<bool>(AppendResponse::VT_TAILED, tailed, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AppendResponseBuilder<'a, 'b, A> {
@@ -2999,6 +3015,7 @@ impl ::core::fmt::Debug for AppendResponse<'_> {
     let mut ds = f.debug_struct("AppendResponse");
       ds.field("epoch", &self.epoch());
       ds.field("durable", &self.durable());
+      ds.field("tailed", &self.tailed());
       ds.finish()
   }
 }

@@ -152,7 +152,11 @@ pub fn message() -> impl Strategy<Value = Message> {
         (epoch(), entry_id(), list(entry()), lsn()).prop_map(|(epoch, prev, entries, commit_lsn)| {
             Message::AppendRequest { epoch, prev, entries, commit_lsn }
         }),
-        (epoch(), entry_id()).prop_map(|(epoch, durable)| Message::AppendResponse { epoch, durable }),
+        (epoch(), entry_id(), any::<bool>()).prop_map(|(epoch, durable, tailed)| Message::AppendResponse {
+            epoch,
+            durable,
+            tailed
+        }),
         (lsn(), any::<u32>(), any::<bool>(), prop::option::of(epoch())).prop_map(
             |(from_lsn, max_entries, follow, epoch)| Message::FetchRequest {
                 from_lsn,
@@ -279,7 +283,7 @@ pub fn message_examples() -> Vec<Message> {
             commit_lsn: 0,
         },
         Message::AppendRequest { epoch: e, prev: EntryId::new(e, 2), entries: vec![], commit_lsn: 2 },
-        Message::AppendResponse { epoch: e, durable: EntryId::new(e, 2) },
+        Message::AppendResponse { epoch: e, durable: EntryId::new(e, 2), tailed: true },
         Message::FetchRequest { from_lsn: 1, max_entries: 100, follow: true, epoch: None },
         Message::FetchRequest { from_lsn: 1, max_entries: 0, follow: false, epoch: Some(e) },
         Message::FetchRequest { from_lsn: 0, max_entries: 0, follow: false, epoch: Some(Epoch::ZERO) },
