@@ -185,6 +185,8 @@ impl Client {
                 "refused after an earlier copy went unanswered".to_string()
             }
             Ok(Message::CommitResponse(CommitOutcome::Unavailable { reason })) => reason,
+            // The server gave up on the request without deciding it (a sequencer stopping).
+            Ok(Message::Error(e)) if e.code == ErrorCode::Unavailable => e.message,
             Ok(other) => return Err(unexpected(other)),
             Err(e) => e.to_string(),
         };

@@ -92,23 +92,30 @@ fn with_builder(hint: usize, build: impl FnOnce(&mut Fbb<'static>), headroom: us
         out.extend_from_slice(data);
         out
     };
-    BUILDER.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut fbb) => {
-            fbb.reset();
-            build(&mut fbb);
-            let out = copy_out(&fbb);
-            // The builder's buffer grew to at least the message's size.
-            if out.len() > KEEP_CAPACITY {
-                *fbb = Fbb::with_capacity(4096);
-            }
-            out
+    let fresh = |build: &mut dyn FnMut(&mut Fbb<'static>)| {
+        let mut fbb = Fbb::with_capacity(hint + headroom);
+        build(&mut fbb);
+        copy_out(&fbb)
+    };
+    let mut build = Some(build);
+    let mut run = |fbb: &mut Fbb<'static>| (build.take().expect("built once"))(fbb);
+    // No builder to lend while this thread's is in use or its thread-locals are being torn
+    // down (an answer encoded while a thread exits).
+    let reused = BUILDER.try_with(|cell| {
+        let mut fbb = cell.try_borrow_mut().ok()?;
+        fbb.reset();
+        run(&mut fbb);
+        let out = copy_out(&fbb);
+        // The builder's buffer grew to at least the message's size.
+        if out.len() > KEEP_CAPACITY {
+            *fbb = Fbb::with_capacity(4096);
         }
-        Err(_) => {
-            let mut fbb = Fbb::with_capacity(hint + headroom);
-            build(&mut fbb);
-            copy_out(&fbb)
-        }
-    })
+        Some(out)
+    });
+    match reused {
+        Ok(Some(out)) => out,
+        _ => fresh(&mut run),
+    }
 }
 
 fn encode_record_in(fbb: &mut Fbb<'static>, record: &LogRecord) {

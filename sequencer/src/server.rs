@@ -547,16 +547,27 @@ impl Sequencer {
         let mut next_lsn = self.epoch_start + 1;
         let mut pruned_below = index.floor();
         let mut commit_rx = self.commit.subscribe();
+        let mut deposed_rx = self.deposed.subscribe();
         let mut batch = Vec::with_capacity(self.cfg.max_batch);
         while rx.recv_many(&mut batch, self.cfg.max_batch).await > 0 {
             // Bound what is admitted but not committed, so a slow journal slows clients down
-            // instead of growing memory.
-            while next_lsn.saturating_sub(*commit_rx.borrow_and_update()) > self.cfg.max_in_flight as u64 {
-                if commit_rx.changed().await.is_err() || self.stopped.load(Ordering::SeqCst) {
-                    return;
+            // instead of growing memory. A deposition ends the wait: the watermark may never
+            // move again.
+            while next_lsn.saturating_sub(*commit_rx.borrow_and_update()) > self.cfg.max_in_flight as u64
+                && !self.stopped.load(Ordering::SeqCst)
+            {
+                tokio::select! {
+                    changed = commit_rx.changed() => if changed.is_err() { break },
+                    changed = deposed_rx.changed() => if changed.is_err() { break },
                 }
             }
             if self.stopped.load(Ordering::SeqCst) {
+                // Every commit not yet ordered is answered, queued ones included (the channel
+                // closes behind them), so no client waits on a sequencer that stopped.
+                rx.close();
+                while let Ok(p) = rx.try_recv() {
+                    batch.push(p);
+                }
                 for p in batch.drain(..) {
                     p.reply.send(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
                 }
@@ -611,9 +622,16 @@ impl Sequencer {
             {
                 let commit = self.commit_lsn();
                 let mut w = self.waiters.lock().expect("waiters lock");
+                // Checked under the lock `depose` empties the waiters with: a waiter added after
+                // that would never be answered.
+                let stopped = self.stopped.load(Ordering::SeqCst);
                 for (lsn, reply) in waiters {
                     if lsn <= commit {
                         reply.send(CommitOutcome::Committed { lsn });
+                    } else if stopped {
+                        reply.send(CommitOutcome::Unavailable {
+                            reason: "sequencer deposed; outcome decided by its successor's recovery".into(),
+                        });
                     } else {
                         w.entry(lsn).or_default().push(reply);
                     }

@@ -347,7 +347,8 @@ where
         .into_iter()
         .zip(cpu_before)
         .zip(&procs)
-        .map(|((after, before), (name, _))| (name.clone(), per_100k(after - before)))
+        // A process that restarted mid-run reads lower afterwards; it is not credited CPU back.
+        .map(|((after, before), (name, _))| (name.clone(), per_100k((after - before).max(0.0))))
         .collect();
     cpu_by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
     let cpu_s_per_100k = cpu_by_process.iter().map(|(_, s)| s).sum();

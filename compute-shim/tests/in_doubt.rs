@@ -1,0 +1,73 @@
+//! A commit whose request the sequencer drops without deciding it (a sequencer that stops with
+//! commits queued) is in doubt, not failed: the client must ask for the transaction's outcome
+//! and report what the log says, never an error for a commit that may have landed.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use triad_protocol::{ErrorCode, Message, TxnOutcome};
+use triad_shim::{Client, ClientConfig};
+use triad_transport::{serve, ClusterCa, Reply, Service, TlsConfig};
+
+/// Drops every commit request unanswered (its reply handle then answers `Unavailable`) and
+/// reports every transaction asked about as committed at LSN 42.
+#[derive(Default)]
+struct DroppingSequencer {
+    commits: AtomicU32,
+    outcome_queries: AtomicU32,
+}
+
+impl Service for DroppingSequencer {
+    fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {
+        match msg {
+            Message::CommitRequest(_) => {
+                self.commits.fetch_add(1, Ordering::SeqCst);
+                drop(reply);
+            }
+            other => {
+                tokio::spawn(async move { reply.send(&self.request(other).await) });
+            }
+        }
+    }
+
+    fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
+        async move {
+            match msg {
+                Message::OutcomeRequest { .. } => {
+                    self.outcome_queries.fetch_add(1, Ordering::SeqCst);
+                    Message::OutcomeResponse(TxnOutcome::Committed { lsn: 42 })
+                }
+                Message::BeginRequest => Message::BeginResponse { read_lsn: 0 },
+                _ => Message::error(ErrorCode::Unsupported, "not in this test", Default::default(), 0),
+            }
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test]
+async fn a_commit_the_sequencer_dropped_is_resolved_by_its_outcome() {
+    let ca = ClusterCa::generate().unwrap();
+    let server = TlsConfig::issue(&ca, "sequencer").unwrap();
+    let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let sequencer = Arc::new(DroppingSequencer::default());
+    tokio::spawn(serve(endpoint, sequencer.clone()));
+
+    let mut cfg = ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap());
+    // Long enough that only an answer to the dropped request, not a client timeout, can end the
+    // commit within the bound below.
+    cfg.attempt_timeout = Duration::from_secs(60);
+    cfg.request_timeout = Duration::from_secs(60);
+    let client = Client::connect(cfg).unwrap();
+    let write = client.write(vec![(b"k".to_vec(), Some(b"v".to_vec()))]);
+    let lsn = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("the dropped commit request is answered, not left waiting");
+    assert_eq!(lsn.unwrap(), 42, "the outcome from the log, not an error");
+    assert_eq!(sequencer.commits.load(Ordering::SeqCst), 1);
+    assert_eq!(sequencer.outcome_queries.load(Ordering::SeqCst), 1);
+}
