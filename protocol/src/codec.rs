@@ -64,8 +64,7 @@ impl From<InvalidFlatbuffer> for DecodeError {
 /// If the encoding would exceed 2 GiB, the most a flatbuffer can address; frames are limited
 /// to far less (see [`crate::frame::MAX_FRAME_DEFAULT`]).
 pub fn encode_message(msg: &Message) -> Vec<u8> {
-    let (buf, head) = encode_message_with_headroom(msg, 0, 0);
-    into_front(buf, head)
+    encode_message_with_headroom(msg, 0, 0)
 }
 
 /// Encodes a log record (an [`Entry`]'s payload).
@@ -92,19 +91,13 @@ fn with_builder(hint: usize, build: impl FnOnce(&mut Fbb<'static>), headroom: us
         out.extend_from_slice(data);
         out
     };
-    let fresh = |build: &mut dyn FnMut(&mut Fbb<'static>)| {
-        let mut fbb = Fbb::with_capacity(hint + headroom);
-        build(&mut fbb);
-        copy_out(&fbb)
-    };
     let mut build = Some(build);
-    let mut run = |fbb: &mut Fbb<'static>| (build.take().expect("built once"))(fbb);
     // No builder to lend while this thread's is in use or its thread-locals are being torn
-    // down (an answer encoded while a thread exits).
+    // down (an answer encoded while a thread exits): then a fresh one.
     let reused = BUILDER.try_with(|cell| {
         let mut fbb = cell.try_borrow_mut().ok()?;
         fbb.reset();
-        run(&mut fbb);
+        (build.take()?)(&mut fbb);
         let out = copy_out(&fbb);
         // The builder's buffer grew to at least the message's size.
         if out.len() > KEEP_CAPACITY {
@@ -112,10 +105,12 @@ fn with_builder(hint: usize, build: impl FnOnce(&mut Fbb<'static>), headroom: us
         }
         Some(out)
     });
-    match reused {
-        Ok(Some(out)) => out,
-        _ => fresh(&mut run),
+    if let Ok(Some(out)) = reused {
+        return out;
     }
+    let mut fbb = Fbb::with_capacity(hint + headroom);
+    (build.take().expect("the reusable builder was not lent, so nothing was built"))(&mut fbb);
+    copy_out(&fbb)
 }
 
 fn encode_record_in(fbb: &mut Fbb<'static>, record: &LogRecord) {
@@ -136,13 +131,12 @@ fn encode_record_in(fbb: &mut Fbb<'static>, record: &LogRecord) {
     fbb.finish(root, Some(RECORD_IDENTIFIER));
 }
 
-/// Encodes `msg` and returns the builder's buffer with the encoding at `buf[head..]`. The
-/// builder is sized so that normally `head >= headroom`, which lets [`crate::frame`] put its
-/// header in front of the message without copying it into a second buffer.
+/// Encodes `msg` into a buffer that holds `headroom` zero bytes before the encoding, where
+/// [`crate::frame`] writes its header without copying the message into a second buffer.
 /// `id` is the request id of a multiplexed stream (0 on a stream of its own).
-pub(crate) fn encode_message_with_headroom(msg: &Message, headroom: usize, id: u64) -> (Vec<u8>, usize) {
+pub(crate) fn encode_message_with_headroom(msg: &Message, headroom: usize, id: u64) -> Vec<u8> {
     let hint = 72 + message_size_hint(msg);
-    let buf = with_builder(
+    with_builder(
         hint,
         |fbb| {
             let (body_type, body) = build_body(fbb, msg);
@@ -150,14 +144,7 @@ pub(crate) fn encode_message_with_headroom(msg: &Message, headroom: usize, id: u
             fb::finish_message_buffer(fbb, root);
         },
         headroom,
-    );
-    (buf, headroom)
-}
-
-/// Moves the finished buffer (built back to front) to the start of its allocation.
-fn into_front(mut buf: Vec<u8>, head: usize) -> Vec<u8> {
-    buf.drain(..head);
-    buf
+    )
 }
 
 type Fbb<'a> = FlatBufferBuilder<'a>;

@@ -28,8 +28,7 @@ use triad_protocol::{Message, NodeStatus};
 use triad_shim::{Client, ClientConfig};
 use triad_transport::{Peer, TlsConfig};
 
-use crate::chaos::start_workload;
-use crate::chaos::Verdict;
+use crate::chaos::{start_workload, Verdict};
 
 /// The port each tier listens on inside its container (every member has its own address).
 pub const JOURNAL_PORT: u16 = 7101;
