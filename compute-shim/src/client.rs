@@ -6,7 +6,7 @@ use std::time::Duration;
 use rand::Rng;
 use tracing::debug;
 use triad_protocol::{
-    CommitOutcome, CommitRequest, ErrorCode, KeyRange, Lsn, Message, Row, TxnId, TxnOutcome,
+    CommitOutcome, CommitRequest, ErrorCode, Isolation, KeyRange, Lsn, Message, Row, TxnId, TxnOutcome,
     MAX_MULTI_GET_KEYS,
 };
 use triad_transport::{Peer, TlsConfig};
@@ -100,8 +100,15 @@ impl Client {
             }
             other => return Err(unexpected(other)),
         };
+        Ok(self.txn_at(read_lsn, Isolation::Snapshot))
+    }
+
+    /// A transaction reading at `read_lsn`, which the caller got from a read barrier.
+    pub(crate) fn txn_at(&self, read_lsn: Lsn, isolation: Isolation) -> Txn {
         self.inner.seen_lsn.fetch_max(read_lsn, Ordering::Relaxed);
-        Ok(Txn::new(self.clone(), read_lsn, TxnId(rand::rng().random())))
+        let mut txn = Txn::new(self.clone(), read_lsn, TxnId(rand::rng().random()));
+        txn.set_isolation(isolation);
+        txn
     }
 
     /// Commits `writes` as a write-only transaction, without the read barrier a [`Txn`] pays
@@ -162,6 +169,13 @@ impl Client {
     /// died, was deposed, or lost its quorum) the transaction's fate is asked for by id from
     /// the active sequencer, which decides it from the log and fences it if absent.
     pub(crate) async fn commit(&self, req: CommitRequest) -> Result<Lsn, ShimError> {
+        self.commit_chained(req).await.map(|(lsn, _)| lsn)
+    }
+
+    /// [`Client::commit`], also returning the read LSN the sequencer's answer offers a
+    /// transaction chained to this one (0 when it offers none: an outcome learned by query, or
+    /// a retry the sequencer answered from its index).
+    pub(crate) async fn commit_chained(&self, req: CommitRequest) -> Result<(Lsn, Lsn), ShimError> {
         let (txn_id, read_lsn) = (req.txn_id, req.read_lsn);
         // Resending the same request to another candidate is safe: commits are deduplicated by
         // txn id, and a deposed sequencer can no longer commit anything. But once a copy may
@@ -171,9 +185,9 @@ impl Client {
         let mut maybe_delivered = false;
         let answer = self.sequencer_call_tracked(&Message::CommitRequest(req), &mut maybe_delivered).await;
         let in_doubt = match answer {
-            Ok(Message::CommitResponse(CommitOutcome::Committed { lsn })) => {
-                self.inner.seen_lsn.fetch_max(lsn, Ordering::Relaxed);
-                return Ok(lsn);
+            Ok(Message::CommitResponse(CommitOutcome::Committed { lsn, next_read_lsn })) => {
+                self.inner.seen_lsn.fetch_max(lsn.max(next_read_lsn), Ordering::Relaxed);
+                return Ok((lsn, next_read_lsn));
             }
             Ok(Message::CommitResponse(CommitOutcome::Conflict { keys })) if !maybe_delivered => {
                 return Err(ShimError::Conflict { keys })
@@ -191,7 +205,7 @@ impl Client {
             Err(e) => e.to_string(),
         };
         debug!(?txn_id, "commit answer lost ({in_doubt}); asking for its outcome");
-        self.outcome(txn_id, read_lsn).await
+        self.outcome(txn_id, read_lsn).await.map(|lsn| (lsn, 0))
     }
 
     /// The definitive fate of a transaction: `Ok(lsn)` if committed, `NotCommitted` if not

@@ -148,7 +148,34 @@ impl Txn {
         if self.writes.is_empty() && self.isolation == Isolation::Snapshot {
             return Ok(self.read_lsn);
         }
-        let req = CommitRequest {
+        let client = self.client.clone();
+        client.commit(self.into_request()).await
+    }
+
+    /// Commits like [`Txn::commit`] and begins the next transaction, with the same isolation,
+    /// in the same round trip (SQL's `COMMIT AND CHAIN`): the sequencer's answer carries a
+    /// snapshot proven current after the commit request arrived, so the next transaction sees
+    /// this commit and every commit acknowledged before this call, with no `begin` round trip
+    /// of its own. The new transaction counts as begun during this call, which is what makes
+    /// it linearizable; one begun later, after some other event the caller waited for, must
+    /// use [`Client::begin`](crate::Client::begin).
+    ///
+    /// The next transaction is `None` when the answer carries no snapshot (the outcome had to
+    /// be asked for, the sequencer answered a retry from its index, or nothing was written and
+    /// no round trip was made): then begin one as usual. The commit's own result never depends
+    /// on it.
+    pub async fn commit_and_chain(self) -> Result<(Lsn, Option<Txn>), ShimError> {
+        let (client, isolation) = (self.client.clone(), self.isolation);
+        if self.writes.is_empty() && self.isolation == Isolation::Snapshot {
+            return Ok((self.read_lsn, None));
+        }
+        let (lsn, next_read_lsn) = client.commit_chained(self.into_request()).await?;
+        let next = (next_read_lsn > 0).then(|| client.txn_at(next_read_lsn, isolation));
+        Ok((lsn, next))
+    }
+
+    fn into_request(self) -> CommitRequest {
+        CommitRequest {
             txn_id: self.txn_id,
             read_lsn: self.read_lsn,
             isolation: self.isolation,
@@ -156,7 +183,6 @@ impl Txn {
             read_ranges: self.read_ranges,
             writes: self.writes.into_iter().map(|(key, value)| Write { key, value }).collect(),
             guard_keys: self.guard_keys,
-        };
-        self.client.commit(req).await
+        }
     }
 }

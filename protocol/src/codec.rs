@@ -333,8 +333,9 @@ fn build_outcome<'a>(
 ) -> (fb::CommitOutcome, WIPOffset<UnionWIPOffset>) {
     use fb::CommitOutcome as O;
     match outcome {
-        CommitOutcome::Committed { lsn } => {
-            let off = fb::Committed::create(fbb, &fb::CommittedArgs { lsn: *lsn });
+        CommitOutcome::Committed { lsn, next_read_lsn } => {
+            let off =
+                fb::Committed::create(fbb, &fb::CommittedArgs { lsn: *lsn, next_read_lsn: *next_read_lsn });
             (O::Committed, off.as_union_value())
         }
         CommitOutcome::Conflict { keys } => {
@@ -359,7 +360,7 @@ fn build_txn_outcome<'a>(
 ) -> (fb::TxnOutcome, WIPOffset<UnionWIPOffset>) {
     match outcome {
         TxnOutcome::Committed { lsn } => {
-            let off = fb::Committed::create(fbb, &fb::CommittedArgs { lsn });
+            let off = fb::Committed::create(fbb, &fb::CommittedArgs { lsn, next_read_lsn: 0 });
             (fb::TxnOutcome::Committed, off.as_union_value())
         }
         TxnOutcome::Aborted => {
@@ -842,7 +843,7 @@ fn outcome_from_fb(resp: &fb::CommitResponse<'_>) -> Result<CommitOutcome, Decod
     Ok(match resp.outcome_type() {
         O::Committed => {
             let o = present(resp.outcome_as_committed(), "outcome")?;
-            CommitOutcome::Committed { lsn: o.lsn() }
+            CommitOutcome::Committed { lsn: o.lsn(), next_read_lsn: o.next_read_lsn() }
         }
         O::Conflict => {
             let o = present(resp.outcome_as_conflict(), "outcome")?;

@@ -132,19 +132,18 @@ pub struct CommitRequest {
 pub enum CommitOutcome {
     Committed {
         lsn: Lsn,
+        /// A read LSN valid for a transaction begun while this commit was in flight: the
+        /// commit watermark when the answer left, at or above `lsn`. The majority that accepted
+        /// this commit did so after the request arrived, which proves the epoch was current then,
+        /// just as a `begin`'s read barrier does. 0 when the answer proves nothing of the kind.
+        next_read_lsn: Lsn,
     },
     /// Another transaction committed a write to these keys after the read LSN.
-    Conflict {
-        keys: Vec<Vec<u8>>,
-    },
+    Conflict { keys: Vec<Vec<u8>> },
     /// The read LSN is below the conflict index's floor; retry with a fresh snapshot.
-    TooOld {
-        floor: Lsn,
-    },
+    TooOld { floor: Lsn },
     /// The sequencer could not get the record onto a majority (or is not active).
-    Unavailable {
-        reason: String,
-    },
+    Unavailable { reason: String },
 }
 
 /// Most keys one [`Message::MultiGetRequest`] may ask for: a bound on the work (and the

@@ -102,6 +102,26 @@ impl Responder {
     }
 }
 
+/// A commit waiting for its LSN to reach a majority.
+struct Waiter {
+    reply: Responder,
+    /// Its LSN was given out after the request arrived (not a retry answered from the index),
+    /// so the majority that accepts it proves the epoch current after the request arrived.
+    fresh: bool,
+}
+
+impl Waiter {
+    /// Answers `Committed` once the watermark `commit` covers `lsn`. A fresh commit's answer
+    /// also carries `commit` as a read LSN for a transaction chained to it: every commit
+    /// acknowledged before the request was sent is at or below it (ours by the watermark's
+    /// order, a successor's impossible, since a majority accepted our epoch after that), which
+    /// is exactly what a `begin`'s read barrier proves.
+    fn answer(self, lsn: Lsn, commit: Lsn) {
+        let next_read_lsn = if self.fresh { commit } else { 0 };
+        self.reply.send(CommitOutcome::Committed { lsn, next_read_lsn });
+    }
+}
+
 /// Recent entries, dense from `first`.
 struct Window {
     first: Lsn,
@@ -129,7 +149,7 @@ pub struct Sequencer {
     appended: watch::Sender<Lsn>,
     commit: watch::Sender<Lsn>,
     acks: Mutex<Vec<Lsn>>,
-    waiters: Mutex<BTreeMap<Lsn, Vec<Responder>>>,
+    waiters: Mutex<BTreeMap<Lsn, Vec<Waiter>>>,
     admit: mpsc::Sender<Pending>,
     deposed: watch::Sender<Option<Epoch>>,
     stopped: AtomicBool,
@@ -329,7 +349,7 @@ impl Sequencer {
             self.deposed.send_replace(Some(promised));
             // Whatever was in flight has an outcome the next epoch's recovery decides.
             let waiters = std::mem::take(&mut *self.waiters.lock().expect("waiters lock"));
-            for reply in waiters.into_values().flatten() {
+            for Waiter { reply, .. } in waiters.into_values().flatten() {
                 reply.send(CommitOutcome::Unavailable {
                     reason: format!("sequencer deposed by epoch {promised}; outcome decided by its recovery"),
                 });
@@ -579,7 +599,7 @@ impl Sequencer {
             for p in batch.drain(..) {
                 if let Some(&lsn) = txns.by_id.get(&p.req.txn_id) {
                     // A retry of a commit we already ordered: never apply it twice.
-                    waiters.push((lsn, p.reply));
+                    waiters.push((lsn, Waiter { reply: p.reply, fresh: false }));
                     continue;
                 }
                 if txns.fenced.contains_key(&p.req.txn_id) {
@@ -603,7 +623,7 @@ impl Sequencer {
                             lsn: next_lsn,
                             payload: Bytes::from(encode_record(&record)),
                         });
-                        waiters.push((next_lsn, p.reply));
+                        waiters.push((next_lsn, Waiter { reply: p.reply, fresh: true }));
                         next_lsn += 1;
                     }
                     Verdict::Conflict { keys } => {
@@ -625,15 +645,15 @@ impl Sequencer {
                 // Checked under the lock `depose` empties the waiters with: a waiter added after
                 // that would never be answered.
                 let stopped = self.stopped.load(Ordering::SeqCst);
-                for (lsn, reply) in waiters {
+                for (lsn, waiter) in waiters {
                     if lsn <= commit {
-                        reply.send(CommitOutcome::Committed { lsn });
+                        waiter.answer(lsn, commit);
                     } else if stopped {
-                        reply.send(CommitOutcome::Unavailable {
+                        waiter.reply.send(CommitOutcome::Unavailable {
                             reason: "sequencer deposed; outcome decided by its successor's recovery".into(),
                         });
                     } else {
-                        w.entry(lsn).or_default().push(reply);
+                        w.entry(lsn).or_default().push(waiter);
                     }
                 }
             }
@@ -654,9 +674,9 @@ impl Sequencer {
                 let later = waiters.split_off(&(commit + 1));
                 std::mem::replace(&mut *waiters, later)
             };
-            for (lsn, replies) in done {
-                for reply in replies {
-                    reply.send(CommitOutcome::Committed { lsn });
+            for (lsn, waiters) in done {
+                for waiter in waiters {
+                    waiter.answer(lsn, commit);
                 }
             }
             self.trim_window(commit);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use rand::Rng;
 use tokio::sync::Mutex;
-use triad_shim::{Client, KeyRange, ShimError, TxnId};
+use triad_shim::{Client, KeyRange, ShimError, Txn, TxnId};
 
 #[derive(Clone, Debug)]
 pub struct BankConfig {
@@ -55,6 +55,10 @@ pub struct History {
     pub begins: Vec<(Instant, u64)>,
     /// When each commit was acknowledged, and its LSN.
     pub acks: Vec<(Instant, u64)>,
+    /// For each transaction begun by the commit before it (COMMIT AND CHAIN): that commit's
+    /// LSN, and the read LSN the chained transaction got. (Its begin is also in `begins`,
+    /// started when the commit was sent.)
+    pub chained: Vec<(u64, u64)>,
 }
 
 impl History {
@@ -74,6 +78,12 @@ impl History {
             ensure!(
                 read_lsn >= max_acked,
                 "a begin read at lsn {read_lsn} although lsn {max_acked} was acknowledged before it started"
+            );
+        }
+        for &(commit_lsn, read_lsn) in &self.chained {
+            ensure!(
+                read_lsn >= commit_lsn,
+                "a transaction chained to the commit at lsn {commit_lsn} read at lsn {read_lsn}, missing it"
             );
         }
         Ok(())
@@ -161,14 +171,28 @@ impl Bank {
     }
 
     /// One attempt at one transfer. `Attempt::NotSent` when it failed before its commit left
-    /// the client: such a transaction can never commit.
-    async fn transfer(&self, t: Transfer, history: &Mutex<History>) -> Attempt {
-        let started = Instant::now();
-        let mut txn = match self.client.begin().await {
-            Ok(t) => t,
-            Err(e) => return Attempt::NotSent(e),
+    /// the client: such a transaction can never commit. It runs in `next` when the last commit
+    /// began one; with `chain`, its own commit begins the next one there.
+    async fn transfer(
+        &self,
+        t: Transfer,
+        next: &mut Option<Txn>,
+        chain: bool,
+        history: &Mutex<History>,
+    ) -> Attempt {
+        let mut txn = match next.take() {
+            Some(txn) => txn,
+            None => {
+                let started = Instant::now();
+                match self.client.begin().await {
+                    Ok(txn) => {
+                        history.lock().await.begins.push((started, txn.read_lsn()));
+                        txn
+                    }
+                    Err(e) => return Attempt::NotSent(e),
+                }
+            }
         };
-        history.lock().await.begins.push((started, txn.read_lsn()));
         let id = txn.id();
         let reads = async {
             let from = balance(txn.get(&self.account(t.from)).await?)?;
@@ -183,9 +207,23 @@ impl Bank {
         txn.put(self.account(t.to), (to + t.amount).to_be_bytes().to_vec());
         let record = format!("{} {} {}", t.from, t.to, t.amount);
         txn.put(self.transfer_key(id), record.into_bytes());
-        let outcome = txn.commit().await;
+        let sent = Instant::now();
+        let outcome = if chain {
+            txn.commit_and_chain().await.map(|(lsn, chained)| {
+                *next = chained;
+                lsn
+            })
+        } else {
+            txn.commit().await
+        };
         if let Ok(lsn) = outcome {
-            history.lock().await.acks.push((Instant::now(), lsn));
+            let mut h = history.lock().await;
+            h.acks.push((Instant::now(), lsn));
+            if let Some(chained) = next {
+                // Begun while the commit was in flight: linearizable from the moment it was sent.
+                h.begins.push((sent, chained.read_lsn()));
+                h.chained.push((lsn, chained.read_lsn()));
+            }
         }
         Attempt::Sent(id, outcome)
     }
@@ -198,10 +236,14 @@ impl Bank {
         let start = Instant::now();
         let deadline = start + self.cfg.duration;
         let mut tasks = Vec::new();
-        for _ in 0..self.cfg.clients {
+        for client in 0..self.cfg.clients {
             let bank = self.clone();
             let history = history.clone();
+            // Half the clients begin each transaction in their last commit's round trip, so the
+            // history checks chained snapshots (and their linearizability) too.
+            let chain = client % 2 == 1;
             tasks.push(tokio::spawn(async move {
+                let mut next = None;
                 while Instant::now() < deadline {
                     let t = {
                         let mut rng = rand::rng();
@@ -212,7 +254,7 @@ impl Bank {
                         }
                         Transfer { from, to, amount: rng.random_range(1..=10) }
                     };
-                    let attempt = bank.transfer(t, &history).await;
+                    let attempt = bank.transfer(t, &mut next, chain, &history).await;
                     let mut h = history.lock().await;
                     let error = match attempt {
                         Attempt::Sent(id, Ok(lsn)) => {

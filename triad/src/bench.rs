@@ -172,7 +172,7 @@ pub fn sequencer(cfg: &SequencerBenchConfig) -> SequencerBenchReport {
 }
 
 /// Latency percentiles and throughput of a load run.
-#[derive(Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct LoadReport {
     pub ops: u64,
     pub aborts: u64,
@@ -214,6 +214,9 @@ pub struct LoadConfig {
     pub record_bytes: usize,
     /// Txn bench: number of accounts (branches = accounts / 1000, tellers = accounts / 100).
     pub accounts: u64,
+    /// Txn bench: each client begins its next transaction in its last commit's round trip
+    /// ([`triad_shim::Txn::commit_and_chain`]) instead of with a `begin` of its own.
+    pub chain: bool,
 }
 
 /// The kernel's count of UDP datagrams received (`InDatagrams` in /proc/net/snmp).
@@ -436,9 +439,14 @@ pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
     // Where a transaction's time goes: summed per phase over committed transactions.
     let phases: Arc<[std::sync::atomic::AtomicU64; 4]> = Arc::new(Default::default());
     let totals = phases.clone();
+    // With --chain, each client's next transaction, begun by its last commit.
+    let chained: Arc<Vec<std::sync::Mutex<Option<triad_shim::Txn>>>> =
+        Arc::new((0..cfg.concurrency).map(|_| std::sync::Mutex::new(None)).collect());
+    let chain = cfg.chain;
     let op = move |worker: usize, n: u64| {
         let client = client.clone();
         let phases = phases.clone();
+        let chained = chained.clone();
         let (a, t, b, delta) = {
             let mut rng = rand::rng();
             (
@@ -450,7 +458,11 @@ pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
         };
         async move {
             let started = Instant::now();
-            let mut txn = client.begin().await?;
+            let next = chained[worker].lock().expect("chain lock").take();
+            let mut txn = match next {
+                Some(txn) => txn,
+                None => client.begin().await?,
+            };
             let begun = Instant::now();
             let keys = [format!("acct/{a:09}"), format!("tell/{t:09}"), format!("bran/{b:09}")];
             let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
@@ -462,8 +474,15 @@ pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
                 txn.put(key, (bal + delta).to_be_bytes().to_vec());
             }
             txn.put(format!("hist/{worker:04}/{n:012}"), format!("{a} {t} {b} {delta}").into_bytes());
-            match txn.commit().await {
-                Ok(_) => {
+            let committed = if chain {
+                txn.commit_and_chain().await.map(|(_, next)| {
+                    *chained[worker].lock().expect("chain lock") = next;
+                })
+            } else {
+                txn.commit().await.map(|_| ())
+            };
+            match committed {
+                Ok(()) => {
                     let spans = [begun - started, read - begun, read.elapsed()];
                     for (sum, d) in phases.iter().zip(spans) {
                         sum.fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -126,6 +126,10 @@ struct LoadArgs {
     /// Accounts (txn); fewer accounts, more contention.
     #[arg(long, default_value_t = 100_000)]
     accounts: u64,
+    /// Txn: each client begins its next transaction in its last commit's round trip (as SQL's
+    /// COMMIT AND CHAIN) instead of with a begin request of its own.
+    #[arg(long)]
+    chain: bool,
     #[arg(long, default_value_t = 7500)]
     base_port: u16,
     /// Print one JSON object instead of text.
@@ -751,6 +755,7 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
         concurrency: a.concurrency,
         record_bytes: a.record_bytes,
         accounts: a.accounts,
+        chain: a.chain,
     };
     let json = a.json;
     let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
@@ -784,8 +789,8 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
         );
     } else {
         println!(
-            "txn (TPC-B-like, {} accounts): {} commits from {} clients in {:.1}s: {:.0} commits/s, abort rate {:.1}%; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {:.1} CPU-s per 100k commits",
-            a.accounts, r.ops, a.concurrency, r.seconds, r.ops_per_s, r.abort_rate * 100.0, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_s_per_100k
+            "txn (TPC-B-like, {} accounts{}): {} commits from {} clients in {:.1}s: {:.0} commits/s, abort rate {:.1}%; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {:.1} CPU-s per 100k commits",
+            a.accounts, if a.chain { ", chained" } else { "" }, r.ops, a.concurrency, r.seconds, r.ops_per_s, r.abort_rate * 100.0, r.p50_ms, r.p99_ms, r.p999_ms, r.cpu_s_per_100k
         );
     }
     Ok(())
@@ -826,6 +831,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             concurrency: a.producers,
             record_bytes: a.record_bytes,
             accounts: 0,
+            chain: false,
         };
         let triad = triad::bench::journal(cfg, say.clone()).await?;
         rows.push(triad::compare::Row::new("log", "etcd 3.4 (3 members, fsync)", triad, peer));
@@ -843,9 +849,17 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             concurrency: a.clients,
             record_bytes: 0,
             accounts: 64_000,
+            chain: false,
         };
-        let triad = triad::bench::txn(cfg, say.clone()).await?;
-        rows.push(triad::compare::Row::new("txn", "PostgreSQL 15 pgbench (TPC-B-like)", triad, peer));
+        let triad = triad::bench::txn(cfg.clone(), say.clone()).await?;
+        let peer_name = "PostgreSQL 15 pgbench (TPC-B-like)";
+        rows.push(triad::compare::Row::new("txn", peer_name, triad, peer.clone()));
+        // The same transactions, each begun in the previous commit's round trip (COMMIT AND
+        // CHAIN), against the same pgbench run.
+        let dir = cfg.dir.with_file_name("triad-chain");
+        let triad =
+            triad::bench::txn(triad::bench::LoadConfig { dir, chain: true, ..cfg }, say.clone()).await?;
+        rows.push(triad::compare::Row::new("txn-chain", peer_name, triad, peer));
     }
     if runs("sql") {
         let dir = tempfile::Builder::new().prefix("triad-compare-").tempdir()?;
@@ -862,6 +876,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             concurrency: a.clients,
             record_bytes: 0,
             accounts: 64_000,
+            chain: false,
         };
         std::fs::create_dir_all(&cfg.dir)?;
         let triad = triad::bench::sql(cfg, &a.sql_mode, say.clone()).await?;
@@ -874,7 +889,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
     }
     for r in rows {
         println!(
-            "{:<4} triad {:>9.0} ops/s (p50 {:.2} ms, p99 {:.2} ms) | {} {:>9.0} ops/s (p50 {:.2} ms, p99 {:.2} ms) | ratio {:.2}x",
+            "{:<9} triad {:>9.0} ops/s (p50 {:.2} ms, p99 {:.2} ms) | {} {:>9.0} ops/s (p50 {:.2} ms, p99 {:.2} ms) | ratio {:.2}x",
             r.workload, r.triad.ops_per_s, r.triad.p50_ms, r.triad.p99_ms, r.peer_name, r.peer.ops_per_s, r.peer.p50_ms, r.peer.p99_ms, r.ratio
         );
     }

@@ -35,6 +35,18 @@ fn dump_logs(c: &LocalCluster) {
     }
 }
 
+/// A commit request sent to `seq` as is, with no retry or outcome query: (lsn, next_read_lsn).
+async fn raw_commit(seq: &triad_transport::Peer, req: triad_protocol::CommitRequest) -> (u64, u64) {
+    let msg = triad_protocol::Message::CommitRequest(req);
+    match seq.call_timeout(&msg, Duration::from_secs(10)).await {
+        Ok(triad_protocol::Message::CommitResponse(triad_protocol::CommitOutcome::Committed {
+            lsn,
+            next_read_lsn,
+        })) => (lsn, next_read_lsn),
+        other => panic!("commit not answered as committed: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_bank_transfers_keep_the_invariant() {
     let _serial = SERIAL.lock().await;
@@ -87,6 +99,37 @@ async fn concurrent_bank_transfers_keep_the_invariant() {
     unaffected.guard(b"blind/other".to_vec());
     unaffected.put(b"blind/row2".to_vec(), b"r".to_vec());
     unaffected.commit().await.expect("an unchanged guarded key does not conflict");
+
+    // COMMIT AND CHAIN: the next transaction's snapshot holds this commit and every commit
+    // acknowledged before the call, with no begin of its own.
+    let other = Client::connect(c.client_config()).unwrap();
+    let mut txn = client.begin().await.unwrap();
+    let elsewhere = other.write(vec![(b"chain/other".to_vec(), Some(b"o".to_vec()))]).await.unwrap();
+    txn.put(b"chain/own".to_vec(), b"mine".to_vec());
+    let (lsn, next) = txn.commit_and_chain().await.unwrap();
+    let mut next = next.expect("a fresh commit's answer carries a snapshot");
+    assert!(next.read_lsn() >= lsn && lsn > elsewhere, "chained at {} after {lsn}", next.read_lsn());
+    let got = next.get_many(&[b"chain/own", b"chain/other"]).await.unwrap();
+    assert_eq!(got, vec![Some(b"mine".to_vec()), Some(b"o".to_vec())]);
+    next.put(b"chain/own".to_vec(), b"again".to_vec());
+    let (second, _) = next.commit_and_chain().await.unwrap();
+    assert!(second > lsn);
+
+    // A retried commit is answered from the sequencer's index: that answer proves nothing about
+    // the epoch after the retry arrived, so it must not offer a snapshot.
+    let seq = c.peer(Role::Sequencer(0)).unwrap();
+    let req = triad_protocol::CommitRequest {
+        txn_id: triad_protocol::TxnId(0x5eed),
+        read_lsn: second,
+        isolation: triad_protocol::Isolation::Snapshot,
+        read_keys: vec![],
+        read_ranges: vec![],
+        writes: vec![triad_protocol::Write { key: b"chain/raw".to_vec(), value: Some(b"r".to_vec()) }],
+        guard_keys: vec![],
+    };
+    let (lsn, offered) = raw_commit(&seq, req.clone()).await;
+    assert!(offered >= lsn, "a fresh commit offers a snapshot holding it: {offered} < {lsn}");
+    assert_eq!(raw_commit(&seq, req).await, (lsn, 0), "a retry is the same commit and offers no snapshot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1928,6 +1928,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Committed<'a> {
 
 impl<'a> Committed<'a> {
   pub const VT_LSN: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NEXT_READ_LSN: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1939,6 +1940,7 @@ impl<'a> Committed<'a> {
     args: &'args CommittedArgs
   ) -> ::flatbuffers::WIPOffset<Committed<'bldr>> {
     let mut builder = CommittedBuilder::new(_fbb);
+    builder.add_next_read_lsn(args.next_read_lsn);
     builder.add_lsn(args.lsn);
     builder.finish()
   }
@@ -1951,6 +1953,17 @@ impl<'a> Committed<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Committed::VT_LSN, Some(0)).unwrap()}
   }
+  /// A read LSN for a transaction begun while this commit was in flight (SQL's COMMIT AND
+  /// CHAIN): the commit watermark when the answer left, proven current by the majority that
+  /// accepted this commit after the request arrived. 0 when the answer proves nothing (a retry
+  /// answered from the transaction index, an outcome query's answer).
+  #[inline]
+  pub fn next_read_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Committed::VT_NEXT_READ_LSN, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Committed<'_> {
@@ -1960,18 +1973,21 @@ impl ::flatbuffers::Verifiable for Committed<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<u64>("lsn", Self::VT_LSN, false)?
+     .visit_field::<u64>("next_read_lsn", Self::VT_NEXT_READ_LSN, false)?
      .finish();
     Ok(())
   }
 }
 pub struct CommittedArgs {
     pub lsn: u64,
+    pub next_read_lsn: u64,
 }
 impl<'a> Default for CommittedArgs {
   #[inline]
   fn default() -> Self {
     CommittedArgs {
       lsn: 0,
+      next_read_lsn: 0,
     }
   }
 }
@@ -1984,6 +2000,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CommittedBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_lsn(&mut self, lsn: u64) {
     self.fbb_.push_slot::<u64>(Committed::VT_LSN, lsn, 0);
+  }
+  #[inline]
+  pub fn add_next_read_lsn(&mut self, next_read_lsn: u64) {
+    self.fbb_.push_slot::<u64>(Committed::VT_NEXT_READ_LSN, next_read_lsn, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CommittedBuilder<'a, 'b, A> {
@@ -2004,6 +2024,7 @@ impl ::core::fmt::Debug for Committed<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Committed");
       ds.field("lsn", &self.lsn());
+      ds.field("next_read_lsn", &self.next_read_lsn());
       ds.finish()
   }
 }

@@ -86,7 +86,7 @@ pub fn text() -> impl Strategy<Value = String> {
 
 pub fn commit_outcome() -> impl Strategy<Value = CommitOutcome> {
     prop_oneof![
-        lsn().prop_map(|lsn| CommitOutcome::Committed { lsn }),
+        (lsn(), lsn()).prop_map(|(lsn, next_read_lsn)| CommitOutcome::Committed { lsn, next_read_lsn }),
         list(bytes()).prop_map(|keys| CommitOutcome::Conflict { keys }),
         lsn().prop_map(|floor| CommitOutcome::TooOld { floor }),
         text().prop_map(|reason| CommitOutcome::Unavailable { reason }),
@@ -265,7 +265,7 @@ pub fn message_examples() -> Vec<Message> {
             writes: vec![],
             guard_keys: vec![],
         }),
-        Message::CommitResponse(CommitOutcome::Committed { lsn: 9 }),
+        Message::CommitResponse(CommitOutcome::Committed { lsn: 9, next_read_lsn: 11 }),
         Message::CommitResponse(CommitOutcome::Conflict { keys: vec![vec![], b"x".to_vec()] }),
         Message::CommitResponse(CommitOutcome::Conflict { keys: vec![] }),
         Message::CommitResponse(CommitOutcome::TooOld { floor: 3 }),
