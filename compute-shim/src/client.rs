@@ -103,7 +103,8 @@ impl Client {
         Ok(self.txn_at(read_lsn, Isolation::Snapshot))
     }
 
-    /// A transaction reading at `read_lsn`, which the caller got from a read barrier.
+    /// A transaction reading at `read_lsn`, which the caller got from a read barrier or from a
+    /// commit's answer (which proves the same).
     pub(crate) fn txn_at(&self, read_lsn: Lsn, isolation: Isolation) -> Txn {
         self.inner.seen_lsn.fetch_max(read_lsn, Ordering::Relaxed);
         let mut txn = Txn::new(self.clone(), read_lsn, TxnId(rand::rng().random()));

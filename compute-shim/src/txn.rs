@@ -170,7 +170,9 @@ impl Txn {
             return Ok((self.read_lsn, None));
         }
         let (lsn, next_read_lsn) = client.commit_chained(self.into_request()).await?;
-        let next = (next_read_lsn > 0).then(|| client.txn_at(next_read_lsn, isolation));
+        // A snapshot below the commit itself would not even see it: no sequencer of ours sends
+        // one, and one that did would not be trusted with the next transaction.
+        let next = (next_read_lsn >= lsn).then(|| client.txn_at(next_read_lsn, isolation));
         Ok((lsn, next))
     }
 

@@ -113,9 +113,10 @@ struct Waiter {
 impl Waiter {
     /// Answers `Committed` once the watermark `commit` covers `lsn`. A fresh commit's answer
     /// also carries `commit` as a read LSN for a transaction chained to it: every commit
-    /// acknowledged before the request was sent is at or below it (ours by the watermark's
-    /// order, a successor's impossible, since a majority accepted our epoch after that), which
-    /// is exactly what a `begin`'s read barrier proves.
+    /// acknowledged before the request was sent is at or below it. Ours are, by the watermark's
+    /// order; a predecessor's are below our epoch-start record, which the watermark passed
+    /// before we became active; a successor's are impossible, since a majority accepted our
+    /// epoch after the request arrived. That is exactly what a `begin`'s read barrier proves.
     fn answer(self, lsn: Lsn, commit: Lsn) {
         let next_read_lsn = if self.fresh { commit } else { 0 };
         self.reply.send(CommitOutcome::Committed { lsn, next_read_lsn });
@@ -640,10 +641,12 @@ impl Sequencer {
             }
             drop(txns);
             {
-                let commit = self.commit_lsn();
                 let mut w = self.waiters.lock().expect("waiters lock");
-                // Checked under the lock `depose` empties the waiters with: a waiter added after
-                // that would never be answered.
+                // Both read under the lock that `complete_waiters` and `depose` empty the waiters
+                // with. A watermark read before it could miss an advance whose waiters were
+                // answered in between, and a waiter for an LSN at or below that advance (a retry
+                // of an older commit) would then wait for the next one.
+                let commit = self.commit_lsn();
                 let stopped = self.stopped.load(Ordering::SeqCst);
                 for (lsn, waiter) in waiters {
                     if lsn <= commit {

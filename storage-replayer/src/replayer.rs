@@ -38,8 +38,8 @@ pub enum ReplayerError {
 /// How often applied state is made durable (RocksDB WAL fsync). Between syncs a crash of the
 /// machine loses only applied state, which the journal still holds and replays.
 const SYNC_INTERVAL: Duration = Duration::from_secs(1);
-/// Batches up to this many records are applied on the runtime's own thread.
-const INLINE_APPLY_RECORDS: usize = 64;
+/// Batches of up to this many writes are applied on the thread that polls [`Replayer::run`].
+const INLINE_APPLY_WRITES: usize = 256;
 
 pub struct Replayer {
     /// The learner name this replayer registers under with the journal.
@@ -85,6 +85,10 @@ impl Replayer {
 
     /// Tails the journal from the applied LSN on, forever (or until something is wrong that no
     /// retry can fix: a trimmed gap, an undecodable record, a failing disk).
+    ///
+    /// Small batches are applied on the thread that polls this future, so that thread blocks
+    /// for a memtable write each time, and for longer if RocksDB stalls writes. `triad replayer`
+    /// polls it on the main thread, outside the runtime's workers that serve reads.
     pub async fn run(self: Arc<Self>, endpoint: &Endpoint, journal: &[SocketAddr]) -> ReplayerError {
         let client = JournalClient::new(endpoint, journal);
         self.report_progress(&client).await;
@@ -119,9 +123,11 @@ impl Replayer {
             }
             // A small batch is applied right here: a write to RocksDB's memtable and an unsynced
             // WAL append take less time than handing the batch to a blocking thread and back,
-            // and reads at the new LSN wait for exactly this. A large one (catching up) goes to a
-            // blocking thread so reads of older LSNs keep being answered meanwhile.
-            let applied = if records.len() <= INLINE_APPLY_RECORDS {
+            // and reads at the new LSN wait for exactly this. A large one (catching up, or one
+            // huge transaction) goes to a blocking thread, so that it never holds up the tasks
+            // that share the polling thread for long.
+            let writes: usize = records.iter().map(|r| r.writes.len()).sum();
+            let applied = if writes <= INLINE_APPLY_WRITES {
                 match self.format.apply(&records) {
                     Ok(lsn) => lsn,
                     Err(e) => return e.into(),
