@@ -43,6 +43,10 @@ impl Txn {
         self.isolation = isolation;
     }
 
+    pub fn isolation(&self) -> Isolation {
+        self.isolation
+    }
+
     /// The value of `key` at the snapshot, with this transaction's own writes applied.
     pub async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ShimError> {
         if let Some(v) = self.writes.get(key) {

@@ -16,6 +16,9 @@ pub enum SqlError {
     Unsupported(String),
     #[error("current transaction is aborted, commands ignored until end of transaction block")]
     InFailedTxn,
+    /// A statement that only makes sense inside BEGIN … COMMIT, sent outside one.
+    #[error("{0} can only be used in transaction blocks")]
+    NoTxnBlock(&'static str),
     #[error("parameter ${index}: {message}")]
     Param { index: usize, message: String },
     #[error("cannot send a result: {0}")]
@@ -61,6 +64,7 @@ impl SqlError {
             SqlError::Engine(_) => "42000",
             SqlError::Unsupported(_) => "0A000",
             SqlError::InFailedTxn => "25P02",
+            SqlError::NoTxnBlock(_) => "25P01",
             SqlError::Param { .. } | SqlError::Bind(_) => "22P02",
             SqlError::Encode(_) => "22000",
             SqlError::Internal(_) => "XX000",

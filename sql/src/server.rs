@@ -170,6 +170,9 @@ fn response(o: Outcome, formats: Option<(&[(String, Type)], &Format)>) -> Result
         Outcome::Begin => Response::TransactionStart(Tag::new("BEGIN")),
         Outcome::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
         Outcome::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+        // Still inside a block: the status stays (or, after a failed block, becomes) "in a
+        // transaction", which is what TransactionStart reports.
+        Outcome::Chained(tag) => Response::TransactionStart(Tag::new(tag)),
         Outcome::Command { tag: "INSERT", rows } => {
             Response::Execution(Tag::new("INSERT").with_oid(0).with_rows(rows.unwrap_or(0)))
         }

@@ -34,6 +34,9 @@ pub enum Outcome {
     Begin,
     Commit,
     Rollback,
+    /// COMMIT or ROLLBACK AND CHAIN (the tag says which): the block ended and a new one, with
+    /// the same isolation, is open.
+    Chained(&'static str),
     /// A command without rows: its tag ("INSERT", "UPDATE", …) and row count if it has one.
     Command {
         tag: &'static str,
@@ -172,6 +175,7 @@ impl Session {
                 }
                 Ok(Outcome::Command { tag: "SET", rows: None })
             }
+            Statement::Commit { chain: true, .. } => self.commit_and_chain(),
             Statement::Commit { .. } => {
                 let was_failed = self.failed;
                 self.explicit = false;
@@ -187,6 +191,15 @@ impl Session {
             }
             Statement::Rollback { savepoint: Some(_), .. } => {
                 Err(self.fail(SqlError::Unsupported("ROLLBACK TO SAVEPOINT".into())))
+            }
+            Statement::Rollback { chain: true, .. } => {
+                if !self.explicit {
+                    return Err(SqlError::NoTxnBlock("ROLLBACK AND CHAIN"));
+                }
+                let isolation = self.store().take_txn().map(|t| t.isolation());
+                self.failed = false;
+                self.begin_block(isolation)?;
+                Ok(Outcome::Chained("ROLLBACK"))
             }
             Statement::Rollback { .. } => {
                 self.explicit = false;
@@ -225,6 +238,45 @@ impl Session {
     }
 
     /// Marks the block failed if inside one; returns the error for chaining.
+    /// COMMIT AND CHAIN: commits, and the next block begins in the commit's round trip with
+    /// the snapshot its answer carries (see `Txn::commit_and_chain`). A failed block is rolled
+    /// back and a new one begun, as in PostgreSQL. If the commit fails, the block is over and no
+    /// new one begins, as after a plain COMMIT that fails.
+    fn commit_and_chain(&mut self) -> Result<Outcome, SqlError> {
+        if !self.explicit {
+            return Err(SqlError::NoTxnBlock("COMMIT AND CHAIN"));
+        }
+        let was_failed = std::mem::take(&mut self.failed);
+        let txn = self.store().take_txn();
+        let isolation = txn.as_ref().map(|t| t.isolation());
+        match txn {
+            Some(txn) if !was_failed => {
+                let (_, next) = self.store().block_on(txn.commit_and_chain()).inspect_err(|_| {
+                    self.explicit = false;
+                })?;
+                match next {
+                    Some(next) => self.store().install_txn(next),
+                    None => self.begin_block(isolation)?,
+                }
+                Ok(Outcome::Chained("COMMIT"))
+            }
+            _ => {
+                self.begin_block(isolation)?;
+                Ok(Outcome::Chained(if was_failed { "ROLLBACK" } else { "COMMIT" }))
+            }
+        }
+    }
+
+    /// Opens a new block at a fresh snapshot, with the isolation of the one that ended.
+    fn begin_block(&mut self, isolation: Option<Isolation>) -> Result<(), SqlError> {
+        if let Some(iso) = isolation {
+            self.store().set_isolation(iso);
+        }
+        self.store().begin_now().inspect_err(|_| self.explicit = false)?;
+        self.explicit = true;
+        Ok(())
+    }
+
     fn fail(&mut self, e: SqlError) -> SqlError {
         if self.explicit {
             self.failed = true;

@@ -254,6 +254,13 @@ impl<B: Backend> ShimStore<B> {
         self.ensure(&mut st)
     }
 
+    /// Makes `txn` the open transaction: one the session began itself, chained to a commit.
+    pub fn install_txn(&self, txn: B::Txn) {
+        let mut st = self.state();
+        st.appended = 0;
+        st.txn = Some(txn);
+    }
+
     /// Takes the open transaction out, for the session to commit or drop.
     pub fn take_txn(&self) -> Option<B::Txn> {
         let mut st = self.state();

@@ -291,6 +291,28 @@ async fn tokio_postgres_prepared_statements_with_parameters() {
     c.batch_execute("ROLLBACK").await.unwrap();
     let one: i64 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
+
+    // COMMIT AND CHAIN and ROLLBACK AND CHAIN end a block and open the next one at once (the
+    // commit's answer carries its snapshot); outside a block they are refused, as in PostgreSQL.
+    c.batch_execute("CREATE TABLE chained (id INT PRIMARY KEY)").await.unwrap();
+    let e = c.batch_execute("COMMIT AND CHAIN").await.unwrap_err();
+    assert_eq!(e.code(), Some(&SqlState::NO_ACTIVE_SQL_TRANSACTION), "{e}");
+    c.batch_execute("BEGIN; INSERT INTO chained VALUES (1); COMMIT AND CHAIN").await.unwrap();
+    // Still in a block: this insert is rolled back with it, and the chain goes on.
+    c.batch_execute("INSERT INTO chained VALUES (2); ROLLBACK AND CHAIN").await.unwrap();
+    let seen: Vec<i64> =
+        c.query("SELECT id FROM chained ORDER BY id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(seen, vec![1], "the chained block sees the commit before it, not the rolled-back insert");
+    c.batch_execute("INSERT INTO chained VALUES (3); COMMIT").await.unwrap();
+    let other = connect(env.port).await;
+    let ids: Vec<i64> = other
+        .query("SELECT id FROM chained ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 3]);
 }
 
 /// Adds 1 to the counter in its own transaction, retrying on serialization failures the way a
