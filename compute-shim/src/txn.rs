@@ -149,7 +149,7 @@ impl Txn {
     /// Sends the transaction to the sequencer; `Ok(lsn)` once a majority of journal nodes holds
     /// it. A read-only transaction at snapshot isolation commits without a round trip.
     pub async fn commit(self) -> Result<Lsn, ShimError> {
-        if self.writes.is_empty() && self.isolation == Isolation::Snapshot {
+        if self.commits_without_round_trip() {
             return Ok(self.read_lsn);
         }
         let client = self.client.clone();
@@ -170,7 +170,7 @@ impl Txn {
     /// on it.
     pub async fn commit_and_chain(self) -> Result<(Lsn, Option<Txn>), ShimError> {
         let (client, isolation) = (self.client.clone(), self.isolation);
-        if self.writes.is_empty() && self.isolation == Isolation::Snapshot {
+        if self.commits_without_round_trip() {
             return Ok((self.read_lsn, None));
         }
         let (lsn, next_read_lsn) = client.commit_chained(self.into_request()).await?;
@@ -178,6 +178,11 @@ impl Txn {
         // one, and one that did would not be trusted with the next transaction.
         let next = (next_read_lsn >= lsn).then(|| client.txn_at(next_read_lsn, isolation));
         Ok((lsn, next))
+    }
+
+    /// Nothing written and nothing to check: its snapshot alone was the whole transaction.
+    fn commits_without_round_trip(&self) -> bool {
+        self.writes.is_empty() && self.isolation == Isolation::Snapshot
     }
 
     fn into_request(self) -> CommitRequest {

@@ -128,18 +128,16 @@ impl Replayer {
             // that share the polling thread for long.
             let writes: usize = records.iter().map(|r| r.writes.len()).sum();
             let applied = if writes <= INLINE_APPLY_WRITES {
-                match self.format.apply(&records) {
-                    Ok(lsn) => lsn,
-                    Err(e) => return e.into(),
-                }
+                Ok(self.format.apply(&records))
             } else {
                 let format = self.format.clone();
-                match tokio::task::spawn_blocking(move || format.apply(&records)).await {
-                    Ok(Ok(lsn)) => lsn,
-                    Ok(Err(e)) => return e.into(),
-                    Err(e) => {
-                        return ReplayerError::BadRecord { lsn: 0, reason: format!("apply task failed: {e}") }
-                    }
+                tokio::task::spawn_blocking(move || format.apply(&records)).await
+            };
+            let applied = match applied {
+                Ok(Ok(lsn)) => lsn,
+                Ok(Err(e)) => return e.into(),
+                Err(e) => {
+                    return ReplayerError::BadRecord { lsn: 0, reason: format!("apply task failed: {e}") }
                 }
             };
             debug!(applied, "applied");
