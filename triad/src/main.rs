@@ -31,9 +31,10 @@ Start with `triad dev` (a whole cluster on loopback) or `triad dev --demo`."
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Runtime worker threads of this process (default: one per core). Processes that share a
-    /// machine with the rest of their cluster run best with 1 each — fewer threads handing
-    /// work to one another — so `triad dev`, `chaos` and `bench` start their children so.
+    /// Runtime worker threads of this process (default: one per core; 1 for `bench`). Processes
+    /// that share a machine with the rest of their cluster run best with 1 each — fewer threads
+    /// handing work to one another — so `triad dev`, `chaos` and `bench` start their children
+    /// so, and `bench` runs its own load generator so too (as pgbench runs one thread by default).
     #[arg(long, global = true, env = "TRIAD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
 }
@@ -381,7 +382,11 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.worker_threads {
+    // A load generator on the machine it measures: a second worker thread mostly hands each
+    // answer from the thread that read it to the one that waits for it, which costs every
+    // process on the path more wake-ups and datagrams (measured in docs/benchmarks.md).
+    let default_threads = matches!(cli.cmd, Cmd::Bench(_)).then_some(1);
+    if let Some(n) = cli.worker_threads.or(default_threads) {
         rt.worker_threads(usize::from(n));
     }
     let rt = rt.enable_all().build()?;
