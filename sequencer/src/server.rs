@@ -713,8 +713,17 @@ impl Sequencer {
             sorted[self.journal.majority() - 1]
         };
         // The recovered suffix counts as committed only with the epoch-start record on a majority.
-        if quorum >= self.epoch_start && quorum > *self.commit.borrow() {
-            self.commit.send_replace(quorum);
+        // Compared and raised under the watch's own lock: two acknowledgements handled on two
+        // threads could otherwise both pass the comparison and the lower one land last, moving
+        // the watermark back below commits already answered.
+        if quorum >= self.epoch_start {
+            self.commit.send_if_modified(|commit| {
+                let raise = quorum > *commit;
+                if raise {
+                    *commit = quorum;
+                }
+                raise
+            });
         }
     }
 

@@ -155,7 +155,7 @@ impl TlsConfig {
     /// An endpoint that accepts connections on `addr` and can also open them.
     pub fn server_endpoint(&self, addr: std::net::SocketAddr) -> Result<quinn::Endpoint, TransportError> {
         let bind = |source| TransportError::Bind { addr, source };
-        let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+        let socket = bind_udp(addr).map_err(bind)?;
         let runtime =
             quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no async runtime")))?;
         let config = quinn::EndpointConfig::new(self.reset_key.clone());
@@ -168,10 +168,46 @@ impl TlsConfig {
     /// An endpoint that only opens connections, bound to an ephemeral port on `bind_ip`.
     pub fn client_endpoint(&self, bind_ip: std::net::IpAddr) -> Result<quinn::Endpoint, TransportError> {
         let addr = std::net::SocketAddr::new(bind_ip, 0);
-        let mut ep = quinn::Endpoint::client(addr).map_err(|source| TransportError::Bind { addr, source })?;
+        let bind = |source| TransportError::Bind { addr, source };
+        let socket = bind_udp(addr).map_err(bind)?;
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no async runtime")))?;
+        let mut ep =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).map_err(bind)?;
         ep.set_default_client_config(self.client.clone());
         Ok(ep)
     }
+}
+
+/// Receive buffer asked for on every endpoint's socket.
+const RECV_BUFFER: usize = 4 << 20;
+
+/// A UDP socket bound to `addr` with a receive buffer of [`RECV_BUFFER`]. The kernel's default
+/// (about 200 KiB) overflows whenever a process that shares its cores with the rest of the
+/// cluster is off the CPU for a few milliseconds under load; every datagram dropped there is a
+/// QUIC loss, and commits wait for its retransmission. The kernel caps the size at
+/// `net.core.rmem_max`; a smaller buffer than asked is logged, not refused.
+fn bind_udp(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_recv_buffer_size(RECV_BUFFER)?;
+    // Linux reports twice the size it set (the other half is its bookkeeping).
+    let got = socket.recv_buffer_size()? / 2;
+    if got < RECV_BUFFER {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            tracing::info!(
+                asked = RECV_BUFFER,
+                got,
+                "UDP receive buffer capped by net.core.rmem_max; raise it for fewer drops under load"
+            )
+        });
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// Timeouts tuned for failure detection inside a cluster: a silent peer is declared gone after
