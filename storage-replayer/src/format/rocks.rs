@@ -234,12 +234,6 @@ impl RocksFormat {
         opts.set_write_buffer_size(config.write_buffer_bytes);
         opts.set_max_background_jobs(config.background_jobs);
         opts.set_keep_log_file_num(4);
-        // Start writing back the WAL and new table files every megabyte instead of leaving it
-        // all to the once-a-second WAL sync and each flush's final fsync: a burst of many
-        // megabytes queues every other fsync on a shared disk (a journal node's, with commits
-        // waiting on it) behind it.
-        opts.set_wal_bytes_per_sync(1 << 20);
-        opts.set_bytes_per_sync(1 << 20);
 
         let db = DB::open(&opts, dir).map_err(|e| FormatError::rocks(context("open"), e))?;
 
