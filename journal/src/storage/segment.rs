@@ -242,9 +242,15 @@ impl SegmentStore {
                 tracing::warn!(path = %path.display(), "removing unfinished temporary file");
                 fs::remove_file(&path).map_err(io_err("removing temporary file", &path))?;
             } else if name.strip_suffix(TRIM_SUFFIX).and_then(parse_segment_name).is_some() {
-                // Trimmed before the stop; its removal did not finish.
+                // Trimmed before the stop, its removal unfinished; or, when a process reopens a
+                // store it dropped, still being removed by the old store's thread.
                 tracing::warn!(path = %path.display(), "removing trimmed segment");
-                fs::remove_file(&path).map_err(io_err("removing trimmed segment", &path))?;
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(io_err("removing trimmed segment", &path)(e));
+                    }
+                    _ => {}
+                }
             } else {
                 tracing::warn!(path = %path.display(), "ignoring unknown file in log directory");
             }
