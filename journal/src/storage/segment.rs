@@ -107,8 +107,69 @@ pub struct SegmentStore {
     buf: Vec<u8>,
     /// Held (flock) while the store is open.
     _lock: File,
-    /// Threads shrinking trimmed segments away (see the module documentation).
-    shredders: Vec<std::thread::JoinHandle<()>>,
+    /// Shrinks trimmed segments away (see the module documentation).
+    shredder: Shredder,
+}
+
+/// One thread per store that removes retired segments one after another, so that two never
+/// free their blocks in the same filesystem commit. Started on first use. Dropped with the
+/// store, it finishes what is queued and ends; a retired file is never part of the log, so
+/// nothing waits for it.
+#[derive(Debug, Default)]
+struct Shredder {
+    queue: Option<std::sync::mpsc::Sender<PathBuf>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Shredder {
+    fn remove(&mut self, path: PathBuf) {
+        if self.queue.is_none() {
+            let (queue, paths) = std::sync::mpsc::channel::<PathBuf>();
+            let work = move || {
+                for path in paths {
+                    if let Err(e) = shred(&path) {
+                        warn_unremoved(&path, &e);
+                    }
+                }
+            };
+            match std::thread::Builder::new().name("journal-shred".into()).spawn(work) {
+                Ok(thread) => {
+                    self.queue = Some(queue);
+                    self.thread = Some(thread);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread to shrink trimmed segments; removing at once")
+                }
+            }
+        }
+        let path = match &self.queue {
+            Some(queue) => match queue.send(path) {
+                Ok(()) => return,
+                // The thread is gone (it panicked): remove it here instead.
+                Err(std::sync::mpsc::SendError(path)) => path,
+            },
+            None => path,
+        };
+        if let Err(e) = fs::remove_file(&path) {
+            warn_unremoved(&path, &e);
+        }
+    }
+
+    /// Waits until everything queued is removed.
+    fn finish(&mut self) {
+        self.queue = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Only disk space is at stake: a retired file is no longer part of the log, and the next open
+/// removes it. (NotFound: a store reopened in the same process got there first.)
+fn warn_unremoved(path: &Path, e: &io::Error) {
+    if e.kind() != io::ErrorKind::NotFound {
+        tracing::warn!(path = %path.display(), error = %e, "removing a trimmed segment");
+    }
 }
 
 #[derive(Debug)]
@@ -220,6 +281,7 @@ impl SegmentStore {
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err("locking", &lock_path)(e)),
         }
         let mut names = Vec::new();
+        let mut leftovers = Vec::new();
         let mut has_meta = false;
         for dirent in fs::read_dir(dir).map_err(io_err("listing log directory", dir))? {
             let dirent = dirent.map_err(io_err("listing log directory", dir))?;
@@ -242,15 +304,10 @@ impl SegmentStore {
                 tracing::warn!(path = %path.display(), "removing unfinished temporary file");
                 fs::remove_file(&path).map_err(io_err("removing temporary file", &path))?;
             } else if name.strip_suffix(TRIM_SUFFIX).and_then(parse_segment_name).is_some() {
-                // Trimmed before the stop, its removal unfinished; or, when a process reopens a
-                // store it dropped, still being removed by the old store's thread.
-                tracing::warn!(path = %path.display(), "removing trimmed segment");
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                        return Err(io_err("removing trimmed segment", &path)(e));
-                    }
-                    _ => {}
-                }
+                // Trimmed before the stop, its removal unfinished: shrunk away like any other
+                // (all at once, it would stall every fsync on the disk as trimming did).
+                tracing::info!(path = %path.display(), "removing trimmed segment left by the last run");
+                leftovers.push(path);
             } else {
                 tracing::warn!(path = %path.display(), "ignoring unknown file in log directory");
             }
@@ -274,7 +331,7 @@ impl SegmentStore {
         }
 
         let last = segments.last().map_or(EntryId::ZERO, |s| s.last);
-        let store = SegmentStore {
+        let mut store = SegmentStore {
             dir: dir.to_owned(),
             opts,
             segments,
@@ -283,8 +340,11 @@ impl SegmentStore {
             shared: Shared::with_durable(last),
             buf: Vec::new(),
             _lock: lock,
-            shredders: Vec::new(),
+            shredder: Shredder::default(),
         };
+        for path in leftovers {
+            store.shredder.remove(path);
+        }
         tracing::info!(
             dir = %store.dir.display(),
             segments = store.segments.len(),
@@ -446,32 +506,15 @@ impl SegmentStore {
             retired.push(retire_segment(&self.dir, &seg)?);
         }
         self.epochs.trim_before(self.first_lsn(), self.last().lsn);
-        if !retired.is_empty() {
-            self.shredders.retain(|t| !t.is_finished());
-            let shred_all = move || {
-                for path in retired {
-                    if let Err(e) = shred(&path) {
-                        // Only disk space is at stake: the file is no longer part of the log,
-                        // and the next open removes it.
-                        tracing::warn!(path = %path.display(), error = %e, "removing a trimmed segment");
-                    }
-                }
-            };
-            match std::thread::Builder::new().name("journal-shred".into()).spawn(shred_all) {
-                Ok(thread) => self.shredders.push(thread),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no thread to remove trimmed segments; the next open does")
-                }
-            }
+        for path in retired {
+            self.shredder.remove(path);
         }
         Ok(())
     }
 
     /// Waits until every trimmed segment's file is gone.
     pub fn finish_trims(&mut self) {
-        for thread in self.shredders.drain(..) {
-            let _ = thread.join();
-        }
+        self.shredder.finish();
     }
 
     fn save_meta_files(&self, meta: &Meta) -> Result<(), StoreError> {
@@ -1026,12 +1069,13 @@ mod tests {
         assert_eq!(s.read(first, 100, 1 << 20).unwrap().len() as u64, 40 - first + 1);
 
         // A stop while a trimmed segment was being shrunk leaves its `.trim` file behind (with
-        // whatever length it had reached): the next open removes it and reads the log intact.
+        // whatever length it had reached): the next open reads the log intact and removes it.
         let last = s.last();
         drop(s);
         let leftover = dir.path().join(format!("{}{TRIM_SUFFIX}", segment_name(1)));
         fs::write(&leftover, b"half shrunk").unwrap();
-        let s = SegmentStore::open(dir.path(), opts).unwrap();
+        let mut s = SegmentStore::open(dir.path(), opts).unwrap();
+        s.finish_trims();
         assert!(!leftover.exists(), "the leftover trimmed segment was not removed");
         assert_eq!(s.last(), last);
         assert_eq!(s.first_lsn(), first);
