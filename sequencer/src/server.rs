@@ -713,17 +713,8 @@ impl Sequencer {
             sorted[self.journal.majority() - 1]
         };
         // The recovered suffix counts as committed only with the epoch-start record on a majority.
-        // Compared and raised under the watch's own lock: two acknowledgements handled on two
-        // threads could otherwise both pass the comparison and the lower one land last, moving
-        // the watermark back below commits already answered.
         if quorum >= self.epoch_start {
-            self.commit.send_if_modified(|commit| {
-                let raise = quorum > *commit;
-                if raise {
-                    *commit = quorum;
-                }
-                raise
-            });
+            raise_watermark(&self.commit, quorum);
         }
     }
 
@@ -885,6 +876,20 @@ impl Sequencer {
     }
 }
 
+/// Raises `watermark` to `to` unless it is already there, compared and raised under the
+/// watch's own lock: two acknowledgements handled on two threads could otherwise both pass the
+/// comparison and the lower one land last, moving the watermark back below commits already
+/// answered.
+fn raise_watermark(watermark: &watch::Sender<Lsn>, to: Lsn) {
+    watermark.send_if_modified(|current| {
+        let raise = to > *current;
+        if raise {
+            *current = to;
+        }
+        raise
+    });
+}
+
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
@@ -943,6 +948,31 @@ async fn seal_majority(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two threads raise one watermark, one through even LSNs and one through odd ones. Once a
+    /// raise returns, the watermark must never be seen below it again: a commit answered at
+    /// that LSN would otherwise be missed by the next begin.
+    #[test]
+    fn the_commit_watermark_never_moves_back() {
+        use std::sync::atomic::AtomicU64;
+        let (watermark, _rx) = watch::channel(0);
+        let done = [AtomicU64::new(0), AtomicU64::new(0)];
+        std::thread::scope(|scope| {
+            for me in 0..2usize {
+                let (watermark, done) = (&watermark, &done);
+                scope.spawn(move || {
+                    for step in 0..200_000u64 {
+                        let to = step * 2 + me as u64;
+                        raise_watermark(watermark, to);
+                        done[me].store(to, Ordering::SeqCst);
+                        let other = done[1 - me].load(Ordering::SeqCst);
+                        let now = *watermark.borrow();
+                        assert!(now >= to.max(other), "watermark {now} after raises to {to} and {other}");
+                    }
+                });
+            }
+        });
+    }
     use triad_protocol::{Isolation, Write};
 
     fn table(cap: usize) -> TxnTable {

@@ -34,7 +34,7 @@
 //! - Deleting segments (truncation, trimming) goes one file at a time, each unlink (or, when
 //!   trimming, rename to a `.trim` name) made durable before the next, so that a crash part-way
 //!   leaves a prefix or suffix of the old segments, never a gap.
-//! - A trimmed segment is then shrunk a few megabytes at a time on a thread of its own before
+//! - A trimmed segment is then shrunk a few megabytes at a time, by one thread per store, before
 //!   its file goes: freeing a whole segment at once makes the filesystem free (and, mounted with
 //!   `discard`, discard) 64 MiB in one journal commit, which holds up every fsync on the disk,
 //!   the appends' own among them. Recovery removes a `.trim` file a stop left behind.
