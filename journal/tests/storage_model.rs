@@ -120,9 +120,9 @@ fn compare(seg: &SegmentStore, mem: &MemoryStore) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn run(ops: Vec<Op>, segment_bytes: u64) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, segment_bytes: u64, recycle: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let opts = SegmentOptions { segment_bytes };
+    let opts = SegmentOptions { segment_bytes, recycle };
     let mut seg = SegmentStore::open(dir.path(), opts.clone()).unwrap();
     let mut mem = MemoryStore::new();
     for op in ops {
@@ -201,8 +201,9 @@ proptest! {
     fn segment_store_behaves_like_memory_store(
         ops in prop::collection::vec(op(), 1..40),
         segment_bytes in prop_oneof![Just(40u64), Just(120), Just(400), Just(1 << 20)],
+        recycle: bool,
     ) {
-        run(ops, segment_bytes)?;
+        run(ops, segment_bytes, recycle)?;
     }
 }
 

@@ -25,8 +25,10 @@ fn id(epoch: u64, lsn: Lsn) -> EntryId {
     EntryId::new(Epoch(epoch), lsn)
 }
 
+/// Without recycling, so that a file's length is where its records end and the tests can tear
+/// and damage it there; the tests using `recycling` cover the other layout.
 fn opts(segment_bytes: u64) -> SegmentOptions {
-    SegmentOptions { segment_bytes }
+    SegmentOptions { segment_bytes, recycle: false }
 }
 
 fn open(dir: &Path, segment_bytes: u64) -> SegmentStore {
@@ -144,6 +146,122 @@ fn zero_filled_tail_keeps_every_record() {
     let store = open(dir.path(), 1 << 20);
     assert_eq!(all(&store), written);
     assert_eq!(file_len(&file), full);
+}
+
+fn recycling(segment_bytes: u64) -> SegmentOptions {
+    SegmentOptions { segment_bytes, recycle: true }
+}
+
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().ino()
+}
+
+/// Same-sized records (so that a recycled file's old records line up with the new ones) in
+/// segments of four, trimmed so that the oldest file becomes the spare.
+fn log_with_a_spare(dir: &Path) -> (SegmentStore, Vec<Entry>, u64) {
+    let unit = |lsn: Lsn| Entry { epoch: Epoch(1), lsn, payload: Bytes::from(format!("{lsn:08}")) };
+    let seg_bytes = SEGMENT_HEADER + 4 * (RECORD_OVERHEAD + 8);
+    let mut store = SegmentStore::open(dir, recycling(seg_bytes)).unwrap();
+    let written: Vec<Entry> = (1..=12).map(unit).collect();
+    store.append(&written).unwrap();
+    assert_eq!(segment_files(dir).len(), 3);
+    let oldest = inode(&segment_files(dir)[0]);
+    store.trim_before(5).unwrap();
+    store.finish_trims();
+    assert_eq!(store.first_lsn(), 5);
+    assert_eq!(inode(&dir.join("next.spare")), oldest, "the trimmed file was not kept");
+    (store, written[4..].to_vec(), oldest)
+}
+
+#[test]
+fn a_trimmed_segment_file_becomes_the_next_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut held, recycled) = log_with_a_spare(dir.path());
+    let more: Vec<Entry> = (13..=14)
+        .map(|lsn| Entry { epoch: Epoch(2), lsn, payload: Bytes::from(format!("{lsn:08}")) })
+        .collect();
+    store.append(&more).unwrap();
+    held.extend(more);
+    let newest = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(inode(&newest), recycled, "the new segment did not take the spare");
+    assert!(!dir.path().join("next.spare").exists());
+    // The old records of lsn 3 and 4 still follow the two new ones, lined up with them.
+    assert_eq!(file_len(&newest), SEGMENT_HEADER + 4 * (RECORD_OVERHEAD + 8));
+    assert_eq!(all(&store), held);
+    store.sync_handle().unwrap().sync().unwrap();
+    drop(store);
+
+    // Recovery ends the log at the first old record and cuts the old contents away.
+    let mut store = SegmentStore::open(dir.path(), recycling(1 << 20)).unwrap();
+    assert_eq!(all(&store), held);
+    assert_eq!(store.last(), id(2, 14));
+    assert_eq!(file_len(&newest), SEGMENT_HEADER + 2 * (RECORD_OVERHEAD + 8));
+    let after = batch(2, 15..=16);
+    store.append(&after).unwrap();
+    held.extend(after);
+    drop(store);
+    assert_eq!(all(&open(dir.path(), 1 << 20)), held);
+}
+
+#[test]
+fn a_recycled_segment_s_old_records_out_of_line_end_the_log_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut held, _) = log_with_a_spare(dir.path());
+    // One record of a different size: the old records no longer line up with the new ones.
+    let odd = Entry { epoch: Epoch(1), lsn: 13, payload: Bytes::from_static(b"odd") };
+    store.append(std::slice::from_ref(&odd)).unwrap();
+    held.push(odd);
+    drop(store);
+    let store = SegmentStore::open(dir.path(), recycling(1 << 20)).unwrap();
+    assert_eq!(all(&store), held);
+}
+
+#[test]
+fn a_growing_segment_hands_over_to_a_spare_once_one_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, held, recycled) = log_with_a_spare(dir.path());
+    drop(store);
+    // A reopen keeps the spare; the last segment (lsn 9..12, full) grows as it is written.
+    let mut store = SegmentStore::open(dir.path(), recycling(1 << 20)).unwrap();
+    assert_eq!(inode(&dir.path().join("next.spare")), recycled);
+    let growing = segment_files(dir.path()).pop().unwrap();
+    let more = batch(1, 13..=14);
+    store.append(&more).unwrap();
+    let files = segment_files(dir.path());
+    assert_eq!(inode(files.last().unwrap()), recycled, "the growing segment was not closed for the spare");
+    assert_eq!(files[files.len() - 2], growing);
+    drop(store);
+    assert_eq!(all(&open(dir.path(), 1 << 20)), [held, more].concat());
+}
+
+#[test]
+fn without_recycling_trimmed_files_go_and_a_kept_spare_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, held, _) = log_with_a_spare(dir.path());
+    drop(store);
+    let mut store = open(dir.path(), 1 << 20);
+    store.finish_trims();
+    assert!(!dir.path().join("next.spare").exists());
+    assert_eq!(all(&store), held);
+    store.trim_before(9).unwrap();
+    store.finish_trims();
+    assert!(!dir.path().join("next.spare").exists());
+    assert_eq!(segment_files(dir.path()).len(), 1);
+}
+
+#[test]
+fn zeros_at_the_end_of_an_earlier_segment_are_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 200);
+    store.append(&batch(1, 1..=30)).unwrap();
+    drop(store);
+    let files = segment_files(dir.path());
+    let victim = &files[1];
+    let len = file_len(victim);
+    set_len(victim, len + 4096);
+    let (segment, offset, _) = expect_corrupt(SegmentStore::open(dir.path(), opts(200)));
+    assert_eq!((&segment, offset), (victim, len));
 }
 
 #[test]

@@ -228,6 +228,12 @@ struct JournalArgs {
     /// Segment size before rolling over to a new file.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     segment_size: u64,
+    /// Delete trimmed segment files instead of keeping one to overwrite as the next segment.
+    /// Recycling (the default) keeps an append's fdatasync from waiting on a filesystem journal
+    /// commit, at the cost of one spare segment of disk; turn it off on copy-on-write
+    /// filesystems, where overwriting in place gains nothing.
+    #[arg(long)]
+    no_recycle: bool,
     /// Entries kept below the slowest registered learner before segments are trimmed.
     #[arg(long, default_value_t = 100_000)]
     retain_entries: u64,
@@ -422,7 +428,7 @@ fn main() -> Result<()> {
 
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
-    let opts = SegmentOptions { segment_bytes: a.segment_size };
+    let opts = SegmentOptions { segment_bytes: a.segment_size, recycle: !a.no_recycle };
     let store = SegmentStore::open(&a.data_dir, opts)
         .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
     let node_opts =

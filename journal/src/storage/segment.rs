@@ -6,6 +6,7 @@
 //! <dir>/00000000000000000001.seg   segments, named by the LSN of their first record
 //! <dir>/00000000000000004097.seg
 //! <dir>/meta                       promised epoch + commit watermark
+//! <dir>/next.spare                 a trimmed segment's file, kept to become the next segment
 //! ```
 //!
 //! A segment starts with a 32-byte header and continues with records:
@@ -38,6 +39,24 @@
 //!   its file goes: freeing a whole segment at once makes the filesystem free (and, mounted with
 //!   `discard`, discard) 64 MiB in one journal commit, which holds up every fsync on the disk,
 //!   the appends' own among them. Recovery removes a `.trim` file a stop left behind.
+//!
+//! # Recycling
+//!
+//! An append to a growing file changes its size, so its fdatasync must commit the filesystem's
+//! journal, and that commit first writes out whatever data the disk's other writers (the
+//! replayer's RocksDB, the other journal nodes) have pending. An append that overwrites blocks
+//! already written changes no metadata, and its fdatasync flushes only its own pages. So a
+//! trimmed segment's file is kept as `next.spare` (when none is kept yet) instead of being
+//! shrunk away, and the next segment takes it: its header is written and synced, then the file
+//! is renamed to the segment's name. Without a spare a new segment grows as it is written, and
+//! a growing segment is closed early at the first append after a spare appears.
+//!
+//! Past its records a recycled segment holds its old contents: records of LSNs below its first
+//! one, or pieces of them. Recovery ends the last segment at such a record as at a torn tail
+//! (and with the same check that no valid record of a higher LSN follows), and a segment is cut
+//! to its records before a newer one exists, so only the last segment is ever longer than its
+//! records. A `next.spare` left by a stop is reused.
+//!
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -78,6 +97,8 @@ const TMP_SUFFIX: &str = ".tmp";
 const TRIM_SUFFIX: &str = ".trim";
 /// How much a trimmed segment shrinks per step (each step one truncation and one fsync).
 const SHRED_STEP: u64 = 2 << 20;
+/// A trimmed segment's file, kept for the next segment.
+const SPARE: &str = "next.spare";
 
 /// Tuning of a [`SegmentStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,11 +106,18 @@ pub struct SegmentOptions {
     /// A segment is closed and a new one started once a record would take it over this size
     /// (a segment always holds at least one record, so a single larger record makes it larger).
     pub segment_bytes: u64,
+    /// Keep a trimmed segment's file for the next segment instead of deleting it, so that
+    /// appends overwrite blocks the filesystem has already allocated: their fdatasync then
+    /// flushes only data, where a growing file also needs a filesystem journal commit for its
+    /// new size (and that commit waits for whatever the disk's other writers put in it), and no
+    /// segment's blocks are freed. Costs one segment of disk space. Off is for filesystems
+    /// where overwriting in place gains nothing (copy-on-write).
+    pub recycle: bool,
 }
 
 impl Default for SegmentOptions {
     fn default() -> Self {
-        SegmentOptions { segment_bytes: 64 << 20 }
+        SegmentOptions { segment_bytes: 64 << 20, recycle: true }
     }
 }
 
@@ -109,25 +137,29 @@ pub struct SegmentStore {
     _lock: File,
     /// Shrinks trimmed segments away (see the module documentation).
     shredder: Shredder,
+    /// A trimmed segment's file waiting to become the next segment.
+    spare: Option<Spare>,
 }
 
 /// One thread per store that removes retired segments one after another, so that two never
-/// free their blocks in the same filesystem commit. Started on first use. Dropped with the
-/// store, it finishes what is queued and ends; a retired file is never part of the log, so
-/// nothing waits for it.
+/// free their blocks in the same filesystem commit. Started on first use. [`Shredder::finish`]
+/// lets it finish what is queued; dropped with the store, it stops after the step at hand (a
+/// retired file is never part of the log, and the next open removes what is left).
 #[derive(Debug, Default)]
 struct Shredder {
     queue: Option<std::sync::mpsc::Sender<PathBuf>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shredder {
     fn remove(&mut self, path: PathBuf) {
         if self.queue.is_none() {
             let (queue, paths) = std::sync::mpsc::channel::<PathBuf>();
+            let stop = Arc::clone(&self.stop);
             let work = move || {
                 for path in paths {
-                    if let Err(e) = shred(&path) {
+                    if let Err(e) = shred(&path, &stop) {
                         warn_unremoved(&path, &e);
                     }
                 }
@@ -164,6 +196,23 @@ impl Shredder {
     }
 }
 
+impl Drop for Shredder {
+    fn drop(&mut self) {
+        // Joined, so that a store reopened in this process never meets this one's thread.
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.finish();
+    }
+}
+
+/// A trimmed segment's file kept to become the next segment: its blocks are allocated and
+/// written, so appends that overwrite them change no file metadata (see the module docs).
+#[derive(Debug)]
+struct Spare {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
 /// Only disk space is at stake: a retired file is no longer part of the log, and the next open
 /// removes it. (NotFound: a store reopened in the same process got there first.)
 fn warn_unremoved(path: &Path, e: &io::Error) {
@@ -179,8 +228,11 @@ struct Segment {
     prev: EntryId,
     path: PathBuf,
     file: Arc<File>,
-    /// Bytes of valid data (header and whole records); the file is never longer on purpose.
+    /// Bytes of valid data (header and whole records).
     size: u64,
+    /// Length of the file. Beyond `size` a recycled file holds what it held in its earlier
+    /// life; only the last segment is ever longer than `size`.
+    allocated: u64,
     /// The last record's entry, or `prev` when the segment holds none.
     last: EntryId,
     /// `(lsn, offset)` of the first record and then of one record every `INDEX_INTERVAL` bytes.
@@ -282,6 +334,7 @@ impl SegmentStore {
         }
         let mut names = Vec::new();
         let mut leftovers = Vec::new();
+        let mut spare = None;
         let mut has_meta = false;
         for dirent in fs::read_dir(dir).map_err(io_err("listing log directory", dir))? {
             let dirent = dirent.map_err(io_err("listing log directory", dir))?;
@@ -295,6 +348,11 @@ impl SegmentStore {
             }
             if name == META_FILE {
                 has_meta = true;
+            } else if name == SPARE && opts.recycle {
+                spare = Some(path);
+            } else if name == SPARE {
+                // Not wanted now; never part of the log.
+                leftovers.push(path);
             } else if let Some(lsn) = parse_segment_name(&name) {
                 names.push((lsn, path));
             } else if name == META_TMP || name.strip_suffix(TMP_SUFFIX).and_then(parse_segment_name).is_some()
@@ -341,9 +399,13 @@ impl SegmentStore {
             buf: Vec::new(),
             _lock: lock,
             shredder: Shredder::default(),
+            spare: None,
         };
         for path in leftovers {
             store.shredder.remove(path);
+        }
+        if let Some(path) = spare {
+            store.keep_spare(path);
         }
         tracing::info!(
             dir = %store.dir.display(),
@@ -390,6 +452,8 @@ impl SegmentStore {
         if self.segments.is_empty() {
             let seg = self.create_segment(entries[0].lsn, self.last())?;
             self.segments.push(seg);
+        } else if self.spare_would_help() {
+            self.roll(entries[0].lsn)?;
         }
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
@@ -414,6 +478,15 @@ impl SegmentStore {
         Ok(())
     }
 
+    /// Whether the active segment grows as it is written while a spare is ready: then it is
+    /// closed early, so that the appends overwrite allocated blocks from now on. That happens
+    /// when the first trim of a log comes while its segment is growing, and after a reopen
+    /// (which cuts a recycled segment's old contents away).
+    fn spare_would_help(&self) -> bool {
+        let active = self.active();
+        self.spare.is_some() && !active.is_empty() && active.allocated <= active.size
+    }
+
     /// Writes `buf`, the encoding of `run`, at the end of the active segment.
     fn write_run(&mut self, buf: &[u8], run: &[Entry]) -> Result<(), StoreError> {
         let Some(last) = run.last() else {
@@ -428,16 +501,24 @@ impl SegmentStore {
             offset += record_len(entry);
         }
         seg.size = offset;
+        seg.allocated = seg.allocated.max(offset);
         seg.last = last.id();
         Ok(())
     }
 
     /// Closes the active segment and starts one at `first_lsn`.
     fn roll(&mut self, first_lsn: Lsn) -> Result<(), StoreError> {
-        let old = self.active();
+        let old = self.segments.last_mut().expect("caller checked there is a segment");
         // Recovery treats damage in any segment but the last as corruption, so a segment must be
-        // complete on disk before a newer one can exist.
-        old.file.sync_data().map_err(io_err("syncing full segment", &old.path))?;
+        // complete on disk before a newer one can exist, and not longer than its records: only
+        // the last segment may end in what a recycled file held before.
+        if old.allocated > old.size {
+            old.file.set_len(old.size).map_err(io_err("cutting unused end of full segment", &old.path))?;
+            old.allocated = old.size;
+            old.file.sync_all().map_err(io_err("syncing full segment", &old.path))?;
+        } else {
+            old.file.sync_data().map_err(io_err("syncing full segment", &old.path))?;
+        }
         let old_last = old.last;
         // Every older segment was synced the same way, so the whole log so far is durable.
         self.shared.advance_to(old_last);
@@ -447,21 +528,36 @@ impl SegmentStore {
         Ok(())
     }
 
-    fn create_segment(&self, first_lsn: Lsn, prev: EntryId) -> Result<Segment, StoreError> {
+    fn create_segment(&mut self, first_lsn: Lsn, prev: EntryId) -> Result<Segment, StoreError> {
         let name = segment_name(first_lsn);
         let path = self.dir.join(&name);
-        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err("creating segment", &tmp))?;
-        file.write_all_at(&encode_header(first_lsn, prev.epoch), 0)
-            .map_err(io_err("writing segment header", &tmp))?;
-        file.sync_all().map_err(io_err("syncing segment header", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("renaming new segment", &path))?;
+        let header = encode_header(first_lsn, prev.epoch);
+        let (file, allocated) = match self.spare.take() {
+            Some(spare) => {
+                // Its blocks are written and synced already, so the header is all there is to
+                // make durable before the file takes the segment's name. What follows the header
+                // is the file's earlier life: records of LSNs below this segment's, which
+                // recovery never takes for this segment's own.
+                spare.file.write_all_at(&header, 0).map_err(io_err("writing segment header", &spare.path))?;
+                spare.file.sync_data().map_err(io_err("syncing segment header", &spare.path))?;
+                fs::rename(&spare.path, &path).map_err(io_err("renaming spare to segment", &path))?;
+                (spare.file, spare.len)
+            }
+            None => {
+                let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+                    .map_err(io_err("creating segment", &tmp))?;
+                file.write_all_at(&header, 0).map_err(io_err("writing segment header", &tmp))?;
+                file.sync_all().map_err(io_err("syncing segment header", &tmp))?;
+                fs::rename(&tmp, &path).map_err(io_err("renaming new segment", &path))?;
+                (file, HEADER_LEN)
+            }
+        };
         sync_dir(&self.dir)?;
         Ok(Segment {
             first_lsn,
@@ -469,9 +565,34 @@ impl SegmentStore {
             path,
             file: Arc::new(file),
             size: HEADER_LEN,
+            allocated,
             last: prev,
             index: Vec::new(),
         })
+    }
+
+    /// Keeps the file at `path` (a retired segment, or the spare of an earlier run) as the
+    /// next segment's file; or, if it cannot be opened, has it removed. Never fails: only
+    /// speed is at stake.
+    fn keep_spare(&mut self, path: PathBuf) {
+        let spare_path = self.dir.join(SPARE);
+        let kept = (|| {
+            if path != spare_path {
+                fs::rename(&path, &spare_path)?;
+            }
+            let file = OpenOptions::new().read(true).write(true).open(&spare_path)?;
+            let len = file.metadata()?.len();
+            io::Result::Ok(Spare { path: spare_path.clone(), file, len })
+        })();
+        match kept {
+            Ok(spare) if spare.len > HEADER_LEN => self.spare = Some(spare),
+            Ok(_) => self.shredder.remove(spare_path),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "keeping a trimmed segment for reuse");
+                let gone = if spare_path.exists() { spare_path } else { path };
+                self.shredder.remove(gone);
+            }
+        }
     }
 
     fn truncate_files(&mut self, lsn: Lsn, new_last: EntryId) -> Result<(), StoreError> {
@@ -492,6 +613,7 @@ impl SegmentStore {
         // The size change must be durable too, hence sync_all rather than sync_data.
         seg.file.sync_all().map_err(io_err("syncing truncated segment", &seg.path))?;
         seg.size = new_size;
+        seg.allocated = new_size;
         seg.last = new_last;
         seg.index.retain(|&(l, _)| l <= lsn);
         self.epochs.truncate_after(lsn);
@@ -507,12 +629,16 @@ impl SegmentStore {
         }
         self.epochs.trim_before(self.first_lsn(), self.last().lsn);
         for path in retired {
-            self.shredder.remove(path);
+            if self.opts.recycle && self.spare.is_none() {
+                self.keep_spare(path);
+            } else {
+                self.shredder.remove(path);
+            }
         }
         Ok(())
     }
 
-    /// Waits until every trimmed segment's file is gone.
+    /// Waits until every trimmed segment's file that is not kept for reuse is gone.
     pub fn finish_trims(&mut self) {
         self.shredder.finish();
     }
@@ -703,6 +829,7 @@ fn recover_segment(
         path,
         file: Arc::new(file),
         size: HEADER_LEN,
+        allocated: file_len,
         last: prev_id,
         index: Vec::new(),
     };
@@ -713,6 +840,11 @@ fn recover_segment(
         match step {
             Step::End => break None,
             Step::Bad { offset, reason } => break Some((offset, reason)),
+            Step::Record { offset, lsn, .. } if is_last && lsn < seg.first_lsn => {
+                // Left from the file's life as an older segment (see `recycle`): the log ends.
+                let reason = format!("lsn {lsn} is below the segment's first lsn: left from an earlier use");
+                break Some((offset, reason));
+            }
             Step::Record { offset, epoch, lsn, payload } => {
                 // A record with a valid checksum in the wrong place cannot come from a torn write.
                 if lsn != seg.last.lsn + 1 {
@@ -741,15 +873,18 @@ fn recover_segment(
             let reason = format!("{reason}, but a valid record (lsn {lsn}) follows at {found_at}");
             return Err(corrupt(&seg.path, offset, reason));
         }
-        tracing::warn!(
+        // Nothing acknowledged is cut: it was synced, so damage in front of it would have been
+        // followed by a valid record, found just above.
+        tracing::info!(
             segment = %seg.path.display(),
             offset,
             dropped_bytes = file_len - offset,
             reason,
-            "cutting torn tail of the last log segment"
+            "cutting the end of the last log segment: a torn write, or a reused file's old contents"
         );
         seg.file.set_len(offset).map_err(io_err("truncating torn tail", &seg.path))?;
         seg.file.sync_all().map_err(io_err("syncing truncated segment", &seg.path))?;
+        seg.allocated = offset;
     }
     Ok(seg)
 }
@@ -820,11 +955,14 @@ fn retire_segment(dir: &Path, seg: &Segment) -> Result<PathBuf, StoreError> {
 
 /// Deletes a retired segment [`SHRED_STEP`] bytes at a time. Each step's fsync commits it
 /// (and frees its blocks) before the next begins: no sleeping, and other fsyncs on the disk
-/// wait behind one step at most.
-fn shred(path: &Path) -> io::Result<()> {
+/// wait behind one step at most. Gives up when `stop` is set; the next open finishes it.
+fn shred(path: &Path, stop: &std::sync::atomic::AtomicBool) -> io::Result<()> {
     let file = OpenOptions::new().write(true).open(path)?;
     let mut len = file.metadata()?.len();
     while len > SHRED_STEP {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         len -= SHRED_STEP;
         file.set_len(len)?;
         file.sync_all()?;
@@ -1051,7 +1189,7 @@ mod tests {
     #[test]
     fn trimmed_segments_go_and_a_leftover_is_removed_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = SegmentOptions { segment_bytes: 200 };
+        let opts = SegmentOptions { segment_bytes: 200, recycle: true };
         let mut s = SegmentStore::open(dir.path(), opts.clone()).unwrap();
         for lsn in 1..=40 {
             s.append(&entries(1, lsn..=lsn)).unwrap();
