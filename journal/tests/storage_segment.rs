@@ -217,6 +217,73 @@ fn a_recycled_segment_s_old_records_out_of_line_end_the_log_too() {
     assert_eq!(all(&store), held);
 }
 
+/// A recycled segment holding lsn 13..=16 over the old records of lsn 1..=4 (same sizes, so
+/// they line up), with the spare's old bytes saved; the store is dropped.
+fn recycled_segment_of_four(dir: &Path) -> (Vec<Entry>, PathBuf, Vec<u8>) {
+    let (mut store, mut held, _) = log_with_a_spare(dir);
+    let old_bytes = fs::read(dir.join("next.spare")).unwrap();
+    let more: Vec<Entry> = (13..=16)
+        .map(|lsn| Entry { epoch: Epoch(1), lsn, payload: Bytes::from(format!("{lsn:08}")) })
+        .collect();
+    store.append(&more).unwrap();
+    store.sync_handle().unwrap().sync().unwrap();
+    held.extend(more);
+    drop(store);
+    let newest = segment_files(dir).pop().unwrap();
+    (held, newest, old_bytes)
+}
+
+#[test]
+fn a_power_cut_during_a_recycled_segment_s_flush_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (held, newest, old_bytes) = recycled_segment_of_four(dir.path());
+    // The flush reached the disk out of order: lsn 15 and 16 did, lsn 14's bytes did not and
+    // still hold the old record of lsn 2. Nothing from lsn 14 on was acknowledged.
+    let record = (RECORD_OVERHEAD + 8) as usize;
+    let at = SEGMENT_HEADER as usize + record;
+    let mut bytes = fs::read(&newest).unwrap();
+    bytes[at..at + record].copy_from_slice(&old_bytes[at..at + record]);
+    fs::write(&newest, bytes).unwrap();
+
+    let mut store = SegmentStore::open(dir.path(), recycling(1 << 20)).unwrap();
+    assert_eq!(store.last(), id(1, 13));
+    assert_eq!(all(&store), held[..held.len() - 3]);
+    assert_eq!(file_len(&newest), SEGMENT_HEADER + record as u64, "the unsynced records are cut away");
+    let replacement = batch(2, 14..=15);
+    store.append(&replacement).unwrap();
+    drop(store);
+    assert_eq!(all(&open(dir.path(), 1 << 20)), [&held[..held.len() - 3], &replacement[..]].concat());
+}
+
+#[test]
+fn damage_to_a_recycled_segment_s_own_records_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, newest, _) = recycled_segment_of_four(dir.path());
+    // A byte of lsn 14's payload: synced records follow, and no old contents lie between.
+    let record = RECORD_OVERHEAD + 8;
+    flip_byte(&newest, SEGMENT_HEADER + record + RECORD_OVERHEAD + 2);
+    let before = fs::read(&newest).unwrap();
+    let (segment, offset, reason) = expect_corrupt(SegmentStore::open(dir.path(), recycling(1 << 20)));
+    assert_eq!((segment, offset), (newest.clone(), SEGMENT_HEADER + record), "{reason}");
+    assert_eq!(fs::read(&newest).unwrap(), before, "nothing is cut on corruption");
+}
+
+#[test]
+fn a_spare_is_never_the_first_segment_of_a_log() {
+    let seeded = tempfile::tempdir().unwrap();
+    let (store, _, _) = log_with_a_spare(seeded.path());
+    drop(store);
+    // The spare of another log (its segments gone), holding records of lsn 1..=4.
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(seeded.path().join("next.spare"), dir.path().join("next.spare")).unwrap();
+    let mut store = SegmentStore::open(dir.path(), recycling(1 << 20)).unwrap();
+    assert!(!dir.path().join("next.spare").exists(), "a spare without segments was kept");
+    let fresh = batch(1, 1..=2);
+    store.append(&fresh).unwrap();
+    drop(store);
+    assert_eq!(all(&open(dir.path(), 1 << 20)), fresh);
+}
+
 #[test]
 fn a_growing_segment_hands_over_to_a_spare_once_one_is_ready() {
     let dir = tempfile::tempdir().unwrap();

@@ -55,7 +55,11 @@
 //! one, or pieces of them. Recovery ends the last segment at such a record as at a torn tail
 //! (and with the same check that no valid record of a higher LSN follows), and a segment is cut
 //! to its records before a newer one exists, so only the last segment is ever longer than its
-//! records. A `next.spare` left by a stop is reused.
+//! records. Overwriting in place also loses the order a growing file's size gives: a power cut
+//! during a flush can leave later pages of it on disk and earlier ones not. Recovery accepts
+//! valid records after damage as such a torn flush (and cuts them) only when old contents lie
+//! between; otherwise they are corruption, as before. A `next.spare` left by a stop is reused
+//! if the log has segments (a new log never takes a spare) and removed otherwise.
 //!
 
 use std::fs::{self, File, OpenOptions};
@@ -133,12 +137,13 @@ pub struct SegmentStore {
     shared: Arc<Shared>,
     /// Reused for every append, so that the write path allocates nothing per record.
     buf: Vec<u8>,
-    /// Held (flock) while the store is open.
-    _lock: File,
     /// Shrinks trimmed segments away (see the module documentation).
     shredder: Shredder,
     /// A trimmed segment's file waiting to become the next segment.
     spare: Option<Spare>,
+    /// Held (flock) while the store is open. Last, so that it is released only after the
+    /// shredder's thread has been joined.
+    _lock: File,
 }
 
 /// One thread per store that removes retired segments one after another, so that two never
@@ -211,6 +216,14 @@ struct Spare {
     path: PathBuf,
     file: File,
     len: u64,
+}
+
+/// Removes a spare that will not be used, at once: never through the shredder's queue, which
+/// goes by name, and the next trim may give that name to another file.
+fn remove_spare(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        warn_unremoved(path, &e);
+    }
 }
 
 /// Only disk space is at stake: a retired file is no longer part of the log, and the next open
@@ -348,11 +361,8 @@ impl SegmentStore {
             }
             if name == META_FILE {
                 has_meta = true;
-            } else if name == SPARE && opts.recycle {
-                spare = Some(path);
             } else if name == SPARE {
-                // Not wanted now; never part of the log.
-                leftovers.push(path);
+                spare = Some(path);
             } else if let Some(lsn) = parse_segment_name(&name) {
                 names.push((lsn, path));
             } else if name == META_TMP || name.strip_suffix(TMP_SUFFIX).and_then(parse_segment_name).is_some()
@@ -405,7 +415,13 @@ impl SegmentStore {
             store.shredder.remove(path);
         }
         if let Some(path) = spare {
-            store.keep_spare(path);
+            // Only a log that has segments can have trimmed one: a spare anywhere else may
+            // hold records of any LSN, which recovery could not tell from new ones.
+            if store.opts.recycle && !store.segments.is_empty() {
+                store.keep_spare(path);
+            } else {
+                remove_spare(&path);
+            }
         }
         tracing::info!(
             dir = %store.dir.display(),
@@ -532,7 +548,8 @@ impl SegmentStore {
         let name = segment_name(first_lsn);
         let path = self.dir.join(&name);
         let header = encode_header(first_lsn, prev.epoch);
-        let (file, allocated) = match self.spare.take() {
+        let spare = if self.segments.is_empty() { None } else { self.spare.take() };
+        let (file, allocated) = match spare {
             Some(spare) => {
                 // Its blocks are written and synced already, so the header is all there is to
                 // make durable before the file takes the segment's name. What follows the header
@@ -572,25 +589,27 @@ impl SegmentStore {
     }
 
     /// Keeps the file at `path` (a retired segment, or the spare of an earlier run) as the
-    /// next segment's file; or, if it cannot be opened, has it removed. Never fails: only
-    /// speed is at stake.
+    /// next segment's file; or, if that fails, removes it. Never fails: only speed is at stake.
     fn keep_spare(&mut self, path: PathBuf) {
         let spare_path = self.dir.join(SPARE);
-        let kept = (|| {
-            if path != spare_path {
-                fs::rename(&path, &spare_path)?;
-            }
-            let file = OpenOptions::new().read(true).write(true).open(&spare_path)?;
-            let len = file.metadata()?.len();
-            io::Result::Ok(Spare { path: spare_path.clone(), file, len })
-        })();
-        match kept {
-            Ok(spare) if spare.len > HEADER_LEN => self.spare = Some(spare),
-            Ok(_) => self.shredder.remove(spare_path),
-            Err(e) => {
+        if path != spare_path {
+            if let Err(e) = fs::rename(&path, &spare_path) {
                 tracing::warn!(path = %path.display(), error = %e, "keeping a trimmed segment for reuse");
-                let gone = if spare_path.exists() { spare_path } else { path };
-                self.shredder.remove(gone);
+                // Still under its retired name, which nothing reuses.
+                self.shredder.remove(path);
+                return;
+            }
+        }
+        let opened = OpenOptions::new().read(true).write(true).open(&spare_path).and_then(|file| {
+            let len = file.metadata()?.len();
+            Ok(Spare { path: spare_path.clone(), file, len })
+        });
+        match opened {
+            Ok(spare) if spare.len > HEADER_LEN => self.spare = Some(spare),
+            Ok(_) => remove_spare(&spare_path),
+            Err(e) => {
+                tracing::warn!(path = %spare_path.display(), error = %e, "opening the spare segment file");
+                remove_spare(&spare_path);
             }
         }
     }
@@ -867,14 +886,28 @@ fn recover_segment(
         if !is_last {
             return Err(corrupt(&seg.path, offset, reason));
         }
-        if let Some((found_at, lsn)) = find_valid_record(&seg.file, offset + 1, file_len, seg.last.lsn + 1)
-            .map_err(io_err("reading segment", &seg.path))?
-        {
-            let reason = format!("{reason}, but a valid record (lsn {lsn}) follows at {found_at}");
-            return Err(corrupt(&seg.path, offset, reason));
+        let found = find_valid_record(&seg.file, offset, file_len, seg.last.lsn + 1, seg.first_lsn)
+            .map_err(io_err("reading segment", &seg.path))?;
+        match found {
+            Some((found_at, lsn, false)) => {
+                let reason = format!("{reason}, but a valid record (lsn {lsn}) follows at {found_at}");
+                return Err(corrupt(&seg.path, offset, reason));
+            }
+            // A recycled file's old contents lie between: those pages were never written in
+            // this life, so no flush covering the records after them ever completed (a flush
+            // writes every page written before it). A power cut during the flush of a recycled
+            // segment leaves exactly this; damage to synced data would not show old records.
+            Some((found_at, lsn, true)) => tracing::info!(
+                segment = %seg.path.display(),
+                offset,
+                lsn,
+                found_at,
+                "records past old contents were never synced (power cut during a flush)"
+            ),
+            None => {}
         }
         // Nothing acknowledged is cut: it was synced, so damage in front of it would have been
-        // followed by a valid record, found just above.
+        // followed by a valid record, found just above, with no old contents between.
         tracing::info!(
             segment = %seg.path.display(),
             offset,
@@ -890,8 +923,16 @@ fn recover_segment(
 }
 
 /// Looks for a record with a valid checksum and an LSN of at least `min_lsn` anywhere in
-/// `from..end`: proof that the damage before it is not a torn tail.
-fn find_valid_record(file: &File, from: u64, end: u64, min_lsn: Lsn) -> io::Result<Option<(u64, Lsn)>> {
+/// `from..end`: proof that the damage before it is not a torn tail. With it comes whether a
+/// valid record of an LSN below `old_below` (left from a recycled file's earlier life) lies
+/// between `from` and it.
+fn find_valid_record(
+    file: &File,
+    from: u64,
+    end: u64,
+    min_lsn: Lsn,
+    old_below: Lsn,
+) -> io::Result<Option<(u64, Lsn, bool)>> {
     if from >= end {
         return Ok(None);
     }
@@ -900,18 +941,25 @@ fn find_valid_record(file: &File, from: u64, end: u64, min_lsn: Lsn) -> io::Resu
     let min_record = RECORD_HEADER + BODY_PREFIX;
     // No record in this tail can be further ahead than one per minimal record size.
     let max_lsn = min_lsn.saturating_add((buf.len() / min_record) as u64);
+    let mut old_seen = false;
     for p in 0..buf.len().saturating_sub(min_record - 1) {
         let len = read_u32(&buf[p..]) as usize;
         if len < BODY_PREFIX || buf.len() - p - RECORD_HEADER < len {
             continue;
         }
         let lsn = read_u64(&buf[p + RECORD_HEADER + 8..]);
-        if lsn < min_lsn || lsn > max_lsn {
+        let old = lsn > 0 && lsn < old_below;
+        let wanted = if old { !old_seen } else { (min_lsn..=max_lsn).contains(&lsn) };
+        if !wanted {
             continue;
         }
         let body = &buf[p + RECORD_HEADER..p + RECORD_HEADER + len];
         if crc32c::crc32c(body) == read_u32(&buf[p + 4..]) {
-            return Ok(Some((from + p as u64, lsn)));
+            if old {
+                old_seen = true;
+            } else {
+                return Ok(Some((from + p as u64, lsn, old_seen)));
+            }
         }
     }
     Ok(None)
