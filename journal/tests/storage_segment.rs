@@ -192,14 +192,22 @@ fn a_trimmed_segment_file_becomes_the_next_segment() {
     store.sync_handle().unwrap().sync().unwrap();
     drop(store);
 
-    // Recovery ends the log at the first old record and cuts the old contents away.
+    // Recovery ends the log at the first old record, and keeps the old contents for the
+    // appends to overwrite.
     let mut store = SegmentStore::open(dir.path(), recycling(1 << 20)).unwrap();
     assert_eq!(all(&store), held);
     assert_eq!(store.last(), id(2, 14));
-    assert_eq!(file_len(&newest), SEGMENT_HEADER + 2 * (RECORD_OVERHEAD + 8));
-    let after = batch(2, 15..=16);
+    assert_eq!(file_len(&newest), SEGMENT_HEADER + 4 * (RECORD_OVERHEAD + 8));
+    // One record of another size: the old ones after it no longer line up.
+    let after = vec![Entry { epoch: Epoch(2), lsn: 15, payload: Bytes::from_static(b"fifteen!!") }];
     store.append(&after).unwrap();
     held.extend(after);
+    drop(store);
+    let mut store = SegmentStore::open(dir.path(), recycling(1 << 20)).unwrap();
+    assert_eq!(all(&store), held);
+    let last = batch(2, 16..=17);
+    store.append(&last).unwrap();
+    held.extend(last);
     drop(store);
     assert_eq!(all(&open(dir.path(), 1 << 20)), held);
 }

@@ -228,12 +228,14 @@ struct JournalArgs {
     /// Segment size before rolling over to a new file.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     segment_size: u64,
-    /// Delete trimmed segment files instead of keeping one to overwrite as the next segment.
-    /// Recycling (the default) keeps an append's fdatasync from waiting on a filesystem journal
-    /// commit, at the cost of one spare segment of disk; turn it off on copy-on-write
-    /// filesystems, where overwriting in place gains nothing.
+    /// Keep one trimmed segment file and overwrite it as the next segment instead of growing
+    /// a new file: an append's fdatasync then waits for no filesystem journal commit (11-15 %
+    /// more records/s at 256 producers in a 30 s run here). Off by default: until records carry
+    /// a checksum bound to their file's life, a client that plants a well-formed record inside
+    /// a value could have recovery take it for the next entry, if a later use of that file
+    /// ends exactly there when the node stops. Use only with trusted writers.
     #[arg(long)]
-    no_recycle: bool,
+    recycle: bool,
     /// Entries kept below the slowest registered learner before segments are trimmed.
     #[arg(long, default_value_t = 100_000)]
     retain_entries: u64,
@@ -428,7 +430,7 @@ fn main() -> Result<()> {
 
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
-    let opts = SegmentOptions { segment_bytes: a.segment_size, recycle: !a.no_recycle };
+    let opts = SegmentOptions { segment_bytes: a.segment_size, recycle: a.recycle };
     let store = SegmentStore::open(&a.data_dir, opts)
         .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
     let node_opts =

@@ -55,7 +55,8 @@
 //! one, or pieces of them. Recovery ends the last segment at such a record as at a torn tail
 //! (and with the same check that no valid record of a higher LSN follows), and a segment is cut
 //! to its records before a newer one exists, so only the last segment is ever longer than its
-//! records. Overwriting in place also loses the order a growing file's size gives: a power cut
+//! records. Recycling is off unless asked for (see [`SegmentOptions::recycle`] for why).
+//! Overwriting in place also loses the order a growing file's size gives: a power cut
 //! during a flush can leave later pages of it on disk and earlier ones not. Recovery accepts
 //! valid records after damage as such a torn flush (and cuts them) only when old contents lie
 //! between; otherwise they are corruption, as before. A `next.spare` left by a stop is reused
@@ -114,14 +115,20 @@ pub struct SegmentOptions {
     /// appends overwrite blocks the filesystem has already allocated: their fdatasync then
     /// flushes only data, where a growing file also needs a filesystem journal commit for its
     /// new size (and that commit waits for whatever the disk's other writers put in it), and no
-    /// segment's blocks are freed. Costs one segment of disk space. Off is for filesystems
-    /// where overwriting in place gains nothing (copy-on-write).
+    /// segment's blocks are freed. Costs one segment of disk space.
+    ///
+    /// Off by default: recovery reads on past the last record into the file's old contents,
+    /// and a record's payload is bytes a client chose. A client can plant a well-formed record
+    /// (valid checksum, a future LSN) inside a value; if a later life of that file ends exactly
+    /// there when the process stops, recovery would take the planted record as the next entry.
+    /// Records need a checksum bound to their file's life (a random salt per segment) before
+    /// this can be the default.
     pub recycle: bool,
 }
 
 impl Default for SegmentOptions {
     fn default() -> Self {
-        SegmentOptions { segment_bytes: 64 << 20, recycle: true }
+        SegmentOptions { segment_bytes: 64 << 20, recycle: false }
     }
 }
 
@@ -886,10 +893,11 @@ fn recover_segment(
         if !is_last {
             return Err(corrupt(&seg.path, offset, reason));
         }
-        let found = find_valid_record(&seg.file, offset, file_len, seg.last.lsn + 1, seg.first_lsn)
-            .map_err(io_err("reading segment", &seg.path))?;
+        let (found, old_before) =
+            find_valid_record(&seg.file, offset, file_len, seg.last.lsn + 1, seg.first_lsn)
+                .map_err(io_err("reading segment", &seg.path))?;
         match found {
-            Some((found_at, lsn, false)) => {
+            Some((found_at, lsn)) if !old_before => {
                 let reason = format!("{reason}, but a valid record (lsn {lsn}) follows at {found_at}");
                 return Err(corrupt(&seg.path, offset, reason));
             }
@@ -897,13 +905,20 @@ fn recover_segment(
             // this life, so no flush covering the records after them ever completed (a flush
             // writes every page written before it). A power cut during the flush of a recycled
             // segment leaves exactly this; damage to synced data would not show old records.
-            Some((found_at, lsn, true)) => tracing::info!(
+            Some((found_at, lsn)) => tracing::info!(
                 segment = %seg.path.display(),
                 offset,
                 lsn,
                 found_at,
                 "records past old contents were never synced (power cut during a flush)"
             ),
+            // Nothing of this life past the end, only the file's old contents (and perhaps a
+            // torn record): they stay, to be overwritten as a recycled file's always are, instead
+            // of freeing up to a segment's blocks at once on every restart.
+            None if old_before => {
+                tracing::debug!(segment = %seg.path.display(), offset, "last log segment ends in old contents");
+                return Ok(seg);
+            }
             None => {}
         }
         // Nothing acknowledged is cut: it was synced, so damage in front of it would have been
@@ -925,16 +940,16 @@ fn recover_segment(
 /// Looks for a record with a valid checksum and an LSN of at least `min_lsn` anywhere in
 /// `from..end`: proof that the damage before it is not a torn tail. With it comes whether a
 /// valid record of an LSN below `old_below` (left from a recycled file's earlier life) lies
-/// between `from` and it.
+/// between `from` and it (or anywhere, when none is found).
 fn find_valid_record(
     file: &File,
     from: u64,
     end: u64,
     min_lsn: Lsn,
     old_below: Lsn,
-) -> io::Result<Option<(u64, Lsn, bool)>> {
+) -> io::Result<(Option<(u64, Lsn)>, bool)> {
     if from >= end {
-        return Ok(None);
+        return Ok((None, false));
     }
     let mut buf = vec![0u8; (end - from) as usize];
     file.read_exact_at(&mut buf, from)?;
@@ -958,11 +973,11 @@ fn find_valid_record(
             if old {
                 old_seen = true;
             } else {
-                return Ok(Some((from + p as u64, lsn, old_seen)));
+                return Ok((Some((from + p as u64, lsn)), old_seen));
             }
         }
     }
-    Ok(None)
+    Ok((None, old_seen))
 }
 
 /// The byte offset of the record of `lsn`, which the caller knows `seg` holds.
