@@ -43,12 +43,22 @@ pub struct ClusterSpec {
     pub exe: PathBuf,
     /// `RUST_LOG` for the members.
     pub log_filter: String,
+    /// Options added to every journal node's command line.
+    pub journal_args: Vec<String>,
 }
 
 impl ClusterSpec {
     /// Three journal nodes, `sequencers` sequencer candidates and a replayer under `dir`.
     pub fn local(dir: PathBuf, base_port: u16, sequencers: usize, exe: PathBuf) -> ClusterSpec {
-        ClusterSpec { dir, base_port, journals: 3, sequencers, exe, log_filter: "info".into() }
+        ClusterSpec {
+            dir,
+            base_port,
+            journals: 3,
+            sequencers,
+            exe,
+            log_filter: "info".into(),
+            journal_args: Vec::new(),
+        }
     }
 }
 
@@ -198,7 +208,10 @@ impl LocalCluster {
                 (i + 1).to_string(),
                 "--data-dir".into(),
                 data(role.to_string()),
-            ],
+            ]
+            .into_iter()
+            .chain(self.spec.journal_args.iter().cloned())
+            .collect(),
             Role::Sequencer(i) => {
                 vec!["sequencer".into(), "--id".into(), (i + 1).to_string(), "--journal".into(), journal]
             }

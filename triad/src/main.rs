@@ -131,6 +131,9 @@ struct LoadArgs {
     /// COMMIT AND CHAIN) instead of with a begin request of its own.
     #[arg(long)]
     chain: bool,
+    /// Start the journal nodes with `--recycle` (see `triad journal --help`).
+    #[arg(long)]
+    recycle: bool,
     #[arg(long, default_value_t = 7500)]
     base_port: u16,
     /// Print one JSON object instead of text.
@@ -774,6 +777,7 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
         record_bytes: a.record_bytes,
         accounts: a.accounts,
         chain: a.chain,
+        recycle: a.recycle,
     };
     let json = a.json;
     let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
@@ -850,6 +854,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             record_bytes: a.record_bytes,
             accounts: 0,
             chain: false,
+            recycle: false,
         };
         let triad = triad::bench::journal(cfg, say.clone()).await?;
         rows.push(triad::compare::Row::new("log", "etcd 3.4 (3 members, fsync)", triad, peer));
@@ -868,6 +873,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             record_bytes: 0,
             accounts: 64_000,
             chain: false,
+            recycle: false,
         };
         let triad = triad::bench::txn(cfg.clone(), say.clone()).await?;
         let peer_name = "PostgreSQL 15 pgbench (TPC-B-like)";
@@ -895,6 +901,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             record_bytes: 0,
             accounts: 64_000,
             chain: false,
+            recycle: false,
         };
         std::fs::create_dir_all(&cfg.dir)?;
         let triad = triad::bench::sql(cfg, &a.sql_mode, say.clone()).await?;
