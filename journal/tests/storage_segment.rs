@@ -441,6 +441,22 @@ fn mid_log_corruption_is_detected() {
 }
 
 #[test]
+fn a_valid_record_far_behind_damage_is_found() {
+    // Records larger than recovery's 1 MiB reads: the valid record after the damage starts
+    // chunks later than the damage, and its body spans several of them.
+    let dir = tempfile::tempdir().unwrap();
+    let big = |lsn: Lsn| Entry { epoch: Epoch(1), lsn, payload: Bytes::from(vec![lsn as u8; 3 << 20]) };
+    let written: Vec<Entry> = (1..=3).map(big).collect();
+    open(dir.path(), 64 << 20).append(&written).unwrap();
+    let file = segment_files(dir.path()).pop().unwrap();
+    let second = SEGMENT_HEADER + record_len(&written[0]);
+    flip_byte(&file, second + RECORD_OVERHEAD + 10);
+    let (segment, offset, reason) = expect_corrupt(SegmentStore::open(dir.path(), opts(64 << 20)));
+    assert_eq!((segment, offset), (file, second), "{reason}");
+    assert!(reason.contains("(lsn 3)"), "{reason}");
+}
+
+#[test]
 fn damage_in_an_earlier_segment_is_corruption_even_at_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path(), 200);

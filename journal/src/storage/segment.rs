@@ -975,30 +975,54 @@ fn find_valid_record(
     if from >= end {
         return Ok((None, false));
     }
-    let mut buf = vec![0u8; (end - from) as usize];
-    file.read_exact_at(&mut buf, from)?;
     let min_record = RECORD_HEADER + BODY_PREFIX;
     // No record in this tail can be further ahead than one per minimal record size.
-    let max_lsn = min_lsn.saturating_add((buf.len() / min_record) as u64);
+    let max_lsn = min_lsn.saturating_add((end - from) / min_record as u64);
     let mut old_seen = false;
-    for p in 0..buf.len().saturating_sub(min_record - 1) {
-        let len = read_u32(&buf[p..]) as usize;
-        if len < BODY_PREFIX || buf.len() - p - RECORD_HEADER < len {
-            continue;
-        }
-        let lsn = read_u64(&buf[p + RECORD_HEADER + 8..]);
-        let body = &buf[p + RECORD_HEADER..p + RECORD_HEADER + len];
-        let crc = read_u32(&buf[p + 4..]);
-        if (min_lsn..=max_lsn).contains(&lsn) && crc32c::crc32c_append(salt, body) == crc {
-            return Ok((Some((from + p as u64, lsn)), old_seen));
-        }
-        if !old_seen && lsn > 0 && lsn < old_below {
+    // The tail can be a whole segment (a recycled file's old contents): read it a chunk at a
+    // time, each chunk overlapping the next by a record's fixed part, and read a body that runs
+    // past its chunk on its own.
+    let mut chunk = Vec::new();
+    let mut long_body = Vec::new();
+    let mut pos = from;
+    loop {
+        let n = (end - pos).min(RECOVERY_CHUNK as u64) as usize;
+        chunk.resize(n, 0);
+        file.read_exact_at(&mut chunk, pos)?;
+        let last = pos + n as u64 == end;
+        let starts = n.saturating_sub(min_record - 1);
+        for p in 0..starts {
+            let at = pos + p as u64;
+            let len = read_u32(&chunk[p..]) as usize;
+            if len < BODY_PREFIX || ((end - at) as usize - RECORD_HEADER) < len {
+                continue;
+            }
+            let lsn = read_u64(&chunk[p + RECORD_HEADER + 8..]);
+            let wanted = (min_lsn..=max_lsn).contains(&lsn);
+            let old_salt = old_salt.filter(|_| !old_seen && lsn > 0 && lsn < old_below);
+            if !wanted && old_salt.is_none() {
+                continue;
+            }
+            let body = if p + RECORD_HEADER + len <= n {
+                &chunk[p + RECORD_HEADER..p + RECORD_HEADER + len]
+            } else {
+                long_body.resize(len, 0);
+                file.read_exact_at(&mut long_body, at + RECORD_HEADER as u64)?;
+                &long_body[..]
+            };
+            let crc = read_u32(&chunk[p + 4..]);
+            if wanted && crc32c::crc32c_append(salt, body) == crc {
+                return Ok((Some((at, lsn)), old_seen));
+            }
             if let Some(old_salt) = old_salt {
                 old_seen = crc32c::crc32c_append(old_salt, body) == crc;
             }
         }
+        if last {
+            return Ok((None, old_seen));
+        }
+        pos += starts as u64;
     }
-    Ok((None, old_seen))
 }
 
 /// The byte offset of the record of `lsn`, which the caller knows `seg` holds.
