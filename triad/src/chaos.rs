@@ -27,6 +27,9 @@ pub struct ChaosConfig {
     /// Pause between the end of one fault and the start of the next.
     pub interval: Duration,
     pub clients: usize,
+    /// Options added to every journal node's command line (e.g. small segments and a short
+    /// retention, so that segments are trimmed and recycled while faults strike).
+    pub journal_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +72,10 @@ pub struct Verdict {
 const LEASE: Duration = Duration::from_secs(1);
 
 pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
-    let spec = ClusterSpec::local(cfg.dir.clone(), cfg.base_port, 2, cfg.exe.clone());
+    let spec = ClusterSpec {
+        journal_args: cfg.journal_args.clone(),
+        ..ClusterSpec::local(cfg.dir.clone(), cfg.base_port, 2, cfg.exe.clone())
+    };
     remove_stale_partitions();
     let can_partition = partitions_available();
     if !can_partition {

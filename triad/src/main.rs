@@ -185,6 +185,10 @@ struct ChaosArgs {
     /// Keep the cluster's data and logs here; default: a temporary directory, kept on failure.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// An option for every journal node, repeatable; e.g. `--journal-arg=--segment-size=64KiB
+    /// --journal-arg=--retain-entries=20000` has segments trimmed and recycled during the run.
+    #[arg(long, allow_hyphen_values = true)]
+    journal_arg: Vec<String>,
 }
 
 #[derive(Args)]
@@ -674,6 +678,7 @@ async fn chaos(a: ChaosArgs) -> Result<()> {
         exe: std::env::current_exe()?,
         interval: a.interval,
         clients: a.clients,
+        journal_args: a.journal_arg,
     };
     println!("chaos: {:?} of faults every {:?}, seed {seed}", a.duration, a.interval);
     match triad::chaos::run(cfg, |line| println!("chaos: {line}")).await {
