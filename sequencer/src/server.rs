@@ -317,22 +317,20 @@ impl Sequencer {
         let epoch_start = plan.epoch_start;
         // Index recent commit records by txn id: outcomes and retried commits are answered from
         // the log itself. Older records are searched in the journal when asked for.
-        let mut txns = TxnTable::new(committed, cfg.txn_index);
         let index_from = committed.saturating_sub(cfg.txn_index as u64 / 4);
-        if index_from < committed {
+        let (floor, older) = if index_from < committed {
             match journal.fetch_range(source.node, index_from + 1, committed, Some(epoch)).await {
-                Ok(older) => {
-                    txns = TxnTable::new(index_from, cfg.txn_index);
-                    txns.index_entries(&older)?;
-                }
+                Ok(older) => (index_from, older),
                 Err(JournalError::Trimmed { first, .. }) if first <= committed => {
-                    let older = journal.fetch_range(source.node, first, committed, Some(epoch)).await?;
-                    txns = TxnTable::new(first - 1, cfg.txn_index);
-                    txns.index_entries(&older)?;
+                    (first - 1, journal.fetch_range(source.node, first, committed, Some(epoch)).await?)
                 }
                 Err(e) => return Err(e.into()),
             }
-        }
+        } else {
+            (committed, Vec::new())
+        };
+        let mut txns = TxnTable::new(floor, cfg.txn_index);
+        txns.index_entries(&older)?;
         txns.index_entries(&suffix)?;
         let start_record = encode_record(&LogRecord::EpochStart { epoch });
         let mut entries: VecDeque<Entry> = suffix.into();
@@ -1010,6 +1008,7 @@ async fn seal_majority(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use triad_protocol::{Isolation, Write};
 
     /// Two threads raise one watermark, one through even LSNs and one through odd ones. Once a
     /// raise returns, the watermark must never be seen below it again: a commit answered at
@@ -1035,7 +1034,6 @@ mod tests {
             }
         });
     }
-    use triad_protocol::{Isolation, Write};
 
     fn table(cap: usize) -> TxnTable {
         TxnTable::new(0, cap)

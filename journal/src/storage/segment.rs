@@ -68,9 +68,8 @@
 //! during a flush can leave later pages of it on disk and earlier ones not. Recovery accepts
 //! valid records after damage as such a torn flush (and cuts them) only when a record of the
 //! previous life (valid with `prev_salt`) lies between; otherwise they are corruption, as
-//! before. A `next.spare` left by a stop is reused
-//! if the log has segments (a new log never takes a spare) and removed otherwise.
-//!
+//! before. A `next.spare` left by a stop is reused if the log has segments (a new log never
+//! takes a spare) and removed otherwise.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -579,12 +578,12 @@ impl SegmentStore {
             Some(spare) => {
                 // Its blocks are written and synced already, so the header is all there is to
                 // make durable before the file takes the segment's name. What follows the header
-                // is the file's earlier life: records of LSNs below this segment's, which
-                // recovery never takes for this segment's own.
+                // is the file's earlier life, checksummed with its old salt, which recovery never
+                // takes for this segment's own records.
                 spare.file.write_all_at(&header, 0).map_err(io_err("writing segment header", &spare.path))?;
                 spare.file.sync_data().map_err(io_err("syncing segment header", &spare.path))?;
                 fs::rename(&spare.path, &path).map_err(io_err("renaming spare to segment", &path))?;
-                (spare.file, spare.len.max(HEADER_LEN))
+                (spare.file, spare.len)
             }
             None => {
                 let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
