@@ -130,6 +130,59 @@ fn prev_matches(log: &impl LogView, prev: EntryId) -> bool {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RebaseDecision {
+    /// The request's epoch is below the promise; the sender is deposed.
+    Stale { promised: Epoch },
+    /// The sender does not know `base` to be committed; only a committed entry can be a base.
+    Uncommitted,
+    /// The log already continues from `base` (it holds `base`, or has trimmed past it): an
+    /// append after `base` matches as it is. Nothing to do.
+    Continues,
+    /// Drop every entry and continue the log right after `base`. Execute in order: replace the
+    /// log, persist `promise` (if set) with the commit watermark `commit_lsn`.
+    Restart { promise: Option<Epoch>, commit_lsn: Lsn },
+    /// Our entry at `base.lsn` has another epoch and is at or below our commit watermark: two
+    /// leaders disagree about committed history. Refuse loudly.
+    CommittedConflict { lsn: Lsn },
+}
+
+/// A node that lacks entries every peer has trimmed can never catch up by appends. Trimmed
+/// entries are committed and every learner has them, so the node may drop its log and continue
+/// it after the peers' trim point (Raft's snapshot install, with nothing to install: the log
+/// *is* the state, and storage already holds what was trimmed).
+///
+/// What it drops is never needed for a quorum: every entry it holds is either at or below
+/// `base` (committed, and trimmed by the peers), or above `base` in a log whose entry at
+/// `base.lsn` differs from the committed one — by log matching, a divergent suffix that was
+/// never committed.
+pub fn on_rebase(
+    state: &AcceptorState,
+    log: &impl LogView,
+    epoch: Epoch,
+    base: EntryId,
+    commit_lsn: Lsn,
+) -> RebaseDecision {
+    if epoch < state.promised {
+        return RebaseDecision::Stale { promised: state.promised };
+    }
+    if base.lsn > commit_lsn {
+        return RebaseDecision::Uncommitted;
+    }
+    if base.lsn < log.first_lsn() {
+        return RebaseDecision::Continues;
+    }
+    match log.epoch_at(base.lsn) {
+        Some(ours) if ours == base.epoch => return RebaseDecision::Continues,
+        Some(_) if base.lsn <= state.commit_lsn => {
+            return RebaseDecision::CommittedConflict { lsn: base.lsn }
+        }
+        _ => {}
+    }
+    let promise = (epoch > state.promised).then_some(epoch);
+    RebaseDecision::Restart { promise, commit_lsn: state.commit_lsn.max(base.lsn) }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FetchDecision {
     /// Serve entries up to `upto` (inclusive).
     Serve { upto: Lsn },
@@ -320,6 +373,47 @@ mod tests {
         assert_eq!(on_fetch(&s, &l, None), FetchDecision::Serve { upto: 2 });
         assert_eq!(on_fetch(&s, &l, Some(e(2))), FetchDecision::Serve { upto: 4 });
         assert_eq!(on_fetch(&s, &l, Some(e(1))), FetchDecision::Stale { promised: e(2) });
+    }
+
+    #[test]
+    fn rebase_is_fenced_and_needs_a_committed_base() {
+        let l = log(&[1, 1]);
+        let base = EntryId::new(e(2), 100);
+        assert_eq!(on_rebase(&state(3, 2), &l, e(2), base, 200), RebaseDecision::Stale { promised: e(3) });
+        assert_eq!(on_rebase(&state(2, 2), &l, e(2), base, 99), RebaseDecision::Uncommitted);
+    }
+
+    #[test]
+    fn a_node_behind_the_base_restarts_after_it() {
+        // Holds 1..=2, committed; the peers hold the log from 101 on.
+        let base = EntryId::new(e(2), 100);
+        let d = on_rebase(&state(2, 2), &log(&[1, 1]), e(3), base, 150);
+        assert_eq!(d, RebaseDecision::Restart { promise: Some(e(3)), commit_lsn: 100 });
+        // An empty log too; the watermark never goes down.
+        let d = on_rebase(&state(3, 0), &log(&[]), e(3), base, 150);
+        assert_eq!(d, RebaseDecision::Restart { promise: None, commit_lsn: 100 });
+    }
+
+    #[test]
+    fn a_node_that_holds_the_base_or_trimmed_past_it_continues() {
+        let l = log(&[1, 1, 2, 2]);
+        assert_eq!(on_rebase(&state(2, 0), &l, e(2), EntryId::new(e(2), 3), 4), RebaseDecision::Continues);
+        let trimmed = Log { first: 10, epochs: vec![e(2); 3] };
+        assert_eq!(
+            on_rebase(&state(2, 0), &trimmed, e(2), EntryId::new(e(1), 8), 12),
+            RebaseDecision::Continues
+        );
+    }
+
+    #[test]
+    fn a_divergent_entry_at_the_base_is_dropped_unless_committed_here() {
+        // Ours at lsn 3 is epoch 2 (a deposed epoch's leftover); the committed one is epoch 3.
+        let l = log(&[1, 1, 2, 2, 2]);
+        let base = EntryId::new(e(3), 3);
+        let d = on_rebase(&state(4, 2), &l, e(4), base, 3);
+        assert_eq!(d, RebaseDecision::Restart { promise: None, commit_lsn: 3 });
+        // Had this node known lsn 3 committed, safety would already be broken.
+        assert_eq!(on_rebase(&state(4, 3), &l, e(4), base, 3), RebaseDecision::CommittedConflict { lsn: 3 });
     }
 
     /// The "new sequencer dies half-way through reconfirmation" case from DESIGN.md: entries

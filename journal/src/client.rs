@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use quinn::{Endpoint, RecvStream};
 use tracing::{debug, warn};
-use triad_protocol::{Entry, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT};
+use triad_protocol::{Entry, EntryId, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT};
 use triad_transport::{read_msg, Peer, TransportError};
 
 pub use crate::recovery::Promise;
@@ -18,8 +18,9 @@ pub enum JournalError {
     Transport(#[from] TransportError),
     #[error("deposed: the journal has promised epoch {promised}")]
     Stale { promised: Epoch },
+    /// `below` is the epoch of the entry at `first - 1` (`Epoch::ZERO` if the node did not say).
     #[error("lsn {requested} was trimmed; the journal holds the log from lsn {first}")]
-    Trimmed { requested: Lsn, first: Lsn },
+    Trimmed { requested: Lsn, first: Lsn, below: Epoch },
     #[error("journal node refused ({code:?}): {message}")]
     Refused { code: ErrorCode, message: String, lsn: Lsn },
     #[error("journal node sent an unexpected {0}")]
@@ -32,7 +33,7 @@ impl JournalError {
     pub fn from_response(e: ErrorResponse, requested: Lsn) -> JournalError {
         match e.code {
             ErrorCode::StaleEpoch => JournalError::Stale { promised: e.epoch },
-            ErrorCode::Trimmed => JournalError::Trimmed { requested, first: e.lsn },
+            ErrorCode::Trimmed => JournalError::Trimmed { requested, first: e.lsn, below: e.epoch },
             code => JournalError::Refused { code, message: e.message, lsn: e.lsn },
         }
     }
@@ -71,6 +72,24 @@ impl JournalClient {
             Message::SealResponse { promised, last, commit_lsn } if promised == epoch => {
                 Ok(Promise { node, last, commit_lsn })
             }
+            Message::Error(e) => Err(JournalError::from_response(e, 0)),
+            other => Err(JournalError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Asks `node` to drop its log and continue it right after `base`, a committed entry below
+    /// every peer's log (see [`Message::RebaseRequest`]). Returns the node's tail afterwards.
+    pub async fn rebase(
+        &self,
+        node: usize,
+        epoch: Epoch,
+        base: EntryId,
+        commit_lsn: Lsn,
+        timeout: Duration,
+    ) -> Result<EntryId, JournalError> {
+        let req = Message::RebaseRequest { epoch, base, commit_lsn };
+        match self.nodes[node].call_timeout(&req, timeout).await? {
+            Message::AppendResponse { durable, .. } => Ok(durable),
             Message::Error(e) => Err(JournalError::from_response(e, 0)),
             other => Err(JournalError::Unexpected(format!("{other:?}"))),
         }
@@ -134,11 +153,14 @@ pub struct TailReader {
     next: Lsn,
     stream: Option<RecvStream>,
     failures: u32,
+    /// Nodes that answered `Trimmed` since the last batch: each node trims on its own segment
+    /// boundaries (and a rebased node holds less), so another may still hold the entries.
+    trimmed: usize,
 }
 
 impl TailReader {
     pub fn new(client: JournalClient, from: Lsn) -> TailReader {
-        TailReader { client, node: 0, next: from.max(1), stream: None, failures: 0 }
+        TailReader { client, node: 0, next: from.max(1), stream: None, failures: 0, trimmed: 0 }
     }
 
     /// The LSN the next entry will have.
@@ -147,17 +169,27 @@ impl TailReader {
     }
 
     /// The next batch of committed entries (never empty). Transport failures are retried on
-    /// the other nodes with a growing pause; a trimmed log is returned as an error, since no
-    /// node can fill that gap.
+    /// the other nodes with a growing pause; a trimmed log is returned as an error once every
+    /// node has said so, since then no node can fill that gap.
     pub async fn next_batch(&mut self) -> Result<Vec<Entry>, JournalError> {
         loop {
             match self.try_next().await {
                 Ok(Some(batch)) => {
                     self.failures = 0;
+                    self.trimmed = 0;
                     return Ok(batch);
                 }
                 Ok(None) => {}
-                Err(e @ (JournalError::Trimmed { .. } | JournalError::OutOfOrder { .. })) => return Err(e),
+                Err(e @ JournalError::Trimmed { .. }) => {
+                    self.trimmed += 1;
+                    if self.trimmed >= self.client.len() {
+                        return Err(e);
+                    }
+                    debug!(node = %self.client.node(self.node).addr(), "{e}; trying the next node");
+                    self.stream = None;
+                    self.node = (self.node + 1) % self.client.len();
+                }
+                Err(e @ JournalError::OutOfOrder { .. }) => return Err(e),
                 Err(e) => {
                     self.stream = None;
                     self.failures += 1;

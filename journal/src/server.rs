@@ -20,7 +20,7 @@ use triad_protocol::{
 };
 use triad_transport::{read_msg, write_msg, Service, Stream, TransportError};
 
-use crate::acceptor::{self, AcceptorState, AppendDecision, FetchDecision, SealDecision};
+use crate::acceptor::{self, AcceptorState, AppendDecision, FetchDecision, RebaseDecision, SealDecision};
 use crate::storage::{LogStore, Meta, StoreError, StoreView};
 
 /// Limits of one fetch response.
@@ -343,6 +343,75 @@ impl JournalNode {
         Message::LearnerAck { first_lsn: inner.store.first_lsn() }
     }
 
+    /// Drops the log and continues it after `base` when this node lacks entries every peer has
+    /// trimmed (see [`acceptor::on_rebase`]). Answers with the log's tail afterwards.
+    pub fn rebase(&self, epoch: Epoch, base: EntryId, commit_lsn: Lsn) -> Message {
+        if self.failed.load(Ordering::SeqCst) {
+            return self.failed_msg();
+        }
+        let mut inner = self.lock();
+        let decision =
+            acceptor::on_rebase(&inner.state, &StoreView(inner.store.as_ref()), epoch, base, commit_lsn);
+        let (promise, commit_lsn) = match decision {
+            RebaseDecision::Stale { promised } => {
+                return Message::error(
+                    ErrorCode::StaleEpoch,
+                    format!("epoch {epoch} is deposed: node {} has promised {promised}", self.id),
+                    promised,
+                    0,
+                )
+            }
+            RebaseDecision::Uncommitted => {
+                return Message::error(
+                    ErrorCode::Malformed,
+                    format!(
+                    "a rebase needs a committed base; {base:?} is above the sender's watermark {commit_lsn}"
+                ),
+                    epoch,
+                    base.lsn,
+                )
+            }
+            RebaseDecision::CommittedConflict { lsn } => {
+                error!(node = self.id, lsn, %epoch, "rebase would drop a committed entry of another epoch; refused");
+                return Message::error(
+                    ErrorCode::Internal,
+                    format!("rebase would drop committed lsn {lsn}"),
+                    epoch,
+                    lsn,
+                );
+            }
+            RebaseDecision::Continues => {
+                let durable = inner.durable;
+                return Message::AppendResponse { epoch, durable, tailed: false };
+            }
+            RebaseDecision::Restart { promise, commit_lsn } => (promise, commit_lsn),
+        };
+        warn!(node = self.id, dropped_first = inner.store.first_lsn(), dropped_last = inner.store.last().lsn,
+              base_lsn = base.lsn, base_epoch = %base.epoch,
+              "every peer trimmed entries this node lacks; restarting the log after the peers' trim point");
+        let res = (|| -> Result<(), StoreError> {
+            inner.store.restart_after(base)?;
+            let promised = promise.unwrap_or(inner.state.promised);
+            inner.store.save_meta(&Meta { promised, commit_lsn })
+        })();
+        if let Err(e) = res {
+            drop(inner);
+            self.fail(format!("restarting the log: {e}"));
+            return self.failed_msg();
+        }
+        if let Some(p) = promise {
+            inner.state.promised = p;
+        }
+        inner.generation += 1;
+        inner.durable = base;
+        self.durable.send_replace(base);
+        inner.state.commit_lsn = commit_lsn;
+        inner.saved_commit = commit_lsn;
+        self.commit.send_replace(commit_lsn);
+        inner.lease_seen = Some(Instant::now());
+        Message::AppendResponse { epoch, durable: base, tailed: false }
+    }
+
     /// Executes one append. `Ok` carries what the stream has now matched; `Err` the refusal.
     // Refusals are the cold path; boxing them would only add an allocation.
     #[allow(clippy::result_large_err)]
@@ -518,7 +587,7 @@ impl JournalNode {
             return Err(Message::error(
                 ErrorCode::Trimmed,
                 format!("lsn {next} was trimmed; node {} holds the log from lsn {first}", self.id),
-                Epoch::ZERO,
+                inner.store.base().epoch,
                 first,
             ));
         }
@@ -676,6 +745,7 @@ impl Service for JournalNode {
             Message::HeartbeatRequest { epoch } => self.heartbeat(epoch),
             Message::StatusRequest => Message::StatusResponse(self.status()),
             Message::LearnerReport { name, durable_lsn } => self.learner_report(name, durable_lsn),
+            Message::RebaseRequest { epoch, base, commit_lsn } => self.rebase(epoch, base, commit_lsn),
             Message::AppendRequest { .. } | Message::FetchRequest { .. } => Message::error(
                 ErrorCode::Unsupported,
                 "appends and fetches need a stream of their own, not a multiplexed one",
@@ -686,7 +756,7 @@ impl Service for JournalNode {
                 debug!("journal got an unexpected {other:?}");
                 Message::error(
                     ErrorCode::Unsupported,
-                    "a journal node serves seal, append, fetch, heartbeat, learner reports and status",
+                    "a journal node serves seal, append, rebase, fetch, heartbeat, learner reports and status",
                     Epoch::ZERO,
                     0,
                 )
@@ -772,9 +842,42 @@ mod tests {
                 assert_eq!(e.code, ErrorCode::Trimmed);
                 assert_eq!(e.lsn, first);
                 assert!(e.message.contains(&first.to_string()), "{}", e.message);
+                // The epoch of the entry just below the trim point: where a lagging node can
+                // continue from.
+                assert_eq!(e.epoch, Epoch::new(1, 1));
             }
             other => panic!("expected a trimmed error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_rebased_node_continues_after_the_base_and_serves_nothing_below() {
+        let node = node_with_log(10, 0);
+        let (e1, e2) = (Epoch::new(1, 1), Epoch::new(2, 1));
+        let base = EntryId::new(e1, 5000);
+        // Above the sender's watermark: refused, nothing dropped.
+        assert!(matches!(node.rebase(e2, base, 4999), Message::Error(e) if e.code == ErrorCode::Malformed));
+        assert_eq!(node.last().lsn, 10);
+        match node.rebase(e2, base, 5100) {
+            Message::AppendResponse { durable, .. } => assert_eq!(durable, base),
+            other => panic!("expected the new tail, got {other:?}"),
+        }
+        let status = node.status();
+        assert_eq!((status.last, status.first_lsn, status.commit_lsn, status.epoch), (base, 5001, 5000, e2));
+        assert_eq!(node.durable(), base);
+        assert!(
+            matches!(node.fetch_step(10, 10, None), Err(Message::Error(e)) if e.code == ErrorCode::Trimmed)
+        );
+        // Appends continue after the base; a second rebase to the same base changes nothing.
+        let next = [Entry { epoch: e2, lsn: 5001, payload: Bytes::new() }];
+        assert_eq!(node.append(e2, base, &next, 5001), Ok(next[0].id()));
+        assert!(matches!(node.rebase(e2, base, 5100), Message::AppendResponse { .. }));
+        assert_eq!(node.last(), next[0].id());
+        // A deposed epoch cannot rebase.
+        assert!(
+            matches!(node.rebase(e1, EntryId::new(e1, 9000), 9000), Message::Error(e) if e.code == ErrorCode::StaleEpoch)
+        );
+        assert_eq!(node.last(), next[0].id());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Property test: random appends, truncations, trims, syncs, reads and reopens on a
-//! `SegmentStore` behave exactly like the same operations on a `MemoryStore`.
+//! Property test: random appends, truncations, trims, restarts after a base, syncs, reads and
+//! reopens on a `SegmentStore` behave exactly like the same operations on a `MemoryStore`.
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -35,6 +35,11 @@ enum Op {
         commit_lsn: Lsn,
     },
     Reopen,
+    /// Drops everything and continues after a base `offset` from the tail, in a new epoch if `bump`.
+    Restart {
+        offset: i64,
+        bump: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -49,6 +54,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Sync),
         1 => (0u64..100, 0u64..100).prop_map(|(promised, commit_lsn)| Op::SaveMeta { promised, commit_lsn }),
         2 => Just(Op::Reopen),
+        1 => (-6i64..40, any::<bool>()).prop_map(|(offset, bump)| Op::Restart { offset, bump }),
     ]
 }
 
@@ -180,6 +186,21 @@ fn run(ops: Vec<Op>, segment_bytes: u64, recycle: bool) -> Result<(), TestCaseEr
             Op::SaveMeta { promised, commit_lsn } => {
                 let meta = Meta { promised: Epoch(promised), commit_lsn };
                 same(&seg.save_meta(&meta), &mem.save_meta(&meta))?;
+            }
+            Op::Restart { offset, bump } => {
+                let last = mem.last();
+                let lsn = (last.lsn as i64 + offset).max(1) as Lsn;
+                let base = EntryId::new(Epoch(last.epoch.0.max(1) + u64::from(bump)), lsn);
+                let stale = seg.sync_handle().unwrap();
+                same(&seg.restart_after(base), &mem.restart_after(base))?;
+                for store in [&seg as &dyn LogStore, &mem as &dyn LogStore] {
+                    prop_assert_eq!(store.last(), base);
+                    prop_assert_eq!(store.base(), base);
+                    prop_assert_eq!(store.durable(), base);
+                    prop_assert_eq!(store.first_lsn(), lsn + 1);
+                }
+                // A flush of the old log that finishes now covers nothing of the new one.
+                prop_assert_eq!(stale.sync().unwrap(), base);
             }
             Op::Reopen => {
                 drop(seg);

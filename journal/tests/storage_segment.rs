@@ -823,3 +823,71 @@ fn a_log_directory_is_opened_by_one_store_at_a_time() {
     drop(first);
     SegmentStore::open(dir.path(), SegmentOptions::default()).unwrap();
 }
+
+#[test]
+fn a_restarted_log_continues_after_its_base_across_reopens() {
+    for recycle in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SegmentOptions { segment_bytes: 200, recycle };
+        let mut store = SegmentStore::open(dir.path(), opts.clone()).unwrap();
+        store.append(&batch(1, 1..=30)).unwrap();
+        assert!(segment_files(dir.path()).len() > 2);
+        let base = id(4, 5000);
+        store.restart_after(base).unwrap();
+        store.finish_trims();
+        assert_eq!(
+            (store.last(), store.base(), store.durable(), store.first_lsn()),
+            (base, base, base, 5001)
+        );
+        assert!(matches!(store.read(30, 10, usize::MAX), Err(StoreError::Trimmed { first: 5001 })));
+        assert_eq!(store.epoch_at(30), None);
+        assert_eq!(store.first_lsn_of_epoch(Epoch(1)), None);
+        // Only the new segment is left (and, when recycling, one old file kept as the spare).
+        assert_eq!(segment_files(dir.path()), vec![dir.path().join(format!("{:020}.seg", 5001))]);
+        assert_eq!(dir.path().join("next.spare").exists(), recycle);
+        // The log goes on from the base, in its epoch or a later one.
+        assert!(matches!(store.append(&batch(3, 5001..=5001)), Err(StoreError::NotContiguous { .. })));
+        store.append(&batch(4, 5001..=5010)).unwrap();
+        drop(store);
+
+        let mut store = SegmentStore::open(dir.path(), opts.clone()).unwrap();
+        assert_eq!(store.base(), base);
+        assert_eq!(all(&store), batch(4, 5001..=5010));
+        store.append(&batch(5, 5011..=5040)).unwrap();
+        drop(store);
+        let store = SegmentStore::open(dir.path(), opts).unwrap();
+        let mut held = batch(4, 5001..=5010);
+        held.extend(batch(5, 5011..=5040));
+        assert_eq!(all(&store), held);
+        assert_eq!(store.first_lsn_of_epoch(Epoch(5)), Some(5011));
+    }
+}
+
+#[test]
+fn a_restart_cut_short_leaves_an_older_log_or_none() {
+    // A restart retires every old segment before the new one appears. A stop half-way leaves
+    // retired files beside what is left of the old log: the suffix opens as a log on its own.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 200);
+    store.append(&batch(1, 1..=30)).unwrap();
+    store.save_meta(&Meta { promised: Epoch(1), commit_lsn: 30 }).unwrap();
+    drop(store);
+    let files = segment_files(dir.path());
+    let (retired, kept) = files.split_at(2);
+    for path in retired {
+        fs::rename(path, format!("{}.trim", path.display())).unwrap();
+    }
+    let mut store = open(dir.path(), 200);
+    let first = store.first_lsn();
+    assert!(first > 1);
+    assert_eq!(all(&store), batch(1, first..=30));
+    store.finish_trims();
+    drop(store);
+    // Every segment retired: an empty log, keeping its metadata.
+    for path in kept {
+        fs::rename(path, format!("{}.trim", path.display())).unwrap();
+    }
+    let store = open(dir.path(), 200);
+    assert_eq!((store.last(), store.first_lsn()), (EntryId::ZERO, 1));
+    assert_eq!(store.meta(), Meta { promised: Epoch(1), commit_lsn: 30 });
+}

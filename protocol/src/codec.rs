@@ -209,6 +209,11 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
             let args = fb::AppendResponseArgs { epoch: epoch.0, durable: Some(&durable), tailed: *tailed };
             (B::AppendResponse, fb::AppendResponse::create(fbb, &args).as_union_value())
         }
+        Message::RebaseRequest { epoch, base, commit_lsn } => {
+            let base = entry_id_to_fb(*base);
+            let args = fb::RebaseRequestArgs { epoch: epoch.0, base: Some(&base), commit_lsn: *commit_lsn };
+            (B::RebaseRequest, fb::RebaseRequest::create(fbb, &args).as_union_value())
+        }
         Message::FetchRequest { from_lsn, max_entries, follow, epoch } => {
             let args = fb::FetchRequestArgs {
                 from_lsn: *from_lsn,
@@ -710,6 +715,14 @@ fn decode_message_with<'b>(
                     epoch: Epoch(b.epoch()),
                     durable: entry_id_from_fb(b.durable()),
                     tailed: b.tailed(),
+                }
+            }
+            B::RebaseRequest => {
+                let b = present(msg.body_as_rebase_request(), "body")?;
+                Message::RebaseRequest {
+                    epoch: Epoch(b.epoch()),
+                    base: entry_id_from_fb(b.base()),
+                    commit_lsn: b.commit_lsn(),
                 }
             }
             B::FetchRequest => {

@@ -176,7 +176,8 @@ pub enum ErrorCode {
     LogMismatch,
     /// A read waited too long for its LSN to be applied.
     Timeout,
-    /// The requested LSN lies below the trim point named in `ErrorResponse::lsn`.
+    /// The requested LSN lies below the trim point named in `ErrorResponse::lsn`; a journal
+    /// node names in `ErrorResponse::epoch` the epoch of the entry just below it.
     Trimmed,
     Unavailable,
     Unsupported,
@@ -270,6 +271,15 @@ pub enum Message {
         /// A learner follows this node's committed log, so it wants each new commit watermark
         /// at once; other nodes can wait for the next append or heartbeat to carry it.
         tailed: bool,
+    },
+
+    /// The node lacks entries every peer has trimmed: drop the log and continue it right after
+    /// `base`, a committed entry every learner has passed. Answered with an `AppendResponse`
+    /// naming the node's tail afterwards.
+    RebaseRequest {
+        epoch: Epoch,
+        base: EntryId,
+        commit_lsn: Lsn,
     },
 
     // learner (or recovering sequencer) → journal

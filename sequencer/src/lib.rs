@@ -12,4 +12,4 @@ pub mod node;
 pub mod server;
 
 pub use node::SequencerNode;
-pub use server::{Sequencer, SequencerConfig, SequencerError};
+pub use server::{Sequencer, SequencerConfig, SequencerError, DEFAULT_WINDOW_ENTRIES};

@@ -27,6 +27,9 @@ use triad_transport::{read_msg, Reply, TransportError};
 
 use crate::conflict::{ConflictIndex, Verdict};
 
+/// Recent entries a sequencer keeps in memory by default for journal nodes that lag.
+pub const DEFAULT_WINDOW_ENTRIES: usize = 65536;
+
 #[derive(Clone, Debug)]
 pub struct SequencerConfig {
     /// Unique among the cluster's sequencers; part of every epoch this sequencer chooses.
@@ -60,7 +63,7 @@ impl SequencerConfig {
             journal,
             max_batch: 1024,
             max_in_flight: 16384,
-            window_entries: 65536,
+            window_entries: DEFAULT_WINDOW_ENTRIES,
             conflict_keys: 1 << 20,
             request_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_millis(100),
@@ -524,12 +527,7 @@ impl Sequencer {
         let mut from = read_lsn + 1;
         while from <= floor {
             let upto = floor.min(from + 4095);
-            let peer = self.peer_holding(upto, usize::MAX);
-            let entries = self
-                .journal
-                .fetch_range(peer, from, upto, Some(self.epoch))
-                .await
-                .map_err(|e| e.to_string())?;
+            let entries = self.read_from_peers(None, from, upto).await.map_err(|e| e.to_string())?;
             for e in &entries {
                 if let Ok(LogRecord::Commit { txn_id: id, .. }) = decode_record(&e.payload) {
                     if id == txn_id {
@@ -778,7 +776,8 @@ impl Sequencer {
         }
     }
 
-    /// Epoch of our log's entry at `lsn`: from the window, else from a node known to hold it.
+    /// Epoch of our log's entry at `lsn`: from the window, else from a node known to hold it,
+    /// else from the trim point just above it. `Trimmed` when every node asked trimmed more.
     async fn epoch_at(&self, lsn: Lsn) -> Result<Epoch, JournalError> {
         if lsn == 0 {
             return Ok(Epoch::ZERO);
@@ -786,18 +785,72 @@ impl Sequencer {
         if let Some(e) = self.window.lock().expect("window lock").get(lsn) {
             return Ok(e.epoch);
         }
-        let peer = self.peer_holding(lsn, usize::MAX);
-        let entries = self.journal.fetch_range(peer, lsn, lsn, Some(self.epoch)).await?;
-        entries.first().map(|e| e.epoch).ok_or(JournalError::Unexpected("empty fetch".into()))
+        match self.read_from_peers(None, lsn, lsn).await {
+            Ok(entries) => {
+                entries.first().map(|e| e.epoch).ok_or(JournalError::Unexpected("empty fetch".into()))
+            }
+            // A node's trimmed entries are committed: the one just below its trim point is ours.
+            Err(JournalError::Trimmed { first, below, .. }) if first == lsn + 1 && below != Epoch::ZERO => {
+                Ok(below)
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// A node whose log equals ours up to `lsn`, other than `not`.
-    fn peer_holding(&self, lsn: Lsn, not: usize) -> usize {
+    /// Nodes other than `not` whose logs equal ours up to `lsn`, best placed first; the
+    /// recovery source (whose log is ours up to the recovered tip) when no other is known.
+    fn peers_holding(&self, lsn: Lsn, not: Option<usize>) -> Vec<usize> {
         let acks = self.acks.lock().expect("acks lock");
-        (0..acks.len())
-            .filter(|&i| i != not && acks[i] >= lsn)
-            .max_by_key(|&i| acks[i])
-            .unwrap_or(self.source)
+        let mut peers: Vec<usize> = (0..acks.len()).filter(|&i| Some(i) != not && acks[i] >= lsn).collect();
+        peers.sort_by_key(|&i| std::cmp::Reverse(acks[i]));
+        if peers.is_empty() && Some(self.source) != not {
+            peers.push(self.source);
+        }
+        peers
+    }
+
+    /// Entries `[from, upto]` of our log from a node other than `not`, trying each node known to
+    /// hold them until one serves them. `Trimmed` only when none served them and some had
+    /// trimmed them: it names the lowest trim point among those, the one a lagging node can
+    /// continue from.
+    async fn read_from_peers(
+        &self,
+        not: Option<usize>,
+        from: Lsn,
+        upto: Lsn,
+    ) -> Result<Vec<Entry>, JournalError> {
+        let mut trimmed: Option<(Lsn, Epoch)> = None;
+        let mut failure = None;
+        for peer in self.peers_holding(upto, not) {
+            match self.journal.fetch_range(peer, from, upto, Some(self.epoch)).await {
+                Ok(entries) => return Ok(entries),
+                Err(e @ JournalError::Stale { .. }) => return Err(e),
+                Err(JournalError::Trimmed { first, below, .. }) => {
+                    if trimmed.is_none_or(|(f, _)| first < f) {
+                        trimmed = Some((first, below));
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        match (trimmed, failure) {
+            (Some((first, below)), _) => Err(JournalError::Trimmed { requested: from, first, below }),
+            (None, Some(e)) => Err(e),
+            (None, None) => {
+                Err(JournalError::Unexpected(format!("no other node holds lsn {from} to {upto}")))
+            }
+        }
+    }
+
+    /// Asks a node that lags behind every peer's trim point to continue its log after `base`.
+    async fn rebase(&self, node: usize, base: EntryId) -> Result<(), JournalError> {
+        let addr = self.journal.node(node).addr();
+        warn!(node = %addr, base_lsn = base.lsn, "a journal node lacks entries every peer has trimmed; \
+               asking it to continue its log after the peers' trim point");
+        let tail =
+            self.journal.rebase(node, self.epoch, base, self.commit_lsn(), self.cfg.request_timeout).await?;
+        info!(node = %addr, tail_lsn = tail.lsn, "journal node rebased");
+        Ok(())
     }
 
     async fn replicate(self: Arc<Self>, node: usize) {
@@ -828,7 +881,18 @@ impl Sequencer {
         // Probe from our tip backwards; the node's hints skip a whole divergent epoch at a time.
         let mut prev_lsn = *self.appended.borrow();
         let (mut send, mut recv, matched, tailed) = loop {
-            let prev = EntryId::new(self.epoch_at(prev_lsn).await?, prev_lsn);
+            let prev = match self.epoch_at(prev_lsn).await {
+                Ok(epoch) => EntryId::new(epoch, prev_lsn),
+                // Nobody holds what the node needs next: it can only continue from a trim point.
+                Err(JournalError::Trimmed { first, below, .. })
+                    if prev_lsn + 1 < first && below != Epoch::ZERO =>
+                {
+                    let base = EntryId::new(below, first - 1);
+                    self.rebase(node, base).await?;
+                    base
+                }
+                Err(e) => return Err(e),
+            };
             let probe = Message::AppendRequest {
                 epoch: self.epoch,
                 prev,
@@ -927,12 +991,10 @@ impl Sequencer {
             }
         }
         let end = upto.min(from + MAX_PER_APPEND * 8 - 1);
-        let peer = self.peer_holding(end, node);
-        if peer == node {
-            return Err(JournalError::Unexpected("no peer holds the entries a lagging node needs".into()));
-        }
-        debug!(node, from, end, peer, "catching a lagging node up from a peer");
-        self.journal.fetch_range(peer, from, end, Some(self.epoch)).await
+        debug!(node, from, end, "catching a lagging node up from a peer");
+        // A `Trimmed` error ends this stream; the next probe finds the node behind every trim
+        // point and rebases it.
+        self.read_from_peers(Some(node), from, end).await
     }
 }
 

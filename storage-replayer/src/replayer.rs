@@ -109,7 +109,7 @@ impl Replayer {
         loop {
             let batch = match tail.next_batch().await {
                 Ok(b) => b,
-                Err(JournalError::Trimmed { requested, first }) => {
+                Err(JournalError::Trimmed { requested, first, .. }) => {
                     return ReplayerError::FellBehind { name: self.name.clone(), needed: requested, first };
                 }
                 Err(e) => return e.into(),

@@ -30,6 +30,8 @@ pub struct ChaosConfig {
     /// Options added to every journal node's command line (e.g. small segments and a short
     /// retention, so that segments are trimmed and recycled while faults strike).
     pub journal_args: Vec<String>,
+    /// Options added to every sequencer's command line.
+    pub sequencer_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +76,7 @@ const LEASE: Duration = Duration::from_secs(1);
 pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
     let spec = ClusterSpec {
         journal_args: cfg.journal_args.clone(),
+        sequencer_args: cfg.sequencer_args.clone(),
         ..ClusterSpec::local(cfg.dir.clone(), cfg.base_port, 2, cfg.exe.clone())
     };
     remove_stale_partitions();

@@ -45,6 +45,8 @@ pub struct ClusterSpec {
     pub log_filter: String,
     /// Options added to every journal node's command line.
     pub journal_args: Vec<String>,
+    /// Options added to every sequencer's command line.
+    pub sequencer_args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -58,6 +60,7 @@ impl ClusterSpec {
             exe,
             log_filter: "info".into(),
             journal_args: Vec::new(),
+            sequencer_args: Vec::new(),
         }
     }
 }
@@ -214,6 +217,9 @@ impl LocalCluster {
             .collect(),
             Role::Sequencer(i) => {
                 vec!["sequencer".into(), "--id".into(), (i + 1).to_string(), "--journal".into(), journal]
+                    .into_iter()
+                    .chain(self.spec.sequencer_args.iter().cloned())
+                    .collect()
             }
             Role::Replayer => {
                 vec![

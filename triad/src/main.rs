@@ -189,6 +189,10 @@ struct ChaosArgs {
     /// --journal-arg=--retain-entries=20000` has segments trimmed and recycled during the run.
     #[arg(long, allow_hyphen_values = true)]
     journal_arg: Vec<String>,
+    /// An option for every sequencer, repeatable; e.g. `--sequencer-arg=--window-entries=1000`
+    /// has a restarted journal node catch up from its peers instead of the sequencer's memory.
+    #[arg(long, allow_hyphen_values = true)]
+    sequencer_arg: Vec<String>,
 }
 
 #[derive(Args)]
@@ -265,6 +269,10 @@ struct SequencerArgs {
     /// sequencer for this long. Heartbeats go out every tenth of it.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     lease: Duration,
+    /// Recent entries kept in memory (besides those not yet committed) for journal nodes that
+    /// lag; a node further behind catches up from its peers' logs instead.
+    #[arg(long, default_value_t = triad_sequencer::DEFAULT_WINDOW_ENTRIES)]
+    window_entries: usize,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -459,6 +467,7 @@ async fn sequencer(a: SequencerArgs) -> Result<()> {
     let mut cfg = SequencerConfig::new(a.id, a.journal.clone());
     cfg.conflict_keys = a.conflict_keys;
     cfg.lease = a.lease;
+    cfg.window_entries = a.window_entries;
     cfg.heartbeat = (a.lease / 10).max(Duration::from_millis(10));
     info!(id = a.id, listen = %a.listen, journal = ?a.journal, "sequencer candidate serving; active once it holds the lease");
     let node = SequencerNode::new(cfg, endpoint.clone());
@@ -679,6 +688,7 @@ async fn chaos(a: ChaosArgs) -> Result<()> {
         interval: a.interval,
         clients: a.clients,
         journal_args: a.journal_arg,
+        sequencer_args: a.sequencer_arg,
     };
     println!("chaos: {:?} of faults every {:?}, seed {seed}", a.duration, a.interval);
     match triad::chaos::run(cfg, |line| println!("chaos: {line}")).await {

@@ -204,3 +204,77 @@ async fn restarted_replayer_resumes_without_gaps() {
         opened[1]
     );
 }
+
+/// A member's status, asked again until it answers: a status call can time out while two
+/// cores are busy with the cluster's load.
+async fn status_of(c: &LocalCluster, role: Role) -> triad_protocol::NodeStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.status(role).await {
+            Ok(s) => return s,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{role} does not answer: {e}"),
+        }
+    }
+}
+
+/// A journal node that was down while its peers trimmed past everything it holds can never be
+/// caught up by appends: nobody holds the entries it lacks. It is rebased onto the peers' trim
+/// point and then counts for the quorum again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_node_left_behind_every_trim_point_is_rebased_and_rejoins() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::Builder::new().prefix("triad-e2e-").tempdir().unwrap();
+    let mut spec = ClusterSpec::local(dir.path().to_path_buf(), 22400, 1, env!("CARGO_BIN_EXE_triad").into());
+    // Small segments and little retention, so that the peers trim within seconds.
+    spec.journal_args = vec!["--segment-size=16KiB".into(), "--retain-entries=100".into()];
+    // A small window, so that the restarted node cannot catch up from the sequencer's memory.
+    spec.sequencer_args = vec!["--window-entries=200".into()];
+    let mut c = LocalCluster::start(spec).unwrap();
+    c.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let bank = bank(&c, 30);
+    bank.setup().await.unwrap();
+    let runner = {
+        let bank = bank.clone();
+        tokio::spawn(async move { bank.run(|_| {}).await })
+    };
+    bank.wait_commits(0, 100, Duration::from_secs(20)).await.unwrap();
+    let (behind, peer_a, peer_b) = (Role::Journal(1), Role::Journal(0), Role::Journal(2));
+    c.kill(behind).unwrap();
+    // The dead node held at most what was committed when it died, and the bank's 8 commits in
+    // flight then.
+    let held = status_of(&c, peer_a).await.commit_lsn.max(status_of(&c, peer_b).await.commit_lsn) + 8;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let firsts = [status_of(&c, peer_a).await.first_lsn, status_of(&c, peer_b).await.first_lsn];
+        if firsts.iter().all(|&f| f > held + 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the live nodes never trimmed past {held}: {firsts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.restart(behind).unwrap();
+    // It catches up with the others: the rebase, then appends from the trim point on.
+    let target = status_of(&c, peer_a).await.commit_lsn;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = c.status(behind).await {
+            if s.last.lsn >= target {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the restarted node never reached lsn {target}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // With one of the others gone, the rebased node makes the majority.
+    let n = bank.committed_so_far();
+    c.kill(peer_b).unwrap();
+    bank.wait_commits(n, 100, Duration::from_secs(20)).await.inspect_err(|_| dump_logs(&c)).unwrap();
+    let (history, elapsed) = runner.await.unwrap().unwrap();
+    let report = bank.verify(&history, elapsed).await.inspect_err(|_| dump_logs(&c));
+    eprintln!("{}", report.unwrap());
+    let log = std::fs::read_to_string(c.log_path(behind)).unwrap();
+    assert!(log.contains("restarting the log after the peers' trim point"), "the node was never rebased");
+}

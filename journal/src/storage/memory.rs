@@ -79,6 +79,10 @@ impl LogStore for MemoryStore {
         self.base.lsn + 1
     }
 
+    fn base(&self) -> EntryId {
+        self.base
+    }
+
     fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
         self.index_of(lsn).map(|i| self.entries[i].epoch)
     }
@@ -146,6 +150,15 @@ impl LogStore for MemoryStore {
     fn save_meta(&mut self, meta: &Meta) -> Result<(), StoreError> {
         self.shared.check()?;
         self.meta = *meta;
+        Ok(())
+    }
+
+    fn restart_after(&mut self, base: EntryId) -> Result<(), StoreError> {
+        self.shared.check()?;
+        self.shared.truncating_to(EntryId::ZERO);
+        self.entries.clear();
+        self.base = base;
+        self.shared.advance_to(base);
         Ok(())
     }
 

@@ -87,6 +87,9 @@ pub trait LogStore: Send + 'static {
     /// Lowest LSN still held; `last().lsn + 1` when empty.
     fn first_lsn(&self) -> Lsn;
 
+    /// The entry just below `first_lsn()` (`EntryId::ZERO` for a log that starts at LSN 1).
+    fn base(&self) -> EntryId;
+
     /// Epoch of the entry at `lsn`, `None` if not held.
     fn epoch_at(&self, lsn: Lsn) -> Option<Epoch>;
 
@@ -125,6 +128,13 @@ pub trait LogStore: Send + 'static {
 
     /// Persists `meta`; durable before it returns.
     fn save_meta(&mut self, meta: &Meta) -> Result<(), StoreError>;
+
+    /// Drops every entry and continues the log right after `base`, which may lie anywhere:
+    /// afterwards `last() == durable() == base()` and `first_lsn() == base.lsn + 1`. Durable
+    /// before it returns; a crash part-way leaves a suffix of the old log, or an empty log, never
+    /// a mix of the old log and the new one. For a base the caller knows to be committed, with
+    /// nothing it drops needed any more (see [`crate::acceptor::on_rebase`]).
+    fn restart_after(&mut self, base: EntryId) -> Result<(), StoreError>;
 
     /// Forgets entries below `lsn` where that is cheap: [`SegmentStore`] deletes whole segments
     /// lying entirely below `lsn` and never the segment holding the tail, so `first_lsn()` may stay

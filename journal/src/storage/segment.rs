@@ -675,6 +675,30 @@ impl SegmentStore {
             retired.push(retire_segment(&self.dir, &seg)?);
         }
         self.epochs.trim_before(self.first_lsn(), self.last().lsn);
+        self.dispose(retired);
+        Ok(())
+    }
+
+    fn restart_files(&mut self, base: EntryId) -> Result<(), StoreError> {
+        // Every segment goes first, oldest first as in a trim, so that a crash part-way leaves a
+        // suffix of the old log or none of it; only then does the new one appear. Had it come
+        // first, a crash would leave two logs in one directory that do not join up.
+        let mut retired = Vec::with_capacity(self.segments.len());
+        while !self.segments.is_empty() {
+            let seg = self.segments.remove(0);
+            retired.push(retire_segment(&self.dir, &seg)?);
+        }
+        self.epochs = EpochIndex::default();
+        let seg = self.create_segment(base.lsn + 1, base)?;
+        tracing::info!(segment = %seg.path.display(), base_lsn = base.lsn, base_epoch = %base.epoch,
+                       "restarted the log after a base");
+        self.segments.push(seg);
+        self.dispose(retired);
+        Ok(())
+    }
+
+    /// Keeps one retired segment's file as the spare (if none is kept yet) and shreds the rest.
+    fn dispose(&mut self, retired: Vec<PathBuf>) {
         for path in retired {
             if self.opts.recycle && self.spare.is_none() {
                 self.keep_spare(path);
@@ -682,7 +706,6 @@ impl SegmentStore {
                 self.shredder.remove(path);
             }
         }
-        Ok(())
     }
 
     /// Waits until every trimmed segment's file that is not kept for reuse is gone.
@@ -713,6 +736,10 @@ impl LogStore for SegmentStore {
 
     fn first_lsn(&self) -> Lsn {
         self.segments.first().map_or(1, |s| s.first_lsn)
+    }
+
+    fn base(&self) -> EntryId {
+        self.segments.first().map_or(EntryId::ZERO, |s| s.prev)
     }
 
     fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
@@ -825,6 +852,17 @@ impl LogStore for SegmentStore {
         let result = self.save_meta_files(meta);
         self.poison_on_err(result)?;
         self.meta = *meta;
+        Ok(())
+    }
+
+    fn restart_after(&mut self, base: EntryId) -> Result<(), StoreError> {
+        self.shared.check()?;
+        // Before touching the files: a sync handle completing from here on must not report an
+        // entry of the old log durable.
+        self.shared.truncating_to(EntryId::ZERO);
+        let result = self.restart_files(base);
+        self.poison_on_err(result)?;
+        self.shared.advance_to(base);
         Ok(())
     }
 

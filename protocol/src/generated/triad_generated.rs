@@ -408,10 +408,10 @@ pub struct TxnOutcomeUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 25;
+pub const ENUM_MAX_BODY: u8 = 26;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 26] = [
+pub const ENUM_VALUES_BODY: [Body; 27] = [
   Body::NONE,
   Body::BeginRequest,
   Body::BeginResponse,
@@ -438,6 +438,7 @@ pub const ENUM_VALUES_BODY: [Body; 26] = [
   Body::StatusResponse,
   Body::MultiGetRequest,
   Body::MultiGetResponse,
+  Body::RebaseRequest,
 ];
 
 /// Every kind of message. A frame carries exactly one. New members go at the end, so that
@@ -473,9 +474,10 @@ impl Body {
   pub const StatusResponse: Self = Self(23);
   pub const MultiGetRequest: Self = Self(24);
   pub const MultiGetResponse: Self = Self(25);
+  pub const RebaseRequest: Self = Self(26);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 25;
+  pub const ENUM_MAX: u8 = 26;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::BeginRequest,
@@ -503,6 +505,7 @@ impl Body {
     Self::StatusResponse,
     Self::MultiGetRequest,
     Self::MultiGetResponse,
+    Self::RebaseRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -533,6 +536,7 @@ impl Body {
       Self::StatusResponse => Some("StatusResponse"),
       Self::MultiGetRequest => Some("MultiGetRequest"),
       Self::MultiGetResponse => Some("MultiGetResponse"),
+      Self::RebaseRequest => Some("RebaseRequest"),
       _ => None,
     }
   }
@@ -3037,6 +3041,140 @@ impl ::core::fmt::Debug for AppendResponse<'_> {
       ds.field("epoch", &self.epoch());
       ds.field("durable", &self.durable());
       ds.field("tailed", &self.tailed());
+      ds.finish()
+  }
+}
+pub enum RebaseRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks a node that lacks entries every peer has trimmed to drop its log and continue it right
+/// after `base`: a committed entry every learner has passed, just below the lowest LSN a peer
+/// still holds. Answered with an AppendResponse whose `durable` is the node's tail afterwards.
+pub struct RebaseRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RebaseRequest<'a> {
+  type Inner = RebaseRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RebaseRequest<'a> {
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
+  pub const VT_BASE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_COMMIT_LSN: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RebaseRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RebaseRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RebaseRequest<'bldr>> {
+    let mut builder = RebaseRequestBuilder::new(_fbb);
+    builder.add_commit_lsn(args.commit_lsn);
+    builder.add_epoch(args.epoch);
+    if let Some(x) = args.base { builder.add_base(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RebaseRequest::VT_EPOCH, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn base(&self) -> &'a EntryId {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<EntryId>(RebaseRequest::VT_BASE, None).unwrap()}
+  }
+  #[inline]
+  pub fn commit_lsn(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(RebaseRequest::VT_COMMIT_LSN, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RebaseRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<EntryId>("base", Self::VT_BASE, true)?
+     .visit_field::<u64>("commit_lsn", Self::VT_COMMIT_LSN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RebaseRequestArgs<'a> {
+    pub epoch: u64,
+    pub base: Option<&'a EntryId>,
+    pub commit_lsn: u64,
+}
+impl<'a> Default for RebaseRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RebaseRequestArgs {
+      epoch: 0,
+      base: None, // required field
+      commit_lsn: 0,
+    }
+  }
+}
+
+pub struct RebaseRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RebaseRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: u64) {
+    self.fbb_.push_slot::<u64>(RebaseRequest::VT_EPOCH, epoch, 0);
+  }
+  #[inline]
+  pub fn add_base(&mut self, base: &EntryId) {
+    self.fbb_.push_slot_always::<&EntryId>(RebaseRequest::VT_BASE, base);
+  }
+  #[inline]
+  pub fn add_commit_lsn(&mut self, commit_lsn: u64) {
+    self.fbb_.push_slot::<u64>(RebaseRequest::VT_COMMIT_LSN, commit_lsn, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RebaseRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RebaseRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RebaseRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, RebaseRequest::VT_BASE,"base");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RebaseRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RebaseRequest");
+      ds.field("epoch", &self.epoch());
+      ds.field("base", &self.base());
+      ds.field("commit_lsn", &self.commit_lsn());
       ds.finish()
   }
 }
@@ -5904,6 +6042,20 @@ impl<'a> Message<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_rebase_request(&self) -> Option<RebaseRequest<'a>> {
+    if self.body_type() == Body::RebaseRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { RebaseRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Message<'_> {
@@ -5939,6 +6091,7 @@ impl ::flatbuffers::Verifiable for Message<'_> {
           Body::StatusResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusResponse>>("Body::StatusResponse", pos),
           Body::MultiGetRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MultiGetRequest>>("Body::MultiGetRequest", pos),
           Body::MultiGetResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MultiGetResponse>>("Body::MultiGetResponse", pos),
+          Body::RebaseRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RebaseRequest>>("Body::RebaseRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -6171,6 +6324,13 @@ impl ::core::fmt::Debug for Message<'_> {
         },
         Body::MultiGetResponse => {
           if let Some(x) = self.body_as_multi_get_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::RebaseRequest => {
+          if let Some(x) = self.body_as_rebase_request() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -157,6 +157,11 @@ pub fn message() -> impl Strategy<Value = Message> {
             durable,
             tailed
         }),
+        (epoch(), entry_id(), lsn()).prop_map(|(epoch, base, commit_lsn)| Message::RebaseRequest {
+            epoch,
+            base,
+            commit_lsn
+        }),
         (lsn(), any::<u32>(), any::<bool>(), prop::option::of(epoch())).prop_map(
             |(from_lsn, max_entries, follow, epoch)| Message::FetchRequest {
                 from_lsn,
@@ -209,6 +214,7 @@ pub fn variant_name(msg: &Message) -> &'static str {
         Message::SealResponse { .. } => "SealResponse",
         Message::AppendRequest { .. } => "AppendRequest",
         Message::AppendResponse { .. } => "AppendResponse",
+        Message::RebaseRequest { .. } => "RebaseRequest",
         Message::FetchRequest { .. } => "FetchRequest",
         Message::FetchResponse { .. } => "FetchResponse",
         Message::HeartbeatRequest { .. } => "HeartbeatRequest",
@@ -229,7 +235,7 @@ pub fn variant_name(msg: &Message) -> &'static str {
     }
 }
 
-pub const MESSAGE_VARIANTS: usize = 25;
+pub const MESSAGE_VARIANTS: usize = 26;
 
 fn w(key: &[u8], value: Option<&[u8]>) -> Write {
     Write { key: key.to_vec(), value: value.map(<[u8]>::to_vec) }
@@ -284,6 +290,7 @@ pub fn message_examples() -> Vec<Message> {
         },
         Message::AppendRequest { epoch: e, prev: EntryId::new(e, 2), entries: vec![], commit_lsn: 2 },
         Message::AppendResponse { epoch: e, durable: EntryId::new(e, 2), tailed: true },
+        Message::RebaseRequest { epoch: e, base: EntryId::new(Epoch::new(2, 1), 4096), commit_lsn: 5000 },
         Message::FetchRequest { from_lsn: 1, max_entries: 100, follow: true, epoch: None },
         Message::FetchRequest { from_lsn: 1, max_entries: 0, follow: false, epoch: Some(e) },
         Message::FetchRequest { from_lsn: 0, max_entries: 0, follow: false, epoch: Some(Epoch::ZERO) },
