@@ -153,14 +153,15 @@ pub struct TailReader {
     next: Lsn,
     stream: Option<RecvStream>,
     failures: u32,
-    /// Nodes that answered `Trimmed` since the last batch: each node trims on its own segment
+    /// Which nodes answered `Trimmed` since the last batch: each node trims on its own segment
     /// boundaries (and a rebased node holds less), so another may still hold the entries.
-    trimmed: usize,
+    trimmed: Vec<bool>,
 }
 
 impl TailReader {
     pub fn new(client: JournalClient, from: Lsn) -> TailReader {
-        TailReader { client, node: 0, next: from.max(1), stream: None, failures: 0, trimmed: 0 }
+        let trimmed = vec![false; client.len()];
+        TailReader { client, node: 0, next: from.max(1), stream: None, failures: 0, trimmed }
     }
 
     /// The LSN the next entry will have.
@@ -176,13 +177,14 @@ impl TailReader {
             match self.try_next().await {
                 Ok(Some(batch)) => {
                     self.failures = 0;
-                    self.trimmed = 0;
+                    self.trimmed.fill(false);
                     return Ok(batch);
                 }
                 Ok(None) => {}
                 Err(e @ JournalError::Trimmed { .. }) => {
-                    self.trimmed += 1;
-                    if self.trimmed >= self.client.len() {
+                    // Only when every node has said so: one that is merely down may hold them.
+                    self.trimmed[self.node] = true;
+                    if self.trimmed.iter().all(|&t| t) {
                         return Err(e);
                     }
                     debug!(node = %self.client.node(self.node).addr(), "{e}; trying the next node");

@@ -363,7 +363,7 @@ impl JournalNode {
             }
             RebaseDecision::Uncommitted => {
                 return Message::error(
-                    ErrorCode::Malformed,
+                    ErrorCode::Unavailable,
                     format!(
                     "a rebase needs a committed base; {base:?} is above the sender's watermark {commit_lsn}"
                 ),
@@ -856,7 +856,7 @@ mod tests {
         let (e1, e2) = (Epoch::new(1, 1), Epoch::new(2, 1));
         let base = EntryId::new(e1, 5000);
         // Above the sender's watermark: refused, nothing dropped.
-        assert!(matches!(node.rebase(e2, base, 4999), Message::Error(e) if e.code == ErrorCode::Malformed));
+        assert!(matches!(node.rebase(e2, base, 4999), Message::Error(e) if e.code == ErrorCode::Unavailable));
         assert_eq!(node.last().lsn, 10);
         match node.rebase(e2, base, 5100) {
             Message::AppendResponse { durable, .. } => assert_eq!(durable, base),

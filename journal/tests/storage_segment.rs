@@ -865,22 +865,24 @@ fn a_restarted_log_continues_after_its_base_across_reopens() {
 
 #[test]
 fn a_restart_cut_short_leaves_an_older_log_or_none() {
-    // A restart retires every old segment before the new one appears. A stop half-way leaves
-    // retired files beside what is left of the old log: the suffix opens as a log on its own.
+    // A restart retires every old segment, newest first, before the new one appears. A stop
+    // half-way leaves retired files beside what is left of the old log: a prefix of it, which
+    // opens as a shorter log (never a suffix, whose missing start would pass for committed).
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path(), 200);
     store.append(&batch(1, 1..=30)).unwrap();
     store.save_meta(&Meta { promised: Epoch(1), commit_lsn: 30 }).unwrap();
     drop(store);
     let files = segment_files(dir.path());
-    let (retired, kept) = files.split_at(2);
+    let (kept, retired) = files.split_at(2);
     for path in retired {
         fs::rename(path, format!("{}.trim", path.display())).unwrap();
     }
     let mut store = open(dir.path(), 200);
-    let first = store.first_lsn();
-    assert!(first > 1);
-    assert_eq!(all(&store), batch(1, first..=30));
+    let last = store.last().lsn;
+    assert!(last < 30);
+    assert_eq!(store.first_lsn(), 1);
+    assert_eq!(all(&store), batch(1, 1..=last));
     store.finish_trims();
     drop(store);
     // Every segment retired: an empty log, keeping its metadata.
@@ -890,4 +892,26 @@ fn a_restart_cut_short_leaves_an_older_log_or_none() {
     let store = open(dir.path(), 200);
     assert_eq!((store.last(), store.first_lsn()), (EntryId::ZERO, 1));
     assert_eq!(store.meta(), Meta { promised: Epoch(1), commit_lsn: 30 });
+}
+
+#[test]
+fn a_restart_that_fails_part_way_leaves_a_prefix_of_the_old_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 200);
+    store.append(&batch(1, 1..=30)).unwrap();
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
+    // A directory under the retired name of a middle segment makes its retirement fail.
+    let blocker = PathBuf::from(format!("{}.trim", files[files.len() / 2].display()));
+    fs::create_dir(&blocker).unwrap();
+    assert!(store.restart_after(id(2, 500)).is_err());
+    drop(store);
+    fs::remove_dir(&blocker).unwrap();
+    // What is left starts where the old log did: a suffix would start above lsn 1, and the
+    // acceptor would take the missing start for committed entries it holds.
+    let store = open(dir.path(), 200);
+    assert_eq!(store.first_lsn(), 1);
+    let last = store.last().lsn;
+    assert!(last < 30, "the newest segments went first");
+    assert_eq!(all(&store), batch(1, 1..=last));
 }

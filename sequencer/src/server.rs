@@ -238,14 +238,20 @@ impl TxnTable {
             }
             table.clear();
             if let Some(seq) = seq.upgrade() {
-                let mut txns = seq.txns.lock().expect("txns lock");
-                if txns.older.capacity() < half {
-                    std::mem::swap(&mut txns.older, &mut table);
-                }
+                seq.txns.lock().expect("txns lock").take_older(table);
             }
         };
         if let Err(e) = std::thread::Builder::new().name("txn-index".into()).spawn(work) {
             warn!(error = %e, "no thread to prepare the transaction index; it is made when needed");
+        }
+    }
+
+    /// Takes `table` (empty, sized for a generation) as the older generation's, unless the
+    /// first generation change has already made one: then that one holds indexed ids.
+    fn take_older(&mut self, table: HashMap<TxnId, Lsn>) {
+        debug_assert!(table.is_empty());
+        if self.older.capacity() < Self::half(self.cap) {
+            self.older = table;
         }
     }
 
@@ -776,16 +782,18 @@ impl Sequencer {
         }
     }
 
-    /// Epoch of our log's entry at `lsn`: from the window, else from a node known to hold it,
-    /// else from the trim point just above it. `Trimmed` when every node asked trimmed more.
-    async fn epoch_at(&self, lsn: Lsn) -> Result<Epoch, JournalError> {
+    /// Epoch of our log's entry at `lsn`, for probing `node`: from the window, else from
+    /// another node known to hold it, else from the trim point just above it. `Trimmed` when
+    /// every other node asked has trimmed more: then they cannot give `node` what follows `lsn`
+    /// either, though `node` itself may still hold `lsn`.
+    async fn epoch_at(&self, lsn: Lsn, node: usize) -> Result<Epoch, JournalError> {
         if lsn == 0 {
             return Ok(Epoch::ZERO);
         }
         if let Some(e) = self.window.lock().expect("window lock").get(lsn) {
             return Ok(e.epoch);
         }
-        match self.read_from_peers(None, lsn, lsn).await {
+        match self.read_from_peers(Some(node), lsn, lsn).await {
             Ok(entries) => {
                 entries.first().map(|e| e.epoch).ok_or(JournalError::Unexpected("empty fetch".into()))
             }
@@ -881,7 +889,7 @@ impl Sequencer {
         // Probe from our tip backwards; the node's hints skip a whole divergent epoch at a time.
         let mut prev_lsn = *self.appended.borrow();
         let (mut send, mut recv, matched, tailed) = loop {
-            let prev = match self.epoch_at(prev_lsn).await {
+            let prev = match self.epoch_at(prev_lsn, node).await {
                 Ok(epoch) => EntryId::new(epoch, prev_lsn),
                 // Nobody holds what the node needs next: it can only continue from a trim point.
                 Err(JournalError::Trimmed { first, below, .. })
@@ -952,8 +960,23 @@ impl Sequencer {
             }
             let commit_lsn = *commit.borrow_and_update();
             let tip = *appended.borrow_and_update();
-            let batch =
-                if prev.lsn < tip { self.entries_for(node, prev.lsn + 1, tip).await? } else { Vec::new() };
+            let batch = if prev.lsn < tip {
+                match self.entries_for(node, prev.lsn + 1, tip).await {
+                    Ok(batch) => batch,
+                    // Nobody holds what the node needs next (its log may end anywhere below the
+                    // peers' trim points, even be empty): it can only continue from one.
+                    Err(JournalError::Trimmed { first, below, .. })
+                        if prev.lsn + 1 < first && below != Epoch::ZERO =>
+                    {
+                        self.rebase(node, EntryId::new(below, first - 1)).await?;
+                        // The next probe finds where the node's log now ends.
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                Vec::new()
+            };
             if !batch.is_empty() || (commit_lsn > sent_commit && tailed.load(Ordering::Relaxed)) {
                 let next_prev = batch.last().map(Entry::id).unwrap_or(prev);
                 let msg = Message::AppendRequest { epoch: self.epoch, prev, entries: batch, commit_lsn };
@@ -992,8 +1015,6 @@ impl Sequencer {
         }
         let end = upto.min(from + MAX_PER_APPEND * 8 - 1);
         debug!(node, from, end, "catching a lagging node up from a peer");
-        // A `Trimmed` error ends this stream; the next probe finds the node behind every trim
-        // point and rebases it.
         self.read_from_peers(Some(node), from, end).await
     }
 }
@@ -1142,6 +1163,52 @@ mod tests {
         assert_eq!(t.newer.len() + t.older.len(), 1000);
         assert_eq!(t.floor, 4000, "every commit record above the floor is indexed");
         assert!((4001..=5000).all(|lsn| t.get(&TxnId(u128::from(lsn))) == Some(lsn)));
+    }
+
+    fn commit_entry(lsn: Lsn, id: u128) -> Entry {
+        let record = LogRecord::Commit { txn_id: TxnId(id), writes: vec![] };
+        Entry { epoch: Epoch::new(1, 1), lsn, payload: Bytes::from(encode_record(&record)) }
+    }
+
+    /// After a failover the index starts at the floor recovery chose and holds every commit
+    /// record above it, whatever else the log holds between them; a record it cannot read stops
+    /// the recovery instead of leaving a hole in the index.
+    #[test]
+    fn a_recovered_txn_index_holds_every_commit_above_its_floor() {
+        let mut t = TxnTable::new(100, 1000);
+        let start = Entry {
+            epoch: Epoch::new(2, 1),
+            lsn: 104,
+            payload: Bytes::from(encode_record(&LogRecord::EpochStart { epoch: Epoch::new(2, 1) })),
+        };
+        let entries = vec![commit_entry(101, 7), commit_entry(102, 8), commit_entry(103, 9), start];
+        t.index_entries(&entries).unwrap();
+        assert_eq!(t.floor, 100);
+        assert_eq!([7, 8, 9].map(|id| t.get(&TxnId(id))), [Some(101), Some(102), Some(103)]);
+        // Ids below the floor are not claimed either way: they are looked up in the log.
+        assert_eq!(t.get(&TxnId(1)), None);
+        let garbage =
+            Entry { epoch: Epoch::new(2, 1), lsn: 105, payload: Bytes::from_static(b"not a record") };
+        assert!(matches!(t.index_entries(&[garbage]), Err(SequencerError::Recovery(_))));
+    }
+
+    /// The table made on a thread after start replaces the older generation only while that
+    /// is still the placeholder: once a generation change has filled it, its ids stay.
+    #[test]
+    fn a_prepared_table_never_replaces_a_generation_in_use() {
+        let mut t = table(4);
+        t.take_older(HashMap::with_capacity(2));
+        let prepared = t.older.capacity();
+        assert!(prepared >= 2);
+        let mut t = table(4);
+        for lsn in 1..=3 {
+            t.insert(lsn, TxnId(u128::from(lsn)));
+        }
+        // The generation change at lsn 3 made the older table itself (lsn 1 and 2 in it).
+        t.take_older(HashMap::with_capacity(2));
+        assert_eq!(t.older.len(), 2);
+        assert!((1..=3).all(|lsn| t.get(&TxnId(u128::from(lsn))) == Some(lsn)));
+        assert_eq!(t.floor, 0);
     }
 
     #[test]

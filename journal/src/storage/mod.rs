@@ -131,7 +131,7 @@ pub trait LogStore: Send + 'static {
 
     /// Drops every entry and continues the log right after `base`, which may lie anywhere:
     /// afterwards `last() == durable() == base()` and `first_lsn() == base.lsn + 1`. Durable
-    /// before it returns; a crash part-way leaves a suffix of the old log, or an empty log, never
+    /// before it returns; a crash part-way leaves a prefix of the old log, or an empty log, never
     /// a mix of the old log and the new one. For a base the caller knows to be committed, with
     /// nothing it drops needed any more (see [`crate::acceptor::on_rebase`]).
     fn restart_after(&mut self, base: EntryId) -> Result<(), StoreError>;

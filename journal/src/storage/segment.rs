@@ -680,12 +680,14 @@ impl SegmentStore {
     }
 
     fn restart_files(&mut self, base: EntryId) -> Result<(), StoreError> {
-        // Every segment goes first, oldest first as in a trim, so that a crash part-way leaves a
-        // suffix of the old log or none of it; only then does the new one appear. Had it come
-        // first, a crash would leave two logs in one directory that do not join up.
+        // Every segment goes first, newest first as in a truncation, so that a crash part-way
+        // leaves a prefix of the old log or none of it; only then does the new one appear. A
+        // suffix would not do: the acceptor takes whatever lies below a log's first entry for
+        // committed and held, and the entries above `base` that a rebase drops may be a
+        // divergent suffix that was never committed. Had the new segment come first, a crash
+        // would leave two logs in one directory that do not join up.
         let mut retired = Vec::with_capacity(self.segments.len());
-        while !self.segments.is_empty() {
-            let seg = self.segments.remove(0);
+        while let Some(seg) = self.segments.pop() {
             retired.push(retire_segment(&self.dir, &seg)?);
         }
         self.epochs = EpochIndex::default();
