@@ -670,21 +670,26 @@ fn trim_drops_whole_segments_only() {
     assert!(matches!(store.truncate_after(first - 2), Err(StoreError::Trimmed { .. })));
     assert_eq!(store.read(first, 1, 0).unwrap(), batch(1, first..=first));
     assert_eq!(store.epoch_at(first - 1), None);
+    // The entry just below the trim point is still known: a lagging peer continues from it.
+    assert_eq!(store.base(), id(1, first - 1));
     assert_eq!(store.first_lsn_of_epoch(Epoch(1)), Some(first));
     assert_eq!(store.last(), id(2, 50));
     drop(store);
 
     let mut store = open(dir.path(), segment_bytes);
     assert_eq!(store.first_lsn(), first);
+    assert_eq!(store.base(), id(1, first - 1));
     assert_eq!(store.first_lsn_of_epoch(Epoch(1)), Some(first));
 
     // Trimming far ahead keeps the segment with the tail.
     store.trim_before(1000).unwrap();
     assert_eq!(segment_files(dir.path()).len(), 1);
     assert_eq!(store.last(), id(2, 50));
+    let first = store.first_lsn();
+    let below = if first > 26 { 2 } else { 1 };
+    assert_eq!(store.base(), id(below, first - 1));
     assert_eq!(store.epoch_at(50), Some(Epoch(2)));
     assert_eq!(store.first_lsn_of_epoch(Epoch(1)), None);
-    let first = store.first_lsn();
 
     // Dropping everything that is left keeps the tail's identity, even across a reopen.
     store.truncate_after(first - 1).unwrap();
