@@ -362,14 +362,10 @@ impl JournalNode {
                 )
             }
             RebaseDecision::Uncommitted => {
-                return Message::error(
-                    ErrorCode::Unavailable,
-                    format!(
-                    "a rebase needs a committed base; {base:?} is above the sender's watermark {commit_lsn}"
-                ),
-                    epoch,
-                    base.lsn,
-                )
+                let lsn = base.lsn;
+                let why =
+                    format!("a rebase needs a committed base: lsn {lsn} is above the watermark {commit_lsn}");
+                return Message::error(ErrorCode::Unavailable, why, epoch, base.lsn);
             }
             RebaseDecision::CommittedConflict { lsn } => {
                 error!(node = self.id, lsn, %epoch, "rebase would drop a committed entry of another epoch; refused");
