@@ -91,9 +91,12 @@ impl LocalCluster {
         let roles = LocalCluster::roles_of(&spec);
         let mut cluster =
             LocalCluster { spec, children: roles.into_iter().map(|r| (r, None)).collect(), client_tls };
+        // Journal nodes create their logs only in a new cluster: a directory missing beside
+        // others that exist is a node that lost its data, and it must not start empty.
+        let new_cluster = (0..cluster.spec.journals).all(|i| !cluster.data_dir(Role::Journal(i)).exists());
         for i in 0..cluster.children.len() {
             let role = cluster.children[i].0;
-            cluster.spawn(role)?;
+            cluster.spawn(role, new_cluster)?;
         }
         Ok(cluster)
     }
@@ -162,7 +165,7 @@ impl LocalCluster {
     pub fn heal(&mut self) -> Result<()> {
         for role in self.roles() {
             if self.pid(role).is_none() {
-                self.spawn(role)?;
+                self.spawn(role, false)?;
             } else {
                 self.signal_pause(role, false)?;
             }
@@ -203,18 +206,14 @@ impl LocalCluster {
         let tls = self.tls_dir().display().to_string();
         let journal = self.journal_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
         let listen = self.addr(role).to_string();
-        let data = |name: String| self.spec.dir.join(name).display().to_string();
+        let data = |role: Role| self.data_dir(role).display().to_string();
         let mut args = match role {
-            Role::Journal(i) => vec![
-                "journal".into(),
-                "--id".into(),
-                (i + 1).to_string(),
-                "--data-dir".into(),
-                data(role.to_string()),
-            ]
-            .into_iter()
-            .chain(self.spec.journal_args.iter().cloned())
-            .collect(),
+            Role::Journal(i) => {
+                vec!["journal".into(), "--id".into(), (i + 1).to_string(), "--data-dir".into(), data(role)]
+                    .into_iter()
+                    .chain(self.spec.journal_args.iter().cloned())
+                    .collect()
+            }
             Role::Sequencer(i) => {
                 vec!["sequencer".into(), "--id".into(), (i + 1).to_string(), "--journal".into(), journal]
                     .into_iter()
@@ -222,13 +221,7 @@ impl LocalCluster {
                     .collect()
             }
             Role::Replayer => {
-                vec![
-                    "replayer".into(),
-                    "--journal".into(),
-                    journal,
-                    "--data-dir".into(),
-                    data(role.to_string()),
-                ]
+                vec!["replayer".into(), "--journal".into(), journal, "--data-dir".into(), data(role)]
             }
         };
         args.extend([
@@ -242,14 +235,24 @@ impl LocalCluster {
         args
     }
 
-    fn spawn(&mut self, role: Role) -> Result<()> {
+    /// Where `role` keeps its data.
+    pub fn data_dir(&self, role: Role) -> PathBuf {
+        self.spec.dir.join(role.to_string())
+    }
+
+    /// Starts `role`; `init` lets a journal node create its log (first start of a new cluster).
+    fn spawn(&mut self, role: Role, init: bool) -> Result<()> {
         let log = File::options()
             .create(true)
             .append(true)
             .open(self.log_path(role))
             .with_context(|| format!("opening the log of {role}"))?;
+        let mut args = self.args(role);
+        if init && matches!(role, Role::Journal(_)) {
+            args.push("--init".into());
+        }
         let child = Command::new(&self.spec.exe)
-            .args(self.args(role))
+            .args(args)
             .env("RUST_LOG", &self.spec.log_filter)
             .env("NO_COLOR", "1")
             // Every member shares this machine: one worker thread each keeps them from waking
@@ -277,7 +280,7 @@ impl LocalCluster {
 
     pub fn restart(&mut self, role: Role) -> Result<()> {
         self.kill(role)?;
-        self.spawn(role)
+        self.spawn(role, false)
     }
 
     /// Members that exited on their own, with their exit status.

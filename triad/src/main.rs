@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 use triad::bank::{Bank, BankConfig};
 use triad::cluster::{ClusterSpec, LocalCluster, Role};
-use triad_journal::storage::{SegmentOptions, SegmentStore};
+use triad_journal::storage::{LogStore, Meta, SegmentOptions, SegmentStore};
 use triad_journal::{JournalNode, NodeOptions};
 use triad_replayer::format::{open_format, FORMATS};
 use triad_replayer::Replayer;
@@ -248,6 +248,13 @@ struct JournalArgs {
     /// Entries kept below the slowest registered learner before segments are trimmed.
     #[arg(long, default_value_t = 100_000)]
     retain_entries: u64,
+    /// This node is new in a new cluster: create an empty log if the data directory holds
+    /// none. Without it, a node refuses to start on a directory that holds no log. A node that
+    /// lost its data has forgotten the epoch it promised and the entries it acknowledged; started
+    /// empty, it could let a deposed sequencer reach a majority. Harmless where a log exists.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = false,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    init: bool,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -444,8 +451,20 @@ fn main() -> Result<()> {
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
     let opts = SegmentOptions { segment_bytes: a.segment_size, recycle: !a.no_recycle };
-    let store = SegmentStore::open(&a.data_dir, opts)
+    let mut store = SegmentStore::open(&a.data_dir, opts)
         .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
+    if !store.is_initialized() {
+        if !a.init {
+            bail!(
+                "{} holds no journal log. If this node is new in a new cluster, start it once with \
+                 --init. If it lost its data, do not start it empty: it has forgotten the epoch it \
+                 promised and the entries it acknowledged (see docs/deployment.md)",
+                a.data_dir.display()
+            );
+        }
+        store.save_meta(&Meta::default()).context("initializing the journal log")?;
+        info!(data_dir = %a.data_dir.display(), "initialized an empty journal log for a new cluster");
+    }
     let node_opts =
         NodeOptions { learners_file: Some(a.data_dir.join("learners")), retain_entries: a.retain_entries };
     let node = JournalNode::new(a.id, Box::new(store), node_opts);

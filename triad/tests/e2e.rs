@@ -278,3 +278,30 @@ async fn a_journal_node_left_behind_every_trim_point_is_rebased_and_rejoins() {
     let log = std::fs::read_to_string(c.log_path(behind)).unwrap();
     assert!(log.contains("restarting the log after the peers' trim point"), "the node was never rebased");
 }
+
+/// A journal node that lost its data has forgotten the epoch it promised and the entries it
+/// acknowledged. Started empty it could let a deposed sequencer reach a majority, so it refuses
+/// to start unless told that it is new in a new cluster (`--init`, which only the first start
+/// of a cluster passes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_node_that_lost_its_data_refuses_to_start_empty() {
+    let _serial = SERIAL.lock().await;
+    let (mut c, _dir) = cluster(22500);
+    c.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let lost = Role::Journal(0);
+    c.kill(lost).unwrap();
+    std::fs::remove_dir_all(c.data_dir(lost)).unwrap();
+    c.restart(lost).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some((_, status)) = c.exited().into_iter().find(|(r, _)| *r == lost) {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{lost} started on an empty data directory");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(c.log_path(lost)).unwrap();
+    assert!(log.contains("holds no journal log"), "{log}");
+    assert!(!c.data_dir(lost).join("meta").exists(), "nothing was initialized");
+}

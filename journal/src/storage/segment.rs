@@ -151,6 +151,9 @@ pub struct SegmentStore {
     segments: Vec<Segment>,
     epochs: EpochIndex,
     meta: Meta,
+    /// Whether the metadata file exists: written at the node's first promise, or when a new
+    /// node is initialized. A log directory without it has never served.
+    has_meta: bool,
     shared: Arc<Shared>,
     /// Reused for every append, so that the write path allocates nothing per record.
     buf: Vec<u8>,
@@ -428,6 +431,7 @@ impl SegmentStore {
             segments,
             epochs,
             meta,
+            has_meta,
             shared: Shared::with_durable(last),
             buf: Vec::new(),
             _lock: lock,
@@ -455,6 +459,12 @@ impl SegmentStore {
             "opened log"
         );
         Ok(store)
+    }
+
+    /// Whether this log has persisted its metadata (a promise, or an explicit initialization
+    /// with [`LogStore::save_meta`]). A directory without it is new, or lost what it held.
+    pub fn is_initialized(&self) -> bool {
+        self.has_meta
     }
 
     /// The directory this store lives in.
@@ -854,6 +864,7 @@ impl LogStore for SegmentStore {
         let result = self.save_meta_files(meta);
         self.poison_on_err(result)?;
         self.meta = *meta;
+        self.has_meta = true;
         Ok(())
     }
 
