@@ -47,6 +47,9 @@ enum Cmd {
     Demo(DemoArgs),
     /// Run a journal node (an acceptor of the replicated log).
     Journal(JournalArgs),
+    /// Create an empty log for a journal node that is new in a new cluster, then exit: what
+    /// `journal --init` does when it starts. A directory that holds a log is left as it is.
+    JournalInit(JournalInitArgs),
     /// Run a sequencer (conflict check, ordering, group commit into the journal).
     Sequencer(SequencerArgs),
     /// Run a storage replayer (tails the journal, serves reads at an LSN).
@@ -260,6 +263,13 @@ struct JournalArgs {
 }
 
 #[derive(Args)]
+struct JournalInitArgs {
+    /// The journal node's data directory (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+#[derive(Args)]
 struct SequencerArgs {
     /// Unique among the cluster's sequencers (1..65535); part of every epoch it chooses.
     #[arg(long)]
@@ -426,6 +436,7 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Journal(a) => journal(a).await,
+            Cmd::JournalInit(a) => journal_init(&a.data_dir, SegmentOptions::default()).map(drop),
             Cmd::Sequencer(a) => sequencer(a).await,
             Cmd::Replayer(a) => replayer(a).await,
             Cmd::Sql(a) => sql(a).await,
@@ -451,20 +462,22 @@ fn main() -> Result<()> {
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
     let opts = SegmentOptions { segment_bytes: a.segment_size, recycle: !a.no_recycle };
-    let mut store = SegmentStore::open(&a.data_dir, opts)
-        .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
-    if !store.is_initialized() {
-        if !a.init {
+    let store = if a.init {
+        journal_init(&a.data_dir, opts)?
+    } else {
+        let store = SegmentStore::open(&a.data_dir, opts)
+            .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
+        if !store.is_initialized() {
             bail!(
                 "{} holds no journal log. If this node is new in a new cluster, start it once with \
-                 --init. If it lost its data, do not start it empty: it has forgotten the epoch it \
-                 promised and the entries it acknowledged (see docs/deployment.md)",
+                 --init (or run `triad journal-init` first). If it lost its data, do not start it \
+                 empty: it has forgotten the epoch it promised and the entries it acknowledged \
+                 (see docs/deployment.md)",
                 a.data_dir.display()
             );
         }
-        store.save_meta(&Meta::default()).context("initializing the journal log")?;
-        info!(data_dir = %a.data_dir.display(), "initialized an empty journal log for a new cluster");
-    }
+        store
+    };
     let node_opts =
         NodeOptions { learners_file: Some(a.data_dir.join("learners")), retain_entries: a.retain_entries };
     let node = JournalNode::new(a.id, Box::new(store), node_opts);
@@ -478,6 +491,20 @@ async fn journal(a: JournalArgs) -> Result<()> {
         }
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
+}
+
+/// Opens the log in `dir`, creating an empty one (with its metadata, so that later starts know
+/// it for initialized) if the directory holds none.
+fn journal_init(dir: &std::path::Path, opts: SegmentOptions) -> Result<SegmentStore> {
+    let mut store = SegmentStore::open(dir, opts)
+        .with_context(|| format!("opening the journal log in {}", dir.display()))?;
+    if store.is_initialized() {
+        info!(data_dir = %dir.display(), "the data directory already holds a journal log");
+    } else {
+        store.save_meta(&Meta::default()).context("initializing the journal log")?;
+        info!(data_dir = %dir.display(), "initialized an empty journal log for a new cluster");
+    }
+    Ok(store)
 }
 
 async fn sequencer(a: SequencerArgs) -> Result<()> {
