@@ -891,15 +891,13 @@ impl Sequencer {
         let (mut send, mut recv, matched, tailed) = loop {
             let prev = match self.epoch_at(prev_lsn, node).await {
                 Ok(epoch) => EntryId::new(epoch, prev_lsn),
-                // Nobody holds what the node needs next: it can only continue from a trim point.
-                Err(JournalError::Trimmed { first, below, .. })
-                    if prev_lsn + 1 < first && below != Epoch::ZERO =>
-                {
-                    let base = EntryId::new(below, first - 1);
-                    self.rebase(node, base).await?;
-                    base
-                }
-                Err(e) => return Err(e),
+                Err(e) => match rebase_point(prev_lsn + 1, &e) {
+                    Some(base) => {
+                        self.rebase(node, base).await?;
+                        base
+                    }
+                    None => return Err(e),
+                },
             };
             let probe = Message::AppendRequest {
                 epoch: self.epoch,
@@ -963,16 +961,12 @@ impl Sequencer {
             let batch = if prev.lsn < tip {
                 match self.entries_for(node, prev.lsn + 1, tip).await {
                     Ok(batch) => batch,
-                    // Nobody holds what the node needs next (its log may end anywhere below the
-                    // peers' trim points, even be empty): it can only continue from one.
-                    Err(JournalError::Trimmed { first, below, .. })
-                        if prev.lsn + 1 < first && below != Epoch::ZERO =>
-                    {
-                        self.rebase(node, EntryId::new(below, first - 1)).await?;
-                        // The next probe finds where the node's log now ends.
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e),
+                    // The node's log may end anywhere below the peers' trim points, even be
+                    // empty; the next probe finds where it ends after the rebase.
+                    Err(e) => match rebase_point(prev.lsn + 1, &e) {
+                        Some(base) => return self.rebase(node, base).await,
+                        None => return Err(e),
+                    },
                 }
             } else {
                 Vec::new()
@@ -1016,6 +1010,20 @@ impl Sequencer {
         let end = upto.min(from + MAX_PER_APPEND * 8 - 1);
         debug!(node, from, end, "catching a lagging node up from a peer");
         self.read_from_peers(Some(node), from, end).await
+    }
+}
+
+/// Where a journal node that needs entry `next` continues its log, when reading `next` from
+/// the other nodes failed with `err`: right after the lowest trim point among them, if every
+/// node asked had trimmed past `next - 1` (nobody can give the node `next`, so appends cannot
+/// catch it up). `None` when the entry just below the trim point is `next - 1` itself (the node
+/// continues as it is), for any other error, and when the node did not name the epoch there.
+fn rebase_point(next: Lsn, err: &JournalError) -> Option<EntryId> {
+    match *err {
+        JournalError::Trimmed { first, below, .. } if next < first && below != Epoch::ZERO => {
+            Some(EntryId::new(below, first - 1))
+        }
+        _ => None,
     }
 }
 
@@ -1163,6 +1171,22 @@ mod tests {
         assert_eq!(t.newer.len() + t.older.len(), 1000);
         assert_eq!(t.floor, 4000, "every commit record above the floor is indexed");
         assert!((4001..=5000).all(|lsn| t.get(&TxnId(u128::from(lsn))) == Some(lsn)));
+    }
+
+    #[test]
+    fn a_node_is_rebased_only_when_nobody_holds_its_next_entry() {
+        let e = Epoch::new(3, 1);
+        let trimmed = |first| JournalError::Trimmed { requested: 0, first, below: e };
+        // Everyone holds the log from 501: a node that needs 100 continues after 500.
+        assert_eq!(rebase_point(100, &trimmed(501)), Some(EntryId::new(e, 500)));
+        // A node that needs 501 is caught up by appends; one with an empty log (needs 1) is not.
+        assert_eq!(rebase_point(501, &trimmed(501)), None);
+        assert_eq!(rebase_point(1, &trimmed(501)), Some(EntryId::new(e, 500)));
+        // Without the epoch below the trim point there is no base to name.
+        let unnamed = JournalError::Trimmed { requested: 0, first: 501, below: Epoch::ZERO };
+        assert_eq!(rebase_point(100, &unnamed), None);
+        // Any other failure (a peer down, a refusal) is retried, never a reason to drop a log.
+        assert_eq!(rebase_point(100, &JournalError::Unexpected("down".into())), None);
     }
 
     fn commit_entry(lsn: Lsn, id: u128) -> Entry {
