@@ -436,7 +436,7 @@ fn main() -> Result<()> {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Journal(a) => journal(a).await,
-            Cmd::JournalInit(a) => journal_init(&a.data_dir, SegmentOptions::default()).map(drop),
+            Cmd::JournalInit(a) => open_journal_log(&a.data_dir, SegmentOptions::default(), true).map(drop),
             Cmd::Sequencer(a) => sequencer(a).await,
             Cmd::Replayer(a) => replayer(a).await,
             Cmd::Sql(a) => sql(a).await,
@@ -462,22 +462,7 @@ fn main() -> Result<()> {
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
     let opts = SegmentOptions { segment_bytes: a.segment_size, recycle: !a.no_recycle };
-    let store = if a.init {
-        journal_init(&a.data_dir, opts)?
-    } else {
-        let store = SegmentStore::open(&a.data_dir, opts)
-            .with_context(|| format!("opening the journal log in {}", a.data_dir.display()))?;
-        if !store.is_initialized() {
-            bail!(
-                "{} holds no journal log. If this node is new in a new cluster, start it once with \
-                 --init (or run `triad journal-init` first). If it lost its data, do not start it \
-                 empty: it has forgotten the epoch it promised and the entries it acknowledged \
-                 (see docs/deployment.md)",
-                a.data_dir.display()
-            );
-        }
-        store
-    };
+    let store = open_journal_log(&a.data_dir, opts, a.init)?;
     let node_opts =
         NodeOptions { learners_file: Some(a.data_dir.join("learners")), retain_entries: a.retain_entries };
     let node = JournalNode::new(a.id, Box::new(store), node_opts);
@@ -493,14 +478,22 @@ async fn journal(a: JournalArgs) -> Result<()> {
     }
 }
 
-/// Opens the log in `dir`, creating an empty one (with its metadata, so that later starts know
-/// it for initialized) if the directory holds none.
-fn journal_init(dir: &std::path::Path, opts: SegmentOptions) -> Result<SegmentStore> {
+/// Opens the log in `dir`. A directory that holds none is refused, unless `init` says the node
+/// is new in a new cluster: then an empty log is created, with its metadata, so that later
+/// starts know it for initialized.
+fn open_journal_log(dir: &std::path::Path, opts: SegmentOptions, init: bool) -> Result<SegmentStore> {
     let mut store = SegmentStore::open(dir, opts)
         .with_context(|| format!("opening the journal log in {}", dir.display()))?;
-    if store.is_initialized() {
-        info!(data_dir = %dir.display(), "the data directory already holds a journal log");
-    } else {
+    if !store.is_initialized() {
+        if !init {
+            bail!(
+                "{} holds no journal log. If this node is new in a new cluster, start it once with \
+                 --init (or run `triad journal-init` first). If it lost its data, do not start it \
+                 empty: it has forgotten the epoch it promised and the entries it acknowledged \
+                 (see docs/deployment.md)",
+                dir.display()
+            );
+        }
         store.save_meta(&Meta::default()).context("initializing the journal log")?;
         info!(data_dir = %dir.display(), "initialized an empty journal log for a new cluster");
     }
