@@ -126,9 +126,9 @@ fn compare(seg: &SegmentStore, mem: &MemoryStore) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn run(ops: Vec<Op>, segment_bytes: u64, recycle: bool) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, segment_bytes: u64, recycle: bool, presize: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let opts = SegmentOptions { segment_bytes, recycle };
+    let opts = SegmentOptions { segment_bytes, recycle, presize };
     let mut seg = SegmentStore::open(dir.path(), opts.clone()).unwrap();
     let mut mem = MemoryStore::new();
     for op in ops {
@@ -223,8 +223,9 @@ proptest! {
         ops in prop::collection::vec(op(), 1..40),
         segment_bytes in prop_oneof![Just(40u64), Just(120), Just(400), Just(1 << 20)],
         recycle: bool,
+        presize: bool,
     ) {
-        run(ops, segment_bytes, recycle)?;
+        run(ops, segment_bytes, recycle, presize)?;
     }
 }
 

@@ -28,7 +28,7 @@ fn id(epoch: u64, lsn: Lsn) -> EntryId {
 /// Without recycling, so that a file's length is where its records end and the tests can tear
 /// and damage it there; the tests using `recycling` cover the other layout.
 fn opts(segment_bytes: u64) -> SegmentOptions {
-    SegmentOptions { segment_bytes, recycle: false }
+    SegmentOptions { segment_bytes, recycle: false, presize: false }
 }
 
 fn open(dir: &Path, segment_bytes: u64) -> SegmentStore {
@@ -143,13 +143,19 @@ fn zero_filled_tail_keeps_every_record() {
     let full = file_len(&file);
     set_len(&file, full + 8192);
 
-    let store = open(dir.path(), 1 << 20);
+    let mut store = open(dir.path(), 1 << 20);
     assert_eq!(all(&store), written);
-    assert_eq!(file_len(&file), full);
+    // Zeros are space never written (as in a segment sized ahead): kept for the appends.
+    assert_eq!(file_len(&file), full + 8192);
+    let next = batch(1, 10..=11);
+    store.append(&next).unwrap();
+    drop(store);
+    let store = open(dir.path(), 1 << 20);
+    assert_eq!(all(&store), [written, next].concat());
 }
 
 fn recycling(segment_bytes: u64) -> SegmentOptions {
-    SegmentOptions { segment_bytes, recycle: true }
+    SegmentOptions { segment_bytes, recycle: true, presize: false }
 }
 
 fn inode(path: &Path) -> u64 {
@@ -833,7 +839,7 @@ fn a_log_directory_is_opened_by_one_store_at_a_time() {
 fn a_restarted_log_continues_after_its_base_across_reopens() {
     for recycle in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let opts = SegmentOptions { segment_bytes: 200, recycle };
+        let opts = SegmentOptions { segment_bytes: 200, recycle, presize: false };
         let mut store = SegmentStore::open(dir.path(), opts.clone()).unwrap();
         store.append(&batch(1, 1..=30)).unwrap();
         assert!(segment_files(dir.path()).len() > 2);
@@ -919,4 +925,133 @@ fn a_restart_that_fails_part_way_leaves_a_prefix_of_the_old_log() {
     let last = store.last().lsn;
     assert!(last < 30, "the newest segments went first");
     assert_eq!(all(&store), batch(1, 1..=last));
+}
+
+/// With segments given their full size when made (`SegmentOptions::presize`, the default).
+fn presized(segment_bytes: u64) -> SegmentOptions {
+    SegmentOptions { segment_bytes, recycle: false, presize: true }
+}
+
+fn bytes_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; len];
+    fs::File::open(path).unwrap().read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+#[test]
+fn a_presized_segment_keeps_its_size_and_its_records_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 64 << 10;
+    let first = batch(1, 1..=40);
+    let mut store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    store.append(&first).unwrap();
+    let file = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(file_len(&file), segment_bytes, "sized when made, not by the appends");
+    store.sync_handle().unwrap().sync().unwrap();
+    drop(store);
+
+    // The zeros past the last record end the log; nothing is cut, and appends go on there.
+    let mut store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    assert_eq!(all(&store), first);
+    assert_eq!(file_len(&file), segment_bytes);
+    let second = batch(2, 41..=60);
+    store.append(&second).unwrap();
+    drop(store);
+    let store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    assert_eq!(all(&store), [first, second].concat());
+    assert_eq!(store.durable(), id(2, 60));
+}
+
+#[test]
+fn a_full_presized_segment_is_cut_to_its_records_when_the_next_one_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 1024;
+    let written = batch(1, 1..=60);
+    let mut store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    for e in &written {
+        store.append(std::slice::from_ref(e)).unwrap();
+    }
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{} segments", files.len());
+    // Recovery takes damage in any but the last segment for corruption: those must end at
+    // their last record.
+    for f in &files[..files.len() - 1] {
+        assert!(file_len(f) <= segment_bytes, "{} keeps its unwritten end", f.display());
+        assert_ne!(bytes_at(f, file_len(f) - 1, 1), [0], "{} ends in zeros", f.display());
+    }
+    assert_eq!(file_len(files.last().unwrap()), segment_bytes);
+    drop(store);
+    let store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    assert_eq!(all(&store), written);
+}
+
+#[test]
+fn a_torn_record_in_a_presized_segment_is_cut_and_the_file_sized_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 64 << 10;
+    let written = batch(1, 1..=10);
+    let mut store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    store.append(&written).unwrap();
+    store.sync_handle().unwrap().sync().unwrap();
+    drop(store);
+    let file = segment_files(dir.path()).pop().unwrap();
+    let end = SEGMENT_HEADER + written.iter().map(record_len).sum::<u64>();
+    // The first bytes of a record that never got its body: a length and a checksum.
+    let torn = [40u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 0, 0];
+    {
+        use std::os::unix::fs::FileExt;
+        OpenOptions::new().write(true).open(&file).unwrap().write_all_at(&torn, end).unwrap();
+    }
+
+    let mut store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    assert_eq!(all(&store), written);
+    assert_eq!(bytes_at(&file, end, torn.len()), vec![0; torn.len()], "the torn bytes are gone");
+    assert_eq!(file_len(&file), segment_bytes, "sized again after the cut");
+    let next = batch(1, 11..=12);
+    store.append(&next).unwrap();
+    drop(store);
+    let store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    assert_eq!(all(&store), [written, next].concat());
+}
+
+#[test]
+fn damage_before_the_zeros_of_a_presized_segment_is_still_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = batch(1, 1..=10);
+    let mut store = SegmentStore::open(dir.path(), presized(64 << 10)).unwrap();
+    store.append(&written).unwrap();
+    store.sync_handle().unwrap().sync().unwrap();
+    drop(store);
+    let file = segment_files(dir.path()).pop().unwrap();
+    // Inside the fifth record's body: records 6 to 10 follow it, then the unwritten zeros.
+    let fifth = SEGMENT_HEADER + written[..4].iter().map(record_len).sum::<u64>();
+    flip_byte(&file, fifth + RECORD_OVERHEAD + 1);
+    match SegmentStore::open(dir.path(), presized(64 << 10)) {
+        Err(StoreError::Corrupt { .. }) => {}
+        other => panic!("expected corruption, got {:?}", other.map(|s| s.last())),
+    }
+}
+
+#[test]
+fn a_truncated_presized_segment_never_shows_the_dropped_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 64 << 10;
+    let written = batch(1, 1..=20);
+    let mut store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    store.append(&written).unwrap();
+    store.truncate_after(12).unwrap();
+    let file = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(file_len(&file), segment_bytes, "sized again after the truncation");
+    let end = SEGMENT_HEADER + written[..12].iter().map(record_len).sum::<u64>();
+    let dropped = written[12..].iter().map(record_len).sum::<u64>() as usize;
+    assert_eq!(bytes_at(&file, end, dropped), vec![0; dropped], "the dropped records' bytes are gone");
+    drop(store);
+    let mut store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    assert_eq!(all(&store), written[..12]);
+    let replacement = batch(2, 13..=14);
+    store.append(&replacement).unwrap();
+    drop(store);
+    let store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+    assert_eq!(all(&store), [written[..12].to_vec(), replacement].concat());
 }

@@ -217,8 +217,8 @@ pub struct LoadConfig {
     /// Txn bench: each client begins its next transaction in its last commit's round trip
     /// ([`triad_shim::Txn::commit_and_chain`]) instead of with a `begin` of its own.
     pub chain: bool,
-    /// Journal nodes recycle trimmed segment files (the default; `triad journal --no-recycle`).
-    pub recycle: bool,
+    /// Options for every journal node (`triad journal --help`), e.g. `--no-recycle`.
+    pub journal_args: Vec<String>,
 }
 
 /// The kernel's count of UDP datagrams received (`InDatagrams` in /proc/net/snmp).
@@ -248,7 +248,7 @@ fn cpu_seconds(procs: &[(String, u32)]) -> Vec<f64> {
 async fn start_cluster(cfg: &LoadConfig) -> Result<(LocalCluster, Client)> {
     let spec = ClusterSpec {
         log_filter: "warn".into(),
-        journal_args: if cfg.recycle { Vec::new() } else { vec!["--no-recycle".into()] },
+        journal_args: cfg.journal_args.clone(),
         ..ClusterSpec::local(cfg.dir.clone(), cfg.base_port, 1, cfg.exe.clone())
     };
     let mut cluster = LocalCluster::start(spec)?;

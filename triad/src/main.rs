@@ -137,6 +137,10 @@ struct LoadArgs {
     /// Start the journal nodes with `--no-recycle` (see `triad journal --help`).
     #[arg(long)]
     no_recycle: bool,
+    /// An option for every journal node, repeatable (see `triad journal --help`); e.g.
+    /// `--journal-arg=--no-presize` measures appends that grow their segment file.
+    #[arg(long, allow_hyphen_values = true)]
+    journal_arg: Vec<String>,
     #[arg(long, default_value_t = 7500)]
     base_port: u16,
     /// Print one JSON object instead of text.
@@ -248,6 +252,11 @@ struct JournalArgs {
     /// copy-on-write filesystems, where overwriting in place gains nothing.
     #[arg(long)]
     no_recycle: bool,
+    /// Let a new segment file grow as records are appended, instead of giving it its full size
+    /// when it is made (a sparse file: no disk space is taken ahead). A file that grows needs a
+    /// filesystem journal commit with every append's fdatasync, for its new size.
+    #[arg(long)]
+    no_presize: bool,
     /// Entries kept below the slowest registered learner before segments are trimmed.
     #[arg(long, default_value_t = 100_000)]
     retain_entries: u64,
@@ -461,7 +470,8 @@ fn main() -> Result<()> {
 
 async fn journal(a: JournalArgs) -> Result<()> {
     let tls = a.tls.load()?;
-    let opts = SegmentOptions { segment_bytes: a.segment_size, recycle: !a.no_recycle };
+    let opts =
+        SegmentOptions { segment_bytes: a.segment_size, recycle: !a.no_recycle, presize: !a.no_presize };
     let store = open_journal_log(&a.data_dir, opts, a.init)?;
     let node_opts =
         NodeOptions { learners_file: Some(a.data_dir.join("learners")), retain_entries: a.retain_entries };
@@ -829,7 +839,12 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
         record_bytes: a.record_bytes,
         accounts: a.accounts,
         chain: a.chain,
-        recycle: !a.no_recycle,
+        journal_args: a
+            .no_recycle
+            .then(|| "--no-recycle".to_string())
+            .into_iter()
+            .chain(a.journal_arg)
+            .collect(),
     };
     let json = a.json;
     let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
@@ -906,7 +921,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             record_bytes: a.record_bytes,
             accounts: 0,
             chain: false,
-            recycle: true,
+            journal_args: Vec::new(),
         };
         let triad = triad::bench::journal(cfg, say.clone()).await?;
         rows.push(triad::compare::Row::new("log", "etcd 3.4 (3 members, fsync)", triad, peer));
@@ -925,7 +940,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             record_bytes: 0,
             accounts: 64_000,
             chain: false,
-            recycle: true,
+            journal_args: Vec::new(),
         };
         let triad = triad::bench::txn(cfg.clone(), say.clone()).await?;
         let peer_name = "PostgreSQL 15 pgbench (TPC-B-like)";
@@ -953,7 +968,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             record_bytes: 0,
             accounts: 64_000,
             chain: false,
-            recycle: true,
+            journal_args: Vec::new(),
         };
         std::fs::create_dir_all(&cfg.dir)?;
         let triad = triad::bench::sql(cfg, &a.sql_mode, say.clone()).await?;
