@@ -732,21 +732,31 @@ impl Sequencer {
         }
     }
 
+    /// Trims the window as the watermark moves, and answers any waiter the acknowledgement that
+    /// moved it has not (a backstop: [`Sequencer::record_ack`] answers them itself).
     async fn complete_waiters(self: Arc<Self>) {
         let mut commit_rx = self.commit.subscribe();
         while commit_rx.changed().await.is_ok() && !self.stopped.load(Ordering::SeqCst) {
             let commit = *commit_rx.borrow_and_update();
-            let done = {
-                let mut waiters = self.waiters.lock().expect("waiters lock");
-                let later = waiters.split_off(&(commit + 1));
-                std::mem::replace(&mut *waiters, later)
-            };
-            for (lsn, waiters) in done {
-                for waiter in waiters {
-                    waiter.answer(lsn, commit);
-                }
-            }
+            self.answer_waiters(commit);
             self.trim_window(commit);
+        }
+    }
+
+    /// Answers every commit at or below `commit`, the watermark (already raised).
+    fn answer_waiters(&self, commit: Lsn) {
+        let done = {
+            let mut waiters = self.waiters.lock().expect("waiters lock");
+            if waiters.first_key_value().is_none_or(|(&lsn, _)| lsn > commit) {
+                return;
+            }
+            let later = waiters.split_off(&(commit + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for (lsn, waiters) in done {
+            for waiter in waiters {
+                waiter.answer(lsn, commit);
+            }
         }
     }
 
@@ -777,8 +787,11 @@ impl Sequencer {
             sorted[self.journal.majority() - 1]
         };
         // The recovered suffix counts as committed only with the epoch-start record on a majority.
-        if quorum >= self.epoch_start {
-            raise_watermark(&self.commit, quorum);
+        if quorum >= self.epoch_start && raise_watermark(&self.commit, quorum) {
+            // Right here rather than in a task the watermark wakes: the answers are then queued
+            // after the replicators were woken, and the runtime runs what was woken last first,
+            // so a client's answer leaves before the new watermark goes to the tailed node.
+            self.answer_waiters(quorum);
         }
     }
 
@@ -1031,14 +1044,15 @@ fn rebase_point(next: Lsn, err: &JournalError) -> Option<EntryId> {
 /// watch's own lock: two acknowledgements handled on two threads could otherwise both pass the
 /// comparison and the lower one land last, moving the watermark back below commits already
 /// answered.
-fn raise_watermark(watermark: &watch::Sender<Lsn>, to: Lsn) {
+/// Raises the watermark to `to` unless it is there already; whether it moved.
+fn raise_watermark(watermark: &watch::Sender<Lsn>, to: Lsn) -> bool {
     watermark.send_if_modified(|current| {
         let raise = to > *current;
         if raise {
             *current = to;
         }
         raise
-    });
+    })
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);
