@@ -1055,3 +1055,85 @@ fn a_truncated_presized_segment_never_shows_the_dropped_entries() {
     let store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
     assert_eq!(all(&store), [written[..12].to_vec(), replacement].concat());
 }
+
+#[test]
+fn torn_tail_at_every_offset_of_a_presized_segment() {
+    // The last record written only up to `cut`, zeros after it (never written): at every offset
+    // the torn record goes, the file keeps its full size, and the log goes on after the reopen.
+    let segment_bytes = 4096;
+    let n: Lsn = 7;
+    let template = tempfile::tempdir().unwrap();
+    let written = batch(1, 1..=n);
+    {
+        let mut store = SegmentStore::open(template.path(), presized(segment_bytes)).unwrap();
+        for e in &written {
+            store.append(std::slice::from_ref(e)).unwrap();
+        }
+    }
+    let last_file_name = segment_files(template.path()).pop().unwrap().file_name().unwrap().to_owned();
+    let end = SEGMENT_HEADER + written.iter().map(record_len).sum::<u64>();
+    let last_start = end - record_len(written.last().unwrap());
+    let replacement = Entry { epoch: Epoch(2), lsn: n, payload: Bytes::from_static(b"the new entry n") };
+
+    for cut in last_start..end {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let last_file = dir.path().join(&last_file_name);
+        {
+            use std::os::unix::fs::FileExt;
+            let zeros = vec![0u8; (end - cut) as usize];
+            OpenOptions::new().write(true).open(&last_file).unwrap().write_all_at(&zeros, cut).unwrap();
+        }
+
+        let mut store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+        assert_eq!(store.last(), id(1, n - 1), "cut at {cut}");
+        assert_eq!(all(&store), written[..n as usize - 1], "cut at {cut}");
+        assert_eq!(file_len(&last_file), segment_bytes, "cut at {cut}");
+        let torn = (end - last_start) as usize;
+        assert_eq!(bytes_at(&last_file, last_start, torn), vec![0; torn], "cut at {cut}: torn bytes stay");
+
+        store.append(std::slice::from_ref(&replacement)).unwrap();
+        assert_eq!(store.sync_handle().unwrap().sync().unwrap(), replacement.id());
+        drop(store);
+        let store = SegmentStore::open(dir.path(), presized(segment_bytes)).unwrap();
+        let mut expected = written[..n as usize - 1].to_vec();
+        expected.push(replacement.clone());
+        assert_eq!(all(&store), expected, "cut at {cut}, after reopen");
+    }
+}
+
+#[test]
+fn a_spare_taking_over_a_presized_log_is_sized_too() {
+    // Recycling and sizing together: once a trim leaves a spare, the next segment takes it, and
+    // that file too gets the full size, whatever the (cut) spare measured.
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 1024;
+    let opts = SegmentOptions { segment_bytes, recycle: true, presize: true };
+    let mut store = SegmentStore::open(dir.path(), opts.clone()).unwrap();
+    let mut written = Vec::new();
+    let mut lsn = 0;
+    while segment_files(dir.path()).len() < 4 {
+        lsn += 1;
+        let e = batch(1, lsn..=lsn);
+        store.append(&e).unwrap();
+        written.extend(e);
+    }
+    store.trim_before(lsn - 2).unwrap();
+    store.finish_trims();
+    assert!(dir.path().join("next.spare").exists(), "a trimmed file is kept");
+    let count = segment_files(dir.path()).len();
+    while segment_files(dir.path()).len() == count {
+        lsn += 1;
+        let e = batch(1, lsn..=lsn);
+        store.append(&e).unwrap();
+        written.extend(e);
+    }
+    assert!(!dir.path().join("next.spare").exists(), "the spare became a segment");
+    let newest = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(file_len(&newest), segment_bytes);
+    let first = store.first_lsn();
+    drop(store);
+    let store = SegmentStore::open(dir.path(), opts).unwrap();
+    let kept: Vec<Entry> = written.into_iter().filter(|e| e.lsn >= first).collect();
+    assert_eq!(all(&store), kept);
+}

@@ -789,8 +789,10 @@ impl Sequencer {
         // The recovered suffix counts as committed only with the epoch-start record on a majority.
         if quorum >= self.epoch_start && raise_watermark(&self.commit, quorum) {
             // Right here rather than in a task the watermark wakes: the answers are then queued
-            // after the replicators were woken, and the runtime runs what was woken last first,
-            // so a client's answer leaves before the new watermark goes to the tailed node.
+            // after the replicators were woken, and a runtime worker runs the task it woke last
+            // first (its LIFO slot), so with one worker thread (as `dev` and `bench` run the
+            // sequencer) a client's answer leaves before the new watermark goes to the tailed
+            // node. Answers of one batch may now leave out of LSN order; nothing depends on it.
             self.answer_waiters(quorum);
         }
     }
