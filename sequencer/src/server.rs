@@ -370,7 +370,7 @@ impl Sequencer {
             tokio::spawn(seq.clone().replicate(node));
         }
         tokio::spawn(seq.clone().admission(admit_rx));
-        tokio::spawn(seq.clone().complete_waiters());
+        tokio::spawn(seq.clone().trim_behind_watermark());
         TxnTable::prepare_older(Arc::downgrade(&seq));
 
         // Active only once the epoch-start record (and so the recovered suffix) is committed.
@@ -706,7 +706,7 @@ impl Sequencer {
             drop(txns);
             {
                 let mut w = self.waiters.lock().expect("waiters lock");
-                // Both read under the lock that `complete_waiters` and `depose` empty the waiters
+                // Both read under the lock that `answer_waiters` and `depose` empty the waiters
                 // with. A watermark read before it could miss an advance whose waiters were
                 // answered in between, and a waiter for an LSN at or below that advance (a retry
                 // of an older commit) would then wait for the next one.
@@ -732,18 +732,19 @@ impl Sequencer {
         }
     }
 
-    /// Trims the window as the watermark moves, and answers any waiter the acknowledgement that
-    /// moved it has not (a backstop: [`Sequencer::record_ack`] answers them itself).
-    async fn complete_waiters(self: Arc<Self>) {
+    /// Trims the window as the watermark moves, off the path of the answers (which the
+    /// acknowledgement that raised the watermark gave, in [`Sequencer::record_ack`]).
+    async fn trim_behind_watermark(self: Arc<Self>) {
         let mut commit_rx = self.commit.subscribe();
         while commit_rx.changed().await.is_ok() && !self.stopped.load(Ordering::SeqCst) {
             let commit = *commit_rx.borrow_and_update();
-            self.answer_waiters(commit);
             self.trim_window(commit);
         }
     }
 
-    /// Answers every commit at or below `commit`, the watermark (already raised).
+    /// Answers every commit at or below `commit`, the watermark just raised. The one that raises
+    /// the watermark always calls this, and `admission` answers a waiter itself when the
+    /// watermark it reads under the waiters lock already covers it, so none is left behind.
     fn answer_waiters(&self, commit: Lsn) {
         let done = {
             let mut waiters = self.waiters.lock().expect("waiters lock");
@@ -1045,8 +1046,7 @@ fn rebase_point(next: Lsn, err: &JournalError) -> Option<EntryId> {
 /// Raises `watermark` to `to` unless it is already there, compared and raised under the
 /// watch's own lock: two acknowledgements handled on two threads could otherwise both pass the
 /// comparison and the lower one land last, moving the watermark back below commits already
-/// answered.
-/// Raises the watermark to `to` unless it is there already; whether it moved.
+/// answered. Returns whether it moved.
 fn raise_watermark(watermark: &watch::Sender<Lsn>, to: Lsn) -> bool {
     watermark.send_if_modified(|current| {
         let raise = to > *current;

@@ -134,11 +134,9 @@ struct LoadArgs {
     /// COMMIT AND CHAIN) instead of with a begin request of its own.
     #[arg(long)]
     chain: bool,
-    /// Start the journal nodes with `--no-recycle` (see `triad journal --help`).
-    #[arg(long)]
-    no_recycle: bool,
     /// An option for every journal node, repeatable (see `triad journal --help`); e.g.
-    /// `--journal-arg=--no-presize` measures appends that grow their segment file.
+    /// `--journal-arg=--no-presize` measures appends that grow their segment file, and
+    /// `--journal-arg=--no-recycle` deletes trimmed segment files instead of reusing one.
     #[arg(long, allow_hyphen_values = true)]
     journal_arg: Vec<String>,
     #[arg(long, default_value_t = 7500)]
@@ -839,12 +837,7 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
         record_bytes: a.record_bytes,
         accounts: a.accounts,
         chain: a.chain,
-        journal_args: a
-            .no_recycle
-            .then(|| "--no-recycle".to_string())
-            .into_iter()
-            .chain(a.journal_arg)
-            .collect(),
+        journal_args: a.journal_arg,
     };
     let json = a.json;
     let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
