@@ -159,7 +159,7 @@ pub struct Sequencer {
     deposed: watch::Sender<Option<Epoch>>,
     stopped: AtomicBool,
     txns: Mutex<TxnTable>,
-    barrier: Mutex<Barrier>,
+    barrier: Mutex<Barrier<oneshot::Sender<Result<Lsn, String>>>>,
 }
 
 /// Commit records by transaction id, for outcomes and for deduplicating retried commits: the
@@ -283,11 +283,58 @@ impl TxnTable {
     }
 }
 
-/// Begins waiting for the next heartbeat round.
-#[derive(Default)]
-struct Barrier {
-    waiting: Vec<oneshot::Sender<Result<Lsn, String>>>,
-    running: bool,
+/// Read barriers in progress: begins waiting for a heartbeat round, and the rounds under way.
+/// Only bookkeeping; [`Sequencer::begin`] and [`Sequencer::barrier_rounds`] run the rounds.
+///
+/// A begin that arrives while a round is under way cannot be served by it (that round's answers
+/// may predate the begin). Waiting for the round to finish before starting the next would cost
+/// such a begin half a round on average, so rounds overlap instead, up to a bound that keeps a
+/// flood of begins from multiplying heartbeats without end.
+struct Barrier<T> {
+    waiting: Vec<T>,
+    /// A round has been started but has not yet taken the waiting begins: a begin that arrives
+    /// now joins it.
+    collecting: bool,
+    /// Rounds started and not finished.
+    in_flight: usize,
+    max_rounds: usize,
+}
+
+/// Heartbeat rounds a sequencer runs at once for begins.
+const MAX_BARRIER_ROUNDS: usize = 4;
+
+impl<T> Barrier<T> {
+    fn new(max_rounds: usize) -> Barrier<T> {
+        Barrier { waiting: Vec::new(), collecting: false, in_flight: 0, max_rounds: max_rounds.max(1) }
+    }
+
+    /// A begin arrives. True when the caller must start a round (which will serve it).
+    fn arrive(&mut self, begin: T) -> bool {
+        self.waiting.push(begin);
+        if self.collecting || self.in_flight >= self.max_rounds {
+            return false;
+        }
+        self.collecting = true;
+        self.in_flight += 1;
+        true
+    }
+
+    /// A round starts: the begins it serves, all of which arrived before this moment.
+    fn take(&mut self) -> Vec<T> {
+        self.collecting = false;
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// A round finished. True when it must run once more, for begins that arrived while every
+    /// round slot was taken and that no other round is collecting.
+    fn finish(&mut self) -> bool {
+        if self.collecting || self.waiting.is_empty() {
+            self.in_flight -= 1;
+            return false;
+        }
+        self.collecting = true;
+        true
+    }
 }
 
 impl Sequencer {
@@ -362,7 +409,7 @@ impl Sequencer {
             deposed: watch::channel(None).0,
             stopped: AtomicBool::new(false),
             txns: Mutex::new(txns),
-            barrier: Mutex::new(Barrier::default()),
+            barrier: Mutex::new(Barrier::new(MAX_BARRIER_ROUNDS)),
             journal,
             cfg,
         });
@@ -438,32 +485,27 @@ impl Sequencer {
         }
         let (tx, rx) = oneshot::channel();
         {
-            let mut b = self.barrier.lock().expect("barrier lock");
-            b.waiting.push(tx);
-            if !b.running {
-                b.running = true;
+            if self.barrier.lock().expect("barrier lock").arrive(tx) {
                 tokio::spawn(self.clone().barrier_rounds());
             }
         }
         rx.await.unwrap_or_else(|_| Err("sequencer stopping".into()))
     }
 
+    /// One round slot of [`Barrier`]: a round for the begins waiting when it starts, and another
+    /// whenever [`Barrier::finish`] says begins were left without one.
     async fn barrier_rounds(self: Arc<Self>) {
         loop {
-            let batch = {
-                let mut b = self.barrier.lock().expect("barrier lock");
-                if b.waiting.is_empty() {
-                    b.running = false;
-                    return;
-                }
-                std::mem::take(&mut b.waiting)
-            };
+            let batch = self.barrier.lock().expect("barrier lock").take();
             // Read before the round: everything acknowledged before these begins arrived is at or
             // below it, and the round then proves no successor could have acknowledged more.
             let watermark = self.commit_lsn();
             let result = self.confirm_epoch().await.map(|()| watermark);
             for tx in batch {
                 let _ = tx.send(result.clone());
+            }
+            if !self.barrier.lock().expect("barrier lock").finish() {
+                return;
             }
         }
     }
@@ -1261,5 +1303,91 @@ mod tests {
         assert_eq!(t.get(&TxnId(5)), Some(5));
         assert_eq!(t.get(&TxnId(3)), None);
         assert_eq!(t.floor, 3, "every commit record above the floor is indexed");
+    }
+
+    /// The read-barrier bookkeeping against arbitrary interleavings of begins arriving and
+    /// rounds starting and finishing: never more rounds than the bound, at most one round
+    /// collecting at a time, and once the rounds run out every begin was served exactly once.
+    mod barrier {
+        use super::super::Barrier;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Arrive,
+            Step(usize),
+        }
+
+        enum Round {
+            /// Spawned (or told to run again): takes the waiting begins next.
+            Ready,
+            /// Heartbeats sent for these begins.
+            Running(Vec<u32>),
+        }
+
+        fn step(b: &mut Barrier<u32>, rounds: &mut Vec<Round>, k: usize, served: &mut [u32]) {
+            let i = k % rounds.len();
+            match std::mem::replace(&mut rounds[i], Round::Ready) {
+                Round::Ready => rounds[i] = Round::Running(b.take()),
+                Round::Running(batch) => {
+                    for begin in batch {
+                        served[begin as usize] += 1;
+                    }
+                    if !b.finish() {
+                        rounds.swap_remove(i);
+                    }
+                }
+            }
+        }
+
+        fn check(b: &Barrier<u32>, rounds: &[Round], max: usize) {
+            assert_eq!(b.in_flight, rounds.len(), "every slot taken is a round that runs");
+            assert!(rounds.len() <= max, "{} rounds over the bound {max}", rounds.len());
+            let ready = rounds.iter().filter(|r| matches!(r, Round::Ready)).count();
+            assert_eq!(ready, usize::from(b.collecting), "exactly the collecting round is about to take");
+            if !b.waiting.is_empty() {
+                assert!(
+                    b.collecting || rounds.len() == max,
+                    "waiting begins with a free slot and no round for them"
+                );
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn every_begin_is_served_once_within_the_bound(
+                max in 1usize..5,
+                ops in proptest::collection::vec(prop_oneof![Just(Op::Arrive), (0usize..8).prop_map(Op::Step)], 0..200),
+            ) {
+                let mut b = Barrier::new(max);
+                let mut rounds: Vec<Round> = Vec::new();
+                let arrivals = ops.iter().filter(|op| matches!(op, Op::Arrive)).count();
+                let mut served = vec![0u32; arrivals];
+                let mut next = 0u32;
+                for op in ops {
+                    match op {
+                        Op::Arrive => {
+                            if b.arrive(next) {
+                                rounds.push(Round::Ready);
+                            }
+                            next += 1;
+                        }
+                        Op::Step(k) if !rounds.is_empty() => step(&mut b, &mut rounds, k, &mut served),
+                        Op::Step(_) => {}
+                    }
+                    check(&b, &rounds, max);
+                }
+                // No more begins: the rounds under way must serve every one left.
+                let mut steps = 0;
+                while !rounds.is_empty() {
+                    step(&mut b, &mut rounds, 0, &mut served);
+                    check(&b, &rounds, max);
+                    steps += 1;
+                    prop_assert!(steps < 4 * max + 8, "rounds never end");
+                }
+                prop_assert!(b.waiting.is_empty(), "begins left with no round");
+                prop_assert!(served.iter().all(|&n| n == 1), "served counts {served:?}");
+            }
+        }
     }
 }
