@@ -484,10 +484,8 @@ impl Sequencer {
             return Err("sequencer deposed".into());
         }
         let (tx, rx) = oneshot::channel();
-        {
-            if self.barrier.lock().expect("barrier lock").arrive(tx) {
-                tokio::spawn(self.clone().barrier_rounds());
-            }
+        if self.barrier.lock().expect("barrier lock").arrive(tx) {
+            tokio::spawn(self.clone().barrier_rounds());
         }
         rx.await.unwrap_or_else(|_| Err("sequencer stopping".into()))
     }
