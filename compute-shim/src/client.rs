@@ -385,16 +385,23 @@ impl Client {
         self.next_candidate(from, false);
     }
 
-    /// Asks replayers in turn; a read that times out on one (it lags) or cannot reach it moves
-    /// on to the next before giving up.
+    /// Asks replayers in turn; a read that times out on one (it lags), cannot reach it, or
+    /// finds its history already garbage-collected there moves on to the next before giving up.
     async fn replayer_call(&self, req: &Message) -> Result<Message, ShimError> {
         let n = self.inner.replayers.len();
         let start = self.inner.next_replayer.fetch_add(1, Ordering::Relaxed);
         let mut last_err = String::new();
+        // The highest GC horizon a replayer refused the read with (replayers may keep more or
+        // less history than each other).
+        let mut trimmed: Option<Lsn> = None;
         for i in 0..n {
             let peer = &self.inner.replayers[(start + i) % n];
             match peer.call_timeout(req, self.inner.cfg.request_timeout).await {
                 Ok(Message::Error(e)) if e.code == ErrorCode::Timeout => {
+                    last_err = format!("replayer {}: {}", peer.addr(), e.message);
+                }
+                Ok(Message::Error(e)) if e.code == ErrorCode::Trimmed => {
+                    trimmed = trimmed.max(Some(e.lsn));
                     last_err = format!("replayer {}: {}", peer.addr(), e.message);
                 }
                 Ok(Message::Error(e)) => {
@@ -404,7 +411,9 @@ impl Client {
                 Err(e) => last_err = format!("replayer {}: {e}", peer.addr()),
             }
         }
-        if last_err.contains("not applied within") {
+        if let Some(horizon) = trimmed {
+            Err(ShimError::HistoryTrimmed { horizon, detail: last_err })
+        } else if last_err.contains("not applied within") {
             Err(ShimError::ReadTimeout(last_err))
         } else {
             Err(ShimError::Unavailable(last_err))

@@ -9,6 +9,11 @@ pub enum ShimError {
     /// The snapshot is older than the sequencer's conflict window; retry with a new one.
     #[error("snapshot too old: read lsn below the conflict floor {floor}")]
     TooOld { floor: Lsn },
+    /// The transaction's snapshot is older than the history any replayer keeps (their GC
+    /// horizon, set by `--history`); retry with a new one. PostgreSQL calls this
+    /// `snapshot_too_old`.
+    #[error("snapshot too old: replayers keep versions from lsn {horizon} on ({detail})")]
+    HistoryTrimmed { horizon: Lsn, detail: String },
     /// The cluster could not answer (no sequencer, no journal quorum, no replayer).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -29,7 +34,13 @@ pub enum ShimError {
 impl ShimError {
     /// Whether running the transaction again from the start may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ShimError::Conflict { .. } | ShimError::TooOld { .. } | ShimError::NotCommitted(_))
+        matches!(
+            self,
+            ShimError::Conflict { .. }
+                | ShimError::TooOld { .. }
+                | ShimError::HistoryTrimmed { .. }
+                | ShimError::NotCommitted(_)
+        )
     }
 }
 

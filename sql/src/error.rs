@@ -39,6 +39,8 @@ impl SqlError {
             ) => "40001",
             SqlError::Shim(ShimError::Unavailable(_)) => "08006",
             SqlError::Shim(ShimError::ReadTimeout(_)) => "57014",
+            // PostgreSQL's snapshot_too_old: the snapshot outlived the history replayers keep.
+            SqlError::Shim(ShimError::HistoryTrimmed { .. }) => "72000",
             SqlError::Shim(_) => "XX000",
             SqlError::Engine(msg) if msg.starts_with("parser:") => "42601",
             SqlError::Engine(msg)
@@ -84,7 +86,10 @@ impl SqlError {
                     what.join(", ")
                 )
             }
-            SqlError::Shim(e @ (ShimError::TooOld { .. } | ShimError::NotCommitted(_))) => {
+            SqlError::Shim(
+                e
+                @ (ShimError::TooOld { .. } | ShimError::HistoryTrimmed { .. } | ShimError::NotCommitted(_)),
+            ) => {
                 format!("OC001: transaction must be retried: {e}")
             }
             SqlError::Shim(ShimError::Unavailable(e)) => {
@@ -123,6 +128,9 @@ mod tests {
         assert!(e.message().contains("a row of table t"), "{}", e.message());
         assert!(!e.to_info().message.contains('\0'));
         assert_eq!(SqlError::Shim(ShimError::TooOld { floor: 3 }).sqlstate(), "40001");
+        let trimmed = SqlError::Shim(ShimError::HistoryTrimmed { horizon: 9, detail: "r".into() });
+        assert_eq!(trimmed.sqlstate(), "72000");
+        assert!(trimmed.message().starts_with("OC001"), "{}", trimmed.message());
         assert_eq!(SqlError::Shim(ShimError::Unavailable("x".into())).sqlstate(), "08006");
         assert_eq!(SqlError::InFailedTxn.sqlstate(), "25P02");
         assert_eq!(SqlError::Unsupported("SAVEPOINT".into()).sqlstate(), "0A000");

@@ -1,9 +1,15 @@
 //! A learner: tails committed entries from the journal, applies them in LSN order to its
 //! storage format, and serves reads at an LSN once it has applied that far.
+//!
+//! It also decides how much history its format keeps: with a retention of `d`, the GC horizon
+//! follows the LSN that was applied `d` ago ([`Retention`]), so a transaction may read at its
+//! snapshot for at least `d` after it began. A read below the horizon is answered with
+//! `Trimmed`, which the compute shim turns into a retryable "snapshot too old".
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -41,19 +47,90 @@ const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Batches of up to this many writes are applied on the thread that polls [`Replayer::run`].
 const INLINE_APPLY_WRITES: usize = 256;
 
+/// How long history is kept, as a GC horizon: the applied LSN as of `keep` ago. A pure
+/// function of the (time, applied LSN) observations it is fed, so it is tested without clocks.
+#[derive(Debug)]
+pub struct Retention {
+    keep: Duration,
+    /// Observations not yet `keep` old, oldest first, plus at most one older one: the horizon.
+    samples: VecDeque<(Instant, Lsn)>,
+}
+
+impl Retention {
+    pub fn new(keep: Duration) -> Retention {
+        Retention { keep, samples: VecDeque::new() }
+    }
+
+    /// Records that `applied` was the applied LSN at `now`, and returns the horizon: the newest
+    /// applied LSN observed at least `keep` before `now` (0 until one is that old). A
+    /// transaction that began at most `keep` ago reads at an LSN at or above everything
+    /// committed before it began, so at or above what was applied here then: the horizon.
+    pub fn observe(&mut self, now: Instant, applied: Lsn) -> Lsn {
+        if self.samples.back().is_none_or(|&(_, lsn)| lsn != applied) {
+            self.samples.push_back((now, applied));
+        }
+        let old_enough = |t: Instant| now.checked_duration_since(t).is_some_and(|age| age >= self.keep);
+        // Keep only the newest old-enough sample: older ones can never be the horizon again.
+        while self.samples.len() >= 2 && old_enough(self.samples[1].0) {
+            self.samples.pop_front();
+        }
+        match self.samples.front() {
+            Some(&(t, lsn)) if old_enough(t) => lsn,
+            _ => 0,
+        }
+    }
+}
+
 pub struct Replayer {
     /// The learner name this replayer registers under with the journal.
     name: String,
     format: Arc<dyn StorageFormat>,
     applied: watch::Sender<Lsn>,
     read_timeout: Duration,
+    /// `None` keeps every version forever.
+    retention: Option<Mutex<Retention>>,
 }
 
 impl Replayer {
+    /// A replayer over `format` that keeps all history; see [`Replayer::with_history`].
     pub fn new(name: String, format: Arc<dyn StorageFormat>, read_timeout: Duration) -> Arc<Replayer> {
+        Replayer::with_history(name, format, read_timeout, None)
+    }
+
+    /// A replayer whose format keeps the versions reads of the last `history` may need (all of
+    /// them for `None`) and drops the rest.
+    pub fn with_history(
+        name: String,
+        format: Arc<dyn StorageFormat>,
+        read_timeout: Duration,
+        history: Option<Duration>,
+    ) -> Arc<Replayer> {
         let applied = format.applied_lsn();
-        info!(%name, format = format.name(), applied, "replayer opened");
-        Arc::new(Replayer { name, applied: watch::channel(applied).0, format, read_timeout })
+        let gc_horizon = format.gc_horizon();
+        info!(%name, format = format.name(), applied, gc_horizon, ?history, "replayer opened");
+        Arc::new(Replayer {
+            name,
+            applied: watch::channel(applied).0,
+            format,
+            read_timeout,
+            retention: history.map(|keep| Mutex::new(Retention::new(keep))),
+        })
+    }
+
+    /// Raises the format's GC horizon as the retention window moves on.
+    async fn collect_garbage(&self) {
+        let Some(retention) = &self.retention else { return };
+        let horizon = retention.lock().expect("retention lock").observe(Instant::now(), self.applied_lsn());
+        if horizon <= self.format.gc_horizon() {
+            return;
+        }
+        // A synced write in RocksDB: off the threads that serve reads.
+        let format = self.format.clone();
+        match tokio::task::spawn_blocking(move || format.raise_gc_horizon(horizon)).await {
+            Ok(Ok(now)) => debug!(gc_horizon = now, "history below the GC horizon may go"),
+            Ok(Err(e)) => warn!("raising the GC horizon to {horizon}: {e}"),
+            Err(e) => warn!("GC horizon task failed: {e}"),
+        }
     }
 
     /// Registers with every journal node and reports how far this learner has durably
@@ -100,6 +177,7 @@ impl Replayer {
                 loop {
                     tick.tick().await;
                     me.report_progress(&client).await;
+                    me.collect_garbage().await;
                 }
             })
         };
@@ -182,7 +260,7 @@ impl Replayer {
                 match self.format.get(&key, read_lsn) {
                     Ok(Some(v)) => Message::GetResponse { value: v.value, version_lsn: v.lsn },
                     Ok(None) => Message::GetResponse { value: None, version_lsn: 0 },
-                    Err(e) => Message::error(ErrorCode::Internal, e.to_string(), Epoch::ZERO, 0),
+                    Err(e) => read_error(e),
                 }
             }
             Message::MultiGetRequest { keys, read_lsn } => {
@@ -202,7 +280,7 @@ impl Replayer {
                     match self.format.get(key, read_lsn) {
                         Ok(Some(v)) => values.push(ReadValue { value: v.value, version_lsn: v.lsn }),
                         Ok(None) => values.push(ReadValue::default()),
-                        Err(e) => return Message::error(ErrorCode::Internal, e.to_string(), Epoch::ZERO, 0),
+                        Err(e) => return read_error(e),
                     }
                 }
                 Message::MultiGetResponse { values }
@@ -213,7 +291,7 @@ impl Replayer {
                 }
                 match self.format.scan(&range, read_lsn, limit.max(1) as usize) {
                     Ok((rows, more)) => Message::ScanResponse { rows, more },
-                    Err(e) => Message::error(ErrorCode::Internal, e.to_string(), Epoch::ZERO, 0),
+                    Err(e) => read_error(e),
                 }
             }
             Message::StatusRequest => Message::StatusResponse(NodeStatus {
@@ -238,6 +316,18 @@ impl Replayer {
     }
 }
 
+/// The answer to a read the format refused. Below the GC horizon is `Trimmed` with the horizon
+/// as its LSN, so the reader can tell "too old here" (another replayer may keep more) from a
+/// failing replayer.
+fn read_error(e: FormatError) -> Message {
+    match e {
+        FormatError::BelowHorizon { horizon, .. } => {
+            Message::error(ErrorCode::Trimmed, e.to_string(), Epoch::ZERO, horizon)
+        }
+        e => Message::error(ErrorCode::Internal, e.to_string(), Epoch::ZERO, 0),
+    }
+}
+
 impl Service for Replayer {
     fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
         async move { self.answer(msg).await }.boxed()
@@ -249,5 +339,39 @@ struct AbortOnDrop(tokio::task::AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_horizon_is_what_was_applied_the_retention_ago() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut r = Retention::new(Duration::from_secs(10));
+        assert_eq!(r.observe(at(0), 5), 0, "nothing is 10 s old yet");
+        assert_eq!(r.observe(at(4), 20), 0);
+        assert_eq!(r.observe(at(9), 30), 0);
+        assert_eq!(r.observe(at(10), 31), 5, "LSN 5 was applied 10 s ago");
+        assert_eq!(r.observe(at(13), 40), 5, "LSN 20 was applied only 9 s ago");
+        assert_eq!(r.observe(at(14), 41), 20);
+        assert_eq!(r.observe(at(100), 41), 41, "an idle stretch: everything applied is old");
+    }
+
+    #[test]
+    fn the_horizon_never_moves_back_and_samples_stay_bounded() {
+        let t0 = Instant::now();
+        let mut r = Retention::new(Duration::from_secs(3));
+        let mut last = 0;
+        for s in 0..1000u64 {
+            let h = r.observe(t0 + Duration::from_millis(s * 100), s / 2);
+            assert!(h >= last, "horizon moved back from {last} to {h}");
+            last = h;
+            // One sample per distinct LSN, and only those younger than the retention plus one.
+            assert!(r.samples.len() <= 32, "{} samples kept", r.samples.len());
+        }
+        assert!(last > 400);
     }
 }

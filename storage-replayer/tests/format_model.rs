@@ -1,13 +1,20 @@
 //! Both storage formats against a naive model: random write histories, applied in random batches
 //! with re-delivered overlaps, then every point read and random scans (ranges, limits) at random
 //! LSNs must match what replaying the history by hand says.
+//!
+//! The same again with garbage collection: horizons raised (and RocksDB compacted) between
+//! batches, after which every read at or above the horizon must still match the model, every
+//! read below it must be refused, exactly the versions no such read can see must be gone, and a
+//! reopened format must come back with the same horizon.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use triad_protocol::{KeyRange, Lsn, Row, Write};
-use triad_replayer::format::{open_format, CommittedRecord, StorageFormat, Version};
+use triad_replayer::format::{
+    open_format, CommittedRecord, FormatError, MemoryFormat, RocksFormat, StorageFormat, Version,
+};
 
 /// A small alphabet of keys that are prefixes of each other and full of 0x00/0xFF, so that
 /// histories pile many versions onto few keys and the encoding's edge cases meet.
@@ -158,6 +165,174 @@ fn fresh(name: &str) -> (tempfile::TempDir, Arc<dyn StorageFormat>) {
     let dir = tempfile::tempdir().unwrap();
     let format = open_format(name, &dir.path().join("db")).unwrap();
     (dir, format)
+}
+
+/// Versions the model says a format keeps at `horizon`: for every key, those above it and the
+/// newest at or below it (tombstones included). A record writing a key twice leaves one version.
+fn model_kept(history: &[CommittedRecord], horizon: Lsn) -> u64 {
+    let versions: BTreeSet<(&Vec<u8>, Lsn)> =
+        history.iter().flat_map(|r| r.writes.iter().map(move |w| (&w.key, r.lsn))).collect();
+    let keys: BTreeSet<&Vec<u8>> = versions.iter().map(|(k, _)| *k).collect();
+    keys.into_iter()
+        .map(|k| {
+            let above = versions.iter().filter(|(key, lsn)| *key == k && *lsn > horizon).count() as u64;
+            let at_or_below = versions.iter().any(|(key, lsn)| *key == k && *lsn <= horizon);
+            above + u64::from(at_or_below)
+        })
+        .sum()
+}
+
+/// A format under garbage collection, with what only its concrete type offers.
+trait Collected: StorageFormat {
+    /// Runs the collector over everything now (RocksDB compacts lazily).
+    fn collect(&self);
+    fn versions(&self) -> u64;
+}
+
+impl Collected for RocksFormat {
+    fn collect(&self) {
+        self.compact().unwrap();
+    }
+    fn versions(&self) -> u64 {
+        self.version_count().unwrap()
+    }
+}
+
+impl Collected for MemoryFormat {
+    fn collect(&self) {}
+    fn versions(&self) -> u64 {
+        self.version_count()
+    }
+}
+
+/// Delivers the first `cut` of the history, raises the horizon to `h1` of what is applied and
+/// collects, delivers the rest, raises it to `h2` of the total (a lower value must change
+/// nothing) and collects again; then checks reads, refusals and what is left.
+fn check_gc<F: Collected>(
+    format: &F,
+    records: &[CommittedRecord],
+    batches: &[(usize, usize)],
+    (cut, h1, h2): (f64, f64, f64),
+    reads: &[Read],
+) -> Result<Lsn, TestCaseError> {
+    let split = (cut * records.len() as f64).round() as usize;
+    deliver(format, &records[..split], batches);
+    let first = (h1 * split as f64).round() as Lsn;
+    prop_assert_eq!(format.raise_gc_horizon(first).unwrap(), first);
+    format.collect();
+    deliver(format, &records[split..], batches);
+    let applied = records.len() as Lsn;
+    let horizon = first.max((h2 * applied as f64).round() as Lsn);
+    prop_assert_eq!(format.raise_gc_horizon((h2 * applied as f64).round() as Lsn).unwrap(), horizon);
+    prop_assert_eq!(format.gc_horizon(), horizon);
+    format.collect();
+
+    let alphabet: BTreeSet<Vec<u8>> = records
+        .iter()
+        .flat_map(|r| r.writes.iter().map(|w| w.key.clone()))
+        .chain([vec![], vec![0x61, 0x61, 0x61]])
+        .collect();
+    for at in 0..=applied {
+        for key in &alphabet {
+            let got = format.get(key, at);
+            if at < horizon {
+                prop_assert!(
+                    matches!(got, Err(FormatError::BelowHorizon { at: a, horizon: h }) if a == at && h == horizon),
+                    "{} get {:?} at {} below horizon {}: {:?}",
+                    format.name(),
+                    key,
+                    at,
+                    horizon,
+                    got
+                );
+            } else {
+                prop_assert_eq!(
+                    got.unwrap(),
+                    model_get(records, key, at),
+                    "{} get {:?} at {} (horizon {})",
+                    format.name(),
+                    key,
+                    at,
+                    horizon
+                );
+            }
+        }
+    }
+    for read in reads {
+        let range = KeyRange { start: read.start.clone(), end: read.end.clone() };
+        let at = horizon + (read.at_fraction * (applied - horizon) as f64).round() as Lsn;
+        prop_assert_eq!(
+            format.scan(&range, at, read.limit).unwrap(),
+            model_scan(records, &range, at, read.limit),
+            "{} scan {:?} at {} limit {} (horizon {})",
+            format.name(),
+            range,
+            at,
+            read.limit,
+            horizon
+        );
+        // (An empty range is answered empty at any LSN: there is nothing to refuse.)
+        if horizon > 0 && range.end.as_ref().is_none_or(|end| *end > range.start) {
+            let below = format.scan(&range, horizon - 1, usize::MAX);
+            prop_assert!(matches!(below, Err(FormatError::BelowHorizon { .. })), "{:?}", below);
+        }
+    }
+    prop_assert_eq!(format.versions(), model_kept(records, horizon), "{} versions kept", format.name());
+    Ok(horizon)
+}
+
+/// Reopening must bring back the horizon and the same answers at it.
+fn check_reopened(
+    format: &dyn StorageFormat,
+    records: &[CommittedRecord],
+    horizon: Lsn,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(format.gc_horizon(), horizon);
+    let applied = records.len() as Lsn;
+    prop_assert_eq!(format.applied_lsn(), applied);
+    for key in records.iter().flat_map(|r| r.writes.iter().map(|w| &w.key)) {
+        prop_assert_eq!(format.get(key, applied).unwrap(), model_get(records, key, applied));
+        prop_assert_eq!(format.get(key, horizon).unwrap(), model_get(records, key, horizon));
+        if horizon > 0 {
+            let below = format.get(key, horizon - 1);
+            prop_assert!(matches!(below, Err(FormatError::BelowHorizon { .. })), "{:?}", below);
+        }
+    }
+    Ok(())
+}
+
+fn gc_points() -> impl Strategy<Value = (f64, f64, f64)> {
+    (0.0f64..=1.0, 0.0f64..=1.0, 0.0f64..=1.0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn memory_collects_garbage_like_the_model(
+        (records, batches) in history(), points in gc_points(), reads in reads()
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let horizon = {
+            let format = MemoryFormat::open(dir.path()).unwrap();
+            let horizon = check_gc(&format, &records, &batches, points, &reads)?;
+            format.sync().unwrap();
+            horizon
+        };
+        check_reopened(&MemoryFormat::open(dir.path()).unwrap(), &records, horizon)?;
+    }
+
+    #[test]
+    fn rocksdb_collects_garbage_like_the_model(
+        (records, batches) in history(), points in gc_points(), reads in reads()
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let horizon = {
+            let format = RocksFormat::open(dir.path()).unwrap();
+            check_gc(&format, &records, &batches, points, &reads)?
+        };
+        check_reopened(&RocksFormat::open(dir.path()).unwrap(), &records, horizon)?;
+    }
 }
 
 proptest! {

@@ -324,3 +324,26 @@ impl Drop for SetOnDrop<'_> {
         self.0.store(true, Ordering::Release);
     }
 }
+
+#[test]
+fn the_gc_horizon_only_rises_and_never_passes_the_applied_lsn() {
+    for (_dir, f) in formats() {
+        f.apply(&[rec(1, vec![put(b"a", b"1")]), rec(2, vec![del(b"a")]), rec(3, vec![put(b"b", b"3")])])
+            .unwrap();
+        assert_eq!(f.gc_horizon(), 0, "{}", f.name());
+        assert_eq!(f.raise_gc_horizon(2).unwrap(), 2, "{}", f.name());
+        assert_eq!(f.raise_gc_horizon(1).unwrap(), 2, "{}: the horizon moved down", f.name());
+        // Nothing above the applied LSN can have been read yet, so nothing there may be promised.
+        assert_eq!(f.raise_gc_horizon(99).unwrap(), 3, "{}: the horizon passed the applied LSN", f.name());
+        assert_eq!(f.gc_horizon(), 3);
+        // The delete at 2 is still what a read at 3 finds, not "never written".
+        assert_eq!(f.get(b"a", 3).unwrap(), version(None, 2), "{}", f.name());
+        assert!(
+            matches!(f.get(b"a", 2), Err(FormatError::BelowHorizon { at: 2, horizon: 3 })),
+            "{}",
+            f.name()
+        );
+        let refused = f.scan(&all(), 1, 10).unwrap_err();
+        assert!(refused.to_string().contains("garbage-collected"), "{}: {refused}", f.name());
+    }
+}

@@ -47,6 +47,8 @@ pub struct ClusterSpec {
     pub journal_args: Vec<String>,
     /// Options added to every sequencer's command line.
     pub sequencer_args: Vec<String>,
+    /// Options added to the replayer's command line.
+    pub replayer_args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -61,6 +63,7 @@ impl ClusterSpec {
             log_filter: "info".into(),
             journal_args: Vec::new(),
             sequencer_args: Vec::new(),
+            replayer_args: Vec::new(),
         }
     }
 }
@@ -207,7 +210,7 @@ impl LocalCluster {
         let journal = self.journal_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
         let listen = self.addr(role).to_string();
         let data = |role: Role| self.data_dir(role).display().to_string();
-        let mut args = match role {
+        let mut args: Vec<String> = match role {
             Role::Journal(i) => {
                 vec!["journal".into(), "--id".into(), (i + 1).to_string(), "--data-dir".into(), data(role)]
                     .into_iter()
@@ -222,6 +225,9 @@ impl LocalCluster {
             }
             Role::Replayer => {
                 vec!["replayer".into(), "--journal".into(), journal, "--data-dir".into(), data(role)]
+                    .into_iter()
+                    .chain(self.spec.replayer_args.iter().cloned())
+                    .collect()
             }
         };
         args.extend([

@@ -315,8 +315,31 @@ struct ReplayerArgs {
     /// How long a read waits for its LSN to be applied before failing.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     read_timeout: Duration,
+    /// How much history to keep: a transaction can read at its snapshot for at least this
+    /// long after it began; older versions are dropped as RocksDB compacts, and a read below
+    /// what is kept fails as "snapshot too old" (SQLSTATE 72000), to be retried. A duration
+    /// ("15m", "2h") or "forever" to keep every version.
+    #[arg(long, default_value = "15m", value_parser = parse_history)]
+    history: History,
     #[command(flatten)]
     tls: TlsArgs,
+}
+
+/// `--history`: `None` keeps every version.
+#[derive(Clone, Copy, Debug)]
+struct History(Option<Duration>);
+
+fn parse_history(s: &str) -> Result<History, String> {
+    if s == "forever" {
+        return Ok(History(None));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("a zero history would refuse reads at every snapshot but the newest; \
+             give a duration such as 15m, or \"forever\""
+            .into()),
+        Ok(d) => Ok(History(Some(d))),
+        Err(e) => Err(format!("{e}; expected a duration such as 15m or 2h, or \"forever\"")),
+    }
 }
 
 #[derive(Args)]
@@ -530,7 +553,7 @@ async fn replayer(a: ReplayerArgs) -> Result<()> {
     let format = open_format(&a.format, &a.data_dir).with_context(|| {
         format!("opening format {:?} in {} (known: {})", a.format, a.data_dir.display(), FORMATS.join(", "))
     })?;
-    let replayer = Replayer::new(a.tls.tls_name.clone(), format, a.read_timeout);
+    let replayer = Replayer::with_history(a.tls.tls_name.clone(), format, a.read_timeout, a.history.0);
     let endpoint = tls.server_endpoint(a.listen)?;
     info!(listen = %a.listen, applied = replayer.applied_lsn(), "replayer serving");
     tokio::spawn(triad_transport::serve(endpoint.clone(), replayer.clone()));

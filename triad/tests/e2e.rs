@@ -205,6 +205,49 @@ async fn restarted_replayer_resumes_without_gaps() {
     );
 }
 
+/// With `--history 1s`, a transaction whose snapshot the replayer no longer keeps gets a clear,
+/// retryable "snapshot too old" instead of an answer from a history with holes, and a new
+/// transaction reads the newest value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_older_than_the_kept_history_is_refused_and_a_new_one_reads() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::Builder::new().prefix("triad-e2e-").tempdir().unwrap();
+    let spec = ClusterSpec {
+        replayer_args: vec!["--history=1s".into()],
+        ..ClusterSpec::local(dir.path().to_path_buf(), 22600, 1, env!("CARGO_BIN_EXE_triad").into())
+    };
+    let mut c = LocalCluster::start(spec).unwrap();
+    c.wait_ready(Duration::from_secs(60)).await.unwrap();
+    // No cache: every read of the old snapshot must reach the replayer.
+    let client = Client::connect(triad_shim::ClientConfig { cache_bytes: 0, ..c.client_config() }).unwrap();
+    client.write(vec![(b"k".to_vec(), Some(b"v1".to_vec()))]).await.unwrap();
+    let mut old = client.begin().await.unwrap();
+    let newer = client.write(vec![(b"k".to_vec(), Some(b"v2".to_vec()))]).await.unwrap();
+    assert!(newer > old.read_lsn());
+
+    // Until the horizon passes the old snapshot, it reads what it always did; then it is refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        match old.get(b"k").await {
+            Ok(v) => assert_eq!(v.as_deref(), Some(&b"v1"[..]), "the old snapshot read a wrong version"),
+            Err(e) => break e,
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the snapshot was never refused");
+        tokio::time::sleep(Duration::from_millis(100)).await; // pacing the polls, not synchronizing
+    };
+    match &refused {
+        triad_shim::ShimError::HistoryTrimmed { horizon, .. } => {
+            assert!(*horizon > old.read_lsn(), "refused below its own horizon: {refused}")
+        }
+        other => panic!("expected snapshot too old, got {other}"),
+    }
+    assert!(refused.is_retryable());
+    let mut fresh = client.begin().await.unwrap();
+    assert_eq!(fresh.get(b"k").await.unwrap().as_deref(), Some(&b"v2"[..]));
+    let log = std::fs::read_to_string(c.log_path(Role::Replayer)).unwrap();
+    assert!(log.contains("history=Some(1s)"), "the replayer did not take --history: {log}");
+}
+
 /// A member's status, asked again until it answers: a status call can time out while two
 /// cores are busy with the cluster's load.
 async fn status_of(c: &LocalCluster, role: Role) -> triad_protocol::NodeStatus {

@@ -13,6 +13,11 @@
 //!
 //! `snapshot` writes the same image into a new directory, which [`MemoryFormat::open`] (or
 //! `open_format("memory", dir)`) starts from.
+//!
+//! Garbage collection is immediate: raising the horizon prunes every key's history on the spot
+//! (the newest version at or below the horizon stays, tombstones included, like in RocksDB).
+//! The horizon is part of the image, and a horizon is only raised after the image on disk
+//! holds it, so a restart never resumes below it.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -34,7 +39,8 @@ pub const NAME: &str = "memory";
 const IMAGE_FILE: &str = "memory.image";
 const IMAGE_TMP_FILE: &str = "memory.image.tmp";
 const IMAGE_MAGIC: &[u8; 8] = b"TRIADMEM";
-const IMAGE_VERSION: u32 = 1;
+/// Version 2 added the GC horizon; version 1 images (horizon 0) are still read.
+const IMAGE_VERSION: u32 = 2;
 
 const TAG_DELETE: u8 = 0x00;
 const TAG_PUT: u8 = 0x01;
@@ -45,7 +51,17 @@ type Versions = BTreeMap<Vec<u8>, BTreeMap<Lsn, Option<Vec<u8>>>>;
 #[derive(Default)]
 struct State {
     applied: Lsn,
+    horizon: Lsn,
     keys: Versions,
+}
+
+impl State {
+    fn check_horizon(&self, at: Lsn) -> Result<(), FormatError> {
+        if at < self.horizon {
+            return Err(FormatError::BelowHorizon { at, horizon: self.horizon });
+        }
+        Ok(())
+    }
 }
 
 /// MVCC rows in a `BTreeMap` behind a `RwLock`; see the module docs.
@@ -103,6 +119,11 @@ impl MemoryFormat {
     /// poisoned lock is still safe to use.
     fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every stored version (tombstones included): for tests and diagnostics.
+    pub fn version_count(&self) -> u64 {
+        self.read().keys.values().map(|versions| versions.len() as u64).sum()
     }
 
     fn check_poisoned(&self) -> Result<(), FormatError> {
@@ -168,6 +189,7 @@ impl StorageFormat for MemoryFormat {
 
     fn get(&self, key: &[u8], at: Lsn) -> Result<Option<Version>, FormatError> {
         let state = self.read();
+        state.check_horizon(at)?;
         Ok(state.keys.get(key).and_then(|versions| {
             versions.range(..=at).next_back().map(|(&lsn, value)| Version { value: value.clone(), lsn })
         }))
@@ -183,6 +205,7 @@ impl StorageFormat for MemoryFormat {
             None => Bound::Unbounded,
         };
         let state = self.read();
+        state.check_horizon(at)?;
         let mut rows = Vec::new();
         let live = state.keys.range::<[u8], _>((Bound::Included(range.start.as_slice()), end)).filter_map(
             |(key, versions)| {
@@ -197,6 +220,40 @@ impl StorageFormat for MemoryFormat {
             rows.push(Row { key: key.clone(), value: value.clone(), version_lsn: lsn });
         }
         Ok((rows, false))
+    }
+
+    fn gc_horizon(&self) -> Lsn {
+        self.read().horizon
+    }
+
+    fn raise_gc_horizon(&self, horizon: Lsn) -> Result<Lsn, FormatError> {
+        self.check_poisoned()?;
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let horizon = horizon.min(state.applied);
+        if horizon <= state.horizon {
+            return Ok(state.horizon);
+        }
+        state.horizon = horizon;
+        for versions in state.keys.values_mut() {
+            // Everything older than the newest version at or below the horizon.
+            if let Some(&keep) = versions.range(..=horizon).next_back().map(|(lsn, _)| lsn) {
+                *versions = versions.split_off(&keep);
+            }
+        }
+        if let Some(dir) = &self.dir {
+            // Only the image survives a restart, and until this write it is the one from before
+            // the pruning, horizon and full history together. The write lock is still held, so
+            // no apply slips in between.
+            let _syncing = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = write_image(dir, &encode_image(&state)) {
+                error!(dir = %dir.display(), error = %e, "memory image sync failed; refusing further work");
+                let _ = self.poisoned.set(e.to_string());
+                return Err(e);
+            }
+            self.durable.fetch_max(state.applied, Ordering::AcqRel);
+        }
+        debug!(gc_horizon = horizon, "pruned history below the GC horizon");
+        Ok(horizon)
     }
 
     fn snapshot(&self, dir: &Path) -> Result<Lsn, FormatError> {
@@ -247,7 +304,7 @@ fn checksum(bytes: &[u8]) -> u64 {
         .fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
-/// `magic | version u32 | applied u64 | key count u64 | keys... | checksum u64`, where a key is
+/// `magic | version u32 | applied u64 | horizon u64 | key count u64 | keys... | checksum u64`, where a key is
 /// `len u32 | bytes | version count u32 | (lsn u64 | tag u8 [| len u32 | bytes])...`; all
 /// integers big-endian.
 fn encode_image(state: &State) -> Vec<u8> {
@@ -255,6 +312,7 @@ fn encode_image(state: &State) -> Vec<u8> {
     out.extend_from_slice(IMAGE_MAGIC);
     out.extend_from_slice(&IMAGE_VERSION.to_be_bytes());
     out.extend_from_slice(&state.applied.to_be_bytes());
+    out.extend_from_slice(&state.horizon.to_be_bytes());
     out.extend_from_slice(&(state.keys.len() as u64).to_be_bytes());
     for (key, versions) in &state.keys {
         put_bytes(&mut out, key);
@@ -292,10 +350,14 @@ fn decode_image(bytes: &[u8]) -> Result<State, String> {
         return Err("not a memory-format image (bad magic)".into());
     }
     let version = r.u32()?;
-    if version != IMAGE_VERSION {
-        return Err(format!("image version {version}, expected {IMAGE_VERSION}"));
+    if version != IMAGE_VERSION && version != 1 {
+        return Err(format!("image version {version}, expected {IMAGE_VERSION} (or 1)"));
     }
     let applied = r.u64()?;
+    let horizon = if version == 1 { 0 } else { r.u64()? };
+    if horizon > applied {
+        return Err(format!("GC horizon {horizon} above the applied LSN {applied}"));
+    }
     let mut keys = Versions::new();
     for _ in 0..r.u64()? {
         let key = r.bytes()?.to_vec();
@@ -317,7 +379,7 @@ fn decode_image(bytes: &[u8]) -> Result<State, String> {
     if !r.0.is_empty() {
         return Err(format!("{} trailing bytes", r.0.len()));
     }
-    Ok(State { applied, keys })
+    Ok(State { applied, horizon, keys })
 }
 
 /// A bounds-checked cursor: a damaged image is an error, never a panic or a huge allocation.

@@ -18,7 +18,10 @@
 //! - re-delivered records (LSN ≤ applied) are skipped, and a gap is an error — a learner must
 //!   never skip a record silently;
 //! - versions are immutable once applied, which is what makes snapshot-free reads (and the
-//!   compute tier's version cache) safe.
+//!   compute tier's version cache) safe;
+//! - history is kept from the GC horizon on: a read at or above it answers exactly as if no
+//!   version had ever been dropped, a read below it is refused, and the horizon never moves
+//!   down, not even across a restart.
 
 pub mod memory;
 pub mod rocks;
@@ -89,6 +92,12 @@ pub enum FormatError {
         #[source]
         source: std::io::Error,
     },
+    /// The read's LSN is below the GC horizon: versions it could see may have been dropped.
+    #[error(
+        "history at lsn {at} was garbage-collected: this replayer keeps versions for reads at lsn \
+         {horizon} and above; begin a new transaction"
+    )]
+    BelowHorizon { at: Lsn, horizon: Lsn },
     /// An earlier durability step failed. After a failed fsync the OS may have dropped dirty
     /// pages while reporting them clean ("fsyncgate"), so nothing this instance holds can be
     /// trusted to be durable any more: it refuses further work and the replayer must reopen the
@@ -132,14 +141,25 @@ pub trait StorageFormat: Send + Sync + 'static {
     fn sync(&self) -> Result<Lsn, FormatError>;
 
     /// The newest version of `key` with `lsn ≤ at` (`None` if the key has no version ≤ `at`).
-    /// The caller guarantees `at ≤ applied_lsn()`.
+    /// The caller guarantees `at ≤ applied_lsn()`; `at` below [`gc_horizon`](Self::gc_horizon)
+    /// is [`FormatError::BelowHorizon`].
     fn get(&self, key: &[u8], at: Lsn) -> Result<Option<Version>, FormatError>;
 
     /// Live rows (latest version ≤ `at`, not deleted) in key order within `range`, at most
     /// `limit` of them. Returns `(rows, more)`, where `more` says that `limit` cut the answer
     /// short (a live row follows the last one returned). The caller guarantees
-    /// `at ≤ applied_lsn()`.
+    /// `at ≤ applied_lsn()`; `at` below [`gc_horizon`](Self::gc_horizon) is
+    /// [`FormatError::BelowHorizon`].
     fn scan(&self, range: &KeyRange, at: Lsn, limit: usize) -> Result<(Vec<Row>, bool), FormatError>;
+
+    /// The oldest LSN reads may ask for (0: all history is kept).
+    fn gc_horizon(&self) -> Lsn;
+
+    /// Lets the format drop every version that no read at or above `horizon` can see, now or
+    /// whenever it compacts. The horizon never moves down, and a value above the applied LSN is
+    /// capped there; it is durable before anything is dropped for it. Returns the horizon now
+    /// in force.
+    fn raise_gc_horizon(&self, horizon: Lsn) -> Result<Lsn, FormatError>;
 
     /// Write a consistent snapshot into `dir`, which must not exist yet (its parent must), that
     /// [`open_format`] with the same name can start a new replayer from. Returns the snapshot's

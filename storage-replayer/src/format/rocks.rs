@@ -31,22 +31,38 @@
 //! when `apply` returns, which survives `kill -9` but not a power cut. `sync` fsyncs the WAL and
 //! only then advances the durable LSN — the only LSN a learner may report for journal trimming.
 //!
-//! # Garbage collection (not done yet)
+//! # Garbage collection
 //!
-//! Old versions and tombstones are never removed, so the database grows with every write and
-//! scans walk over shadowed versions. The intended fix is a compaction filter with a GC horizon
-//! LSN (the oldest read LSN any reader may still use): for each key, keep the newest version at
-//! or below the horizon and everything above it; drop older versions, and drop that newest one
-//! too if it is a tombstone. Until then, disk use is proportional to the write history.
+//! Old versions are dropped by a compaction filter against a *GC horizon*: the oldest LSN any
+//! reader may still read at ([`StorageFormat::raise_gc_horizon`]; the replayer raises it to the
+//! LSN it had applied a configured time ago). For every key the filter keeps each version above
+//! the horizon and the newest one at or below it, and drops the older ones: no read at or above
+//! the horizon can reach them. Reads below the horizon are refused
+//! ([`FormatError::BelowHorizon`]) rather than answered from a history with holes.
+//!
+//! - The horizon is stored (fsynced) before any compaction may use it, so a restart never
+//!   lowers it below what was already dropped; a snapshot carries it along with the data.
+//! - A compaction filter sees only the files of its own compaction, so it cannot know whether
+//!   an older version of a key still lies in a lower level. Dropping a version is safe anyway
+//!   (a newer one at or below the horizon shadows it for every allowed read), but dropping a
+//!   *tombstone* is not: an older put in a lower level would come back to life. So the newest
+//!   tombstone at or below the horizon is kept; a deleted key costs one small entry until it
+//!   is written again. (The versions beneath it do go.)
+//! - Versions a filter keeps are only ever shadowed by newer ones, so whichever compactions run,
+//!   in whatever order, a read at or above the horizon answers exactly as it would have without
+//!   any garbage collection (the property tests in `tests/format_model.rs` check that).
 
+use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rocksdb::checkpoint::Checkpoint;
+use rocksdb::compaction_filter::{CompactionFilter, Decision};
+use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
-    BlockBasedOptions, Cache, DBCompressionType, DBRawIterator, Options, ReadOptions, WriteBatch,
-    WriteOptions, DB,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, CompactOptions, DBCompressionType, DBRawIterator,
+    Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use tracing::{debug, error, info, warn};
 use triad_protocol::{KeyRange, Lsn, Row};
@@ -59,6 +75,7 @@ pub const NAME: &str = "rocksdb";
 /// Bookkeeping keys start with `0x00 0x00`, which no encoded user key can (see module docs).
 const META_APPLIED_LSN: &[u8] = b"\x00\x00applied_lsn";
 const META_FORMAT: &[u8] = b"\x00\x00format";
+const META_GC_HORIZON: &[u8] = b"\x00\x00gc_horizon";
 /// Identifies this layout, so a database written by another layout (or program) is refused
 /// instead of being misread.
 const FORMAT_ID: &[u8] = b"triad-mvcc-v1";
@@ -176,6 +193,87 @@ fn skip_to(it: &mut DBRawIterator<'_>, target: &[u8]) {
     it.seek(target);
 }
 
+/// What a compaction does with each entry it reads, decided in key order: the pure core of the
+/// garbage collector (see the module docs), kept apart from RocksDB so it is tested directly.
+///
+/// It relies on one fact about compactions: within one, entries arrive in key order, so all
+/// versions of a user key arrive together, newest first.
+#[derive(Debug)]
+struct GcFilter {
+    horizon: Lsn,
+    /// The `esc(key) 0x00 0x01` prefix of the key whose versions are passing.
+    key: Vec<u8>,
+    /// Whether a version of `key` at or below the horizon was kept: every older one can go.
+    covered: bool,
+}
+
+impl GcFilter {
+    fn new(horizon: Lsn) -> GcFilter {
+        GcFilter { horizon, key: Vec::new(), covered: false }
+    }
+
+    /// `true` to keep the entry, `false` to drop it.
+    fn keep(&mut self, raw_key: &[u8]) -> bool {
+        // Bookkeeping, and anything we cannot read: never ours to drop.
+        if raw_key.starts_with(&[0x00, 0x00]) {
+            return true;
+        }
+        let Ok((prefix_len, lsn)) = split_version_key(raw_key) else { return true };
+        let prefix = &raw_key[..prefix_len];
+        if prefix != self.key.as_slice() {
+            self.key.clear();
+            self.key.extend_from_slice(prefix);
+            self.covered = false;
+        }
+        if lsn > self.horizon {
+            return true;
+        }
+        if self.covered {
+            return false;
+        }
+        // The newest version at or below the horizon: what a read at the horizon finds, and
+        // every later read until the key's next version. Kept even when it is a tombstone (see
+        // the module docs).
+        self.covered = true;
+        true
+    }
+}
+
+/// Hands each compaction a [`GcFilter`] with the horizon as it is when the compaction starts.
+struct GcFilterFactory {
+    horizon: Arc<AtomicU64>,
+}
+
+struct GcCompaction(GcFilter);
+
+const GC_FILTER_NAME: &CStr = c"triad-mvcc-gc";
+
+impl CompactionFilter for GcCompaction {
+    fn filter(&mut self, _level: u32, key: &[u8], _value: &[u8]) -> Decision {
+        if self.0.keep(key) {
+            Decision::Keep
+        } else {
+            Decision::Remove
+        }
+    }
+
+    fn name(&self) -> &CStr {
+        GC_FILTER_NAME
+    }
+}
+
+impl CompactionFilterFactory for GcFilterFactory {
+    type Filter = GcCompaction;
+
+    fn create(&mut self, _context: CompactionFilterContext) -> GcCompaction {
+        GcCompaction(GcFilter::new(self.horizon.load(Ordering::SeqCst)))
+    }
+
+    fn name(&self) -> &CStr {
+        GC_FILTER_NAME
+    }
+}
+
 /// Resource knobs for [`RocksFormat`]. The defaults suit a replayer sharing a machine with
 /// other tiers.
 #[derive(Clone, Debug)]
@@ -200,6 +298,8 @@ pub struct RocksFormat {
     dir: PathBuf,
     applied: AtomicU64,
     durable: AtomicU64,
+    /// Shared with the compaction filter factory; see the module docs.
+    horizon: Arc<AtomicU64>,
     /// Serializes `apply` (the gap check and the batch must see the same applied LSN) and keeps
     /// `snapshot` from racing an apply, so the LSN it reports is the checkpoint's. Guards no data,
     /// so a poisoned lock carries no meaning and is ignored.
@@ -234,6 +334,10 @@ impl RocksFormat {
         opts.set_write_buffer_size(config.write_buffer_bytes);
         opts.set_max_background_jobs(config.background_jobs);
         opts.set_keep_log_file_num(4);
+        // Compactions may start as soon as the database is open, before the stored horizon is
+        // read below: until then they see 0 and drop nothing.
+        let horizon = Arc::new(AtomicU64::new(0));
+        opts.set_compaction_filter_factory(GcFilterFactory { horizon: horizon.clone() });
 
         let db = DB::open(&opts, dir).map_err(|e| FormatError::rocks(context("open"), e))?;
 
@@ -252,22 +356,23 @@ impl RocksFormat {
                 .map_err(|e| FormatError::rocks(context("write format id in"), e))?,
         }
 
-        let applied = match db
-            .get(META_APPLIED_LSN)
-            .map_err(|e| FormatError::rocks(context("read applied LSN in"), e))?
-        {
-            None => 0,
-            Some(bytes) => {
-                let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
-                    FormatError::Corrupt(format!(
-                        "applied LSN in {} is {} bytes, expected 8",
-                        dir.display(),
-                        bytes.len()
-                    ))
-                })?;
-                u64::from_be_bytes(bytes)
+        let stored_lsn = |key: &[u8], what: &str| -> Result<Lsn, FormatError> {
+            match db.get(key).map_err(|e| FormatError::rocks(context(&format!("read {what} in")), e))? {
+                None => Ok(0),
+                Some(bytes) => {
+                    let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                        FormatError::Corrupt(format!(
+                            "{what} in {} is {} bytes, expected 8",
+                            dir.display(),
+                            bytes.len()
+                        ))
+                    })?;
+                    Ok(u64::from_be_bytes(bytes))
+                }
             }
         };
+        let applied = stored_lsn(META_APPLIED_LSN, "applied LSN")?;
+        horizon.store(stored_lsn(META_GC_HORIZON, "GC horizon")?, Ordering::SeqCst);
 
         // What we just read back may have come from a WAL that was written but never fsynced
         // (the previous process was killed). Flushing the memtable writes it to SST files, which
@@ -275,12 +380,18 @@ impl RocksFormat {
         // start with durable == applied instead of making the learner wait for a first sync.
         db.flush().map_err(|e| FormatError::rocks(context("flush after opening"), e))?;
 
-        info!(dir = %dir.display(), applied_lsn = applied, "opened rocksdb storage format");
+        info!(
+            dir = %dir.display(),
+            applied_lsn = applied,
+            gc_horizon = horizon.load(Ordering::SeqCst),
+            "opened rocksdb storage format"
+        );
         Ok(RocksFormat {
             db,
             dir: dir.to_owned(),
             applied: AtomicU64::new(applied),
             durable: AtomicU64::new(applied),
+            horizon,
             writer: Mutex::new(()),
             poisoned: OnceLock::new(),
         })
@@ -311,6 +422,43 @@ impl RocksFormat {
 
     fn iterator_status(&self, it: &DBRawIterator<'_>, what: &str) -> Result<(), FormatError> {
         it.status().map_err(|e| FormatError::rocks(format!("{what} in {}", self.dir.display()), e))
+    }
+
+    /// Refuses a read at `at` below the horizon. Called after the read's iterator exists: the
+    /// iterator pins the files it reads, so only compactions finished before then matter, and
+    /// they ran with a horizon no higher than the one loaded here.
+    fn check_horizon(&self, at: Lsn) -> Result<(), FormatError> {
+        let horizon = self.horizon.load(Ordering::SeqCst);
+        if at < horizon {
+            return Err(FormatError::BelowHorizon { at, horizon });
+        }
+        Ok(())
+    }
+
+    /// Flushes the memtable and rewrites every file through the garbage collector now, instead
+    /// of whenever RocksDB next compacts them. Costs a full rewrite of the database.
+    pub fn compact(&self) -> Result<(), FormatError> {
+        self.db.flush().map_err(|e| FormatError::rocks(format!("flush {}", self.dir.display()), e))?;
+        let mut opts = CompactOptions::default();
+        // Files already in the last level would otherwise be skipped, their garbage kept.
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        self.db.compact_range_opt(None::<&[u8]>, None::<&[u8]>, &opts);
+        Ok(())
+    }
+
+    /// Every stored version (tombstones included), counted by walking the whole database: for
+    /// tests and diagnostics, not for a hot path.
+    pub fn version_count(&self) -> Result<u64, FormatError> {
+        let mut it = self.iterator(None);
+        // Past the bookkeeping keys, which all start `0x00 0x00`.
+        it.seek([0x00, 0x01]);
+        let mut n = 0;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        self.iterator_status(&it, "count versions")?;
+        Ok(n)
     }
 }
 
@@ -394,6 +542,7 @@ impl StorageFormat for RocksFormat {
         target.extend_from_slice(&inverted(at));
 
         let mut it = self.iterator(Some(bound));
+        self.check_horizon(at)?;
         it.seek(&target);
         let (Some(raw_key), Some(raw_value)) = (it.key(), it.value()) else {
             self.iterator_status(&it, "get")?;
@@ -414,6 +563,7 @@ impl StorageFormat for RocksFormat {
         // Every version of every key below `end` sorts below `enc(end)` (the encoding is
         // order-preserving and prefix-free), and every version of `end` itself at or above it.
         let mut it = self.iterator(range.end.as_deref().map(encode_user_key));
+        self.check_horizon(at)?;
         let mut target = encode_user_key(&range.start);
         target.extend_from_slice(&inverted(at));
         it.seek(&target);
@@ -448,6 +598,32 @@ impl StorageFormat for RocksFormat {
         Ok((rows, more))
     }
 
+    fn gc_horizon(&self) -> Lsn {
+        self.horizon.load(Ordering::SeqCst)
+    }
+
+    fn raise_gc_horizon(&self, horizon: Lsn) -> Result<Lsn, FormatError> {
+        self.check_poisoned()?;
+        // The writer lock keeps a checkpoint from being taken between the store and the
+        // publication below, and the applied LSN still while it caps the horizon.
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.horizon.load(Ordering::SeqCst);
+        let horizon = horizon.min(self.applied.load(Ordering::Acquire));
+        if horizon <= current {
+            return Ok(current);
+        }
+        // Durable first: once a compaction drops versions for this horizon, a restart must not
+        // come back with a lower one and answer reads from the holes.
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .put_opt(META_GC_HORIZON, horizon.to_be_bytes(), &opts)
+            .map_err(|e| FormatError::rocks(format!("store GC horizon {horizon}"), e))?;
+        self.horizon.store(horizon, Ordering::SeqCst);
+        debug!(gc_horizon = horizon, "raised the GC horizon");
+        Ok(horizon)
+    }
+
     fn snapshot(&self, dir: &Path) -> Result<Lsn, FormatError> {
         self.check_poisoned()?;
         // Holding the writer lock pins the applied LSN for the duration of the checkpoint, so
@@ -462,5 +638,74 @@ impl StorageFormat for RocksFormat {
             .map_err(|e| FormatError::rocks(context(), e))?;
         info!(dir = %dir.display(), applied_lsn = applied, "wrote rocksdb snapshot");
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `versions` (key, LSN) to a fresh filter in RocksDB's order and returns the kept ones.
+    fn kept(horizon: Lsn, versions: &[(&[u8], Lsn)]) -> Vec<(Vec<u8>, Lsn)> {
+        let mut raw: Vec<Vec<u8>> = versions.iter().map(|&(k, lsn)| encode_version_key(k, lsn)).collect();
+        raw.extend([META_APPLIED_LSN.to_vec(), META_GC_HORIZON.to_vec()]);
+        raw.sort();
+        let mut filter = GcFilter::new(horizon);
+        let mut out = Vec::new();
+        for key in raw {
+            if filter.keep(&key) {
+                out.push(if key.starts_with(&[0x00, 0x00]) {
+                    (key, 0)
+                } else {
+                    decode_version_key(&key).unwrap()
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn keeps_everything_above_the_horizon_and_the_newest_version_at_or_below_it() {
+        let versions: &[(&[u8], Lsn)] = &[(b"a", 1), (b"a", 4), (b"a", 5), (b"a", 9), (b"b", 2), (b"c", 7)];
+        let got = kept(5, versions);
+        let want: Vec<(Vec<u8>, Lsn)> = vec![
+            (META_APPLIED_LSN.to_vec(), 0),
+            (META_GC_HORIZON.to_vec(), 0),
+            (b"a".to_vec(), 9),
+            (b"a".to_vec(), 5),
+            (b"b".to_vec(), 2),
+            (b"c".to_vec(), 7),
+        ];
+        assert_eq!(got, want);
+        // Horizon 0 drops nothing.
+        assert_eq!(kept(0, versions).len(), versions.len() + 2);
+    }
+
+    #[test]
+    fn keys_that_are_prefixes_of_each_other_keep_their_own_newest_version() {
+        // "a" and "a\0" share bytes; each has its own history, interleaved by the encoding.
+        let versions: &[(&[u8], Lsn)] =
+            &[(b"a", 1), (b"a", 3), (b"a\x00", 2), (b"a\x00", 4), (b"", 1), (b"", 2)];
+        let mut got: Vec<(Vec<u8>, Lsn)> =
+            kept(10, versions).into_iter().filter(|(_, lsn)| *lsn > 0).collect();
+        got.sort();
+        assert_eq!(got, vec![(b"".to_vec(), 2), (b"a".to_vec(), 3), (b"a\x00".to_vec(), 4)]);
+    }
+
+    #[test]
+    fn a_compaction_that_misses_newer_versions_still_drops_only_what_is_shadowed() {
+        // This compaction sees only the older files: versions 9 and 5 of "a" live elsewhere.
+        // It keeps 3 (the newest it sees at or below the horizon) and drops 1, which 3 shadows.
+        assert_eq!(
+            kept(6, &[(b"a", 1), (b"a", 3)]),
+            vec![(META_APPLIED_LSN.to_vec(), 0), (META_GC_HORIZON.to_vec(), 0), (b"a".to_vec(), 3)]
+        );
+    }
+
+    #[test]
+    fn unreadable_entries_are_kept() {
+        let mut filter = GcFilter::new(100);
+        assert!(filter.keep(b"\x01\x02"));
+        assert!(filter.keep(b"garbage with no framing"));
     }
 }
