@@ -248,6 +248,36 @@ async fn a_snapshot_older_than_the_kept_history_is_refused_and_a_new_one_reads()
     assert!(log.contains("history=Some(1s)"), "the replayer did not take --history: {log}");
 }
 
+/// A read barrier needs a majority, not every node: a node that hangs (alive, so no error
+/// comes back) must not make begins wait out the call's timeout (the lease, 1 s). A barrier
+/// that asks a bare majority first must ask the third node at once when one of them hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_journal_node_does_not_hold_begins_up() {
+    let _serial = SERIAL.lock().await;
+    let (mut c, _dir) = cluster(22700);
+    c.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let client = Client::connect(c.client_config()).unwrap();
+    client.write(vec![(b"k".to_vec(), Some(b"v".to_vec()))]).await.unwrap();
+    // Node 0: on an idle cluster every node has acknowledged the same LSN, and a barrier that
+    // ranks nodes by acknowledgement and index would ask it first.
+    c.signal_pause(Role::Journal(0), true).unwrap();
+    let start = std::time::Instant::now();
+    let rounds = 20;
+    let result: Result<(), triad_shim::ShimError> = async {
+        for _ in 0..rounds {
+            client.begin().await?;
+        }
+        Ok(())
+    }
+    .await;
+    let took = start.elapsed();
+    c.signal_pause(Role::Journal(0), false).unwrap();
+    result.unwrap();
+    // Waiting out the timeout would take a lease (1 s) per begin; asking the third node takes
+    // a round trip. One lease for all of them leaves room for a loaded machine.
+    assert!(took < Duration::from_secs(1), "{rounds} begins with a paused journal node took {took:?}");
+}
+
 /// A member's status, asked again until it answers: a status call can time out while two
 /// cores are busy with the cluster's load.
 async fn status_of(c: &LocalCluster, role: Role) -> triad_protocol::NodeStatus {
