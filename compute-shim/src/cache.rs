@@ -38,6 +38,18 @@ impl ReadCache {
             .then(|| (c.value.as_ref().map(|v| v.to_vec()), c.version_lsn))
     }
 
+    /// The newest version the cache knows that is not newer than `at`, and whether it is known
+    /// to be the newest at `at` (as [`ReadCache::get`] answers) or only a guess: a newer version
+    /// may have been written between the entry's `seen_at` and `at`.
+    pub(crate) fn get_guess(&self, key: &[u8], at: Lsn) -> Option<(Option<Vec<u8>>, Lsn, bool)> {
+        let c = self.cache.as_ref()?.get(key)?;
+        (c.version_lsn <= at).then(|| (c.value.as_ref().map(|v| v.to_vec()), c.version_lsn, at <= c.seen_at))
+    }
+
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.contains_key(key))
+    }
+
     /// Records that a read at `at` returned `value` written at `version_lsn`.
     pub(crate) fn insert(&self, key: &[u8], value: Option<&[u8]>, version_lsn: Lsn, at: Lsn) {
         let Some(cache) = &self.cache else { return };
@@ -72,6 +84,16 @@ mod tests {
         assert_eq!(c.get(b"k", 11), None, "a newer version may exist after seen_at");
         c.insert(b"k", Some(b"v1"), 5, 20);
         assert_eq!(c.get(b"k", 15), Some((Some(b"v1".to_vec()), 5)));
+    }
+
+    #[test]
+    fn a_guess_is_the_newest_known_version_and_says_whether_it_is_confirmed() {
+        let c = ReadCache::new(1 << 20);
+        c.insert(b"k", Some(b"v1"), 5, 10);
+        assert_eq!(c.get_guess(b"k", 4), None, "before the version existed");
+        assert_eq!(c.get_guess(b"k", 7), Some((Some(b"v1".to_vec()), 5, true)));
+        assert_eq!(c.get_guess(b"k", 11), Some((Some(b"v1".to_vec()), 5, false)));
+        assert_eq!(ReadCache::new(0).get_guess(b"k", 7), None);
     }
 
     #[test]

@@ -246,11 +246,37 @@ impl Client {
         }
     }
 
+    /// The cache's newest version of `key` not newer than `at`, and whether it is confirmed
+    /// to be the newest at `at` (see [`Txn::get_rarely_changing`](crate::Txn::get_rarely_changing)).
+    pub(crate) fn cached_guess(&self, key: &[u8], at: Lsn) -> Option<(Option<Vec<u8>>, Lsn, bool)> {
+        self.inner.cache.get_guess(key, at)
+    }
+
+    pub(crate) fn is_cached(&self, key: &[u8]) -> bool {
+        self.inner.cache.contains(key)
+    }
+
+    /// Records writes committed at `lsn` as the versions of their keys at `lsn`.
+    pub(crate) fn remember_writes(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>, lsn: Lsn) {
+        for (key, value) in writes {
+            self.inner.cache.insert(&key, value.as_deref(), lsn, lsn);
+        }
+    }
+
     /// Reads `keys` at `at`: what the cache can answer from it, the rest from a replayer in
     /// one multi-get per [`MAX_MULTI_GET_KEYS`] keys. Answers are in the order of `keys`.
     pub(crate) async fn read_many(&self, keys: &[&[u8]], at: Lsn) -> Result<Vec<Option<Vec<u8>>>, ShimError> {
-        let mut out: Vec<Option<Option<Vec<u8>>>> =
-            keys.iter().map(|k| self.inner.cache.get(k, at).map(|(value, _)| value)).collect();
+        Ok(self.read_many_versions(keys, at).await?.into_iter().map(|(value, _)| value).collect())
+    }
+
+    /// [`Client::read_many`], with the LSN of each version found.
+    pub(crate) async fn read_many_versions(
+        &self,
+        keys: &[&[u8]],
+        at: Lsn,
+    ) -> Result<Vec<(Option<Vec<u8>>, Lsn)>, ShimError> {
+        let mut out: Vec<Option<(Option<Vec<u8>>, Lsn)>> =
+            keys.iter().map(|k| self.inner.cache.get(k, at)).collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
         for chunk in missing.chunks(MAX_MULTI_GET_KEYS) {
             let req = Message::MultiGetRequest {
@@ -261,7 +287,7 @@ impl Client {
                 Message::MultiGetResponse { values } if values.len() == chunk.len() => {
                     for (&i, v) in chunk.iter().zip(values) {
                         self.inner.cache.insert(keys[i], v.value.as_deref(), v.version_lsn, at);
-                        out[i] = Some(v.value);
+                        out[i] = Some((v.value, v.version_lsn));
                     }
                 }
                 Message::MultiGetResponse { values } => {

@@ -14,6 +14,9 @@ pub struct Txn {
     read_keys: Vec<Vec<u8>>,
     read_ranges: Vec<KeyRange>,
     guard_keys: Vec<Vec<u8>>,
+    /// Keys answered by [`Txn::get_rarely_changing`] from a cache entry not known to be current
+    /// at the snapshot, with the LSN of the version answered: to be confirmed at the snapshot.
+    unconfirmed: Vec<(Vec<u8>, Lsn)>,
 }
 
 impl Txn {
@@ -27,6 +30,7 @@ impl Txn {
             read_keys: Vec::new(),
             read_ranges: Vec::new(),
             guard_keys: Vec::new(),
+            unconfirmed: Vec::new(),
         }
     }
 
@@ -53,7 +57,70 @@ impl Txn {
             return Ok(v.clone());
         }
         self.read_keys.push(key.to_vec());
-        self.client.read(key, self.read_lsn).await
+        if self.unconfirmed.is_empty() {
+            return self.client.read(key, self.read_lsn).await;
+        }
+        Ok(self.read_confirming(&[key]).await?.pop().expect("one answer per key read"))
+    }
+
+    /// [`Txn::get`] for a key that rarely changes, such as a SQL table's schema: when the cache
+    /// holds a version of it known current at some LSN below the snapshot, that version is
+    /// answered at once, unconfirmed, instead of asking a replayer whether a newer one was
+    /// written since. The key is then read along with this transaction's next read from a
+    /// replayer, or by [`Txn::confirm`], or before the commit — whichever comes first — and if
+    /// its version at the snapshot is a different one, that read fails with
+    /// [`ShimError::Conflict`] naming the key (retryable: the cache now holds the new version).
+    /// So nothing is committed, and nothing the caller confirms before showing it is shown,
+    /// that rests on a stale answer.
+    pub async fn get_rarely_changing(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ShimError> {
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
+        }
+        match self.client.cached_guess(key, self.read_lsn) {
+            Some((value, version_lsn, confirmed)) => {
+                self.read_keys.push(key.to_vec());
+                if !confirmed && !self.unconfirmed.iter().any(|(k, _)| k == key) {
+                    self.unconfirmed.push((key.to_vec(), version_lsn));
+                }
+                Ok(value)
+            }
+            None => self.get(key).await,
+        }
+    }
+
+    /// Confirms every answer of [`Txn::get_rarely_changing`] not yet confirmed, in one request;
+    /// no round trip when there are none.
+    pub async fn confirm(&mut self) -> Result<(), ShimError> {
+        if self.unconfirmed.is_empty() {
+            return Ok(());
+        }
+        self.read_confirming(&[]).await.map(|_| ())
+    }
+
+    /// Reads `keys` at the snapshot in one request together with the unconfirmed keys, and
+    /// checks that each of those still has the version it was answered with.
+    async fn read_confirming(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, ShimError> {
+        let pending = std::mem::take(&mut self.unconfirmed);
+        let mut all: Vec<&[u8]> = keys.to_vec();
+        all.extend(pending.iter().map(|(k, _)| k.as_slice()));
+        let mut answers = match self.client.read_many_versions(&all, self.read_lsn).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                self.unconfirmed = pending;
+                return Err(e);
+            }
+        };
+        let changed: Vec<Vec<u8>> = pending
+            .into_iter()
+            .zip(&answers[keys.len()..])
+            .filter(|((_, answered), (_, version))| answered != version)
+            .map(|((key, _), _)| key)
+            .collect();
+        if !changed.is_empty() {
+            return Err(ShimError::Conflict { keys: changed });
+        }
+        answers.truncate(keys.len());
+        Ok(answers.into_iter().map(|(value, _)| value).collect())
     }
 
     /// The values of `keys` at the snapshot, like [`Txn::get`] each, in one request to a
@@ -61,7 +128,12 @@ impl Txn {
     /// the cache answer: one round trip instead of one per key.
     pub async fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, ShimError> {
         let remote: Vec<&[u8]> = keys.iter().copied().filter(|k| !self.writes.contains_key(*k)).collect();
-        let mut fetched = self.client.read_many(&remote, self.read_lsn).await?.into_iter();
+        let mut fetched = if self.unconfirmed.is_empty() || remote.is_empty() {
+            self.client.read_many(&remote, self.read_lsn).await?
+        } else {
+            self.read_confirming(&remote).await?
+        }
+        .into_iter();
         let mut values = Vec::with_capacity(keys.len());
         for &key in keys {
             match self.writes.get(key) {
@@ -148,12 +220,16 @@ impl Txn {
 
     /// Sends the transaction to the sequencer; `Ok(lsn)` once a majority of journal nodes holds
     /// it. A read-only transaction at snapshot isolation commits without a round trip.
-    pub async fn commit(self) -> Result<Lsn, ShimError> {
+    pub async fn commit(mut self) -> Result<Lsn, ShimError> {
+        self.confirm().await?;
         if self.commits_without_round_trip() {
             return Ok(self.read_lsn);
         }
         let client = self.client.clone();
-        client.commit(self.into_request()).await
+        let cached = self.cached_writes();
+        let lsn = client.commit(self.into_request()).await?;
+        client.remember_writes(cached, lsn);
+        Ok(lsn)
     }
 
     /// Commits like [`Txn::commit`] and begins the next transaction, with the same isolation,
@@ -168,16 +244,31 @@ impl Txn {
     /// be asked for, the sequencer answered a retry from its index, or nothing was written and
     /// no round trip was made): then begin one as usual. The commit's own result never depends
     /// on it.
-    pub async fn commit_and_chain(self) -> Result<(Lsn, Option<Txn>), ShimError> {
+    pub async fn commit_and_chain(mut self) -> Result<(Lsn, Option<Txn>), ShimError> {
+        self.confirm().await?;
         let (client, isolation) = (self.client.clone(), self.isolation);
         if self.commits_without_round_trip() {
             return Ok((self.read_lsn, None));
         }
+        let cached = self.cached_writes();
         let (lsn, next_read_lsn) = client.commit_chained(self.into_request()).await?;
+        client.remember_writes(cached, lsn);
         // A snapshot below the commit itself would not even see it: no sequencer of ours sends
         // one, and one that did would not be trusted with the next transaction.
         let next = (next_read_lsn >= lsn).then(|| client.txn_at(next_read_lsn, isolation));
         Ok((lsn, next))
+    }
+
+    /// This transaction's writes to keys the cache holds. Once committed they are the newest
+    /// versions at the commit's LSN, and remembering them keeps [`Txn::get_rarely_changing`]
+    /// from guessing, in this client's next transactions, the versions they replaced (a SQL
+    /// session would otherwise run its next statement against the schema it just altered).
+    fn cached_writes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.writes
+            .iter()
+            .filter(|(k, _)| self.client.is_cached(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Nothing written and nothing to check: its snapshot alone was the whole transaction.

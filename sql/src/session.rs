@@ -109,8 +109,17 @@ impl Session {
     }
 
     /// A GlueSQL error, or the shim error that caused it.
+    /// The error to report for a failed statement: the shim's, if storage failed; else, when
+    /// a cached schema it ran with turns out stale, that conflict (40001: the statement may
+    /// well succeed against the current schema); else GlueSQL's own.
     fn engine_error(&self, e: gluesql_core::error::Error) -> SqlError {
-        self.store().take_error().map(SqlError::Shim).unwrap_or_else(|| e.into())
+        if let Some(shim) = self.store().take_error() {
+            return SqlError::Shim(shim);
+        }
+        match self.store().confirm() {
+            Err(stale) => SqlError::Shim(stale),
+            Ok(()) => e.into(),
+        }
     }
 
     /// Runs every statement of a simple-protocol query in order, stopping at the first error
@@ -141,11 +150,14 @@ impl Session {
         let Some(stmt) = stmts.pop() else { return Ok(None) };
         let had_txn = self.store().in_txn();
         let desc = describe(&stmt, &mut StoreSchemas(self.store()));
+        // A description worked out from a stale cached schema must not reach the client.
+        let confirmed = self.store().confirm();
         if !had_txn && !self.explicit {
             // Looking up schemas may have begun a transaction; an autocommit statement must
             // read at a fresh snapshot when it runs, so don't keep this one.
             drop(self.store().take_txn());
         }
+        confirmed?;
         Ok(Some(Arc::new(Prepared { sql: sql.to_string(), stmt, desc: desc? })))
     }
 
@@ -308,6 +320,12 @@ impl Session {
             Ok(o) => o,
             Err(e) => return Err(self.fail(e)),
         };
+        // Rows computed with a cached schema are shown only once it is confirmed current.
+        if matches!(outcome, Outcome::Rows { .. }) {
+            if let Err(stale) = self.store().confirm() {
+                return Err(self.fail(stale.into()));
+            }
+        }
         if !self.explicit {
             if let Some(txn) = self.store().take_txn() {
                 self.store().block_on(txn.commit())?;

@@ -118,6 +118,19 @@ pub fn generated_key(read_lsn: u64, txn_bits: u32, counter: u32) -> Key {
 pub trait KvTxn {
     /// The value of `key` at the snapshot, with this transaction's own writes applied.
     fn get(&mut self, rt: &Handle, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, ShimError>;
+    /// [`KvTxn::get`] for a key that rarely changes (a schema): the answer may be a cached
+    /// version not yet confirmed at the snapshot (see `Txn::get_rarely_changing`).
+    fn get_rarely_changing(
+        &mut self,
+        rt: &Handle,
+        key: &[u8],
+    ) -> std::result::Result<Option<Vec<u8>>, ShimError> {
+        self.get(rt, key)
+    }
+    /// Confirms every unconfirmed answer; a changed one fails as a conflict (40001).
+    fn confirm(&mut self, _rt: &Handle) -> std::result::Result<(), ShimError> {
+        Ok(())
+    }
     /// Up to `limit` live entries of `range` in key order, own writes applied.
     fn scan(&mut self, rt: &Handle, range: KeyRange, limit: usize)
         -> std::result::Result<Entries, ShimError>;
@@ -140,6 +153,18 @@ pub trait Backend {
 impl KvTxn for Txn {
     fn get(&mut self, rt: &Handle, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, ShimError> {
         rt.block_on(Txn::get(self, key))
+    }
+
+    fn get_rarely_changing(
+        &mut self,
+        rt: &Handle,
+        key: &[u8],
+    ) -> std::result::Result<Option<Vec<u8>>, ShimError> {
+        rt.block_on(Txn::get_rarely_changing(self, key))
+    }
+
+    fn confirm(&mut self, rt: &Handle) -> std::result::Result<(), ShimError> {
+        rt.block_on(Txn::confirm(self))
     }
 
     fn scan(
@@ -313,6 +338,17 @@ impl<B: Backend> ShimStore<B> {
         self.with_txn(|rt, txn| txn.get(rt, key))
     }
 
+    /// Confirms the open transaction's unconfirmed answers (schemas read from the cache), if
+    /// a transaction is open: before rows computed with them are shown, or to tell an error
+    /// that a stale schema caused from a real one.
+    pub fn confirm(&self) -> std::result::Result<(), ShimError> {
+        let mut st = self.state();
+        match st.txn.as_mut() {
+            Some(txn) => txn.confirm(&self.rt),
+            None => Ok(()),
+        }
+    }
+
     fn scan_page(&self, range: &KeyRange) -> Result<Entries> {
         self.with_txn(|rt, txn| txn.scan(rt, range.clone(), SCAN_PAGE))
     }
@@ -451,7 +487,10 @@ impl<B: Backend> Iterator for RangeScan<'_, B> {
 impl<B: Backend> Store for ShimStore<B> {
     fn fetch_schema(&self, table_name: &str) -> Result<Option<Schema>> {
         let key = schema_key(table_name)?;
-        match self.get(&key)? {
+        // Schemas change rarely, and every statement reads one or more: a cached schema is
+        // used unconfirmed, and confirmed with the statement's next read, before its rows are
+        // shown, or before the commit (see `Txn::get_rarely_changing`).
+        match self.with_txn(|rt, txn| txn.get_rarely_changing(rt, &key))? {
             Some(bytes) => decode_schema(&bytes).map(Some),
             None => Ok(None),
         }

@@ -248,6 +248,49 @@ async fn a_snapshot_older_than_the_kept_history_is_refused_and_a_new_one_reads()
     assert!(log.contains("history=Some(1s)"), "the replayer did not take --history: {log}");
 }
 
+/// `get_rarely_changing` may answer from a cache entry not known current at the snapshot; a
+/// key written since by another client must then fail the transaction's next read, and its
+/// commit, as a conflict naming the key, never let either go through on the stale version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rarely_changing_key_answered_stale_fails_the_next_read_and_the_commit() {
+    let _serial = SERIAL.lock().await;
+    let (mut c, _dir) = cluster(22900);
+    c.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let a = Client::connect(c.client_config()).unwrap();
+    let b = Client::connect(c.client_config()).unwrap();
+    b.write(vec![(b"schema".to_vec(), Some(b"v1".to_vec())), (b"row".to_vec(), Some(b"r".to_vec()))])
+        .await
+        .unwrap();
+    // A reads, and so caches, v1; then B replaces it.
+    assert_eq!(a.begin().await.unwrap().get(b"schema").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    b.write(vec![(b"schema".to_vec(), Some(b"v2".to_vec()))]).await.unwrap();
+
+    let conflict_on_schema = |e: triad_shim::ShimError| match e {
+        triad_shim::ShimError::Conflict { keys } => assert_eq!(keys, vec![b"schema".to_vec()]),
+        other => panic!("expected a conflict on the stale key, got {other}"),
+    };
+    // The next read of the transaction carries the unconfirmed key along. (The guess must be
+    // the stale version, or this test would not exercise the confirmation at all.)
+    let mut t = a.begin().await.unwrap();
+    assert_eq!(t.get_rarely_changing(b"schema").await.unwrap().as_deref(), Some(&b"v1"[..]));
+    conflict_on_schema(t.get(b"row").await.unwrap_err());
+
+    // A transaction that reads nothing else is refused at its commit.
+    b.write(vec![(b"schema".to_vec(), Some(b"v3".to_vec()))]).await.unwrap();
+    let mut t = a.begin().await.unwrap();
+    assert_eq!(t.get_rarely_changing(b"schema").await.unwrap().as_deref(), Some(&b"v2"[..]));
+    t.put(b"row", b"written with v2");
+    conflict_on_schema(t.commit().await.unwrap_err());
+
+    // The failed confirmation left v3 in the cache: the retry sees it and commits.
+    let mut t = a.begin().await.unwrap();
+    assert_eq!(t.get_rarely_changing(b"schema").await.unwrap().as_deref(), Some(&b"v3"[..]));
+    t.put(b"row", b"written with v3");
+    t.commit().await.unwrap();
+    let mut t = b.begin().await.unwrap();
+    assert_eq!(t.get(b"row").await.unwrap().as_deref(), Some(&b"written with v3"[..]));
+}
+
 /// A read barrier needs a majority, not every node: a node that hangs (alive, so no error
 /// comes back) must not make begins wait out the call's timeout (the lease, 1 s). A barrier
 /// that asks a bare majority first must ask the third node at once when one of them hangs.

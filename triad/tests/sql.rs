@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client as PgClient, NoTls};
+use tokio_postgres::{Client as PgClient, NoTls, SimpleQueryMessage};
 use triad::cluster::{ClusterSpec, LocalCluster};
 use triad_shim::Client;
 use triad_sql::{Auth, SqlServer};
@@ -15,7 +15,7 @@ use triad_sql::{Auth, SqlServer};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Env {
-    _cluster: LocalCluster,
+    cluster: LocalCluster,
     dir: tempfile::TempDir,
     port: u16,
 }
@@ -30,7 +30,7 @@ async fn start(base_port: u16) -> Env {
     let server = SqlServer::bind("127.0.0.1:0".parse().unwrap(), client, auth).await.unwrap();
     let port = server.local_addr().port();
     tokio::spawn(server.run());
-    Env { _cluster: cluster, dir, port }
+    Env { cluster, dir, port }
 }
 
 async fn connect(port: u16) -> PgClient {
@@ -379,6 +379,116 @@ async fn concurrent_updates_of_one_row_conflict_with_40001_and_retries_lose_noth
     }
     let v: i64 = a.query_one("SELECT v FROM counter WHERE id = 1", &[]).await.unwrap().get(0);
     assert_eq!(v, 2 + 4 * per_session, "lost update ({conflicts} conflicts retried)");
+}
+
+/// A second SQL front end on the same cluster, with a shim client (and read cache) of its own.
+async fn second_front_end(cluster: &LocalCluster) -> u16 {
+    let client = Client::connect(cluster.client_config()).unwrap();
+    let auth = Auth { user: "triad".into(), password: "secret".into() };
+    let server = SqlServer::bind("127.0.0.1:0".parse().unwrap(), client, auth).await.unwrap();
+    let port = server.local_addr().port();
+    tokio::spawn(server.run());
+    port
+}
+
+fn is_serialization_failure(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+/// A front end uses the schemas it has cached without asking whether they are still current,
+/// and confirms them later (with the statement's next read, before showing rows, or before
+/// committing). A schema altered through another front end must never be used stale: a
+/// statement that ran with the old one fails with 40001, and its retry sees the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_altered_through_another_front_end_is_never_used_stale() {
+    let _s = SERIAL.lock().await;
+    let env = start(22800).await;
+    let a = connect(env.port).await;
+    let b = connect(second_front_end(&env.cluster).await).await;
+    a.batch_execute("CREATE TABLE t (id INT PRIMARY KEY, x INT); INSERT INTO t VALUES (1, 10)")
+        .await
+        .unwrap();
+    // B's front end reads, and so caches, the schema with two columns.
+    assert_eq!(b.query("SELECT * FROM t", &[]).await.unwrap()[0].len(), 2);
+
+    a.batch_execute("ALTER TABLE t ADD COLUMN y INT").await.unwrap();
+    // Rows worked out with the cached schema would have two columns: they must not be shown.
+    let rows = loop {
+        match b.query("SELECT * FROM t", &[]).await {
+            Ok(rows) => break rows,
+            Err(e) if is_serialization_failure(&e) => continue,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    };
+    assert_eq!(rows[0].len(), 3, "a SELECT showed rows of the schema before the ALTER");
+
+    // The simple protocol has no prepare step to catch it, and inside a block no commit follows
+    // the SELECT: the rows themselves must wait for the schema to be confirmed. B's cache holds
+    // three columns now; make it stale again.
+    a.batch_execute("ALTER TABLE t ADD COLUMN w INT").await.unwrap();
+    loop {
+        b.batch_execute("BEGIN").await.unwrap();
+        match b.simple_query("SELECT * FROM t").await {
+            Ok(msgs) => {
+                let columns = msgs.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some(r.len()),
+                    _ => None,
+                });
+                assert_eq!(columns, Some(4), "a SELECT in a block showed rows of a stale schema");
+                break b.batch_execute("COMMIT").await.unwrap();
+            }
+            Err(e) if is_serialization_failure(&e) => b.batch_execute("ROLLBACK").await.unwrap(),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+
+    // A write naming the new column fails against the stale schema ("no such column"): that
+    // must come back as 40001, and the retry must succeed.
+    a.batch_execute("ALTER TABLE t ADD COLUMN z INT").await.unwrap();
+    loop {
+        match b.execute("UPDATE t SET z = 5 WHERE id = 1", &[]).await {
+            Ok(n) => break assert_eq!(n, 1),
+            Err(e) if is_serialization_failure(&e) => continue,
+            Err(e) => panic!("a statement failed against a stale schema: {e}"),
+        }
+    }
+    let z: i64 = a.query_one("SELECT z FROM t WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(z, 5);
+
+    // A query naming the new column fails while evaluating the rows of a scan, which confirms
+    // nothing: the error itself must be checked against the current schema.
+    a.batch_execute("ALTER TABLE t ADD COLUMN v INT").await.unwrap();
+    loop {
+        match b.simple_query("SELECT v FROM t").await {
+            Ok(_) => break,
+            Err(e) if is_serialization_failure(&e) => continue,
+            Err(e) => panic!("a query failed against a stale schema: {e}"),
+        }
+    }
+
+    // A write that goes through against the stale schema (one value for a table B believes has
+    // one column) reads nothing after it: the commit itself must refuse it.
+    a.batch_execute("CREATE TABLE h (v INT)").await.unwrap();
+    b.batch_execute("INSERT INTO h VALUES (1)").await.unwrap();
+    a.batch_execute("ALTER TABLE h ADD COLUMN w INT").await.unwrap();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let r = async {
+            b.batch_execute("BEGIN").await?;
+            b.batch_execute("INSERT INTO h VALUES (2)").await?;
+            b.batch_execute("COMMIT").await
+        }
+        .await;
+        match r {
+            Ok(()) => break,
+            Err(e) if is_serialization_failure(&e) => b.batch_execute("ROLLBACK").await.unwrap(),
+            Err(e) => panic!("a block failed against a stale schema: {e}"),
+        }
+    }
+    assert!(attempts > 1, "a block written against the schema before the ALTER committed");
+    let n: i64 = a.query_one("SELECT COUNT(*) FROM h WHERE v = 2 AND w IS NULL", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
 }
 
 const PGBENCH_SCRIPT: &str = "\\set aid random(1, 1000)
