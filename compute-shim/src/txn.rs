@@ -110,14 +110,19 @@ impl Txn {
                 return Err(e);
             }
         };
-        let changed: Vec<Vec<u8>> = pending
+        let changed: Vec<(Vec<u8>, Lsn)> = pending
             .into_iter()
             .zip(&answers[keys.len()..])
             .filter(|((_, answered), (_, version))| answered != version)
-            .map(|((key, _), _)| key)
+            .map(|(stale, _)| stale)
             .collect();
         if !changed.is_empty() {
-            return Err(ShimError::Conflict { keys: changed });
+            let keys = changed.iter().map(|(key, _)| key.clone()).collect();
+            // The caller was answered with a stale version: this transaction must never commit,
+            // even if the caller goes on after this error, so the stale answers stay pending
+            // (and fail again at every later read and at the commit).
+            self.unconfirmed = changed;
+            return Err(ShimError::Conflict { keys });
         }
         answers.truncate(keys.len());
         Ok(answers.into_iter().map(|(value, _)| value).collect())

@@ -274,6 +274,9 @@ async fn a_rarely_changing_key_answered_stale_fails_the_next_read_and_the_commit
     let mut t = a.begin().await.unwrap();
     assert_eq!(t.get_rarely_changing(b"schema").await.unwrap().as_deref(), Some(&b"v1"[..]));
     conflict_on_schema(t.get(b"row").await.unwrap_err());
+    // A caller that goes on regardless must not get the transaction committed.
+    t.put(b"row", b"written with v1");
+    conflict_on_schema(t.commit().await.unwrap_err());
 
     // A transaction that reads nothing else is refused at its commit.
     b.write(vec![(b"schema".to_vec(), Some(b"v3".to_vec()))]).await.unwrap();
