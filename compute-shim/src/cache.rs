@@ -46,10 +46,6 @@ impl ReadCache {
         (c.version_lsn <= at).then(|| (c.value.as_ref().map(|v| v.to_vec()), c.version_lsn, at <= c.seen_at))
     }
 
-    pub(crate) fn contains(&self, key: &[u8]) -> bool {
-        self.cache.as_ref().is_some_and(|c| c.contains_key(key))
-    }
-
     /// Records that a read at `at` returned `value` written at `version_lsn`.
     pub(crate) fn insert(&self, key: &[u8], value: Option<&[u8]>, version_lsn: Lsn, at: Lsn) {
         let Some(cache) = &self.cache else { return };

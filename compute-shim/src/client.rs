@@ -252,10 +252,6 @@ impl Client {
         self.inner.cache.get_guess(key, at)
     }
 
-    pub(crate) fn is_cached(&self, key: &[u8]) -> bool {
-        self.inner.cache.contains(key)
-    }
-
     /// Records writes committed at `lsn` as the versions of their keys at `lsn`.
     pub(crate) fn remember_writes(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>, lsn: Lsn) {
         for (key, value) in writes {

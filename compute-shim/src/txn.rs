@@ -17,6 +17,9 @@ pub struct Txn {
     /// Keys answered by [`Txn::get_rarely_changing`] from a cache entry not known to be current
     /// at the snapshot, with the LSN of the version answered: to be confirmed at the snapshot.
     unconfirmed: Vec<(Vec<u8>, Lsn)>,
+    /// Every key read with [`Txn::get_rarely_changing`]: what this transaction writes of them
+    /// goes into the cache once committed (see [`Txn::rarely_changing_writes`]).
+    rarely_changing: Vec<Vec<u8>>,
 }
 
 impl Txn {
@@ -31,6 +34,7 @@ impl Txn {
             read_ranges: Vec::new(),
             guard_keys: Vec::new(),
             unconfirmed: Vec::new(),
+            rarely_changing: Vec::new(),
         }
     }
 
@@ -75,6 +79,9 @@ impl Txn {
     pub async fn get_rarely_changing(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ShimError> {
         if let Some(v) = self.writes.get(key) {
             return Ok(v.clone());
+        }
+        if !self.rarely_changing.iter().any(|k| k == key) {
+            self.rarely_changing.push(key.to_vec());
         }
         match self.client.cached_guess(key, self.read_lsn) {
             Some((value, version_lsn, confirmed)) => {
@@ -231,7 +238,7 @@ impl Txn {
             return Ok(self.read_lsn);
         }
         let client = self.client.clone();
-        let cached = self.cached_writes();
+        let cached = self.rarely_changing_writes();
         let lsn = client.commit(self.into_request()).await?;
         client.remember_writes(cached, lsn);
         Ok(lsn)
@@ -255,7 +262,7 @@ impl Txn {
         if self.commits_without_round_trip() {
             return Ok((self.read_lsn, None));
         }
-        let cached = self.cached_writes();
+        let cached = self.rarely_changing_writes();
         let (lsn, next_read_lsn) = client.commit_chained(self.into_request()).await?;
         client.remember_writes(cached, lsn);
         // A snapshot below the commit itself would not even see it: no sequencer of ours sends
@@ -264,16 +271,14 @@ impl Txn {
         Ok((lsn, next))
     }
 
-    /// This transaction's writes to keys the cache holds. Once committed they are the newest
-    /// versions at the commit's LSN, and remembering them keeps [`Txn::get_rarely_changing`]
-    /// from guessing, in this client's next transactions, the versions they replaced (a SQL
+    /// This transaction's writes to keys it read with [`Txn::get_rarely_changing`]. Once
+    /// committed they are the newest versions at the commit's LSN, and remembering them keeps
+    /// it from guessing, in this client's next transactions, the versions they replaced (a SQL
     /// session would otherwise run its next statement against the schema it just altered).
-    fn cached_writes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        self.writes
-            .iter()
-            .filter(|(k, _)| self.client.is_cached(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+    /// Other writes are not remembered: a plain `get` at a later snapshot could not use them,
+    /// and every commit would pay for it.
+    fn rarely_changing_writes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.rarely_changing.iter().filter_map(|k| Some((k.clone(), self.writes.get(k)?.clone()))).collect()
     }
 
     /// Nothing written and nothing to check: its snapshot alone was the whole transaction.

@@ -108,7 +108,6 @@ impl Session {
         &self.glue.storage
     }
 
-    /// A GlueSQL error, or the shim error that caused it.
     /// The error to report for a failed statement: the shim's, if storage failed; else, when
     /// a cached schema it ran with turns out stale, that conflict (40001: the statement may
     /// well succeed against the current schema); else GlueSQL's own.
