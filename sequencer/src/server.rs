@@ -259,6 +259,38 @@ impl TxnTable {
         self.newer.get(id).or_else(|| self.older.get(id)).copied()
     }
 
+    /// Admission's question about a commit request's id, asked under the lock that it then
+    /// records the commit under.
+    fn admit(&self, id: &TxnId) -> Admit {
+        match self.get(id) {
+            Some(lsn) => Admit::Ordered(lsn),
+            None if self.fenced.contains_key(id) => Admit::Fenced,
+            None => Admit::New,
+        }
+    }
+
+    /// An outcome query's first step. An id not in the index is fenced right here, in the
+    /// same hold of the lock that found it missing: from then on admission refuses it, so a
+    /// commit request still on its way (the one whose answer the client gave up on) cannot
+    /// commit after the query has looked and before it answers "aborted".
+    fn query(&mut self, id: TxnId, read_lsn: Lsn) -> Query {
+        if let Some(lsn) = self.get(&id) {
+            return Query::Indexed(lsn);
+        }
+        self.fenced.insert(id, read_lsn);
+        if read_lsn >= self.floor {
+            Query::Absent
+        } else {
+            Query::Search { floor: self.floor }
+        }
+    }
+
+    /// The search of [`TxnTable::query`] found the id committed below the index: it needs no
+    /// fence (whose refusal would call it aborted).
+    fn found_in_log(&mut self, id: &TxnId) {
+        self.fenced.remove(id);
+    }
+
     /// Forgets fenced ids whose snapshot lies below the conflict floor: the conflict check
     /// refuses such a commit as too old anyway, so the id can no longer commit. Keeps the set
     /// from growing with every outcome query a long-lived sequencer answers.
@@ -281,6 +313,28 @@ impl TxnTable {
         }
         Ok(())
     }
+}
+
+/// What admission may do with a commit request, by its transaction id.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Already ordered at this LSN: a retry, answered when that LSN commits.
+    Ordered(Lsn),
+    /// Declared aborted by an outcome query: never to commit.
+    Fenced,
+    New,
+}
+
+/// The first step of an outcome query, decided under the transaction index's lock.
+#[derive(Debug, PartialEq, Eq)]
+enum Query {
+    /// Ordered at this LSN.
+    Indexed(Lsn),
+    /// Not ordered since its snapshot, all of which the index covers; now fenced.
+    Absent,
+    /// Now fenced; committed only if its record lies in the log between its snapshot and
+    /// `floor`, below the index.
+    Search { floor: Lsn },
 }
 
 /// Read barriers in progress: begins waiting for a heartbeat round, and the rounds under way.
@@ -547,29 +601,19 @@ impl Sequencer {
             // is (or was) active after us.
             return Err(format!("read lsn {read_lsn} is beyond this sequencer's watermark; it is stale"));
         }
-        let (found, floor) = {
-            let mut t = self.txns.lock().expect("txns lock");
-            match t.get(&txn_id) {
-                Some(lsn) => (Some(lsn), None),
-                None if read_lsn >= t.floor => {
-                    t.fenced.insert(txn_id, read_lsn);
-                    (None, None)
-                }
-                None => (None, Some(t.floor)),
+        let query = self.txns.lock().expect("txns lock").query(txn_id, read_lsn);
+        let floor = match query {
+            Query::Indexed(lsn) => {
+                return self.wait_committed(lsn).await.map(|()| TxnOutcome::Committed { lsn })
             }
-        };
-        let floor = match (found, floor) {
-            (Some(lsn), _) => return self.wait_committed(lsn).await.map(|()| TxnOutcome::Committed { lsn }),
-            (None, None) => {
+            Query::Absent => {
                 self.confirm_epoch().await?;
                 return Ok(TxnOutcome::Aborted);
             }
-            (None, Some(floor)) => floor,
+            Query::Search { floor } => floor,
         };
-        if let Some(lsn) = found {
-            return self.wait_committed(lsn).await.map(|()| TxnOutcome::Committed { lsn });
-        }
-        // Older than the index: search the log itself. Everything there is decided.
+        // Older than the index: search the log itself. Everything there is decided, and the id
+        // is fenced already, so nothing admitted while we search can be it.
         let mut from = read_lsn + 1;
         while from <= floor {
             let upto = floor.min(from + 4095);
@@ -577,13 +621,13 @@ impl Sequencer {
             for e in &entries {
                 if let Ok(LogRecord::Commit { txn_id: id, .. }) = decode_record(&e.payload) {
                     if id == txn_id {
+                        self.txns.lock().expect("txns lock").found_in_log(&txn_id);
                         return Ok(TxnOutcome::Committed { lsn: e.lsn });
                     }
                 }
             }
             from = upto + 1;
         }
-        self.txns.lock().expect("txns lock").fenced.insert(txn_id, read_lsn);
         self.confirm_epoch().await?;
         Ok(TxnOutcome::Aborted)
     }
@@ -702,16 +746,19 @@ impl Sequencer {
             let mut waiters = Vec::with_capacity(batch.len());
             let mut txns = self.txns.lock().expect("txns lock");
             for p in batch.drain(..) {
-                if let Some(lsn) = txns.get(&p.req.txn_id) {
-                    // A retry of a commit we already ordered: never apply it twice.
-                    waiters.push((lsn, Waiter { reply: p.reply, fresh: false }));
-                    continue;
-                }
-                if txns.fenced.contains_key(&p.req.txn_id) {
-                    p.reply.send(CommitOutcome::Unavailable {
-                        reason: "transaction was already declared aborted by an outcome query".into(),
-                    });
-                    continue;
+                match txns.admit(&p.req.txn_id) {
+                    Admit::Ordered(lsn) => {
+                        // A retry of a commit we already ordered: never apply it twice.
+                        waiters.push((lsn, Waiter { reply: p.reply, fresh: false }));
+                        continue;
+                    }
+                    Admit::Fenced => {
+                        p.reply.send(CommitOutcome::Unavailable {
+                            reason: "transaction was already declared aborted by an outcome query".into(),
+                        });
+                        continue;
+                    }
+                    Admit::New => {}
                 }
                 if p.req.read_lsn > self.commit_lsn() {
                     p.reply.send(CommitOutcome::Unavailable {
@@ -1210,6 +1257,36 @@ mod tests {
             guard_keys: vec![],
         };
         assert_eq!(index.check_and_record(&late, 12), Verdict::TooOld { floor: 11 });
+    }
+
+    #[test]
+    fn an_outcome_query_fences_the_id_before_it_searches_the_log() {
+        // An index whose floor has risen to 4: ids of commits at or below it are forgotten.
+        let mut t = table(4);
+        for lsn in 1..=8 {
+            t.insert(lsn, TxnId(100 + u128::from(lsn)));
+        }
+        assert_eq!(t.floor, 4);
+        assert_eq!(t.admit(&TxnId(107)), Admit::Ordered(7));
+
+        // A snapshot below the floor: the log must be searched, and while that goes on the
+        // client's lost commit request may still reach admission. It must find the id fenced,
+        // or it could commit after the search has looked and before "aborted" is said.
+        assert_eq!(t.query(TxnId(1), 3), Query::Search { floor: 4 });
+        assert_eq!(t.admit(&TxnId(1)), Admit::Fenced);
+
+        // A snapshot the index covers: no search, fenced as well.
+        assert_eq!(t.query(TxnId(2), 4), Query::Absent);
+        assert_eq!(t.admit(&TxnId(2)), Admit::Fenced);
+
+        // Indexed: committed, nothing fenced.
+        assert_eq!(t.query(TxnId(108), 3), Query::Indexed(8));
+        assert!(!t.fenced.contains_key(&TxnId(108)));
+
+        // The search found it below the index: committed after all, so no fence calls it aborted.
+        t.found_in_log(&TxnId(1));
+        assert_eq!(t.admit(&TxnId(1)), Admit::New);
+        assert_eq!(t.admit(&TxnId(2)), Admit::Fenced);
     }
 
     #[test]
