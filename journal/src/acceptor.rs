@@ -62,6 +62,10 @@ pub enum AppendDecision {
     /// Accepting would remove an entry at or below the commit watermark: two leaders disagree
     /// about committed history. Never happens unless safety is already broken; refuse loudly.
     CommittedConflict { lsn: Lsn },
+    /// The first entry this log would take, at `lsn`, has an epoch below `follows`, the epoch
+    /// of the entry it would follow here. A log's epochs never go down; only a sender whose
+    /// log contradicts what this node holds below its trim point (committed entries) sends it.
+    EpochsOutOfOrder { lsn: Lsn, epoch: Epoch, follows: Epoch },
 }
 
 /// Raft's log-matching rule with PALF's epochs. `entries` are the ids of the appended entries,
@@ -112,6 +116,18 @@ pub fn on_append(
                 break;
             }
             None => break,
+        }
+    }
+    if let Some(first_new) = entries.get(skip) {
+        // Entries below the trim point are skipped unchecked (they were committed, so an honest
+        // sender's are ours), which is why the first one taken is checked against what it
+        // follows, instead of leaving the store to refuse it after the decision was made.
+        let follows = match truncate_after {
+            Some(cut) => log.epoch_at(cut),
+            None => Some(last.epoch),
+        };
+        if let Some(follows) = follows.filter(|&f| first_new.epoch < f) {
+            return AppendDecision::EpochsOutOfOrder { lsn: first_new.lsn, epoch: first_new.epoch, follows };
         }
     }
     let matched = entries.last().copied().unwrap_or(prev);
@@ -357,6 +373,52 @@ mod tests {
         let l = Log { first: 10, epochs: vec![e(1); 3] }; // lsn 10..=12
         let d = on_append(&state(1, 12), &l, e(1), EntryId::new(e(1), 5), &ids(1, 6..=13), 12);
         assert!(matches!(d, AppendDecision::Accept { skip: 7, truncate_after: None, .. }));
+    }
+
+    #[test]
+    fn entries_whose_epochs_would_go_down_are_refused_not_taken() {
+        // A log rebased after lsn 1000 of epoch 5: it holds nothing, and trimmed everything
+        // up to 1000 as committed. An append whose entries pass below the trim point unchecked
+        // must not hand the store an entry of a lower epoch after it.
+        let rebased = Log { first: 1001, epochs: vec![] };
+        struct Based(Log);
+        impl LogView for Based {
+            fn last(&self) -> EntryId {
+                EntryId::new(e(5), 1000)
+            }
+            fn first_lsn(&self) -> Lsn {
+                self.0.first_lsn()
+            }
+            fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
+                self.0.epoch_at(lsn)
+            }
+            fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
+                self.0.first_lsn_of_epoch(epoch)
+            }
+        }
+        let l = Based(rebased);
+        let d = on_append(&state(6, 1000), &l, e(6), EntryId::new(e(1), 999), &ids(1, 1000..=1001), 1000);
+        assert_eq!(d, AppendDecision::EpochsOutOfOrder { lsn: 1001, epoch: e(1), follows: e(5) });
+        // The same append with the epoch the log continues from is taken.
+        let d = on_append(&state(6, 1000), &l, e(6), EntryId::new(e(1), 999), &ids(5, 1000..=1001), 1000);
+        assert!(matches!(d, AppendDecision::Accept { skip: 1, truncate_after: None, .. }), "{d:?}");
+
+        // After a truncation, the first new entry follows the entry kept at the cut.
+        let l = log(&[1, 3, 3]);
+        let d = on_append(&state(4, 1), &l, e(4), EntryId::new(e(1), 1), &[EntryId::new(e(2), 2)], 1);
+        assert_eq!(
+            d,
+            AppendDecision::Accept {
+                promise: None,
+                truncate_after: Some(1),
+                skip: 0,
+                commit_lsn: 1,
+                matched: EntryId::new(e(2), 2)
+            }
+        );
+        let l = log(&[2, 3, 3]);
+        let d = on_append(&state(4, 1), &l, e(4), EntryId::new(e(2), 1), &[EntryId::new(e(1), 2)], 1);
+        assert_eq!(d, AppendDecision::EpochsOutOfOrder { lsn: 2, epoch: e(1), follows: e(2) });
     }
 
     #[test]

@@ -434,7 +434,8 @@ impl JournalNode {
         }
         let mut floor = prev.epoch;
         for (i, e) in entries.iter().enumerate() {
-            if e.lsn != prev.lsn + 1 + i as u64 || e.epoch < floor || e.epoch > epoch {
+            // Checked: a peer's `prev` may be anything, u64::MAX included.
+            if prev.lsn.checked_add(1 + i as u64) != Some(e.lsn) || e.epoch < floor || e.epoch > epoch {
                 return Err(Message::error(
                     ErrorCode::Malformed,
                     format!("append entries must be dense after {prev:?} with epochs in order up to {epoch}"),
@@ -472,6 +473,19 @@ impl JournalNode {
                 Err(Message::error(
                     ErrorCode::Internal,
                     format!("append would overwrite committed lsn {lsn}"),
+                    epoch,
+                    lsn,
+                ))
+            }
+            AppendDecision::EpochsOutOfOrder { lsn, epoch: got, follows } => {
+                warn!(node = self.id, lsn, %got, %follows, "append with epochs out of order refused");
+                Err(Message::error(
+                    ErrorCode::Malformed,
+                    format!(
+                        "entry {lsn} of epoch {got} cannot follow an entry of epoch {follows} \
+                         (node {} holds that one, or has trimmed it as committed)",
+                        self.id
+                    ),
                     epoch,
                     lsn,
                 ))
@@ -914,6 +928,31 @@ mod tests {
             matches!(node.rebase(e1, EntryId::new(e1, 9000), 9000), Message::Error(e) if e.code == ErrorCode::StaleEpoch)
         );
         assert_eq!(node.last(), next[0].id());
+    }
+
+    #[test]
+    fn an_append_whose_epochs_go_down_is_refused_and_the_node_serves_on() {
+        let node = node_with_log(10, 0);
+        let (e1, e2, e3) = (Epoch::new(1, 1), Epoch::new(2, 1), Epoch::new(3, 1));
+        let base = EntryId::new(e2, 5000);
+        assert!(matches!(node.rebase(e2, base, 5100), Message::AppendResponse { .. }));
+        // Below the trim point the entries go unchecked; the one after the base would take the
+        // log from epoch 2 back to epoch 1.
+        let bad: Vec<Entry> =
+            (4999..=5001).map(|lsn| Entry { epoch: e1, lsn, payload: Bytes::from_static(b"x") }).collect();
+        match node.append(e3, EntryId::new(e1, 4998), &bad, 5000) {
+            Err(Message::Error(err)) => {
+                assert_eq!(err.code, ErrorCode::Malformed);
+                assert_eq!(err.lsn, 5001);
+                assert!(err.message.contains("epoch"), "{}", err.message);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Refused, not a storage failure: the node has not stopped, and took nothing.
+        assert!(!node.failed.load(Ordering::SeqCst));
+        assert_eq!(node.last(), base);
+        let good = [Entry { epoch: e3, lsn: 5001, payload: Bytes::from_static(b"y") }];
+        assert_eq!(node.append(e3, base, &good, 5001), Ok(good[0].id()));
     }
 
     #[test]

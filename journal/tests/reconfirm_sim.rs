@@ -87,6 +87,9 @@ fn replicate(node: &mut Node, epoch: Epoch, log: &[Entry], commit: Lsn) -> bool 
             AppendDecision::CommittedConflict { lsn } => {
                 panic!("two leaders disagree about committed lsn {lsn}")
             }
+            AppendDecision::EpochsOutOfOrder { lsn, epoch, follows } => {
+                panic!("an honest sequencer's entry {lsn} of epoch {epoch} was refused after epoch {follows}")
+            }
         }
     }
 }
