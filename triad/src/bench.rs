@@ -415,6 +415,183 @@ pub async fn rtt(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
     drive(&cluster, &cfg, 0, say, op).await
 }
 
+/// `triad bench disk`: the flush floor under every journal figure. Small writes, each made
+/// durable with fdatasync as a journal node makes an append durable, into presized files as
+/// its segments are: first from one writer alone, then from `writers` at once, one file each,
+/// as the journal nodes of a cluster on one machine share its disk. An append is acknowledged
+/// once a majority has flushed it, so the second figure a quorum waits for is the time until
+/// the majority-th of those concurrent flushes is done.
+#[derive(Clone, Debug)]
+pub struct DiskBenchConfig {
+    /// Where the files go (a directory of their own is made in it and removed afterwards).
+    pub dir: PathBuf,
+    pub writers: usize,
+    pub write_bytes: usize,
+    /// Split evenly between the two phases.
+    pub duration: Duration,
+}
+
+/// Latencies of one phase of `bench disk`, per round (a write and its flush by every writer).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FlushFigures {
+    pub rounds: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+impl FlushFigures {
+    fn of(mut samples: Vec<Duration>) -> FlushFigures {
+        samples.sort_unstable();
+        let ms = |p| percentile(&samples, p).as_secs_f64() * 1e3;
+        FlushFigures { rounds: samples.len() as u64, p50_ms: ms(50.0), p99_ms: ms(99.0), p999_ms: ms(99.9) }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiskBenchReport {
+    pub writers: usize,
+    pub majority: usize,
+    pub write_bytes: usize,
+    /// One writer alone: a write and its fdatasync.
+    pub alone: FlushFigures,
+    /// All writers at once: from the round's first start until a majority had flushed.
+    pub majority_flushed: FlushFigures,
+    /// All writers at once: until every one had flushed.
+    pub all_flushed: FlushFigures,
+}
+
+/// Bytes given to each file up front, as a journal segment is presized; writes wrap around in it.
+const DISK_BENCH_FILE_BYTES: u64 = 64 << 20;
+
+pub fn disk(cfg: &DiskBenchConfig, say: Say) -> Result<DiskBenchReport> {
+    if cfg.writers == 0 {
+        bail!("--writers must be at least 1");
+    }
+    if cfg.duration.is_zero() {
+        bail!("--duration must be more than zero");
+    }
+    if cfg.write_bytes == 0 || cfg.write_bytes as u64 > DISK_BENCH_FILE_BYTES {
+        bail!("--write-bytes must be between 1 and {DISK_BENCH_FILE_BYTES}");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("triad-disk-bench-")
+        .tempdir_in(&cfg.dir)
+        .with_context(|| format!("making a directory in {}", cfg.dir.display()))?;
+    let phase = cfg.duration / 2;
+    say(format!(
+        "disk: {} B writes, each followed by fdatasync, into presized files in {}: one writer for {phase:?}…",
+        cfg.write_bytes,
+        cfg.dir.display()
+    ));
+    let alone = flush_rounds(dir.path(), 1, cfg.write_bytes, phase)?;
+    say(format!("disk: {} writers at once, one file each, for {phase:?}…", cfg.writers));
+    let together = flush_rounds(dir.path(), cfg.writers, cfg.write_bytes, phase)?;
+    let majority = cfg.writers / 2 + 1;
+    // Each round's writers start together; a quorum waits for the majority-th flush to end.
+    let until = |k: usize| -> Vec<Duration> {
+        together
+            .iter()
+            .map(|round| {
+                let first_start = round.iter().map(|(s, _)| *s).min().expect("a writer per round");
+                let mut ends: Vec<Instant> = round.iter().map(|(_, e)| *e).collect();
+                ends.sort_unstable();
+                ends[k - 1] - first_start
+            })
+            .collect()
+    };
+    Ok(DiskBenchReport {
+        writers: cfg.writers,
+        majority,
+        write_bytes: cfg.write_bytes,
+        alone: FlushFigures::of(alone.iter().map(|round| round[0].1 - round[0].0).collect()),
+        majority_flushed: FlushFigures::of(until(majority)),
+        all_flushed: FlushFigures::of(until(cfg.writers)),
+    })
+}
+
+/// Rounds of one write and fdatasync by each of `writers` threads, started together, for about
+/// `duration`: per round, each writer's (start, end).
+fn flush_rounds(
+    dir: &std::path::Path,
+    writers: usize,
+    write_bytes: usize,
+    duration: Duration,
+) -> Result<Vec<Vec<(Instant, Instant)>>> {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Barrier;
+
+    let mut files = Vec::with_capacity(writers);
+    for i in 0..writers {
+        let path = dir.join(format!("writer-{i}-{writers}"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        file.set_len(DISK_BENCH_FILE_BYTES).with_context(|| format!("presizing {}", path.display()))?;
+        file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+        files.push(file);
+    }
+    let barrier = Barrier::new(writers);
+    let stop = AtomicBool::new(false);
+    let failed = AtomicBool::new(false);
+    let deadline = Instant::now() + duration;
+    // Not zeros, so nothing along the way can treat the writes as holes.
+    let data: Vec<u8> = (0..write_bytes).map(|i| (i % 251) as u8 + 1).collect();
+    let per_writer: Vec<Result<Vec<(Instant, Instant)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .iter()
+            .map(|file| {
+                let (barrier, stop, failed, data) = (&barrier, &stop, &failed, &data);
+                scope.spawn(move || -> Result<Vec<(Instant, Instant)>> {
+                    let mut times = Vec::new();
+                    let mut offset = 0u64;
+                    let mut error = None;
+                    loop {
+                        // Every writer must take the same decision, or the others would wait
+                        // at the barrier for ever: the leader takes it between two barriers. A
+                        // writer that failed keeps coming to the barriers until then.
+                        if barrier.wait().is_leader() {
+                            let done = Instant::now() >= deadline || failed.load(Ordering::SeqCst);
+                            stop.store(done, Ordering::SeqCst);
+                        }
+                        barrier.wait();
+                        if stop.load(Ordering::SeqCst) {
+                            return match error {
+                                Some(e) => Err(e),
+                                None => Ok(times),
+                            };
+                        }
+                        if error.is_some() {
+                            continue;
+                        }
+                        let start = Instant::now();
+                        let written = file.write_all_at(data, offset).and_then(|()| file.sync_data());
+                        let end = Instant::now();
+                        if let Err(e) = written {
+                            failed.store(true, Ordering::SeqCst);
+                            error = Some(anyhow::Error::new(e).context("writing and flushing"));
+                            continue;
+                        }
+                        times.push((start, end));
+                        offset += data.len() as u64;
+                        if offset + data.len() as u64 > DISK_BENCH_FILE_BYTES {
+                            offset = 0;
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("disk bench writer panicked")).collect()
+    });
+    let per_writer = per_writer.into_iter().collect::<Result<Vec<_>>>()?;
+    let rounds = per_writer.iter().map(Vec::len).min().unwrap_or(0);
+    Ok((0..rounds).map(|r| per_writer.iter().map(|w| w[r]).collect()).collect())
+}
+
 /// `triad bench txn`: TPC-B-like — update an account, a teller and a branch balance and insert
 /// a history row, in one transaction; conflicts (SQLSTATE 40001's cause) count as aborts.
 pub async fn txn(cfg: LoadConfig, say: Say) -> Result<LoadReport> {
@@ -524,4 +701,71 @@ pub async fn sql(cfg: LoadConfig, mode: &str, say: Say) -> Result<LoadReport> {
         crate::compare::triad_sql(&cfg.dir, port, password, cfg.concurrency, cfg.duration, mode, &*say).await;
     serving.abort();
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quiet() -> Say {
+        Arc::new(|_| {})
+    }
+
+    fn disk_cfg(dir: &std::path::Path) -> DiskBenchConfig {
+        DiskBenchConfig {
+            dir: dir.to_path_buf(),
+            writers: 3,
+            write_bytes: 256,
+            duration: Duration::from_millis(400),
+        }
+    }
+
+    #[test]
+    fn disk_bench_reports_both_phases_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = disk(&disk_cfg(dir.path()), quiet()).unwrap();
+        assert_eq!((r.writers, r.majority, r.write_bytes), (3, 2, 256));
+        for f in [&r.alone, &r.majority_flushed, &r.all_flushed] {
+            assert!(f.rounds > 0, "{f:?}");
+            assert!(f.p50_ms > 0.0 && f.p50_ms <= f.p99_ms && f.p99_ms <= f.p999_ms, "{f:?}");
+        }
+        // The same rounds, cut at the second and at the third flush to end.
+        assert_eq!(r.majority_flushed.rounds, r.all_flushed.rounds);
+        assert!(r.majority_flushed.p50_ms <= r.all_flushed.p50_ms);
+        assert!(r.majority_flushed.p999_ms <= r.all_flushed.p999_ms);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "its files are removed");
+    }
+
+    #[test]
+    fn disk_bench_rounds_start_together_and_hold_every_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let rounds = flush_rounds(dir.path(), 3, 100, Duration::from_millis(200)).unwrap();
+        assert!(!rounds.is_empty());
+        for pair in rounds.windows(2) {
+            assert_eq!(pair[0].len(), 3);
+            // A round starts only after every writer finished the one before.
+            let last_end = pair[0].iter().map(|(_, e)| *e).max().unwrap();
+            assert!(pair[1].iter().all(|(s, _)| *s >= last_end));
+        }
+        // Each writer wrote its own file, a write per round.
+        for i in 0..3 {
+            let len = std::fs::metadata(dir.path().join(format!("writer-{i}-3"))).unwrap().len();
+            assert_eq!(len, DISK_BENCH_FILE_BYTES, "presized, not grown");
+        }
+    }
+
+    #[test]
+    fn disk_bench_refuses_bad_settings_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = |f: &dyn Fn(&mut DiskBenchConfig)| {
+            let mut cfg = disk_cfg(dir.path());
+            f(&mut cfg);
+            disk(&cfg, quiet()).unwrap_err().to_string()
+        };
+        assert!(bad(&|c| c.writers = 0).contains("--writers"));
+        assert!(bad(&|c| c.write_bytes = 0).contains("--write-bytes"));
+        assert!(bad(&|c| c.duration = Duration::ZERO).contains("--duration"));
+        let missing = bad(&|c| c.dir = dir.path().join("no/such/dir"));
+        assert!(missing.contains("no/such/dir"), "{missing}");
+    }
 }

@@ -87,6 +87,11 @@ enum BenchCmd {
     Rtt(LoadArgs),
     /// The conflict-check core alone, one thread, no I/O: checks/s and abort rate.
     Sequencer(SeqBenchArgs),
+    /// Small writes each made durable with fdatasync, as journal nodes make appends durable:
+    /// one writer alone, then several at once (one file each, as the journal nodes of a
+    /// one-machine cluster share its disk), and how long a majority of them takes. The disk's
+    /// floor under `bench journal`'s latencies, as `bench rtt` is the network's.
+    Disk(DiskArgs),
     /// The journal workload against a 3-member etcd cluster (fsync on) and the TPC-B-like
     /// workload against PostgreSQL's pgbench, in the same run; prints both and the ratio.
     /// Installs etcd-server / postgresql with apt-get when missing.
@@ -157,6 +162,25 @@ struct SeqBenchArgs {
     /// How many commits behind the newest each snapshot reads.
     #[arg(long, default_value_t = 16)]
     snapshot_lag: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DiskArgs {
+    /// Directory to write in (a directory of its own is made there and removed afterwards).
+    /// Default: the system's temporary directory, where `bench journal` puts its nodes.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Writers at once in the second phase (3: the journal nodes of a local cluster).
+    #[arg(long, default_value_t = 3)]
+    writers: usize,
+    /// Bytes per write (a 100-byte record's append is about 240 bytes on disk).
+    #[arg(long, default_value_t = 256)]
+    write_bytes: usize,
+    /// Total time, split between the two phases.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
     #[arg(long)]
     json: bool,
 }
@@ -485,6 +509,7 @@ fn main() -> Result<()> {
                 bench_sequencer(a);
                 Ok(())
             }
+            Cmd::Bench(BenchCmd::Disk(a)) => bench_disk(a),
         }
     })
 }
@@ -841,6 +866,41 @@ fn bench_sequencer(a: SeqBenchArgs) {
             r.abort_rate * 100.0
         );
     }
+}
+
+fn bench_disk(a: DiskArgs) -> Result<()> {
+    let cfg = triad::bench::DiskBenchConfig {
+        dir: a.dir.unwrap_or_else(std::env::temp_dir),
+        writers: a.writers,
+        write_bytes: a.write_bytes,
+        duration: a.duration,
+    };
+    let json = a.json;
+    let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
+        if !json {
+            eprintln!("{line}");
+        }
+    });
+    let r = triad::bench::disk(&cfg, say)?;
+    if json {
+        println!("{}", serde_json::to_string(&r).expect("serializable"));
+        return Ok(());
+    }
+    let line = |f: &triad::bench::FlushFigures| {
+        format!(
+            "p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms ({} rounds)",
+            f.p50_ms, f.p99_ms, f.p999_ms, f.rounds
+        )
+    };
+    println!("disk: {} B write + fdatasync, one writer alone: {}", r.write_bytes, line(&r.alone));
+    println!(
+        "disk: {} writers at once, until {} had flushed (what a quorum waits for): {}",
+        r.writers,
+        r.majority,
+        line(&r.majority_flushed)
+    );
+    println!("disk: {} writers at once, until all had flushed: {}", r.writers, line(&r.all_flushed));
+    Ok(())
 }
 
 enum Load {
