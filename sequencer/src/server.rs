@@ -671,16 +671,22 @@ impl Sequencer {
             return CommitOutcome::Unavailable { reason: "sequencer deposed".into() };
         }
         let (reply, rx) = oneshot::channel();
-        if self.admit.send(Pending { req, reply: Responder::Local(reply) }).await.is_err() {
-            return CommitOutcome::Unavailable { reason: "sequencer stopping".into() };
-        }
-        match tokio::time::timeout(self.cfg.request_timeout, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => CommitOutcome::Unavailable { reason: "sequencer stopping".into() },
-            Err(_) => CommitOutcome::Unavailable {
-                reason: format!("no journal quorum within {:?}", self.cfg.request_timeout),
-            },
-        }
+        // One bound for the whole wait: admission may be held up behind the in-flight limit
+        // as well as the journal.
+        let outcome = async {
+            if self.admit.send(Pending { req, reply: Responder::Local(reply) }).await.is_err() {
+                return CommitOutcome::Unavailable { reason: "sequencer stopping".into() };
+            }
+            rx.await.unwrap_or_else(|_| CommitOutcome::Unavailable { reason: "sequencer stopping".into() })
+        };
+        tokio::time::timeout(self.cfg.request_timeout, outcome).await.unwrap_or_else(|_| {
+            CommitOutcome::Unavailable {
+                reason: format!(
+                    "no outcome within {:?}: the journal quorum is behind",
+                    self.cfg.request_timeout
+                ),
+            }
+        })
     }
 
     /// [`Sequencer::commit`] for a client's request: the outcome is written to `reply` when
