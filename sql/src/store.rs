@@ -296,8 +296,9 @@ impl<B: Backend> ShimStore<B> {
 
     /// GlueSQL 0.20 runs every UPDATE and DELETE as a full table scan filtered by the WHERE
     /// clause. When that clause requires `primary key = key`, no other row can match, so the
-    /// scan may return just that row — GlueSQL still applies the whole clause to it. Only the
-    /// session sets this, for one such statement, and clears it afterwards.
+    /// statement's scan may return just that row — GlueSQL still applies the whole clause to
+    /// it. Only the session sets this, for one such statement, and clears it afterwards; the
+    /// first scan of the table takes it, so no other scan in the statement is cut short.
     pub fn set_point_hint(&self, hint: Option<(String, Key)>) {
         self.state().point_hint = hint;
     }
@@ -508,8 +509,18 @@ impl<B: Backend> Store for ShimStore<B> {
     }
 
     fn scan_data<'a>(&'a self, table_name: &str) -> Result<RowIter<'a>> {
-        let hint = self.state().point_hint.clone();
-        if let Some((table, key)) = hint.filter(|(t, _)| t == table_name) {
+        // Taken by the first scan of its table, which is the statement's own: GlueSQL scans
+        // the target table before it evaluates anything per row. Every later scan in the same
+        // statement (a subquery, the UNIQUE check of an UPDATE, the search for rows of the
+        // same table referencing a deleted one) must see every row.
+        let hint = {
+            let mut state = self.state();
+            match &state.point_hint {
+                Some((table, _)) if table == table_name => state.point_hint.take(),
+                _ => None,
+            }
+        };
+        if let Some((table, key)) = hint {
             let row = self.fetch_data(&table, &key)?.map(|values| Ok((key, values)));
             return Ok(Box::new(row.into_iter()));
         }

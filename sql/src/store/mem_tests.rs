@@ -593,3 +593,37 @@ fn a_row_written_while_its_table_is_dropped_makes_the_drop_retry() {
     c.run("DROP INDEX t.ix");
     assert!(kv.keys_with_prefix(&index_prefix("t")).is_empty());
 }
+
+/// What the session does for an UPDATE or DELETE whose WHERE pins the primary key: the
+/// statement's own scan of the table reads that one row.
+fn exec_pinned(conn: &mut Conn, table: &str, id: i64, sql: &str) -> Result<Vec<Payload>> {
+    conn.glue.storage.set_point_hint(Some((table.to_owned(), gluesql_core::data::Key::I64(id))));
+    let r = conn.exec(sql);
+    conn.glue.storage.set_point_hint(None);
+    r
+}
+
+#[test]
+fn a_pinned_update_or_delete_reads_one_row_but_its_subqueries_and_checks_read_all() {
+    let (_kv, _rt, mut conn) = setup();
+    conn.run("CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT UNIQUE, v INTEGER)");
+    conn.run("INSERT INTO t VALUES (1, 'a', 10), (2, 'b', 20), (3, 'c', 30)");
+
+    // The UNIQUE check reads the whole table, not just the pinned row.
+    let dup = exec_pinned(&mut conn, "t", 1, "UPDATE t SET email = 'b' WHERE id = 1");
+    assert!(dup.is_err(), "a duplicate email must be refused: {dup:?}");
+    conn.rollback();
+
+    // A subquery in SET and one in WHERE see every row.
+    exec_pinned(&mut conn, "t", 1, "UPDATE t SET v = (SELECT MAX(v) FROM t) WHERE id = 1").unwrap();
+    conn.commit().unwrap();
+    assert_eq!(conn.ids("SELECT v FROM t WHERE id = 1"), vec![Some(30)]);
+    exec_pinned(&mut conn, "t", 2, "DELETE FROM t WHERE id = 2 AND (SELECT COUNT(*) FROM t) > 2").unwrap();
+    conn.commit().unwrap();
+    assert_eq!(conn.ids("SELECT id FROM t ORDER BY id"), vec![Some(1), Some(3)]);
+
+    // The hint was for one statement's scan: the next statement scans everything.
+    exec_pinned(&mut conn, "t", 1, "UPDATE t SET v = 1 WHERE id = 1").unwrap();
+    conn.commit().unwrap();
+    assert_eq!(conn.ids("SELECT id FROM t ORDER BY id"), vec![Some(1), Some(3)]);
+}
