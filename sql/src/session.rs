@@ -21,6 +21,7 @@ use gluesql_core::sqlparser::ast::{Statement, TransactionIsolationLevel, Transac
 use gluesql_core::store::{Planner, Store};
 use gluesql_core::translate::{translate_with_params, ParamLiteral};
 use tokio::runtime::Handle;
+use tracing::warn;
 use triad_protocol::Isolation;
 use triad_shim::Client;
 
@@ -248,7 +249,6 @@ impl Session {
         })
     }
 
-    /// Marks the block failed if inside one; returns the error for chaining.
     /// COMMIT AND CHAIN: commits, and the next block begins in the commit's round trip with
     /// the snapshot its answer carries (see `Txn::commit_and_chain`). A failed block is rolled
     /// back and a new one begun, as in PostgreSQL. If the commit fails, the block is over and no
@@ -267,7 +267,20 @@ impl Session {
                 })?;
                 match next {
                     Some(next) => self.store().install_txn(next),
-                    None => self.begin_block(isolation)?,
+                    // The commit's fate was learned by asking for it (its answer was lost, as
+                    // in a failover), so no snapshot came with it. The commit stands whatever
+                    // happens to the begin: reporting the begin's failure as the COMMIT's would
+                    // tell the client its committed work may be lost, and a client that retried
+                    // would apply it twice. So COMMIT succeeds and the chained block is failed,
+                    // as PostgreSQL leaves a block after an error: the next statement is refused
+                    // until ROLLBACK.
+                    None => {
+                        if let Err(e) = self.begin_block(isolation) {
+                            warn!("COMMIT AND CHAIN committed, but the next block could not begin: {e}");
+                            self.explicit = true;
+                            self.failed = true;
+                        }
+                    }
                 }
                 Ok(Outcome::Chained("COMMIT"))
             }
@@ -288,6 +301,8 @@ impl Session {
         Ok(())
     }
 
+    /// Marks the block failed if inside one (else drops the statement's transaction); returns
+    /// the error for chaining.
     fn fail(&mut self, e: SqlError) -> SqlError {
         if self.explicit {
             self.failed = true;
