@@ -40,6 +40,8 @@ use crate::index::{self, IndexSpec, TableIndexes};
 
 const SCHEMA_PREFIX: &[u8] = b"sql/s/";
 const ROW_PREFIX: &[u8] = b"sql/r/";
+/// Claims on values of UNIQUE columns (see [`unique_claim`]).
+const CLAIM_PREFIX: &[u8] = b"sql/u/";
 /// Rows fetched per range read while scanning a table.
 const SCAN_PAGE: usize = 1000;
 
@@ -52,6 +54,66 @@ pub fn schema_key(table: &str) -> Result<Vec<u8>> {
 /// Every schema key.
 pub fn schema_range() -> KeyRange {
     KeyRange { start: SCHEMA_PREFIX.to_vec(), end: Some(index::prefix_successor(SCHEMA_PREFIX)) }
+}
+
+/// The key every transaction that gives a row `value` in the UNIQUE column `column` of
+/// `table` writes (as a delete, so nothing is ever stored under it).
+///
+/// GlueSQL checks UNIQUE by reading the table at the transaction's snapshot. Under snapshot
+/// isolation the sequencer checks write sets only, so two transactions inserting the same value
+/// in different rows each saw no duplicate and would both commit. Writing the same claim key
+/// makes them a write-write conflict instead: the second to commit is refused (40001), and when
+/// it is retried its check sees the first one's row. Values are encoded as index values are,
+/// so values equal in SQL (`1` and `1.0`) claim the same key.
+pub fn unique_claim(table: &str, column: &str, value: &Value) -> Result<Vec<u8>> {
+    check_name(table)?;
+    if column.as_bytes().contains(&0) {
+        return Err(Error::StorageMsg(format!("column name {column:?} contains a NUL byte")));
+    }
+    let mut key = [CLAIM_PREFIX, table.as_bytes(), &[0], column.as_bytes(), &[0]].concat();
+    index::encode_value(value, &mut key)?;
+    Ok(key)
+}
+
+/// What a write to a table must maintain besides its rows: secondary index entries, and claims
+/// on the values of its UNIQUE columns other than the primary key (position, name).
+struct TableUpkeep {
+    indexes: Option<TableIndexes>,
+    unique: Vec<(usize, String)>,
+}
+
+impl TableUpkeep {
+    fn of(schema: &Schema) -> Result<TableUpkeep> {
+        let indexes = TableIndexes::new(schema)?;
+        let unique = schema
+            .column_defs
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, c)| c.unique.is_some_and(|u| !u.is_primary))
+            .map(|(i, c)| (i, c.name.clone()))
+            .collect();
+        Ok(TableUpkeep { indexes: (!indexes.is_empty()).then_some(indexes), unique })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.indexes.is_none() && self.unique.is_empty()
+    }
+
+    /// Claims for the row's values in UNIQUE columns, except NULLs (which never collide) and
+    /// values the row held already (`old`, for an UPDATE): only a value new to the row can
+    /// collide with another transaction's.
+    fn claims(&self, table: &str, values: &[Value], old: Option<&[Value]>) -> Result<Vec<Vec<u8>>> {
+        let mut claims = Vec::new();
+        for (i, column) in &self.unique {
+            let Some(value) = values.get(*i) else { continue };
+            if matches!(value, Value::Null) || old.and_then(|o| o.get(*i)) == Some(value) {
+                continue;
+            }
+            claims.push(unique_claim(table, column, value)?);
+        }
+        Ok(claims)
+    }
 }
 
 /// The range holding all rows of `table`.
@@ -392,24 +454,26 @@ impl<B: Backend> ShimStore<B> {
     /// schema it read, so its commit is made to fail if the schema changed after the snapshot:
     /// otherwise a writer that began before a `CREATE INDEX` committed, and commits after it,
     /// would leave the new index without its rows' entries.
-    fn indexes_of(&self, table: &str) -> Result<Option<TableIndexes>> {
+    fn upkeep_of(&self, table: &str) -> Result<Option<TableUpkeep>> {
         let guard = schema_key(table)?;
         self.with_txn(|_, txn| {
             txn.guard(guard);
             Ok(())
         })?;
         let Some(schema) = self.fetch_schema(table)? else { return Ok(None) };
-        let indexes = TableIndexes::new(&schema)?;
-        Ok((!indexes.is_empty()).then_some(indexes))
+        let upkeep = TableUpkeep::of(&schema)?;
+        Ok((!upkeep.is_empty()).then_some(upkeep))
+    }
+
+    /// The row stored under `row_key` now, if there is one.
+    fn stored_row(&self, row_key: &[u8]) -> Result<Option<(Key, Vec<Value>)>> {
+        self.get(row_key)?.map(|bytes| decode_row(&bytes)).transpose()
     }
 
     /// The index entries the row stored under `row_key` has now (none if there is no row).
     fn stored_entries(&self, indexes: &TableIndexes, row_key: &[u8]) -> Result<Vec<Vec<u8>>> {
-        match self.get(row_key)? {
-            Some(bytes) => {
-                let (key, values) = decode_row(&bytes)?;
-                indexes.entries(&key, &values)
-            }
+        match self.stored_row(row_key)? {
+            Some((key, values)) => indexes.entries(&key, &values),
             None => Ok(Vec::new()),
         }
     }
@@ -545,7 +609,8 @@ impl<B: Backend> StoreMut for ShimStore<B> {
     }
 
     fn append_data(&mut self, table_name: &str, rows: Vec<Vec<Value>>) -> Result<()> {
-        let indexes = self.indexes_of(table_name)?;
+        let upkeep = self.upkeep_of(table_name)?;
+        let indexes = upkeep.as_ref().and_then(|u| u.indexes.as_ref());
         let mut st = self.state();
         let r = self.ensure(&mut st);
         if let Err(e) = r {
@@ -561,10 +626,15 @@ impl<B: Backend> StoreMut for ShimStore<B> {
             appended = appended
                 .checked_add(1)
                 .ok_or_else(|| Error::StorageMsg("too many rows appended in one transaction".into()))?;
-            if let Some(indexes) = &indexes {
+            if let Some(indexes) = indexes {
                 let pk = key.to_cmp_be_bytes()?;
                 for entry in indexes.entries(&key, &values)? {
                     txn.put(entry, pk.clone());
+                }
+            }
+            if let Some(upkeep) = &upkeep {
+                for claim in upkeep.claims(table_name, &values, None)? {
+                    txn.delete(claim);
                 }
             }
             txn.put(row_key(table_name, &key)?, encode_row(&key, &values)?);
@@ -574,17 +644,27 @@ impl<B: Backend> StoreMut for ShimStore<B> {
     }
 
     fn insert_data(&mut self, table_name: &str, rows: Vec<(Key, Vec<Value>)>) -> Result<()> {
-        let indexes = self.indexes_of(table_name)?;
+        let upkeep = self.upkeep_of(table_name)?;
         for (key, values) in rows {
             let row_key = row_key(table_name, &key)?;
             let mut writes = Writes::new();
-            if let Some(indexes) = &indexes {
-                // UPDATE stores its rows here too: entries of the row's old values must go.
-                let old = self.stored_entries(indexes, &row_key)?;
-                let new = indexes.entries(&key, &values)?;
-                let pk = key.to_cmp_be_bytes()?;
-                writes.extend(old.iter().filter(|e| !new.contains(e)).map(|e| (e.clone(), None)));
-                writes.extend(new.into_iter().filter(|e| !old.contains(e)).map(|e| (e, Some(pk.clone()))));
+            if let Some(upkeep) = &upkeep {
+                // UPDATE stores its rows here too: entries of the row's old values must go, and
+                // only values new to the row are claimed.
+                let stored = self.stored_row(&row_key)?;
+                if let Some(indexes) = &upkeep.indexes {
+                    let old = match &stored {
+                        Some((k, v)) => indexes.entries(k, v)?,
+                        None => Vec::new(),
+                    };
+                    let new = indexes.entries(&key, &values)?;
+                    let pk = key.to_cmp_be_bytes()?;
+                    writes.extend(old.iter().filter(|e| !new.contains(e)).map(|e| (e.clone(), None)));
+                    writes
+                        .extend(new.into_iter().filter(|e| !old.contains(e)).map(|e| (e, Some(pk.clone()))));
+                }
+                let old_values = stored.as_ref().map(|(_, v)| v.as_slice());
+                writes.extend(upkeep.claims(table_name, &values, old_values)?.into_iter().map(|c| (c, None)));
             }
             writes.push((row_key, Some(encode_row(&key, &values)?)));
             self.apply(writes)?;
@@ -593,11 +673,12 @@ impl<B: Backend> StoreMut for ShimStore<B> {
     }
 
     fn delete_data(&mut self, table_name: &str, keys: Vec<Key>) -> Result<()> {
-        let indexes = self.indexes_of(table_name)?;
+        let upkeep = self.upkeep_of(table_name)?;
+        let indexes = upkeep.as_ref().and_then(|u| u.indexes.as_ref());
         let mut writes = Writes::new();
         for key in keys {
             let row_key = row_key(table_name, &key)?;
-            if let Some(indexes) = &indexes {
+            if let Some(indexes) = indexes {
                 writes.extend(self.stored_entries(indexes, &row_key)?.into_iter().map(|e| (e, None)));
             }
             writes.push((row_key, None));

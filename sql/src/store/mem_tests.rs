@@ -627,3 +627,51 @@ fn a_pinned_update_or_delete_reads_one_row_but_its_subqueries_and_checks_read_al
     conn.commit().unwrap();
     assert_eq!(conn.ids("SELECT id FROM t ORDER BY id"), vec![Some(1), Some(3)]);
 }
+
+#[test]
+fn concurrent_writers_of_the_same_unique_value_conflict_instead_of_both_committing() {
+    let (kv, rt, mut c) = setup();
+    c.run("CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT UNIQUE, v INTEGER)");
+    c.run("INSERT INTO t VALUES (1, 'a', 1)");
+    let claim = |v: &str| unique_claim("t", "email", &Value::Str(v.into())).unwrap();
+    let (mut a, mut b) = (Conn::new(&kv, &rt), Conn::new(&kv, &rt));
+
+    // Two inserts of 'x' at once: each one's UNIQUE check saw no 'x' at its snapshot, and the
+    // rows have different keys; the second commit must still fail, naming the claim.
+    a.exec("INSERT INTO t VALUES (2, 'x', 2)").unwrap();
+    b.exec("INSERT INTO t VALUES (3, 'x', 3)").unwrap();
+    a.commit().unwrap();
+    let e = b.commit().unwrap_err();
+    assert!(matches!(e, ShimError::Conflict { ref keys } if keys.contains(&claim("x"))), "{e}");
+    // Retried at a fresh snapshot, its check sees the first one's row.
+    assert!(b.exec("INSERT INTO t VALUES (3, 'x', 3)").is_err());
+    b.rollback();
+
+    // An UPDATE that gives a row a value another transaction inserts at the same time.
+    a.exec("UPDATE t SET email = 'y' WHERE id = 1").unwrap();
+    b.exec("INSERT INTO t VALUES (4, 'y', 4)").unwrap();
+    b.commit().unwrap();
+    assert!(matches!(a.commit().unwrap_err(), ShimError::Conflict { .. }));
+
+    // Rows without a value, different values, and updates that leave the UNIQUE value alone
+    // claim nothing that collides.
+    a.exec("INSERT INTO t VALUES (5, NULL, 5)").unwrap();
+    b.exec("INSERT INTO t VALUES (6, NULL, 6)").unwrap();
+    a.commit().unwrap();
+    b.commit().unwrap();
+    a.exec("UPDATE t SET v = 10 WHERE id = 1").unwrap();
+    b.exec("UPDATE t SET v = 20 WHERE id = 2").unwrap();
+    b.exec("INSERT INTO t VALUES (7, 'z', 7)").unwrap();
+    a.commit().unwrap();
+    b.commit().unwrap();
+    assert_eq!(c.ids("SELECT id FROM t ORDER BY id"), [1, 2, 4, 5, 6, 7].map(Some));
+    // Claims are deletes: nothing is stored under them.
+    assert!(kv.keys_with_prefix(b"sql/u/").is_empty());
+
+    // Tables without a primary key are claimed the same way.
+    c.run("CREATE TABLE n (code TEXT UNIQUE)");
+    a.exec("INSERT INTO n VALUES ('q')").unwrap();
+    b.exec("INSERT INTO n VALUES ('q')").unwrap();
+    a.commit().unwrap();
+    assert!(matches!(b.commit().unwrap_err(), ShimError::Conflict { .. }));
+}
