@@ -42,6 +42,8 @@ const SCHEMA_PREFIX: &[u8] = b"sql/s/";
 const ROW_PREFIX: &[u8] = b"sql/r/";
 /// Claims on values of UNIQUE columns (see [`unique_claim`]).
 const CLAIM_PREFIX: &[u8] = b"sql/u/";
+/// Marks of deleted rows that other tables' foreign keys reference (see [`deleted_parent`]).
+const DELETED_PARENT_PREFIX: &[u8] = b"sql/p/";
 /// Rows fetched per range read while scanning a table.
 const SCAN_PAGE: usize = 1000;
 
@@ -75,11 +77,28 @@ pub fn unique_claim(table: &str, column: &str, value: &Value) -> Result<Vec<u8>>
     Ok(key)
 }
 
-/// What a write to a table must maintain besides its rows: secondary index entries, and claims
-/// on the values of its UNIQUE columns other than the primary key (position, name).
+/// The key a transaction deleting the row `key` of `table`, which other tables' foreign keys
+/// reference, writes (as a delete: nothing is stored), and which every transaction giving a row
+/// a foreign key to that row guards.
+///
+/// GlueSQL checks a foreign key by reading the parent row, and a parent's delete by reading the
+/// referencing table, each at its own snapshot; under snapshot isolation a child inserted while
+/// its parent was deleted would pass both checks. Two keys close the gap, one for each order of
+/// commits: the child's guard on this mark fails its commit if the delete committed after its
+/// snapshot, and the delete runs serializable, so its read of the referencing table fails its
+/// commit if a child was written there after its snapshot.
+pub fn deleted_parent(table: &str, key: &Key) -> Result<Vec<u8>> {
+    check_name(table)?;
+    Ok([DELETED_PARENT_PREFIX, table.as_bytes(), &[0], &key.to_cmp_be_bytes()?].concat())
+}
+
+/// What a write to a table must maintain besides its rows: secondary index entries, claims on
+/// the values of its UNIQUE columns other than the primary key (position, name), and guards
+/// for its foreign keys (position, referenced table).
 struct TableUpkeep {
     indexes: Option<TableIndexes>,
     unique: Vec<(usize, String)>,
+    foreign: Vec<(usize, String)>,
 }
 
 impl TableUpkeep {
@@ -93,11 +112,34 @@ impl TableUpkeep {
             .filter(|(_, c)| c.unique.is_some_and(|u| !u.is_primary))
             .map(|(i, c)| (i, c.name.clone()))
             .collect();
-        Ok(TableUpkeep { indexes: (!indexes.is_empty()).then_some(indexes), unique })
+        let columns: Vec<&str> = schema.column_defs.iter().flatten().map(|c| c.name.as_str()).collect();
+        let foreign = schema
+            .foreign_keys
+            .iter()
+            .filter_map(|fk| {
+                let i = columns.iter().position(|c| *c == fk.referencing_column_name)?;
+                Some((i, fk.referenced_table_name.clone()))
+            })
+            .collect();
+        Ok(TableUpkeep { indexes: (!indexes.is_empty()).then_some(indexes), unique, foreign })
     }
 
     fn is_empty(&self) -> bool {
-        self.indexes.is_none() && self.unique.is_empty()
+        self.indexes.is_none() && self.unique.is_empty() && self.foreign.is_empty()
+    }
+
+    /// Guards for the rows the row's foreign keys point at, except NULLs and references the
+    /// row held already (`old`): a parent deleted after the snapshot then fails the commit.
+    fn parent_guards(&self, values: &[Value], old: Option<&[Value]>) -> Result<Vec<Vec<u8>>> {
+        let mut guards = Vec::new();
+        for (i, parent) in &self.foreign {
+            let Some(value) = values.get(*i) else { continue };
+            if matches!(value, Value::Null) || old.and_then(|o| o.get(*i)) == Some(value) {
+                continue;
+            }
+            guards.push(deleted_parent(parent, &Key::try_from(value)?)?);
+        }
+        Ok(guards)
     }
 
     /// Claims for the row's values in UNIQUE columns, except NULLs (which never collide) and
@@ -636,6 +678,9 @@ impl<B: Backend> StoreMut for ShimStore<B> {
                 for claim in upkeep.claims(table_name, &values, None)? {
                     txn.delete(claim);
                 }
+                for guard in upkeep.parent_guards(&values, None)? {
+                    txn.guard(guard);
+                }
             }
             txn.put(row_key(table_name, &key)?, encode_row(&key, &values)?);
         }
@@ -665,6 +710,13 @@ impl<B: Backend> StoreMut for ShimStore<B> {
                 }
                 let old_values = stored.as_ref().map(|(_, v)| v.as_slice());
                 writes.extend(upkeep.claims(table_name, &values, old_values)?.into_iter().map(|c| (c, None)));
+                let guards = upkeep.parent_guards(&values, old_values)?;
+                if !guards.is_empty() {
+                    self.with_txn(|_, txn| {
+                        guards.into_iter().for_each(|g| txn.guard(g));
+                        Ok(())
+                    })?;
+                }
             }
             writes.push((row_key, Some(encode_row(&key, &values)?)));
             self.apply(writes)?;
@@ -675,9 +727,17 @@ impl<B: Backend> StoreMut for ShimStore<B> {
     fn delete_data(&mut self, table_name: &str, keys: Vec<Key>) -> Result<()> {
         let upkeep = self.upkeep_of(table_name)?;
         let indexes = upkeep.as_ref().and_then(|u| u.indexes.as_ref());
+        // Rows other tables may reference: see `deleted_parent` for both halves of the check.
+        let referenced = !keys.is_empty() && !self.fetch_referencings(table_name)?.is_empty();
+        if referenced {
+            self.serializable()?;
+        }
         let mut writes = Writes::new();
         for key in keys {
             let row_key = row_key(table_name, &key)?;
+            if referenced {
+                writes.push((deleted_parent(table_name, &key)?, None));
+            }
             if let Some(indexes) = indexes {
                 writes.extend(self.stored_entries(indexes, &row_key)?.into_iter().map(|e| (e, None)));
             }

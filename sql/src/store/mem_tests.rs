@@ -675,3 +675,48 @@ fn concurrent_writers_of_the_same_unique_value_conflict_instead_of_both_committi
     a.commit().unwrap();
     assert!(matches!(b.commit().unwrap_err(), ShimError::Conflict { .. }));
 }
+
+#[test]
+fn a_child_and_the_delete_of_its_parent_never_both_commit() {
+    let (kv, rt, mut c) = setup();
+    c.run("CREATE TABLE p (id INTEGER PRIMARY KEY, v INTEGER)");
+    c.run("CREATE TABLE ch (id INTEGER PRIMARY KEY, pid INTEGER, FOREIGN KEY (pid) REFERENCES p (id))");
+    c.run("INSERT INTO p VALUES (1, 0), (2, 0), (3, 0)");
+    let (mut a, mut b) = (Conn::new(&kv, &rt), Conn::new(&kv, &rt));
+
+    // The delete commits first: the child, whose check saw the parent, must not.
+    a.exec("INSERT INTO ch VALUES (1, 1)").unwrap();
+    b.exec("DELETE FROM p WHERE id = 1").unwrap();
+    b.commit().unwrap();
+    let e = a.commit().unwrap_err();
+    let mark = deleted_parent("p", &gluesql_core::data::Key::I64(1)).unwrap();
+    assert!(matches!(e, ShimError::Conflict { ref keys } if keys.contains(&mark)), "{e}");
+    assert!(a.exec("INSERT INTO ch VALUES (1, 1)").is_err(), "retried, it finds no parent");
+    a.rollback();
+
+    // The child commits first: the delete, whose check saw no child, must not.
+    a.exec("INSERT INTO ch VALUES (2, 2)").unwrap();
+    b.exec("DELETE FROM p WHERE id = 2").unwrap();
+    a.commit().unwrap();
+    assert!(matches!(b.commit().unwrap_err(), ShimError::Conflict { .. }));
+    assert!(b.exec("DELETE FROM p WHERE id = 2").is_err(), "retried, it finds the child");
+    b.rollback();
+
+    // Children of one parent, and updates of the parent's other columns, do not collide.
+    a.exec("INSERT INTO ch VALUES (3, 3)").unwrap();
+    b.exec("INSERT INTO ch VALUES (4, 3)").unwrap();
+    c.exec("UPDATE p SET v = 1 WHERE id = 3").unwrap();
+    a.commit().unwrap();
+    b.commit().unwrap();
+    c.commit().unwrap();
+    // An UPDATE that moves a reference to a parent deleted meanwhile is refused like an insert.
+    c.run("INSERT INTO p VALUES (4, 0)");
+    a.exec("UPDATE ch SET pid = 4 WHERE id = 3").unwrap();
+    b.exec("DELETE FROM p WHERE id = 4").unwrap();
+    b.commit().unwrap();
+    assert!(matches!(a.commit().unwrap_err(), ShimError::Conflict { .. }));
+
+    assert_eq!(c.ids("SELECT id FROM p ORDER BY id"), [Some(2), Some(3)]);
+    assert_eq!(c.ids("SELECT pid FROM ch ORDER BY id"), [Some(2), Some(3), Some(3)]);
+    assert!(kv.keys_with_prefix(b"sql/p/").is_empty(), "marks are deletes: nothing is stored");
+}
