@@ -202,7 +202,9 @@ impl Client {
             Ok(Message::CommitResponse(CommitOutcome::Unavailable { reason })) => reason,
             // The server gave up on the request without deciding it (a sequencer stopping).
             Ok(Message::Error(e)) if e.code == ErrorCode::Unavailable => e.message,
-            Ok(other) => return Err(unexpected(other)),
+            Ok(other) if !maybe_delivered => return Err(unexpected(other)),
+            // Not an answer to this copy, but an earlier one may have committed.
+            Ok(other) => unexpected(other).to_string(),
             Err(e) => e.to_string(),
         };
         debug!(?txn_id, "commit answer lost ({in_doubt}); asking for its outcome");
