@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use tokio::sync::Mutex;
-use triad_protocol::frame::frame_request;
-use triad_protocol::Message;
+use triad_protocol::frame::{frame_request, HEADER_LEN};
+use triad_protocol::{FrameError, Message, MAX_FRAME_DEFAULT};
 
 use crate::mux::Mux;
 use crate::{write_msg, TransportError, SERVER_NAME};
@@ -84,9 +84,16 @@ impl Peer {
 
     /// One request, one answer, on the peer's multiplexed stream.
     pub async fn call(&self, request: &Message) -> Result<Message, TransportError> {
-        let mux = self.mux().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        mux.call(id, Bytes::from(frame_request(request, id))).await
+        let frame = frame_request(request, id);
+        // Refused here, for this call alone: the server would refuse the whole shared stream,
+        // and with it every other call waiting on it.
+        let len = frame.len() - HEADER_LEN;
+        if len > MAX_FRAME_DEFAULT {
+            return Err(FrameError::TooLarge { len, max: MAX_FRAME_DEFAULT }.into());
+        }
+        let mux = self.mux().await?;
+        mux.call(id, Bytes::from(frame)).await
     }
 
     fn live_mux(&self) -> Option<Arc<Mux>> {

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use quinn::{Endpoint, RecvStream, SendStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
-use triad_protocol::frame::frame_request;
+use triad_protocol::frame::{frame_request, HEADER_LEN};
 use triad_protocol::{ErrorCode, Message, MAX_FRAME_DEFAULT};
 
 use crate::mux::write_batches;
@@ -49,7 +49,24 @@ pub struct Reply {
 
 impl Reply {
     pub fn send(mut self, answer: &Message) {
-        let _ = self.frames.send(Bytes::from(frame_request(answer, self.id)));
+        let mut frame = frame_request(answer, self.id);
+        let len = frame.len() - HEADER_LEN;
+        if len > MAX_FRAME_DEFAULT {
+            // The client would refuse the frame and, with it, the stream every other request
+            // of this client shares: only this request fails, with an error saying why.
+            warn!(len, "an answer exceeds the frame limit; answering with an error instead");
+            let refusal = Message::error(
+                ErrorCode::Unsupported,
+                format!(
+                    "the answer of {len} bytes exceeds the frame limit of {MAX_FRAME_DEFAULT} bytes; \
+                     ask for fewer keys or rows at a time"
+                ),
+                Default::default(),
+                0,
+            );
+            frame = frame_request(&refusal, self.id);
+        }
+        let _ = self.frames.send(Bytes::from(frame));
         self.permit = None;
     }
 }

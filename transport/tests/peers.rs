@@ -1,14 +1,15 @@
 //! The transport over real QUIC on loopback: a peer without a certificate from the cluster CA
 //! is refused at the handshake, a malformed frame gets an error answer (the server keeps
-//! serving both times), calls sharing one multiplexed stream each get their own answer, and a
-//! request the server drops unanswered is answered `Unavailable`.
+//! serving both times), calls sharing one multiplexed stream each get their own answer, a
+//! request the server drops unanswered is answered `Unavailable`, and a request or answer too
+//! large for a frame fails that call alone.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use triad_protocol::{ErrorCode, Message};
+use triad_protocol::{ErrorCode, FrameError, Message, MAX_FRAME_DEFAULT};
 use triad_transport::{read_msg, read_request, serve, ClusterCa, Peer, Reply, Service, TlsConfig};
 
 /// Answers a status request with a default status, and a get of `key` at `read_lsn` after
@@ -17,6 +18,8 @@ use triad_transport::{read_msg, read_request, serve, ClusterCa, Peer, Reply, Ser
 struct Echo;
 
 const FORGET: u64 = u64::MAX;
+/// A get at `HUGE` is answered with a value larger than a frame may be.
+const HUGE: u64 = u64::MAX - 1;
 
 impl Service for Echo {
     fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {
@@ -31,6 +34,9 @@ impl Service for Echo {
     fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
         async move {
             match msg {
+                Message::GetRequest { read_lsn: HUGE, .. } => {
+                    Message::GetResponse { value: Some(vec![7; MAX_FRAME_DEFAULT + 1]), version_lsn: 0 }
+                }
                 Message::GetRequest { key, read_lsn } => {
                     tokio::time::sleep(Duration::from_millis(read_lsn)).await;
                     Message::GetResponse { value: Some(key), version_lsn: read_lsn }
@@ -203,4 +209,42 @@ async fn a_request_the_server_drops_is_answered_unavailable_not_left_waiting() {
     // The stream is still good for the next request.
     let answer = peer.call_timeout(&get(2, 0), Duration::from_secs(5)).await.unwrap();
     assert_answers(answer, 2, 0);
+}
+
+#[tokio::test]
+async fn an_oversized_request_or_answer_fails_that_call_alone() {
+    let ca = ClusterCa::generate().unwrap();
+    let addr = server(&ca).await;
+    let member = TlsConfig::issue(&ca, "client").unwrap();
+    let peer = Peer::new(member.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
+    let bound = Duration::from_secs(10);
+    assert_answers(peer.call_timeout(&get(3, 0), bound).await.unwrap(), 3, 0);
+
+    // `join!` polls in order, and a call queues its frame on the open stream before it first
+    // waits: the slow call is on the shared stream while the other two fail.
+    let big = Message::GetRequest { key: vec![1; MAX_FRAME_DEFAULT], read_lsn: 0 };
+    let huge = Message::GetRequest { key: vec![2], read_lsn: HUGE };
+    let slow = get(1, 300);
+    let (waiting, refused, answered) = tokio::join!(
+        peer.call_timeout(&slow, bound),
+        peer.call_timeout(&big, bound),
+        peer.call_timeout(&huge, bound),
+    );
+    // Too large to send: refused before it leaves.
+    match refused {
+        Err(triad_transport::TransportError::Frame(FrameError::TooLarge { max, .. })) => {
+            assert_eq!(max, MAX_FRAME_DEFAULT)
+        }
+        other => panic!("expected a local refusal, got {other:?}"),
+    }
+    // An answer too large to send: the server says so for this request alone.
+    match answered.unwrap() {
+        Message::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Unsupported);
+            assert!(e.message.contains("frame limit"), "{}", e.message);
+        }
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+    assert_answers(waiting.unwrap(), 1, 300);
+    assert_answers(peer.call_timeout(&get(4, 0), bound).await.unwrap(), 4, 0);
 }
