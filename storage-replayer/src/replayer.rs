@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use triad_journal::{JournalClient, JournalError, TailReader};
 use triad_protocol::{
-    decode_record, Epoch, ErrorCode, Lsn, Message, NodeStatus, ReadValue, MAX_MULTI_GET_KEYS,
+    decode_record, Epoch, ErrorCode, Lsn, Message, NodeStatus, ReadValue, Row, MAX_MULTI_GET_KEYS,
 };
 use triad_transport::Service;
 
@@ -290,7 +290,10 @@ impl Replayer {
                     return e;
                 }
                 match self.format.scan(&range, read_lsn, limit.max(1) as usize) {
-                    Ok((rows, more)) => Message::ScanResponse { rows, more },
+                    Ok((rows, more)) => {
+                        let (rows, more) = within_bytes(rows, more, SCAN_ANSWER_BYTES);
+                        Message::ScanResponse { rows, more }
+                    }
                     Err(e) => read_error(e),
                 }
             }
@@ -314,6 +317,25 @@ impl Replayer {
             }
         }
     }
+}
+
+/// Most bytes of keys and values in one scan answer. A limit counts rows, and rows can be
+/// large; a page past this is cut short (with `more` set, so the reader continues after its
+/// last key) rather than refused whole as too large for a frame.
+const SCAN_ANSWER_BYTES: usize = 4 << 20;
+
+/// `rows` cut to about `budget` bytes of keys and values, never below one row; `more` is set
+/// if any were cut.
+fn within_bytes(mut rows: Vec<Row>, more: bool, budget: usize) -> (Vec<Row>, bool) {
+    let mut used = 0usize;
+    for (i, row) in rows.iter().enumerate() {
+        used = used.saturating_add(row.key.len() + row.value.len());
+        if i > 0 && used > budget {
+            rows.truncate(i);
+            return (rows, true);
+        }
+    }
+    (rows, more)
 }
 
 /// The answer to a read the format refused. Below the GC horizon is `Trimmed` with the horizon
@@ -344,6 +366,23 @@ impl Drop for AbortOnDrop {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_scan_answer_is_cut_to_its_byte_budget_and_says_there_is_more() {
+        use super::within_bytes;
+        let row = |n: usize| triad_protocol::Row { key: vec![n as u8], value: vec![0; 99], version_lsn: 1 };
+        let rows: Vec<_> = (0..10).map(row).collect();
+        // 100 bytes a row: five fit in 500.
+        let (cut, more) = within_bytes(rows.clone(), false, 500);
+        assert_eq!((cut.len(), more), (5, true));
+        assert_eq!(cut.last().unwrap().key, vec![4]);
+        // Under the budget, the answer and its `more` are the format's.
+        assert_eq!(within_bytes(rows.clone(), false, 1000), (rows.clone(), false));
+        assert_eq!(within_bytes(rows.clone(), true, 1000), (rows.clone(), true));
+        // Never less than a row, however large: a reader always moves on.
+        let (one, more) = within_bytes(rows, false, 10);
+        assert_eq!((one.len(), more), (1, true));
+    }
+
     use super::*;
 
     #[test]
