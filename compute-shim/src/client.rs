@@ -178,6 +178,10 @@ impl Client {
     /// a retry the sequencer answered from its index).
     pub(crate) async fn commit_chained(&self, req: CommitRequest) -> Result<(Lsn, Lsn), ShimError> {
         let (txn_id, read_lsn) = (req.txn_id, req.read_lsn);
+        let bytes = triad_protocol::commit_bytes(&req.writes);
+        if bytes > triad_protocol::MAX_COMMIT_BYTES {
+            return Err(ShimError::TooLarge { bytes, max: triad_protocol::MAX_COMMIT_BYTES });
+        }
         // Resending the same request to another candidate is safe: commits are deduplicated by
         // txn id, and a deposed sequencer can no longer commit anything. But once a copy may
         // have reached a candidate without an answer, a refusal from another candidate (which

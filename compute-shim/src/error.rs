@@ -29,6 +29,11 @@ pub enum ShimError {
     /// The caller's own code asked to abort.
     #[error("aborted: {0}")]
     Aborted(String),
+    /// The transaction's writes are more than one commit may carry; nothing was sent.
+    #[error(
+        "transaction too large: its writes take about {bytes} bytes, and a commit may carry at most {max}"
+    )]
+    TooLarge { bytes: usize, max: usize },
 }
 
 impl ShimError {

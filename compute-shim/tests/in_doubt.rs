@@ -1,6 +1,7 @@
 //! A commit whose request the sequencer drops without deciding it (a sequencer that stops with
 //! commits queued) is in doubt, not failed: the client must ask for the transaction's outcome
-//! and report what the log says, never an error for a commit that may have landed.
+//! and report what the log says, never an error for a commit that may have landed. A commit
+//! too large to carry is refused before anything is sent, so it is never in doubt.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -70,4 +71,29 @@ async fn a_commit_the_sequencer_dropped_is_resolved_by_its_outcome() {
     assert_eq!(lsn.unwrap(), 42, "the outcome from the log, not an error");
     assert_eq!(sequencer.commits.load(Ordering::SeqCst), 1);
     assert_eq!(sequencer.outcome_queries.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_commit_too_large_to_carry_is_refused_before_it_is_sent() {
+    let ca = ClusterCa::generate().unwrap();
+    let server = TlsConfig::issue(&ca, "sequencer").unwrap();
+    let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let sequencer = Arc::new(DroppingSequencer::default());
+    tokio::spawn(serve(endpoint, sequencer.clone()));
+    let client =
+        Client::connect(ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap()))
+            .unwrap();
+
+    let big = vec![0u8; triad_protocol::MAX_COMMIT_BYTES / 4];
+    let writes: Vec<_> = (0..4u8).map(|k| (vec![k], Some(big.clone()))).collect();
+    match client.write(writes).await {
+        Err(triad_shim::ShimError::TooLarge { bytes, max }) => {
+            assert!(bytes > max && max == triad_protocol::MAX_COMMIT_BYTES, "{bytes} {max}")
+        }
+        other => panic!("expected a refusal for size, got {other:?}"),
+    }
+    assert!(!triad_shim::ShimError::TooLarge { bytes: 0, max: 0 }.is_retryable());
+    assert_eq!(sequencer.commits.load(Ordering::SeqCst), 0, "nothing was sent");
+    assert_eq!(sequencer.outcome_queries.load(Ordering::SeqCst), 0, "nothing is in doubt");
 }

@@ -150,6 +150,16 @@ pub enum CommitOutcome {
 /// answer's size) of one request. Clients split longer lists.
 pub const MAX_MULTI_GET_KEYS: usize = 4096;
 
+/// Most bytes of writes one commit may carry, as counted by [`commit_bytes`]: its record must
+/// fit, with an append's headers, in one frame to a journal node.
+pub const MAX_COMMIT_BYTES: usize = crate::frame::MAX_FRAME_DEFAULT - (64 << 10);
+
+/// An upper bound on the size of a commit record holding `writes`: their keys and values, and
+/// a flatbuffers table's worth of headers and padding for each.
+pub fn commit_bytes(writes: &[Write]) -> usize {
+    writes.iter().map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len) + 32).sum::<usize>() + 64
+}
+
 /// One key's answer to a multi-get: as [`Message::GetResponse`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReadValue {

@@ -766,6 +766,18 @@ impl Sequencer {
                     }
                     Admit::New => {}
                 }
+                let bytes = triad_protocol::commit_bytes(&p.req.writes);
+                if bytes > triad_protocol::MAX_COMMIT_BYTES {
+                    // Its record could never be appended: refused before the conflict check
+                    // records its writes or an LSN is given out.
+                    p.reply.send(CommitOutcome::Unavailable {
+                        reason: format!(
+                            "the commit's writes take about {bytes} bytes; the limit is {}",
+                            triad_protocol::MAX_COMMIT_BYTES
+                        ),
+                    });
+                    continue;
+                }
                 if p.req.read_lsn > self.commit_lsn() {
                     p.reply.send(CommitOutcome::Unavailable {
                         reason: format!("read lsn {} is beyond the commit watermark", p.req.read_lsn),
@@ -1113,13 +1125,33 @@ impl Sequencer {
             let w = self.window.lock().expect("window lock");
             if from >= w.first {
                 let end = upto.min(w.last_lsn()).min(from + MAX_PER_APPEND - 1);
-                return Ok((from..=end).filter_map(|l| w.get(l).cloned()).collect());
+                return Ok(within_append_bytes((from..=end).filter_map(|l| w.get(l).cloned())));
             }
         }
         let end = upto.min(from + MAX_PER_APPEND * 8 - 1);
         debug!(node, from, end, "catching a lagging node up from a peer");
-        self.read_from_peers(Some(node), from, end).await
+        Ok(within_append_bytes(self.read_from_peers(Some(node), from, end).await?))
     }
+}
+
+/// Most payload bytes in one append. Counting entries alone, 512 entries of 32 KiB (or 4096
+/// of 4 KiB read from a peer for a lagging node) made an append the node refused as too large
+/// for a frame, and then the same one again after every reconnect: that node never caught up.
+const APPEND_MAX_BYTES: usize = 4 << 20;
+
+/// The first of `entries` that fit in [`APPEND_MAX_BYTES`], never fewer than one: a single
+/// record always fits in a frame, admission refuses larger ones.
+fn within_append_bytes(entries: impl IntoIterator<Item = Entry>) -> Vec<Entry> {
+    let mut used = 0usize;
+    let mut out = Vec::new();
+    for e in entries {
+        used = used.saturating_add(e.payload.len());
+        if !out.is_empty() && used > APPEND_MAX_BYTES {
+            break;
+        }
+        out.push(e);
+    }
+    out
 }
 
 /// Where a journal node that needs entry `next` continues its log, when reading `next` from
@@ -1263,6 +1295,27 @@ mod tests {
             guard_keys: vec![],
         };
         assert_eq!(index.check_and_record(&late, 12), Verdict::TooOld { floor: 11 });
+    }
+
+    #[test]
+    fn an_append_holds_at_most_its_byte_budget_and_at_least_one_entry() {
+        let entry =
+            |lsn: Lsn, len: usize| Entry { epoch: Epoch::new(1, 1), lsn, payload: Bytes::from(vec![0; len]) };
+        let quarter = APPEND_MAX_BYTES / 4;
+        let batch = within_append_bytes((1..=10).map(|l| entry(l, quarter)));
+        assert_eq!(batch.iter().map(|e| e.lsn).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        let small = within_append_bytes((1..=512).map(|l| entry(l, 100)));
+        assert_eq!(small.len(), 512, "small entries are not held back");
+        let one = within_append_bytes((1..=3).map(|l| entry(l, APPEND_MAX_BYTES * 2)));
+        assert_eq!(one.len(), 1, "a record larger than the budget still goes, alone");
+        // Whatever the budget lets through fits in a frame to a journal node.
+        let framed = triad_protocol::frame::frame_message(&Message::AppendRequest {
+            epoch: Epoch::new(1, 1),
+            prev: EntryId::ZERO,
+            entries: within_append_bytes((1..=4096).map(|l| entry(l, 4096))),
+            commit_lsn: 0,
+        });
+        assert!(framed.len() <= triad_protocol::MAX_FRAME_DEFAULT, "{}", framed.len());
     }
 
     #[test]

@@ -39,6 +39,8 @@ impl SqlError {
             ) => "40001",
             SqlError::Shim(ShimError::Unavailable(_)) => "08006",
             SqlError::Shim(ShimError::ReadTimeout(_)) => "57014",
+            // PostgreSQL's program_limit_exceeded.
+            SqlError::Shim(ShimError::TooLarge { .. }) => "54000",
             // PostgreSQL's snapshot_too_old: the snapshot outlived the history replayers keep.
             SqlError::Shim(ShimError::HistoryTrimmed { .. }) => "72000",
             SqlError::Shim(_) => "XX000",
