@@ -16,7 +16,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 use triad_protocol::{
-    Entry, EntryId, Epoch, ErrorCode, LearnerStatus, Lsn, Message, NodeStatus, MAX_FRAME_DEFAULT,
+    Entry, EntryId, Epoch, ErrorCode, LearnerStatus, Lsn, Message, NodeStatus, MAX_FRAME_DEFAULT, MAX_LSN,
 };
 use triad_transport::{read_msg, write_msg, Service, Stream, TransportError};
 
@@ -259,10 +259,34 @@ impl JournalNode {
         Ok(())
     }
 
+    /// A refusal of a message naming an epoch or LSN no honest peer can (see
+    /// [`Epoch::MAX_COUNTER`] and [`MAX_LSN`]), before it can be promised or computed with.
+    fn implausible(&self, epoch: Epoch, lsns: &[Lsn]) -> Option<Message> {
+        if !epoch.is_plausible() {
+            return Some(Message::error(
+                ErrorCode::Malformed,
+                format!("epoch {epoch} is beyond any a sequencer can hold; refused by node {}", self.id),
+                epoch,
+                0,
+            ));
+        }
+        lsns.iter().find(|&&l| l > MAX_LSN).map(|&l| {
+            Message::error(
+                ErrorCode::Malformed,
+                format!("lsn {l} is beyond any log's length; refused by node {}", self.id),
+                epoch,
+                0,
+            )
+        })
+    }
+
     /// Seal: persist the promise before answering.
     pub fn seal(&self, epoch: Epoch) -> Message {
         if self.failed.load(Ordering::SeqCst) {
             return self.failed_msg();
+        }
+        if let Some(refusal) = self.implausible(epoch, &[]) {
+            return refusal;
         }
         let mut inner = self.lock();
         match acceptor::on_seal(&inner.state, epoch) {
@@ -360,6 +384,9 @@ impl JournalNode {
         if self.failed.load(Ordering::SeqCst) {
             return self.failed_msg();
         }
+        if let Some(refusal) = self.implausible(epoch, &[base.lsn, commit_lsn]) {
+            return refusal;
+        }
         let mut inner = self.lock();
         let decision =
             acceptor::on_rebase(&inner.state, &StoreView(inner.store.as_ref()), epoch, base, commit_lsn);
@@ -431,6 +458,9 @@ impl JournalNode {
     ) -> Result<EntryId, Message> {
         if self.failed.load(Ordering::SeqCst) {
             return Err(self.failed_msg());
+        }
+        if let Some(refusal) = self.implausible(epoch, &[prev.lsn, commit_lsn]) {
+            return Err(refusal);
         }
         let mut floor = prev.epoch;
         for (i, e) in entries.iter().enumerate() {
@@ -953,6 +983,25 @@ mod tests {
         assert_eq!(node.last(), base);
         let good = [Entry { epoch: e3, lsn: 5001, payload: Bytes::from_static(b"y") }];
         assert_eq!(node.append(e3, base, &good, 5001), Ok(good[0].id()));
+    }
+
+    #[test]
+    fn epochs_and_lsns_no_sequencer_can_reach_are_refused_without_effect() {
+        let node = node_with_log(3, 0);
+        let e = Epoch::new(1, 1);
+        let malformed = |m: Message| matches!(m, Message::Error(ref err) if err.code == ErrorCode::Malformed);
+        // Promised, this epoch would leave every sequencer unable to choose a higher one.
+        assert!(malformed(node.seal(Epoch(u64::MAX))));
+        assert!(malformed(node.seal(Epoch::new(Epoch::MAX_COUNTER + 1, 1))));
+        assert!(malformed(node.rebase(e, EntryId::new(e, u64::MAX), u64::MAX)));
+        let next = [Entry { epoch: e, lsn: 4, payload: Bytes::from_static(b"x") }];
+        assert!(malformed(node.append(e, EntryId::new(e, 3), &next, u64::MAX).unwrap_err()));
+        // Nothing changed, and the node serves on.
+        let status = node.status();
+        assert_eq!((status.epoch, status.last.lsn, status.commit_lsn), (e, 3, 3));
+        let top = Epoch::new(Epoch::MAX_COUNTER, 1);
+        assert!(matches!(node.seal(top), Message::SealResponse { .. }));
+        assert!(top.next_for(2) > top, "the highest plausible epoch can still be followed");
     }
 
     #[test]

@@ -32,7 +32,21 @@ impl Epoch {
     pub fn next_for(self, sequencer_id: u16) -> Epoch {
         Epoch::new(self.counter() + 1, sequencer_id)
     }
+
+    /// The highest counter an epoch may carry: beyond any number of elections a cluster will
+    /// hold (one a second for 30,000 years), and far enough below the counter's 48 bits that
+    /// [`Epoch::next_for`] cannot wrap. Journal nodes refuse higher ones, so a peer cannot make
+    /// them promise an epoch no sequencer could ever go above.
+    pub const MAX_COUNTER: u64 = 1 << 40;
+
+    pub fn is_plausible(self) -> bool {
+        self.counter() <= Self::MAX_COUNTER
+    }
 }
+
+/// The highest LSN a message may name: beyond any log's length, and far enough below
+/// `u64::MAX` that arithmetic on it cannot wrap.
+pub const MAX_LSN: Lsn = 1 << 62;
 
 impl std::fmt::Display for Epoch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
