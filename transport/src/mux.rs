@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tracing::debug;
 use triad_protocol::{Message, MAX_FRAME_DEFAULT};
 
@@ -105,23 +105,45 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// Writes frames as they come, every frame already queued in the same write. Ends, finishing
-/// the stream, when every sender is gone; a write error fails the client's waiting requests.
-pub(crate) async fn write_batches(
+/// A frame queued for [`write_batches`], with whatever must live until it has been written.
+pub(crate) trait Outgoing: Send + 'static {
+    fn split(self) -> (Bytes, Option<OwnedSemaphorePermit>);
+}
+
+impl Outgoing for Bytes {
+    fn split(self) -> (Bytes, Option<OwnedSemaphorePermit>) {
+        (self, None)
+    }
+}
+
+/// Writes frames as they come, every frame already queued in the same write, and only then
+/// releases what they held (a server's in-flight permits: so a client that stops reading its
+/// answers stops having requests read, instead of answers piling up here without bound). Ends,
+/// finishing the stream, when every sender is gone; a write error fails the client's waiting
+/// requests.
+pub(crate) async fn write_batches<T: Outgoing>(
     mut send: SendStream,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<T>,
     waiting: Option<Arc<Mutex<Waiting>>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut chunks = Vec::with_capacity(MAX_BATCH);
+    let mut held = Vec::new();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if let Err(e) = send.write_all_chunks(&mut batch).await {
+        for item in batch.drain(..) {
+            let (frame, permit) = item.split();
+            chunks.push(frame);
+            held.extend(permit);
+        }
+        if let Err(e) = send.write_all_chunks(&mut chunks).await {
             debug!("multiplexed stream write failed: {e}");
             if let Some(w) = &waiting {
                 fail(w, format!("stream write: {e}"));
             }
             return;
         }
-        batch.clear();
+        chunks.clear();
+        held.clear();
     }
     let _ = send.finish();
 }

@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use triad_protocol::frame::{frame_request, HEADER_LEN};
 use triad_protocol::{ErrorCode, Message, MAX_FRAME_DEFAULT};
 
-use crate::mux::write_batches;
+use crate::mux::{write_batches, Outgoing};
 use crate::{read_request, write_msg, TransportError};
 
 /// A stream handed to a service after its first message was read.
@@ -42,9 +42,22 @@ impl Stream {
 /// answers `Unavailable` itself, so no client waits for a request the server forgot.
 pub struct Reply {
     id: u64,
-    frames: mpsc::UnboundedSender<Bytes>,
-    /// Counts against the stream's in-flight limit until answered.
+    frames: mpsc::UnboundedSender<Answer>,
+    /// Counts against the stream's in-flight limit until the answer has been written.
     permit: Option<OwnedSemaphorePermit>,
+}
+
+/// An answer on its way to the stream's writer, holding its request's in-flight permit until
+/// it is written.
+struct Answer {
+    frame: Bytes,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Outgoing for Answer {
+    fn split(self) -> (Bytes, Option<OwnedSemaphorePermit>) {
+        (self.frame, self.permit)
+    }
 }
 
 impl Reply {
@@ -66,21 +79,21 @@ impl Reply {
             );
             frame = frame_request(&refusal, self.id);
         }
-        let _ = self.frames.send(Bytes::from(frame));
-        self.permit = None;
+        let _ = self.frames.send(Answer { frame: Bytes::from(frame), permit: self.permit.take() });
     }
 }
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        if self.permit.is_some() {
+        if let Some(permit) = self.permit.take() {
             let dropped = Message::error(
                 ErrorCode::Unavailable,
                 "the server stopped before answering this request",
                 Default::default(),
                 0,
             );
-            let _ = self.frames.send(Bytes::from(frame_request(&dropped, self.id)));
+            let frame = Bytes::from(frame_request(&dropped, self.id));
+            let _ = self.frames.send(Answer { frame, permit: Some(permit) });
         }
     }
 }
@@ -166,10 +179,11 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
     }
 }
 
-/// Most requests of one multiplexed stream being served at once. Beyond it the stream is not
-/// read until one finishes, so QUIC's flow control pushes back on the sender instead of the
-/// server growing tasks and answers without bound (the limit a stream per request had from
-/// the connection's stream count).
+/// Most requests of one multiplexed stream being served or answered at once: a request counts
+/// until its answer has been written to the stream. Beyond it the stream is not read until one
+/// finishes, so QUIC's flow control pushes back on the sender instead of the server growing
+/// tasks and answers without bound — also when the client stops reading its answers (the limit
+/// a stream per request had from the connection's stream count).
 const MAX_IN_FLIGHT_PER_STREAM: usize = 4096;
 
 /// A multiplexed stream: every request is answered by its own task, answers leave in the order
@@ -198,7 +212,8 @@ async fn serve_mux<S: Service>(
                 Err(e) => {
                     warn!(%peer, "multiplexed stream rejected: {e}");
                     let refusal = Message::error(ErrorCode::Malformed, e.to_string(), Default::default(), 0);
-                    let _ = frames.send(Bytes::from(frame_request(&refusal, 0)));
+                    let _ =
+                        frames.send(Answer { frame: Bytes::from(frame_request(&refusal, 0)), permit: None });
                     return;
                 }
             },
@@ -211,7 +226,7 @@ async fn serve_mux<S: Service>(
                 Default::default(),
                 0,
             );
-            let _ = frames.send(Bytes::from(frame_request(&refusal, 0)));
+            let _ = frames.send(Answer { frame: Bytes::from(frame_request(&refusal, 0)), permit: None });
             return;
         }
         service.clone().dispatch(msg, Reply { id, frames: frames.clone(), permit: Some(permit) });

@@ -1,8 +1,9 @@
 //! The transport over real QUIC on loopback: a peer without a certificate from the cluster CA
 //! is refused at the handshake, a malformed frame gets an error answer (the server keeps
 //! serving both times), calls sharing one multiplexed stream each get their own answer, a
-//! request the server drops unanswered is answered `Unavailable`, and a request or answer too
-//! large for a frame fails that call alone.
+//! request the server drops unanswered is answered `Unavailable`, a request or answer too
+//! large for a frame fails that call alone, and a client that stops reading its answers stops
+//! having its requests read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,4 +248,46 @@ async fn an_oversized_request_or_answer_fails_that_call_alone() {
     }
     assert_answers(waiting.unwrap(), 1, 300);
     assert_answers(peer.call_timeout(&get(4, 0), bound).await.unwrap(), 4, 0);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_answers_stops_having_requests_read() {
+    let ca = ClusterCa::generate().unwrap();
+    let addr = server(&ca).await;
+    let member = TlsConfig::issue(&ca, "client").unwrap();
+    let peer = Peer::new(member.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
+    let conn = peer.connection().await.unwrap();
+
+    // 6000 requests of 8 KiB each, answered with their 8 KiB key: 48 MB each way, far more
+    // than the answers the server may hold unwritten (4096) plus QUIC's stream windows.
+    const N: u64 = 6000;
+    let request = |id: u64| {
+        let msg = Message::GetRequest { key: id.to_be_bytes().repeat(1024), read_lsn: 0 };
+        triad_protocol::frame::frame_request(&msg, id)
+    };
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let writer = tokio::spawn(async move {
+        for id in 1..=N {
+            send.write_all(&request(id)).await.unwrap();
+        }
+        send
+    });
+    // Nobody reads the answers: the server must stop reading requests, so the writer stalls
+    // on flow control instead of the server queueing 48 MB of answers.
+    let mut writer = writer;
+    let stalled = tokio::time::timeout(Duration::from_secs(3), &mut writer).await;
+    assert!(stalled.is_err(), "the server read every request while its answers were not read");
+
+    // Reading again, every request is answered, and the writer gets through.
+    let mut answered = 0;
+    while answered < N {
+        let (id, answer) = read_request(&mut recv, 1 << 20).await.unwrap().expect("an answer");
+        match answer {
+            Message::GetResponse { value: Some(v), .. } => assert_eq!(v, id.to_be_bytes().repeat(1024)),
+            other => panic!("unexpected {other:?}"),
+        }
+        answered += 1;
+    }
+    let mut send = tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap();
+    send.finish().unwrap();
 }
