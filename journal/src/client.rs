@@ -156,12 +156,16 @@ pub struct TailReader {
     /// Which nodes answered `Trimmed` since the last batch: each node trims on its own segment
     /// boundaries (and a rebased node holds less), so another may still hold the entries.
     trimmed: Vec<bool>,
+    /// Which nodes sent entries out of order since the last batch: a faulty node must not stop
+    /// every learner while the others serve the log.
+    misordered: Vec<bool>,
 }
 
 impl TailReader {
     pub fn new(client: JournalClient, from: Lsn) -> TailReader {
         let trimmed = vec![false; client.len()];
-        TailReader { client, node: 0, next: from.max(1), stream: None, failures: 0, trimmed }
+        let misordered = vec![false; client.len()];
+        TailReader { client, node: 0, next: from.max(1), stream: None, failures: 0, trimmed, misordered }
     }
 
     /// The LSN the next entry will have.
@@ -178,6 +182,7 @@ impl TailReader {
                 Ok(Some(batch)) => {
                     self.failures = 0;
                     self.trimmed.fill(false);
+                    self.misordered.fill(false);
                     return Ok(batch);
                 }
                 Ok(None) => {}
@@ -191,7 +196,16 @@ impl TailReader {
                     self.stream = None;
                     self.node = (self.node + 1) % self.client.len();
                 }
-                Err(e @ JournalError::OutOfOrder { .. }) => return Err(e),
+                Err(e @ JournalError::OutOfOrder { .. }) => {
+                    // Only when every node has: then the fault is not one node's.
+                    self.misordered[self.node] = true;
+                    if self.misordered.iter().all(|&m| m) {
+                        return Err(e);
+                    }
+                    warn!(node = %self.client.node(self.node).addr(), "{e}; trying the next node");
+                    self.stream = None;
+                    self.node = (self.node + 1) % self.client.len();
+                }
                 Err(e) => {
                     self.stream = None;
                     self.failures += 1;
@@ -224,12 +238,13 @@ impl TailReader {
         match next {
             None => Err(JournalError::Transport(TransportError::Closed)),
             Some(Message::FetchResponse { entries, .. }) => {
-                for e in &entries {
-                    if e.lsn != self.next {
-                        return Err(JournalError::OutOfOrder { expected: self.next, got: e.lsn });
-                    }
-                    self.next += 1;
+                // The whole batch is checked before `next` moves, so a bad one read again from
+                // another node starts where this one did.
+                let expected = |i: usize| self.next + i as u64;
+                if let Some((i, e)) = entries.iter().enumerate().find(|(i, e)| e.lsn != expected(*i)) {
+                    return Err(JournalError::OutOfOrder { expected: expected(i), got: e.lsn });
                 }
+                self.next += entries.len() as u64;
                 Ok((!entries.is_empty()).then_some(entries))
             }
             Some(Message::Error(e)) => Err(JournalError::from_response(e, self.next)),
