@@ -49,15 +49,20 @@ impl Service for DroppingSequencer {
     }
 }
 
-#[tokio::test]
-async fn a_commit_the_sequencer_dropped_is_resolved_by_its_outcome() {
+/// The stub sequencer on loopback, and what a client of it needs.
+fn stub_sequencer() -> (ClusterCa, std::net::SocketAddr, Arc<DroppingSequencer>) {
     let ca = ClusterCa::generate().unwrap();
     let server = TlsConfig::issue(&ca, "sequencer").unwrap();
     let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let sequencer = Arc::new(DroppingSequencer::default());
     tokio::spawn(serve(endpoint, sequencer.clone()));
+    (ca, addr, sequencer)
+}
 
+#[tokio::test]
+async fn a_commit_the_sequencer_dropped_is_resolved_by_its_outcome() {
+    let (ca, addr, sequencer) = stub_sequencer();
     let mut cfg = ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap());
     // Long enough that only an answer to the dropped request, not a client timeout, can end the
     // commit within the bound below.
@@ -75,12 +80,7 @@ async fn a_commit_the_sequencer_dropped_is_resolved_by_its_outcome() {
 
 #[tokio::test]
 async fn a_commit_too_large_to_carry_is_refused_before_it_is_sent() {
-    let ca = ClusterCa::generate().unwrap();
-    let server = TlsConfig::issue(&ca, "sequencer").unwrap();
-    let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let sequencer = Arc::new(DroppingSequencer::default());
-    tokio::spawn(serve(endpoint, sequencer.clone()));
+    let (ca, addr, sequencer) = stub_sequencer();
     let client =
         Client::connect(ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap()))
             .unwrap();

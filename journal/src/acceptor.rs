@@ -225,6 +225,8 @@ mod tests {
     struct Log {
         first: Lsn,
         epochs: Vec<Epoch>,
+        /// The epoch of the trimmed entry at `first - 1` (a rebased log's base).
+        base: Epoch,
     }
 
     fn e(n: u64) -> Epoch {
@@ -232,14 +234,14 @@ mod tests {
     }
 
     fn log(epochs: &[u64]) -> Log {
-        Log { first: 1, epochs: epochs.iter().map(|&n| e(n)).collect() }
+        Log { first: 1, epochs: epochs.iter().map(|&n| e(n)).collect(), base: Epoch::ZERO }
     }
 
     impl LogView for Log {
         fn last(&self) -> EntryId {
             match self.epochs.last() {
                 Some(&ep) => EntryId::new(ep, self.first + self.epochs.len() as u64 - 1),
-                None => EntryId::new(Epoch::ZERO, self.first - 1),
+                None => EntryId::new(self.base, self.first - 1),
             }
         }
         fn first_lsn(&self) -> Lsn {
@@ -370,7 +372,7 @@ mod tests {
 
     #[test]
     fn prev_below_trim_point_matches() {
-        let l = Log { first: 10, epochs: vec![e(1); 3] }; // lsn 10..=12
+        let l = Log { first: 10, epochs: vec![e(1); 3], base: e(1) }; // lsn 10..=12
         let d = on_append(&state(1, 12), &l, e(1), EntryId::new(e(1), 5), &ids(1, 6..=13), 12);
         assert!(matches!(d, AppendDecision::Accept { skip: 7, truncate_after: None, .. }));
     }
@@ -380,23 +382,7 @@ mod tests {
         // A log rebased after lsn 1000 of epoch 5: it holds nothing, and trimmed everything
         // up to 1000 as committed. An append whose entries pass below the trim point unchecked
         // must not hand the store an entry of a lower epoch after it.
-        let rebased = Log { first: 1001, epochs: vec![] };
-        struct Based(Log);
-        impl LogView for Based {
-            fn last(&self) -> EntryId {
-                EntryId::new(e(5), 1000)
-            }
-            fn first_lsn(&self) -> Lsn {
-                self.0.first_lsn()
-            }
-            fn epoch_at(&self, lsn: Lsn) -> Option<Epoch> {
-                self.0.epoch_at(lsn)
-            }
-            fn first_lsn_of_epoch(&self, epoch: Epoch) -> Option<Lsn> {
-                self.0.first_lsn_of_epoch(epoch)
-            }
-        }
-        let l = Based(rebased);
+        let l = Log { first: 1001, epochs: vec![], base: e(5) };
         let d = on_append(&state(6, 1000), &l, e(6), EntryId::new(e(1), 999), &ids(1, 1000..=1001), 1000);
         assert_eq!(d, AppendDecision::EpochsOutOfOrder { lsn: 1001, epoch: e(1), follows: e(5) });
         // The same append with the epoch the log continues from is taken.
@@ -460,7 +446,7 @@ mod tests {
     fn a_node_that_holds_the_base_or_trimmed_past_it_continues() {
         let l = log(&[1, 1, 2, 2]);
         assert_eq!(on_rebase(&state(2, 0), &l, e(2), EntryId::new(e(2), 3), 4), RebaseDecision::Continues);
-        let trimmed = Log { first: 10, epochs: vec![e(2); 3] };
+        let trimmed = Log { first: 10, epochs: vec![e(2); 3], base: e(2) };
         assert_eq!(
             on_rebase(&state(2, 0), &trimmed, e(2), EntryId::new(e(1), 8), 12),
             RebaseDecision::Continues

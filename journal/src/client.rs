@@ -153,19 +153,17 @@ pub struct TailReader {
     next: Lsn,
     stream: Option<RecvStream>,
     failures: u32,
-    /// Which nodes answered `Trimmed` since the last batch: each node trims on its own segment
-    /// boundaries (and a rebased node holds less), so another may still hold the entries.
-    trimmed: Vec<bool>,
-    /// Which nodes sent entries out of order since the last batch: a faulty node must not stop
-    /// every learner while the others serve the log.
-    misordered: Vec<bool>,
+    /// Which nodes cannot serve the next entry, as they said since the last batch: `Trimmed`
+    /// (each node trims on its own segment boundaries, and a rebased node holds less, so another
+    /// may still hold the entries), or entries out of order (a faulty node must not stop every
+    /// learner while the others serve the log). An error only once every node has.
+    cannot_serve: Vec<bool>,
 }
 
 impl TailReader {
     pub fn new(client: JournalClient, from: Lsn) -> TailReader {
-        let trimmed = vec![false; client.len()];
-        let misordered = vec![false; client.len()];
-        TailReader { client, node: 0, next: from.max(1), stream: None, failures: 0, trimmed, misordered }
+        let cannot_serve = vec![false; client.len()];
+        TailReader { client, node: 0, next: from.max(1), stream: None, failures: 0, cannot_serve }
     }
 
     /// The LSN the next entry will have.
@@ -174,35 +172,28 @@ impl TailReader {
     }
 
     /// The next batch of committed entries (never empty). Transport failures are retried on
-    /// the other nodes with a growing pause; a trimmed log is returned as an error once every
-    /// node has said so, since then no node can fill that gap.
+    /// the other nodes with a growing pause; a trimmed log (or entries out of order) is returned
+    /// as an error once every node has said so, since then no node can fill that gap.
     pub async fn next_batch(&mut self) -> Result<Vec<Entry>, JournalError> {
         loop {
             match self.try_next().await {
                 Ok(Some(batch)) => {
                     self.failures = 0;
-                    self.trimmed.fill(false);
-                    self.misordered.fill(false);
+                    self.cannot_serve.fill(false);
                     return Ok(batch);
                 }
                 Ok(None) => {}
-                Err(e @ JournalError::Trimmed { .. }) => {
-                    // Only when every node has said so: one that is merely down may hold them.
-                    self.trimmed[self.node] = true;
-                    if self.trimmed.iter().all(|&t| t) {
+                Err(e @ (JournalError::Trimmed { .. } | JournalError::OutOfOrder { .. })) => {
+                    // Only when every node has said so: one that is merely down may serve.
+                    self.cannot_serve[self.node] = true;
+                    if self.cannot_serve.iter().all(|&c| c) {
                         return Err(e);
                     }
-                    debug!(node = %self.client.node(self.node).addr(), "{e}; trying the next node");
-                    self.stream = None;
-                    self.node = (self.node + 1) % self.client.len();
-                }
-                Err(e @ JournalError::OutOfOrder { .. }) => {
-                    // Only when every node has: then the fault is not one node's.
-                    self.misordered[self.node] = true;
-                    if self.misordered.iter().all(|&m| m) {
-                        return Err(e);
+                    let node = self.client.node(self.node).addr();
+                    match e {
+                        JournalError::OutOfOrder { .. } => warn!(%node, "{e}; trying the next node"),
+                        _ => debug!(%node, "{e}; trying the next node"),
                     }
-                    warn!(node = %self.client.node(self.node).addr(), "{e}; trying the next node");
                     self.stream = None;
                     self.node = (self.node + 1) % self.client.len();
                 }

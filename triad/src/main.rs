@@ -868,6 +868,15 @@ fn bench_sequencer(a: SeqBenchArgs) {
     }
 }
 
+/// Where a benchmark's progress goes: stderr, unless it prints JSON.
+fn progress(json: bool) -> triad::bench::Say {
+    std::sync::Arc::new(move |line: String| {
+        if !json {
+            eprintln!("{line}");
+        }
+    })
+}
+
 fn bench_disk(a: DiskArgs) -> Result<()> {
     let cfg = triad::bench::DiskBenchConfig {
         dir: a.dir.unwrap_or_else(std::env::temp_dir),
@@ -876,12 +885,7 @@ fn bench_disk(a: DiskArgs) -> Result<()> {
         duration: a.duration,
     };
     let json = a.json;
-    let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
-        if !json {
-            eprintln!("{line}");
-        }
-    });
-    let r = triad::bench::disk(&cfg, say)?;
+    let r = triad::bench::disk(&cfg, progress(json))?;
     if json {
         println!("{}", serde_json::to_string(&r).expect("serializable"));
         return Ok(());
@@ -923,11 +927,7 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
         journal_args: a.journal_arg,
     };
     let json = a.json;
-    let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
-        if !json {
-            eprintln!("{line}");
-        }
-    });
+    let say = progress(json);
     let r = match load {
         Load::Journal => triad::bench::journal(cfg, say).await?,
         Load::Txn => triad::bench::txn(cfg, say).await?,
@@ -970,11 +970,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
     }
     let runs = |w: &str| a.workload == "all" || a.workload == w;
     let json = a.json;
-    let say: triad::bench::Say = std::sync::Arc::new(move |line: String| {
-        if !json {
-            eprintln!("{line}");
-        }
-    });
+    let say = progress(json);
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     if runs("log") {
