@@ -18,6 +18,7 @@ use quinn::Endpoint;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
+use triad_journal::storage::ReadBudget;
 use triad_journal::{recovery, JournalClient, JournalError};
 use triad_protocol::{
     decode_record, encode_record, CommitOutcome, CommitRequest, Entry, EntryId, Epoch, ErrorCode, LogRecord,
@@ -1142,16 +1143,8 @@ const APPEND_MAX_BYTES: usize = 4 << 20;
 /// The first of `entries` that fit in [`APPEND_MAX_BYTES`], never fewer than one: a single
 /// record always fits in a frame, admission refuses larger ones.
 fn within_append_bytes(entries: impl IntoIterator<Item = Entry>) -> Vec<Entry> {
-    let mut used = 0usize;
-    let mut out = Vec::new();
-    for e in entries {
-        used = used.saturating_add(e.payload.len());
-        if !out.is_empty() && used > APPEND_MAX_BYTES {
-            break;
-        }
-        out.push(e);
-    }
-    out
+    let mut budget = ReadBudget::new(usize::MAX, APPEND_MAX_BYTES);
+    entries.into_iter().take_while(|e| budget.take(e.payload.len())).collect()
 }
 
 /// Where a journal node that needs entry `next` continues its log, when reading `next` from

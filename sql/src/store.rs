@@ -128,33 +128,34 @@ impl TableUpkeep {
         self.indexes.is_none() && self.unique.is_empty() && self.foreign.is_empty()
     }
 
-    /// Guards for the rows the row's foreign keys point at, except NULLs and references the
-    /// row held already (`old`): a parent deleted after the snapshot then fails the commit.
-    fn parent_guards(&self, values: &[Value], old: Option<&[Value]>) -> Result<Vec<Vec<u8>>> {
-        let mut guards = Vec::new();
-        for (i, parent) in &self.foreign {
-            let Some(value) = values.get(*i) else { continue };
-            if matches!(value, Value::Null) || old.and_then(|o| o.get(*i)) == Some(value) {
-                continue;
-            }
-            guards.push(deleted_parent(parent, &Key::try_from(value)?)?);
-        }
-        Ok(guards)
+    /// The values of `columns` (position, name) in `values` that can collide with another
+    /// transaction's: not NULL, and not held by the row already (`old`, for an UPDATE).
+    fn new_values<'a>(
+        columns: &'a [(usize, String)],
+        values: &'a [Value],
+        old: Option<&'a [Value]>,
+    ) -> impl Iterator<Item = (&'a str, &'a Value)> {
+        columns.iter().filter_map(move |(i, name)| {
+            let value = values.get(*i)?;
+            let fresh = !matches!(value, Value::Null) && old.and_then(|o| o.get(*i)) != Some(value);
+            fresh.then_some((name.as_str(), value))
+        })
     }
 
-    /// Claims for the row's values in UNIQUE columns, except NULLs (which never collide) and
-    /// values the row held already (`old`, for an UPDATE): only a value new to the row can
-    /// collide with another transaction's.
+    /// Guards for the rows the row's foreign keys newly point at: a parent deleted after the
+    /// snapshot then fails the commit.
+    fn parent_guards(&self, values: &[Value], old: Option<&[Value]>) -> Result<Vec<Vec<u8>>> {
+        Self::new_values(&self.foreign, values, old)
+            .map(|(parent, value)| deleted_parent(parent, &Key::try_from(value)?))
+            .collect()
+    }
+
+    /// Claims for the row's new values in UNIQUE columns (NULLs never collide, and a value the
+    /// row held already collides with no one else's).
     fn claims(&self, table: &str, values: &[Value], old: Option<&[Value]>) -> Result<Vec<Vec<u8>>> {
-        let mut claims = Vec::new();
-        for (i, column) in &self.unique {
-            let Some(value) = values.get(*i) else { continue };
-            if matches!(value, Value::Null) || old.and_then(|o| o.get(*i)) == Some(value) {
-                continue;
-            }
-            claims.push(unique_claim(table, column, value)?);
-        }
-        Ok(claims)
+        Self::new_values(&self.unique, values, old)
+            .map(|(column, value)| unique_claim(table, column, value))
+            .collect()
     }
 }
 

@@ -16,6 +16,7 @@ use futures::FutureExt;
 use quinn::Endpoint;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+use triad_journal::storage::ReadBudget;
 use triad_journal::{JournalClient, JournalError, TailReader};
 use triad_protocol::{
     decode_record, Epoch, ErrorCode, Lsn, Message, NodeStatus, ReadValue, Row, MAX_MULTI_GET_KEYS,
@@ -327,15 +328,11 @@ const SCAN_ANSWER_BYTES: usize = 4 << 20;
 /// `rows` cut to about `budget` bytes of keys and values, never below one row; `more` is set
 /// if any were cut.
 fn within_bytes(mut rows: Vec<Row>, more: bool, budget: usize) -> (Vec<Row>, bool) {
-    let mut used = 0usize;
-    for (i, row) in rows.iter().enumerate() {
-        used = used.saturating_add(row.key.len() + row.value.len());
-        if i > 0 && used > budget {
-            rows.truncate(i);
-            return (rows, true);
-        }
-    }
-    (rows, more)
+    let mut budget = ReadBudget::new(usize::MAX, budget);
+    let fit = rows.iter().take_while(|r| budget.take(r.key.len() + r.value.len())).count();
+    let cut = fit < rows.len();
+    rows.truncate(fit);
+    (rows, more || cut)
 }
 
 /// The answer to a read the format refused. Below the GC horizon is `Trimmed` with the horizon

@@ -295,8 +295,10 @@ fn check_append(last: EntryId, entries: &[Entry]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The read limits both stores share, so that they cut a read at the same entry.
-struct ReadBudget {
+/// A limit on entries and payload bytes that always lets the first entry through, so a reader
+/// always makes progress. Both stores cut reads with it (at the same entry); the sequencer cuts
+/// appends and the replayer scan answers with it.
+pub struct ReadBudget {
     max_entries: usize,
     max_bytes: usize,
     entries: usize,
@@ -304,13 +306,13 @@ struct ReadBudget {
 }
 
 impl ReadBudget {
-    fn new(max_entries: usize, max_bytes: usize) -> ReadBudget {
+    pub fn new(max_entries: usize, max_bytes: usize) -> ReadBudget {
         ReadBudget { max_entries, max_bytes, entries: 0, bytes: 0 }
     }
 
     /// Whether an entry with `payload_len` bytes still fits; counts it if so. The first entry
     /// always fits the byte budget, so a reader always makes progress.
-    fn take(&mut self, payload_len: usize) -> bool {
+    pub fn take(&mut self, payload_len: usize) -> bool {
         if self.entries >= self.max_entries {
             return false;
         }
