@@ -23,8 +23,12 @@ pub enum SqlError {
     Param { index: usize, message: String },
     #[error("cannot send a result: {0}")]
     Encode(String),
-    #[error("bind error: {0}")]
-    Bind(String),
+    /// A message that breaks the wire protocol's rules (counts that do not match, say).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// A `$n` placeholder no Bind message could give a value.
+    #[error("{0}")]
+    NoParameter(String),
     #[error("session failed: {0}")]
     Internal(String),
 }
@@ -69,7 +73,9 @@ impl SqlError {
             SqlError::Unsupported(_) => "0A000",
             SqlError::InFailedTxn => "25P02",
             SqlError::NoTxnBlock(_) => "25P01",
-            SqlError::Param { .. } | SqlError::Bind(_) => "22P02",
+            SqlError::Param { .. } => "22P02",
+            SqlError::Protocol(_) => "08P01",
+            SqlError::NoParameter(_) => "42P02",
             SqlError::Encode(_) => "22000",
             SqlError::Internal(_) => "XX000",
         }

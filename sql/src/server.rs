@@ -8,6 +8,7 @@
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{stream, Sink, SinkExt};
@@ -18,14 +19,18 @@ use gluesql_core::translate::ParamLiteral;
 use pgwire::api::auth::md5pass::{hash_md5_password, Md5PasswordAuthStartupHandler};
 use pgwire::api::auth::{AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler};
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::query::{
+    send_execution_response, send_query_response, send_ready_for_query, ExtendedQueryHandler,
+    SimpleQueryHandler,
+};
 use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers, Type};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::extendedquery::Sync as PgSync;
-use pgwire::messages::response::{ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::simplequery::Query;
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use rust_decimal::Decimal;
@@ -54,12 +59,15 @@ impl Debug for Auth {
 impl AuthSource for Auth {
     async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
         let user = login.user().unwrap_or_default();
-        if user != self.user {
-            // Same answer as a wrong password: don't tell strangers which users exist.
-            return Err(PgWireError::InvalidPassword(user.to_owned()));
-        }
+        // A stranger is challenged like anyone else, against a password nobody knows, so a
+        // wrong user name gets the answer a wrong password gets: which users exist stays secret.
+        let password = if user == self.user {
+            self.password.clone()
+        } else {
+            format!("{:032x}", rand::random::<u128>())
+        };
         let salt: [u8; 4] = rand::random();
-        Ok(Password::new(Some(salt.to_vec()), hash_md5_password(user, &self.password, &salt).into_bytes()))
+        Ok(Password::new(Some(salt.to_vec()), hash_md5_password(user, &password, &salt).into_bytes()))
     }
 }
 
@@ -91,6 +99,11 @@ impl SqlServer {
                 Ok(x) => x,
                 Err(e) if is_transient(&e) => {
                     warn!(error = %e, "accepting a SQL connection failed; continuing");
+                    if out_of_descriptors(&e) {
+                        // Accepting again at once fails again until a connection closes; pause
+                        // instead of spinning a core on it.
+                        tokio::time::sleep(DESCRIPTOR_BACKOFF).await;
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -111,8 +124,16 @@ impl SqlServer {
 fn is_transient(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
-        || e.raw_os_error() == Some(24) // EMFILE: out of descriptors for now, not forever
+        || out_of_descriptors(e)
 }
+
+/// EMFILE or ENFILE: out of file descriptors for now, not forever.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// How long the accept loop waits after running out of descriptors.
+const DESCRIPTOR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Everything one connection needs; pgwire asks it for each kind of handler.
 struct Connection {
@@ -138,13 +159,36 @@ async fn on_session<T: Send + 'static>(
     session: &Arc<Mutex<Session>>,
     f: impl FnOnce(&mut Session) -> T + Send + 'static,
 ) -> Result<T, SqlError> {
-    let session = session.clone();
+    let shared = session.clone();
     tokio::task::spawn_blocking(move || {
-        let mut s = session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut s)
     })
     .await
-    .map_err(|e| SqlError::Internal(format!("statement task failed: {e}")))
+    // A statement that panicked may have written part of its changes into the open
+    // transaction: failing it drops them (outside a block) or fails the block, so no later
+    // COMMIT carries them.
+    .map_err(|e| failed(session, SqlError::Internal(format!("statement task failed: {e}"))))
+}
+
+/// Reports an error that stopped a statement outside the session's own code (its Parse, a
+/// Bind value, a result that cannot be sent, a panic): as with any error, a block it happened
+/// in is failed, so a later COMMIT cannot commit the statements before it.
+fn failed(session: &Arc<Mutex<Session>>, e: SqlError) -> SqlError {
+    session.lock().unwrap_or_else(|p| p.into_inner()).fail(e)
+}
+
+/// The status byte of ReadyForQuery for where the session stands.
+fn status_of(block: Block) -> TransactionStatus {
+    match block {
+        Block::Idle => TransactionStatus::Idle,
+        Block::Open => TransactionStatus::Transaction,
+        Block::Failed => TransactionStatus::Error,
+    }
+}
+
+fn block_of(session: &Arc<Mutex<Session>>) -> Block {
+    session.lock().unwrap_or_else(|p| p.into_inner()).block()
 }
 
 impl PgWireServerHandlers for Connection {
@@ -165,7 +209,25 @@ struct Simple {
     session: Arc<Mutex<Session>>,
 }
 
-fn response(o: Outcome, formats: Option<(&[(String, Type)], &Format)>) -> Result<Response, SqlError> {
+/// The format of each of `n` result columns, or of `n` parameters, that a Bind asked for.
+/// pgwire keeps the codes as sent and would index past the end of a list too short; PostgreSQL
+/// refuses a list that is neither one code for all nor one per column, and so do we.
+fn formats(format: &Format, n: usize, what: &str) -> Result<Vec<FieldFormat>, SqlError> {
+    if let Format::Individual(codes) = format {
+        if codes.len() != n {
+            return Err(SqlError::Protocol(format!(
+                "bind message has {} {what} formats but {n} {what}s",
+                codes.len()
+            )));
+        }
+        if let Some(bad) = codes.iter().find(|c| !(0..=1).contains(*c)) {
+            return Err(SqlError::Protocol(format!("unsupported format code: {bad}")));
+        }
+    }
+    Ok((0..n).map(|i| format.format_for(i)).collect())
+}
+
+fn response(o: Outcome, formats: Option<(&[(String, Type)], &[FieldFormat])>) -> Result<Response, SqlError> {
     Ok(match o {
         Outcome::Begin => Response::TransactionStart(Tag::new("BEGIN")),
         Outcome::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
@@ -180,7 +242,7 @@ fn response(o: Outcome, formats: Option<(&[(String, Type)], &Format)>) -> Result
         Outcome::Command { tag, rows: None } => Response::Execution(Tag::new(tag)),
         Outcome::Rows { labels, rows } => {
             let fields: Vec<FieldInfo> = match formats {
-                Some((described, format)) => {
+                Some((described, formats)) => {
                     if described.len() != labels.len() {
                         return Err(SqlError::Encode(format!(
                             "the statement returned {} columns but {} were described; run it with the simple query protocol",
@@ -190,10 +252,8 @@ fn response(o: Outcome, formats: Option<(&[(String, Type)], &Format)>) -> Result
                     }
                     described
                         .iter()
-                        .enumerate()
-                        .map(|(i, (name, ty))| {
-                            FieldInfo::new(name.clone(), None, None, ty.clone(), format.format_for(i))
-                        })
+                        .zip(formats)
+                        .map(|((name, ty), f)| FieldInfo::new(name.clone(), None, None, ty.clone(), *f))
                         .collect()
                 }
                 None => fields_from_rows(&labels, &rows),
@@ -213,43 +273,27 @@ fn response(o: Outcome, formats: Option<(&[(String, Type)], &Format)>) -> Result
     })
 }
 
-#[async_trait]
-impl SimpleQueryHandler for Simple {
-    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
-    where
-        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::PortalStore: PortalStore,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
+impl Simple {
+    /// Runs a simple-protocol query string: the responses to send and where the session
+    /// stands afterwards.
+    async fn run(&self, query: &str) -> (Vec<Response>, Block) {
         let sql = query.to_owned();
-        let ((outcomes, error), block) =
-            match on_session(&self.session, move |s| (s.simple(&sql), s.block())).await {
-                Ok(r) => r,
-                Err(e) => ((vec![], Some(e)), Block::Failed),
-            };
-        // pgwire derives ReadyForQuery's status from the responses: an error inside a block
-        // marks it failed. But a COMMIT that fails (a conflict) ends the block, as in
-        // PostgreSQL, and drivers that track the status (psycopg) must see it idle, or they
-        // take their next BEGIN for a nested one. Returned as a query-level error instead,
-        // pgwire reports the status the session set; any earlier results of the same query
-        // string are then not sent — libpq would only have kept the error anyway.
-        if let Some(e) = &error {
-            let block_began = outcomes.iter().any(|o| matches!(o, Outcome::Begin));
-            let was_in_block = client.transaction_status() != TransactionStatus::Idle || block_began;
-            if block == Block::Idle && was_in_block {
-                debug!(error = %e, "statement ended its transaction block");
-                client.set_transaction_status(TransactionStatus::Idle);
-                return Err(e.to_pgwire());
-            }
+        let (outcomes, error) = match on_session(&self.session, move |s| s.simple(&sql)).await {
+            Ok(r) => r,
+            Err(e) => (vec![], Some(e)),
+        };
+        if outcomes.is_empty() && error.is_none() {
+            // Only blanks, semicolons or comments.
+            return (vec![Response::EmptyQuery], block_of(&self.session));
         }
         let mut out = Vec::with_capacity(outcomes.len() + 1);
         for o in outcomes {
             match response(o, None) {
                 Ok(r) => out.push(r),
                 Err(e) => {
+                    let e = failed(&self.session, e);
                     out.push(Response::Error(Box::new(e.to_info())));
-                    return Ok(out);
+                    return (out, block_of(&self.session));
                 }
             }
         }
@@ -257,7 +301,62 @@ impl SimpleQueryHandler for Simple {
             debug!(error = %e, "statement failed");
             out.push(Response::Error(Box::new(e.to_info())));
         }
-        Ok(out)
+        (out, block_of(&self.session))
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Simple {
+    /// pgwire would derive ReadyForQuery's status from the responses; ours reports the
+    /// session's own view of its block, which the responses cannot always show: a COMMIT that
+    /// fails ends the block (drivers that track the status, like psycopg, must then see it
+    /// idle, or they take their next BEGIN for a nested one); ROLLBACK AND CHAIN leaves a
+    /// failed block open and healthy; COMMIT AND CHAIN whose next block could not begin leaves
+    /// it failed.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let (responses, block) = self.run(&query.query).await;
+        for r in responses {
+            match r {
+                Response::EmptyQuery => {
+                    client.feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new())).await?
+                }
+                Response::Query(rows) => send_query_response(client, rows, true).await?,
+                Response::Execution(tag)
+                | Response::TransactionStart(tag)
+                | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+                Response::Error(e) => client.feed(PgWireBackendMessage::ErrorResponse((*e).into())).await?,
+                // The session never answers with COPY; should that change, say so rather than
+                // leave the client waiting for data that never comes.
+                Response::CopyIn(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
+                    let e = SqlError::Unsupported("COPY".into());
+                    client.feed(PgWireBackendMessage::ErrorResponse(e.to_info().into())).await?
+                }
+            }
+        }
+        let status = status_of(block);
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(status);
+        send_ready_for_query(client, status).await
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        Ok(self.run(query).await.0)
     }
 }
 
@@ -291,13 +390,17 @@ impl QueryParser for Parser {
         stmt: &Arc<Prepared>,
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        Ok(result_columns(stmt)
+        let columns = result_columns(stmt);
+        if columns.is_empty() {
+            // Nothing to format: result format codes are ignored, as in PostgreSQL.
+            return Ok(vec![]);
+        }
+        let formats = formats(format.unwrap_or(&Format::UnifiedText), columns.len(), "result")
+            .map_err(|e| failed(&self.session, e).to_pgwire())?;
+        Ok(columns
             .into_iter()
-            .enumerate()
-            .map(|(i, (name, ty))| {
-                let f = format.map(|f| f.format_for(i)).unwrap_or(FieldFormat::Text);
-                FieldInfo::new(name, None, None, ty, f)
-            })
+            .zip(formats)
+            .map(|((name, ty), f)| FieldInfo::new(name, None, None, ty, f))
             .collect())
     }
 }
@@ -390,12 +493,7 @@ impl ExtendedQueryHandler for Extended {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         // No statement of this connection runs between Execute and Sync, so the lock is free.
-        let block = self.session.lock().unwrap_or_else(|p| p.into_inner()).block();
-        let status = match block {
-            Block::Idle => TransactionStatus::Idle,
-            Block::Open => TransactionStatus::Transaction,
-            Block::Failed => TransactionStatus::Error,
-        };
+        let status = status_of(block_of(&self.session));
         client.set_transaction_status(status);
         client.portal_store().rm_portal(pgwire::api::DEFAULT_NAME);
         client.send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(status))).await?;
@@ -415,7 +513,16 @@ impl ExtendedQueryHandler for Extended {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let fail = |e: SqlError| failed(&self.session, e).to_pgwire();
         let prepared = portal.statement.statement.clone();
+        let columns = result_columns(&prepared);
+        formats(&portal.parameter_format, portal.parameter_len(), "parameter").map_err(fail)?;
+        // A statement without result columns ignores result formats, as in PostgreSQL.
+        let result_formats = if columns.is_empty() {
+            vec![]
+        } else {
+            formats(&portal.result_column_format, columns.len(), "result").map_err(fail)?
+        };
         let client_types = &portal.statement.parameter_types;
         let ours = prepared.desc.param_pg_types();
         let mut params = Vec::with_capacity(portal.parameter_len());
@@ -428,7 +535,7 @@ impl ExtendedQueryHandler for Extended {
                 .or_else(|| ours.get(i).cloned())
                 .unwrap_or(Type::TEXT);
             let column = prepared.desc.params.get(i).and_then(|c| c.as_ref());
-            params.push(param(portal, i, &ty, column).map_err(|e| e.to_pgwire())?);
+            params.push(param(portal, i, &ty, column).map_err(fail)?);
         }
         let stmt = prepared.clone();
         let outcome = on_session(&self.session, move |s| s.execute(&stmt.stmt, &params))
@@ -438,8 +545,7 @@ impl ExtendedQueryHandler for Extended {
                 debug!(error = %e, sql = %prepared.sql, "statement failed");
                 e.to_pgwire()
             })?;
-        let columns = result_columns(&prepared);
-        response(outcome, Some((&columns, &portal.result_column_format))).map_err(|e| e.to_pgwire())
+        response(outcome, Some((&columns, &result_formats))).map_err(fail)
     }
 }
 

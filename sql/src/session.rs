@@ -124,23 +124,63 @@ impl Session {
 
     /// Runs every statement of a simple-protocol query in order, stopping at the first error
     /// (as PostgreSQL does); returns what ran and the error, if one stopped it.
+    ///
+    /// Statements of a string of several that run outside a block share one implicit
+    /// transaction, as in PostgreSQL: the end of the string commits it and an error rolls all of
+    /// it back, so `UPDATE …; UPDATE …` is never half applied. A `BEGIN` in the string turns the
+    /// implicit transaction into the block it opens (statements before it included); a
+    /// `COMMIT` or `ROLLBACK` ends it, and statements after that start another.
     pub fn simple(&mut self, sql: &str) -> (Vec<Outcome>, Option<SqlError>) {
         let stmts = match gluesql_core::parse_sql::parse(sql) {
             Ok(s) => s,
             Err(e) => return (vec![], Some(self.fail(e.into()))),
         };
+        let several = stmts.len() > 1;
+        let mut implicit = false;
         let mut out = Vec::with_capacity(stmts.len());
         for stmt in &stmts {
+            if is_transaction_control(stmt) {
+                // BEGIN then finds a block open and keeps it; COMMIT/ROLLBACK end it.
+                implicit = false;
+            } else if several && !self.explicit {
+                implicit = true;
+                self.explicit = true;
+            }
             match self.execute(stmt, &[]) {
                 Ok(o) => out.push(o),
-                Err(e) => return (out, Some(e)),
+                Err(e) => {
+                    if implicit {
+                        self.end_implicit();
+                    }
+                    return (out, Some(e));
+                }
+            }
+        }
+        if implicit {
+            if let Some(txn) = self.end_implicit() {
+                if let Err(e) = self.store().block_on(txn.commit()) {
+                    return (out, Some(e.into()));
+                }
             }
         }
         (out, None)
     }
 
+    /// Leaves an implicit transaction, handing back what it wrote for the caller to commit
+    /// (or, dropped, to roll back).
+    fn end_implicit(&mut self) -> Option<triad_shim::Txn> {
+        self.explicit = false;
+        self.failed = false;
+        self.store().take_txn()
+    }
+
     /// Parses one statement and infers its parameter and column types (extended protocol).
+    /// A statement that cannot be prepared fails the block it was sent in, as in PostgreSQL.
     pub fn prepare(&mut self, sql: &str) -> Result<Option<Arc<Prepared>>, SqlError> {
+        self.prepare_unchecked(sql).map_err(|e| self.fail(e))
+    }
+
+    fn prepare_unchecked(&mut self, sql: &str) -> Result<Option<Arc<Prepared>>, SqlError> {
         let mut stmts = gluesql_core::parse_sql::parse(sql).map_err(SqlError::from)?;
         if stmts.len() > 1 {
             return Err(SqlError::Engine(
@@ -226,7 +266,9 @@ impl Session {
             Statement::ShowVariable { variable } => {
                 let name =
                     variable.iter().map(|i| i.value.to_ascii_lowercase()).collect::<Vec<_>>().join(" ");
-                let value = self.show(&name).ok_or_else(|| SqlError::Unsupported(format!("SHOW {name}")))?;
+                let Some(value) = self.show(&name) else {
+                    return Err(self.fail(SqlError::Unsupported(format!("SHOW {name}"))));
+                };
                 Ok(Outcome::Rows { labels: vec![name], rows: vec![vec![Value::Str(value)]] })
             }
             Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => {
@@ -302,8 +344,9 @@ impl Session {
     }
 
     /// Marks the block failed if inside one (else drops the statement's transaction); returns
-    /// the error for chaining.
-    fn fail(&mut self, e: SqlError) -> SqlError {
+    /// the error for chaining. Every error that stops a statement comes through here, including
+    /// those the wire protocol's handlers meet before or after the statement runs.
+    pub fn fail(&mut self, e: SqlError) -> SqlError {
         if self.explicit {
             self.failed = true;
         } else {
@@ -394,6 +437,11 @@ fn pk_constant<'a>(e: &'a ast::Expr, column: &str) -> Option<&'a ast::Expr> {
         E::Nested(inner) => pk_constant(inner, column),
         _ => None,
     }
+}
+
+/// Statements that begin or end a block.
+fn is_transaction_control(stmt: &Statement) -> bool {
+    matches!(stmt, Statement::StartTransaction { .. } | Statement::Commit { .. } | Statement::Rollback { .. })
 }
 
 fn isolation_of(modes: &[TransactionMode]) -> Option<Isolation> {

@@ -251,8 +251,23 @@ fn scope_of(from: &[TableWithJoins], schemas: &mut dyn Schemas) -> Result<Scope,
     Ok(Scope { tables })
 }
 
+/// The most parameters a statement can have: Bind counts its values in 16 bits, so a
+/// placeholder above `$65535` could never be given a value.
+pub const MAX_PARAMS: usize = u16::MAX as usize;
+
 /// Infers parameter and result-column types of one statement.
 pub fn describe(stmt: &Statement, schemas: &mut dyn Schemas) -> Result<Description, SqlError> {
+    let d = describe_unchecked(stmt, schemas)?;
+    // Every placeholder above the bound was recorded in the one slot past it (see `walk`).
+    if d.params.len() > MAX_PARAMS {
+        return Err(SqlError::NoParameter(format!(
+            "there is no parameter above ${MAX_PARAMS}: a Bind message carries at most {MAX_PARAMS} values"
+        )));
+    }
+    Ok(d)
+}
+
+fn describe_unchecked(stmt: &Statement, schemas: &mut dyn Schemas) -> Result<Description, SqlError> {
     let mut d = Description::default();
     match stmt {
         Statement::Query(q) => describe_query(q, schemas, &mut d, true)?,
@@ -392,8 +407,16 @@ fn describe_query(
     Ok(())
 }
 
+/// The slot of `$n` (0 for `$1`). Every placeholder above [`MAX_PARAMS`], however many digits it
+/// has, shares the slot just past the bound, so a statement never makes the description larger
+/// than that and [`describe`] can refuse it.
 fn placeholder_index(p: &str) -> Option<usize> {
-    p.strip_prefix('$')?.parse::<usize>().ok().filter(|&n| n >= 1).map(|n| n - 1)
+    let digits = p.strip_prefix('$')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = digits.parse::<usize>().unwrap_or(usize::MAX);
+    (n >= 1).then(|| (n - 1).min(MAX_PARAMS))
 }
 
 /// Records, for every `$n` inside `e`, the type it is compared with or combined with.
@@ -596,6 +619,20 @@ mod tests {
         assert_eq!(d.params, vec![Some(DataType::Text)]);
         // Nothing to go on: sent and received as text.
         assert_eq!(desc("SELECT $1").param_pg_types(), vec![Type::TEXT]);
+    }
+
+    #[test]
+    fn placeholders_no_bind_could_fill_are_refused_without_growing_the_description() {
+        assert_eq!(desc("SELECT $65535").params.len(), MAX_PARAMS);
+        for sql in [
+            "SELECT $65536",
+            "SELECT $1000000000000",
+            "SELECT * FROM accounts WHERE aid = $1 OR aid = $99999999999999999999999999",
+        ] {
+            let stmt = gluesql_core::parse_sql::parse(sql).unwrap().remove(0);
+            let e = describe(&stmt, &mut fixture()).unwrap_err();
+            assert_eq!(e.sqlstate(), "42P02", "{sql}: {e}");
+        }
     }
 
     #[test]

@@ -598,3 +598,316 @@ async fn psycopg_runs_unmodified() {
     assert!(stdout.contains("ok"), "{stdout}");
     eprintln!("{}", stdout.trim());
 }
+
+/// A bare PostgreSQL wire client, for messages real drivers never send (format-code counts that
+/// do not match, placeholders no Bind can fill) and for what drivers do not show (the status
+/// byte of each ReadyForQuery, whether a stranger is challenged for a password).
+struct Wire {
+    stream: tokio::net::TcpStream,
+    out: bytes::BytesMut,
+    input: Vec<u8>,
+}
+
+/// One backend message: its type byte and body.
+#[derive(Debug)]
+struct Msg {
+    kind: u8,
+    body: Vec<u8>,
+}
+
+impl Msg {
+    /// The SQLSTATE of an ErrorResponse.
+    fn code(&self) -> Option<String> {
+        if self.kind != b'E' {
+            return None;
+        }
+        let mut fields = self.body.split(|b| *b == 0);
+        fields.find(|f| f.first() == Some(&b'C')).map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+    }
+
+    /// The tag of a CommandComplete.
+    fn tag(&self) -> Option<String> {
+        (self.kind == b'C').then(|| String::from_utf8_lossy(&self.body[..self.body.len() - 1]).into_owned())
+    }
+}
+
+/// What one round ended with: every message before ReadyForQuery, and its status byte.
+struct Round {
+    msgs: Vec<Msg>,
+    status: u8,
+}
+
+impl Round {
+    fn codes(&self) -> Vec<String> {
+        self.msgs.iter().filter_map(Msg::code).collect()
+    }
+    fn tags(&self) -> Vec<String> {
+        self.msgs.iter().filter_map(Msg::tag).collect()
+    }
+    /// The first column of each DataRow, as text.
+    fn first_column(&self) -> Vec<String> {
+        self.msgs
+            .iter()
+            .filter(|m| m.kind == b'D')
+            .map(|m| {
+                let len = i32::from_be_bytes(m.body[2..6].try_into().unwrap()) as usize;
+                String::from_utf8_lossy(&m.body[6..6 + len]).into_owned()
+            })
+            .collect()
+    }
+}
+
+use postgres_protocol::message::frontend;
+
+impl Wire {
+    /// Connects and sends the startup message; the caller reads the authentication request.
+    async fn open(port: u16, user: &str) -> Wire {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut w = Wire { stream, out: bytes::BytesMut::new(), input: vec![] };
+        frontend::startup_message([("user", user), ("database", "triad")], &mut w.out).unwrap();
+        w.flush().await;
+        w
+    }
+
+    /// Logs in as triad/secret; panics unless the server says ready.
+    async fn login(port: u16) -> Wire {
+        let mut w = Wire::open(port, "triad").await;
+        let salt = w.md5_salt().await.expect("the server asks for an MD5 password");
+        w.password("triad", "secret", salt).await;
+        let r = w.round().await;
+        assert_eq!(r.status, b'I', "{:?}", r.msgs);
+        w
+    }
+
+    /// The salt of an AuthenticationMD5Password request, if that is what came.
+    async fn md5_salt(&mut self) -> Option<[u8; 4]> {
+        let m = self.recv().await;
+        let is_md5 = m.kind == b'R' && m.body[..4] == 5i32.to_be_bytes();
+        is_md5.then(|| m.body[4..8].try_into().unwrap())
+    }
+
+    async fn password(&mut self, user: &str, password: &str, salt: [u8; 4]) {
+        let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt);
+        frontend::password_message(hash.as_bytes(), &mut self.out).unwrap();
+        self.flush().await;
+    }
+
+    async fn flush(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(&self.out).await.unwrap();
+        self.out.clear();
+    }
+
+    /// The next message; panics if the server closes the connection first.
+    async fn recv(&mut self) -> Msg {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.input.len() >= 5 {
+                let len = i32::from_be_bytes(self.input[1..5].try_into().unwrap()) as usize;
+                if self.input.len() > len {
+                    let kind = self.input[0];
+                    let body = self.input[5..1 + len].to_vec();
+                    self.input.drain(..1 + len);
+                    return Msg { kind, body };
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk))
+                .await
+                .expect("the server answers within 30 s")
+                .unwrap();
+            assert!(n > 0, "the server closed the connection");
+            self.input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads up to and including the next ReadyForQuery.
+    async fn round(&mut self) -> Round {
+        let mut msgs = vec![];
+        loop {
+            let m = self.recv().await;
+            if m.kind == b'Z' {
+                return Round { msgs, status: m.body[0] };
+            }
+            msgs.push(m);
+        }
+    }
+
+    /// A simple-protocol query.
+    async fn query(&mut self, sql: &str) -> Round {
+        frontend::query(sql, &mut self.out).unwrap();
+        self.flush().await;
+        self.round().await
+    }
+
+    /// Parse, Bind (format codes as given, values as text), Describe portal, Execute, Sync.
+    async fn extended(
+        &mut self,
+        sql: &str,
+        param_formats: &[i16],
+        values: &[&str],
+        result_formats: &[i16],
+    ) -> Round {
+        frontend::parse("", sql, [], &mut self.out).unwrap();
+        frontend::bind(
+            "",
+            "",
+            param_formats.iter().copied(),
+            values.iter(),
+            |v, buf| {
+                buf.extend_from_slice(v.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            result_formats.iter().copied(),
+            &mut self.out,
+        )
+        .map_err(|_| "bind encodes")
+        .unwrap();
+        frontend::describe(b'P', "", &mut self.out).unwrap();
+        frontend::execute("", 0, &mut self.out).unwrap();
+        frontend::sync(&mut self.out);
+        self.flush().await;
+        self.round().await
+    }
+}
+
+/// What drivers never send is refused with the SQLSTATE PostgreSQL uses, on that connection
+/// alone and without taking the front end down; and a stranger is challenged for a password
+/// exactly like the real user, so a wrong user name cannot be told from a wrong password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_extended_messages_are_refused_and_strangers_learn_nothing() {
+    let _s = SERIAL.lock().await;
+    let env = start(22300).await;
+    for user in ["nobody", "triad"] {
+        let mut w = Wire::open(env.port, user).await;
+        let salt = w.md5_salt().await.unwrap_or_else(|| panic!("{user} is challenged for a password"));
+        w.password(user, "wrong", salt).await;
+        let m = w.recv().await;
+        assert_eq!(m.code().as_deref(), Some("28P01"), "{user}: {m:?}");
+    }
+
+    let mut w = Wire::login(env.port).await;
+    // A placeholder no Bind message could fill used to make describe allocate a slot per number
+    // up to it, and the allocation aborted the whole process.
+    for sql in ["SELECT $1000000000000", "SELECT $65536"] {
+        let r = w.extended(sql, &[], &[], &[]).await;
+        assert_eq!(r.codes(), ["42P02"], "{sql}");
+        assert_eq!(r.status, b'I');
+    }
+    w.query("CREATE TABLE w (id INT PRIMARY KEY, v INT)").await;
+    w.query("INSERT INTO w VALUES (1, 10)").await;
+    let select = "SELECT id, v FROM w WHERE id = $1";
+    // Format-code lists that are neither one code for all nor one per item made pgwire index
+    // past their end, which killed the connection.
+    for (params, results, what) in [
+        (&[0i16, 0, 0][..], &[][..], "three parameter formats for one parameter"),
+        (&[][..], &[0i16, 1, 0][..], "three result formats for two columns"),
+        (&[][..], &[0i16, 7][..], "a format code that is neither text nor binary"),
+    ] {
+        let r = w.extended(select, params, &["1"], results).await;
+        assert_eq!(r.codes(), ["08P01"], "{what}: {:?}", r.msgs);
+        assert_eq!(r.status, b'I', "{what}");
+    }
+    let r = w.extended(select, &[0], &["1"], &[0, 0]).await;
+    assert_eq!((r.codes(), r.first_column()), (vec![], vec!["1".to_owned()]));
+}
+
+/// Every error inside a block fails it, wherever it is met — Parse, a Bind value, an unknown
+/// SHOW — so the COMMIT that ends the block rolls back instead of committing the statements
+/// before the error; and ReadyForQuery's status byte says where the session stands after
+/// ROLLBACK/COMMIT AND CHAIN from a failed block (a new, healthy block).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_anywhere_in_a_block_fails_it_and_the_status_byte_follows() {
+    let _s = SERIAL.lock().await;
+    let env = start(22400).await;
+    let mut w = Wire::login(env.port).await;
+    w.query("CREATE TABLE b (id INT PRIMARY KEY, v INT)").await;
+
+    let failures: [(&str, &str); 4] = [
+        ("SHOW no_such_setting", "0A000"),
+        ("parse: SELEC 1", "42601"),
+        ("bind: INSERT INTO b VALUES ($1, $2)", "22P02"),
+        ("formats: SELECT id FROM b WHERE id = $1", "08P01"),
+    ];
+    for (i, (what, code)) in failures.iter().enumerate() {
+        assert_eq!(w.query("BEGIN").await.status, b'T');
+        let r = w.query(&format!("INSERT INTO b VALUES ({i}, 1)")).await;
+        assert_eq!((r.codes(), r.status), (vec![], b'T'), "{what}");
+        let r = match what.split_once(": ") {
+            None => w.query(what).await,
+            Some(("parse", sql)) => w.extended(sql, &[], &[], &[]).await,
+            // v is an INT: "many" cannot become one.
+            Some(("bind", sql)) => w.extended(sql, &[], &["7", "many"], &[]).await,
+            Some((_, sql)) => w.extended(sql, &[0, 0], &["1"], &[]).await,
+        };
+        assert_eq!((r.codes(), r.status), (vec![code.to_string()], b'E'), "{what}: {:?}", r.msgs);
+        let r = w.query("COMMIT").await;
+        assert_eq!((r.tags(), r.status), (vec!["ROLLBACK".to_owned()], b'I'), "{what}");
+        let r = w.query("SELECT COUNT(*) FROM b").await;
+        assert_eq!(r.first_column(), ["0"], "{what}: the failed block's insert was committed");
+    }
+
+    for chain in ["ROLLBACK AND CHAIN", "COMMIT AND CHAIN"] {
+        w.query("BEGIN").await;
+        w.query("INSERT INTO b VALUES (100, 1)").await;
+        assert_eq!(w.query("SHOW no_such_setting").await.status, b'E');
+        let r = w.query(chain).await;
+        assert_eq!((r.tags(), r.status), (vec!["ROLLBACK".to_owned()], b'T'), "{chain}: a new block is open");
+        let r = w.query("INSERT INTO b VALUES (200, 1)").await;
+        assert_eq!((r.codes(), r.status), (vec![], b'T'), "{chain}");
+        assert_eq!(w.query("ROLLBACK").await.status, b'I');
+    }
+    // An error in a query string of several statements fails the block and stops the string:
+    // its COMMIT never runs.
+    let r = w.query("BEGIN; INSERT INTO b VALUES (1, 1); INSERT INTO nosuch VALUES (1); COMMIT").await;
+    assert_eq!((r.codes(), r.status), (vec!["42P01".to_owned()], b'E'), "{:?}", r.msgs);
+    assert_eq!(w.query("COMMIT").await.status, b'I');
+    let r = w.query("SELECT COUNT(*) FROM b").await;
+    assert_eq!(r.first_column(), ["0"]);
+}
+
+async fn ids(w: &mut Wire) -> String {
+    w.query("SELECT id FROM s ORDER BY id").await.first_column().join(",")
+}
+
+/// Statements of one simple query string that run outside a block are one implicit
+/// transaction, as in PostgreSQL: all of them or none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_statements_in_one_query_string_commit_together_or_not_at_all() {
+    let _s = SERIAL.lock().await;
+    let env = start(22600).await;
+    let mut w = Wire::login(env.port).await;
+    // The table is created by the same transaction that fills it.
+    let r = w.query("CREATE TABLE s (id INT PRIMARY KEY, v INT); INSERT INTO s VALUES (1, 1)").await;
+    assert_eq!((r.codes(), r.status), (vec![], b'I'), "{:?}", r.msgs);
+    assert_eq!(ids(&mut w).await, "1");
+
+    // An error rolls back the statements before it.
+    let r = w.query("INSERT INTO s VALUES (2, 1); UPDATE s SET v = 9; INSERT INTO nosuch VALUES (1)").await;
+    assert_eq!(
+        (r.codes(), r.tags(), r.status),
+        (vec!["42P01".to_owned()], vec!["INSERT 0 1".to_owned(), "UPDATE 2".to_owned()], b'I')
+    );
+    assert_eq!(ids(&mut w).await, "1");
+    assert_eq!(w.query("SELECT v FROM s").await.first_column(), ["1"]);
+
+    // A statement's writes are seen by the next one, and the end of the string commits both.
+    let r = w.query("INSERT INTO s VALUES (3, 1); UPDATE s SET v = v + 1 WHERE id = 3").await;
+    assert_eq!((r.codes(), r.status), (vec![], b'I'));
+    assert_eq!(ids(&mut w).await, "1,3");
+    assert_eq!(w.query("SELECT v FROM s WHERE id = 3").await.first_column(), ["2"]);
+
+    // BEGIN turns the implicit transaction into a block, statements before it included.
+    assert_eq!(w.query("INSERT INTO s VALUES (4, 1); BEGIN; INSERT INTO s VALUES (5, 1)").await.status, b'T');
+    assert_eq!(w.query("ROLLBACK").await.status, b'I');
+    assert_eq!(ids(&mut w).await, "1,3");
+
+    // COMMIT ends it; what follows is the next one, rolled back on its own.
+    let r = w
+        .query(
+            "INSERT INTO s VALUES (6, 1); COMMIT; INSERT INTO s VALUES (7, 1); INSERT INTO nosuch VALUES (1)",
+        )
+        .await;
+    assert_eq!((r.codes(), r.status), (vec!["42P01".to_owned()], b'I'));
+    assert_eq!(ids(&mut w).await, "1,3,6");
+}
