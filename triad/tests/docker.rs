@@ -256,3 +256,46 @@ async fn compose_cluster_survives_losing_the_active_sequencer_and_a_journal_node
     }
     eprintln!("docker test: passed in {:.1}s (teardown follows)", test_started.elapsed().as_secs_f64());
 }
+
+/// Every member of the compose file mounts the CA certificate and its own certificate and key,
+/// and nothing else of the TLS material: not the CA's key (which could issue certificates the
+/// whole cluster trusts) and not another member's key. Read from the file itself, so it holds
+/// where no Docker engine runs.
+#[test]
+fn each_compose_member_mounts_only_its_own_tls_material() {
+    let compose = std::fs::read_to_string(repo().join("docker/compose.yml")).unwrap();
+    // Services are the lines indented by two spaces under `services:`; a block runs to the next.
+    let mut blocks: Vec<Vec<&str>> = vec![];
+    for line in compose.lines() {
+        let starts_block = line.len() > 2 && line.starts_with("  ") && !line[2..].starts_with([' ', '#']);
+        if starts_block {
+            blocks.push(vec![]);
+        }
+        if let Some(b) = blocks.last_mut() {
+            b.push(line);
+        }
+    }
+    let mut members = 0;
+    for block in blocks.iter().map(|b| b.join("\n")).filter(|b| b.contains("--tls-name")) {
+        let name = block
+            .split("--tls-name")
+            .nth(1)
+            .and_then(|rest| {
+                rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                    .find(|w| w.starts_with(|c: char| c.is_ascii_alphanumeric()))
+            })
+            .expect("a member names its certificate");
+        let service = block.trim().split(':').next().unwrap().to_owned();
+        let mut tls: Vec<&str> = block
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- ").filter(|m| m.contains("/tls")))
+            .map(|m| m.rsplit(':').nth(1).unwrap_or(m))
+            .collect();
+        tls.sort();
+        let mut own = [format!("/tls/{name}.key"), format!("/tls/{name}.pem"), "/tls/ca.pem".to_owned()];
+        own.sort();
+        assert_eq!(tls, own, "{service} mounts {tls:?}");
+        members += 1;
+    }
+    assert!(members >= 8, "found {members} members in docker/compose.yml");
+}
