@@ -227,7 +227,10 @@ fn formats(format: &Format, n: usize, what: &str) -> Result<Vec<FieldFormat>, Sq
     Ok((0..n).map(|i| format.format_for(i)).collect())
 }
 
-fn response(o: Outcome, formats: Option<(&[(String, Type)], &[FieldFormat])>) -> Result<Response, SqlError> {
+/// Result columns as the statement described them, with the format Bind asked for each.
+type Described<'a> = (&'a [(String, Type)], &'a [FieldFormat]);
+
+fn response(o: Outcome, formats: Option<Described<'_>>) -> Result<Response, SqlError> {
     Ok(match o {
         Outcome::Begin => Response::TransactionStart(Tag::new("BEGIN")),
         Outcome::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
