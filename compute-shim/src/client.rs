@@ -9,7 +9,7 @@ use triad_protocol::{
     CommitOutcome, CommitRequest, ErrorCode, Isolation, KeyRange, Lsn, Message, Row, TxnId, TxnOutcome,
     MAX_MULTI_GET_KEYS,
 };
-use triad_transport::{Peer, TlsConfig};
+use triad_transport::{Peer, PeerRole, TlsConfig};
 
 use crate::cache::ReadCache;
 use crate::{ShimError, Txn};
@@ -79,10 +79,18 @@ impl Client {
             .client_endpoint(bind)
             .map_err(|e| ShimError::Unavailable(format!("client endpoint: {e}")))?;
         let inner = Inner {
-            sequencers: cfg.sequencers.iter().map(|&a| Peer::new(endpoint.clone(), a)).collect(),
+            sequencers: cfg
+                .sequencers
+                .iter()
+                .map(|&a| Peer::expecting(endpoint.clone(), a, PeerRole::Sequencer))
+                .collect(),
             leader: AtomicUsize::new(0),
             unreachable_since: cfg.sequencers.iter().map(|_| std::sync::Mutex::new(None)).collect(),
-            replayers: cfg.replayers.iter().map(|&a| Peer::new(endpoint.clone(), a)).collect(),
+            replayers: cfg
+                .replayers
+                .iter()
+                .map(|&a| Peer::expecting(endpoint.clone(), a, PeerRole::Replayer))
+                .collect(),
             next_replayer: AtomicUsize::new(0),
             seen_lsn: AtomicU64::new(0),
             cache: ReadCache::new(cfg.cache_bytes),

@@ -22,6 +22,10 @@ struct DroppingSequencer {
 }
 
 impl Service for DroppingSequencer {
+    fn permits(&self, _: triad_transport::PeerRole, _: &Message) -> Result<(), &'static str> {
+        Ok(())
+    }
+
     fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {
         match msg {
             Message::CommitRequest(_) => {

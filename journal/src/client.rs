@@ -8,7 +8,7 @@ use std::time::Duration;
 use quinn::{Endpoint, RecvStream};
 use tracing::{debug, warn};
 use triad_protocol::{Entry, EntryId, Epoch, ErrorCode, ErrorResponse, Lsn, Message, MAX_FRAME_DEFAULT};
-use triad_transport::{read_msg, Peer, TransportError};
+use triad_transport::{read_msg, Peer, PeerRole, TransportError};
 
 pub use crate::recovery::Promise;
 
@@ -47,7 +47,12 @@ pub struct JournalClient {
 
 impl JournalClient {
     pub fn new(endpoint: &Endpoint, addrs: &[SocketAddr]) -> JournalClient {
-        JournalClient { nodes: addrs.iter().map(|&a| Arc::new(Peer::new(endpoint.clone(), a))).collect() }
+        JournalClient {
+            nodes: addrs
+                .iter()
+                .map(|&a| Arc::new(Peer::expecting(endpoint.clone(), a, PeerRole::Journal)))
+                .collect(),
+        }
     }
 
     pub fn len(&self) -> usize {

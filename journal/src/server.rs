@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use triad_protocol::{
     Entry, EntryId, Epoch, ErrorCode, LearnerStatus, Lsn, Message, NodeStatus, MAX_FRAME_DEFAULT, MAX_LSN,
 };
-use triad_transport::{read_msg, write_msg, Service, Stream, TransportError};
+use triad_transport::{read_msg, write_msg, PeerRole, Service, Stream, TransportError};
 
 use crate::acceptor::{self, AcceptorState, AppendDecision, FetchDecision, RebaseDecision, SealDecision};
 use crate::storage::{LogStore, Meta, StoreError, StoreView};
@@ -562,7 +562,7 @@ impl JournalNode {
     }
 
     async fn append_stream(self: Arc<Self>, first: Message, stream: Stream) -> Result<(), TransportError> {
-        let Stream { send, mut recv, peer } = stream;
+        let Stream { send, mut recv, peer, .. } = stream;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(ack_writer(send, rx, self.durable.subscribe(), self.followers.clone()));
         let mut next = Some(first);
@@ -789,7 +789,32 @@ async fn ack_writer(
     let _ = send.finish();
 }
 
+/// Who may ask a journal node what. Everything that changes the log or the node's promise, and
+/// reads of the uncommitted tail, are a sequencer's; registering as a learner (which holds
+/// trimming back) and tailing are a replayer's. Status and reads of the committed log are open
+/// to every member: they show no more than reads through a replayer do.
+pub fn permits(role: PeerRole, msg: &Message) -> Result<(), &'static str> {
+    match msg {
+        Message::SealRequest { .. }
+        | Message::AppendRequest { .. }
+        | Message::RebaseRequest { .. }
+        | Message::HeartbeatRequest { .. }
+        | Message::FetchRequest { epoch: Some(_), .. } => role.must_be(
+            PeerRole::Sequencer,
+            "seals, appends, rebases, heartbeats and reads of the uncommitted log are for sequencers only",
+        ),
+        Message::LearnerReport { .. } | Message::FetchRequest { follow: true, .. } => {
+            role.must_be(PeerRole::Replayer, "learner reports and tailing are for replayers only")
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Service for JournalNode {
+    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str> {
+        permits(role, msg)
+    }
+
     fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
         let answer = match msg {
             Message::SealRequest { epoch } => self.seal(epoch),
@@ -842,6 +867,32 @@ mod tests {
     use super::*;
     use crate::storage::MemoryStore;
     use bytes::Bytes;
+
+    #[test]
+    fn only_sequencers_change_the_log_and_only_replayers_tail_it() {
+        let e = Epoch::new(1, 1);
+        let fetch = |follow, epoch| Message::FetchRequest { from_lsn: 1, max_entries: 8, follow, epoch };
+        let sequencers = [
+            Message::SealRequest { epoch: e },
+            Message::AppendRequest { epoch: e, prev: EntryId::ZERO, entries: vec![], commit_lsn: 0 },
+            Message::RebaseRequest { epoch: e, base: EntryId::ZERO, commit_lsn: 0 },
+            Message::HeartbeatRequest { epoch: e },
+            fetch(false, Some(e)),
+        ];
+        let replayers = [Message::LearnerReport { name: "r".into(), durable_lsn: 1 }, fetch(true, None)];
+        let anyone = [Message::StatusRequest, fetch(false, None)];
+        for role in PeerRole::ALL {
+            for m in &sequencers {
+                assert_eq!(permits(role, m).is_ok(), role == PeerRole::Sequencer, "{role} {m:?}");
+            }
+            for m in &replayers {
+                assert_eq!(permits(role, m).is_ok(), role == PeerRole::Replayer, "{role} {m:?}");
+            }
+            for m in &anyone {
+                assert!(permits(role, m).is_ok(), "{role} {m:?}");
+            }
+        }
+    }
 
     fn node_with_log(n: u64, retain: u64) -> Arc<JournalNode> {
         let node = JournalNode::new(

@@ -16,7 +16,7 @@ use triad_protocol::{Entry, EntryId, Epoch, Message, MAX_FRAME_DEFAULT};
 use triad_transport::{read_msg, serve, ClusterCa, Peer, Service, Stream, TlsConfig, TransportError};
 
 /// A node on loopback holding entries 1..=100, all committed, trimmed below `trim_below`.
-async fn node_holding_100(ca: &ClusterCa, client: &TlsConfig, trim_below: Option<u64>) -> SocketAddr {
+async fn node_holding_100(ca: &ClusterCa, trim_below: Option<u64>) -> SocketAddr {
     let endpoint =
         TlsConfig::issue(ca, "journal").unwrap().server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
@@ -29,7 +29,9 @@ async fn node_holding_100(ca: &ClusterCa, client: &TlsConfig, trim_below: Option
     let epoch = Epoch::new(1, 1);
     let entries: Vec<Entry> =
         (1..=100).map(|lsn| Entry { epoch, lsn, payload: Bytes::from(format!("entry {lsn}")) }).collect();
-    let peer = Peer::new(client.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
+    // Written as a sequencer writes it: appends are refused to any other role.
+    let writer = TlsConfig::issue(ca, "sequencer").unwrap();
+    let peer = Peer::new(writer.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
     let append = Message::AppendRequest { epoch, prev: EntryId::ZERO, entries, commit_lsn: 100 };
     let (_send, mut recv) = peer.open(&append).await.unwrap();
     match read_msg(&mut recv, MAX_FRAME_DEFAULT).await.unwrap() {
@@ -47,9 +49,9 @@ async fn node_holding_100(ca: &ClusterCa, client: &TlsConfig, trim_below: Option
 #[tokio::test]
 async fn a_node_that_trimmed_sends_the_reader_to_one_that_did_not() {
     let ca = ClusterCa::generate().unwrap();
-    let client = TlsConfig::issue(&ca, "learner").unwrap();
-    let trimmed = node_holding_100(&ca, &client, Some(60)).await;
-    let whole = node_holding_100(&ca, &client, None).await;
+    let client = TlsConfig::issue(&ca, "replayer").unwrap();
+    let trimmed = node_holding_100(&ca, Some(60)).await;
+    let whole = node_holding_100(&ca, None).await;
     let endpoint = client.client_endpoint([127, 0, 0, 1].into()).unwrap();
 
     let mut reader = TailReader::new(JournalClient::new(&endpoint, &[trimmed, whole]), 1);
@@ -60,7 +62,7 @@ async fn a_node_that_trimmed_sends_the_reader_to_one_that_did_not() {
     assert_eq!(read, (1..=100).collect::<Vec<_>>());
 
     // Nobody holds lsn 1 any more: a clear error, not an endless search.
-    let also_trimmed = node_holding_100(&ca, &client, Some(30)).await;
+    let also_trimmed = node_holding_100(&ca, Some(30)).await;
     let mut reader = TailReader::new(JournalClient::new(&endpoint, &[trimmed, also_trimmed]), 1);
     match reader.next_batch().await {
         Err(JournalError::Trimmed { requested: 1, first, below }) => {
@@ -75,6 +77,10 @@ async fn a_node_that_trimmed_sends_the_reader_to_one_that_did_not() {
 struct Misordered;
 
 impl Service for Misordered {
+    fn permits(&self, _: triad_transport::PeerRole, _: &Message) -> Result<(), &'static str> {
+        Ok(())
+    }
+
     fn request(self: Arc<Self>, _: Message) -> BoxFuture<'static, Message> {
         async { Message::error(triad_protocol::ErrorCode::Unsupported, "tails only", Epoch::ZERO, 0) }.boxed()
     }
@@ -108,9 +114,9 @@ async fn misordered_node(ca: &ClusterCa) -> SocketAddr {
 #[tokio::test]
 async fn a_node_that_sends_entries_out_of_order_sends_the_reader_to_another() {
     let ca = ClusterCa::generate().unwrap();
-    let client = TlsConfig::issue(&ca, "learner").unwrap();
+    let client = TlsConfig::issue(&ca, "replayer").unwrap();
     let faulty = misordered_node(&ca).await;
-    let whole = node_holding_100(&ca, &client, None).await;
+    let whole = node_holding_100(&ca, None).await;
     let endpoint = client.client_endpoint([127, 0, 0, 1].into()).unwrap();
 
     // The faulty node is asked first; nothing of its batch is taken, not even 1 and 2.

@@ -52,7 +52,10 @@ async fn acknowledgements_say_whether_a_learner_follows_the_node() {
     }
 
     let follow = Message::FetchRequest { from_lsn: 1, max_entries: 16, follow: true, epoch: None };
-    let (learner_send, learner_recv) = peer.open(&follow).await.unwrap();
+    // Tailing is a replayer's; the sequencer's own certificate would be refused.
+    let learner = TlsConfig::issue(&ca, "replayer").unwrap();
+    let learner = Peer::new(learner.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
+    let (learner_send, learner_recv) = learner.open(&follow).await.unwrap();
     until_tailed(&mut send, &mut recv, epoch, true).await;
 
     // The learner goes away: the node notices its stream closed and says so.

@@ -489,6 +489,7 @@ fn error_code_to_fb(code: ErrorCode) -> fb::ErrorCode {
         ErrorCode::Unsupported => fb::ErrorCode::Unsupported,
         ErrorCode::StorageFailed => fb::ErrorCode::StorageFailed,
         ErrorCode::NotLeader => fb::ErrorCode::NotLeader,
+        ErrorCode::Forbidden => fb::ErrorCode::Forbidden,
     }
 }
 
@@ -947,6 +948,7 @@ fn error_code_from_fb(code: fb::ErrorCode) -> Result<ErrorCode, DecodeError> {
         fb::ErrorCode::Unsupported => ErrorCode::Unsupported,
         fb::ErrorCode::StorageFailed => ErrorCode::StorageFailed,
         fb::ErrorCode::NotLeader => ErrorCode::NotLeader,
+        fb::ErrorCode::Forbidden => ErrorCode::Forbidden,
         other => return Err(DecodeError::UnknownEnumValue { name: "ErrorCode", value: other.0 }),
     })
 }
@@ -1118,6 +1120,7 @@ mod tests {
         assert_eq!(fb::Body::StatusResponse.0, 23);
         assert_eq!(fb::ErrorCode::StorageFailed.0, 8);
         assert_eq!(fb::ErrorCode::NotLeader.0, 9);
+        assert_eq!(fb::ErrorCode::Forbidden.0, 10);
     }
 
     #[test]

@@ -209,6 +209,9 @@ pub enum ErrorCode {
     StorageFailed,
     /// This sequencer is not the active one (a standby, or deposed); ask another candidate.
     NotLeader,
+    /// The sender's certificate was not issued for a role that may make this request (a
+    /// client's certificate asking a journal node to append, say).
+    Forbidden,
 }
 
 /// The definitive fate of a transaction, decided from the log.
@@ -394,5 +397,40 @@ impl Message {
     /// An error answer; `epoch` and `lsn` carry the hint some codes promise (0 otherwise).
     pub fn error(code: ErrorCode, message: impl Into<String>, epoch: Epoch, lsn: Lsn) -> Message {
         Message::Error(ErrorResponse { code, message: message.into(), epoch, lsn })
+    }
+
+    /// The message's name in log lines and refusals, without its contents (which may be large
+    /// or hold a client's data).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::BeginRequest => "begin request",
+            Message::BeginResponse { .. } => "begin response",
+            Message::CommitRequest(_) => "commit request",
+            Message::CommitResponse(_) => "commit response",
+            Message::SealRequest { .. } => "seal request",
+            Message::SealResponse { .. } => "seal response",
+            Message::AppendRequest { .. } => "append request",
+            Message::AppendResponse { .. } => "append response",
+            Message::RebaseRequest { .. } => "rebase request",
+            Message::FetchRequest { epoch: Some(_), .. } => "recovery fetch request",
+            Message::FetchRequest { follow: true, .. } => "tailing fetch request",
+            Message::FetchRequest { .. } => "fetch request",
+            Message::FetchResponse { .. } => "fetch response",
+            Message::HeartbeatRequest { .. } => "heartbeat request",
+            Message::HeartbeatResponse { .. } => "heartbeat response",
+            Message::OutcomeRequest { .. } => "outcome request",
+            Message::OutcomeResponse(_) => "outcome response",
+            Message::LearnerReport { .. } => "learner report",
+            Message::LearnerAck { .. } => "learner acknowledgement",
+            Message::StatusRequest => "status request",
+            Message::StatusResponse(_) => "status response",
+            Message::GetRequest { .. } => "get request",
+            Message::GetResponse { .. } => "get response",
+            Message::ScanRequest { .. } => "scan request",
+            Message::ScanResponse { .. } => "scan response",
+            Message::MultiGetRequest { .. } => "multi-get request",
+            Message::MultiGetResponse { .. } => "multi-get response",
+            Message::Error(_) => "error",
+        }
     }
 }

@@ -12,7 +12,7 @@ use rand::Rng;
 use tracing::{debug, info, warn};
 use triad_journal::JournalClient;
 use triad_protocol::{CommitOutcome, Epoch, ErrorCode, Message, NodeStatus};
-use triad_transport::{Reply, Service};
+use triad_transport::{PeerRole, Reply, Service};
 
 use crate::{Sequencer, SequencerConfig};
 
@@ -119,7 +119,22 @@ fn not_leader() -> Message {
     )
 }
 
+/// Who may ask a sequencer what: transactions are a client's (applications, the SQL front
+/// end); the cluster's own members never begin or commit one. Status is open to everyone.
+pub fn permits(role: PeerRole, msg: &Message) -> Result<(), &'static str> {
+    match msg {
+        Message::BeginRequest | Message::CommitRequest(_) | Message::OutcomeRequest { .. } => {
+            role.must_be(PeerRole::Client, "transactions are for clients only")
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Service for SequencerNode {
+    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str> {
+        permits(role, msg)
+    }
+
     fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {
         match (msg, self.active()) {
             (Message::CommitRequest(req), Some(seq)) => seq.submit(req, reply),
@@ -161,5 +176,35 @@ impl Service for SequencerNode {
             }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triad_protocol::{CommitRequest, Isolation, TxnId};
+
+    #[test]
+    fn only_clients_run_transactions_and_anyone_asks_for_status() {
+        let commit = CommitRequest {
+            txn_id: TxnId(1),
+            read_lsn: 1,
+            isolation: Isolation::Snapshot,
+            read_keys: vec![],
+            read_ranges: vec![],
+            writes: vec![],
+            guard_keys: vec![],
+        };
+        let txns = [
+            Message::BeginRequest,
+            Message::CommitRequest(commit),
+            Message::OutcomeRequest { txn_id: TxnId(1), read_lsn: 1 },
+        ];
+        for role in PeerRole::ALL {
+            for m in &txns {
+                assert_eq!(permits(role, m).is_ok(), role == PeerRole::Client, "{role} {m:?}");
+            }
+            assert!(permits(role, &Message::StatusRequest).is_ok());
+        }
     }
 }

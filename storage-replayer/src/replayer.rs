@@ -21,7 +21,7 @@ use triad_journal::{JournalClient, JournalError, TailReader};
 use triad_protocol::{
     decode_record, Epoch, ErrorCode, Lsn, Message, NodeStatus, ReadValue, Row, MAX_MULTI_GET_KEYS,
 };
-use triad_transport::Service;
+use triad_transport::{PeerRole, Service};
 
 use crate::format::{CommittedRecord, FormatError, StorageFormat};
 
@@ -347,7 +347,21 @@ fn read_error(e: FormatError) -> Message {
     }
 }
 
+/// Who may ask a replayer what: reads are a client's; status is open to everyone.
+pub fn permits(role: PeerRole, msg: &Message) -> Result<(), &'static str> {
+    match msg {
+        Message::GetRequest { .. } | Message::ScanRequest { .. } | Message::MultiGetRequest { .. } => {
+            role.must_be(PeerRole::Client, "reads are for clients only")
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Service for Replayer {
+    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str> {
+        permits(role, msg)
+    }
+
     fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
         async move { self.answer(msg).await }.boxed()
     }
@@ -381,6 +395,25 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn only_clients_read_and_anyone_asks_for_status() {
+        let reads = [
+            Message::GetRequest { key: b"k".to_vec(), read_lsn: 1 },
+            Message::MultiGetRequest { keys: vec![b"k".to_vec()], read_lsn: 1 },
+            Message::ScanRequest {
+                range: triad_protocol::KeyRange { start: vec![], end: None },
+                read_lsn: 1,
+                limit: 1,
+            },
+        ];
+        for role in PeerRole::ALL {
+            for m in &reads {
+                assert_eq!(permits(role, m).is_ok(), role == PeerRole::Client, "{role} {m:?}");
+            }
+            assert!(permits(role, &Message::StatusRequest).is_ok());
+        }
+    }
 
     #[test]
     fn the_horizon_is_what_was_applied_the_retention_ago() {

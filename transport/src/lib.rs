@@ -1,5 +1,5 @@
 //! QUIC transport shared by every tier: the cluster's TLS material (a CA that `triad` generates,
-//! mutual authentication between tiers), framed messages on QUIC streams, a reconnecting peer
+//! mutual authentication between tiers, a role per certificate that servers check per request), framed messages on QUIC streams, a reconnecting peer
 //! handle for clients, and an accept loop for servers.
 //!
 //! Requests that get one answer share one long-lived multiplexed stream per peer (see `mux`);
@@ -10,12 +10,14 @@ mod error;
 mod framed;
 mod mux;
 mod peer;
+mod role;
 mod server;
 pub mod tls;
 
 pub use error::TransportError;
 pub use framed::{read_msg, read_request, write_msg, write_raw_frame};
 pub use peer::Peer;
+pub use role::PeerRole;
 pub use server::{serve, Reply, Service, Stream};
 pub use tls::{ClusterCa, TlsConfig};
 

@@ -1,6 +1,8 @@
 //! A client's handle on one remote node: connects lazily, reconnects after a failure, sends
 //! request/answer calls over one multiplexed stream and opens a stream of its own for each
-//! streaming exchange.
+//! streaming exchange. A handle made for a role ([`Peer::expecting`]) also checks that the
+//! node's certificate was issued for that role, so a member's address taken over by a holder
+//! of some other certificate (a client's, say) is not believed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +16,7 @@ use triad_protocol::frame::{frame_request, HEADER_LEN};
 use triad_protocol::{FrameError, Message, MAX_FRAME_DEFAULT};
 
 use crate::mux::Mux;
-use crate::{write_msg, TransportError, SERVER_NAME};
+use crate::{write_msg, PeerRole, TransportError, SERVER_NAME};
 
 pub struct Peer {
     endpoint: Endpoint,
@@ -26,13 +28,27 @@ pub struct Peer {
     opening: Mutex<()>,
     next_id: AtomicU64,
     connect_timeout: Duration,
+    /// The role the node's certificate must hold; `None`: any certificate of the cluster CA.
+    expect: Option<PeerRole>,
 }
 
 impl Peer {
+    /// A handle on whatever member of the cluster answers at `addr` (status probes, tests).
     pub fn new(endpoint: Endpoint, addr: SocketAddr) -> Peer {
+        Peer::with_expectation(endpoint, addr, None)
+    }
+
+    /// A handle on the `role` at `addr`: connecting fails unless the node's certificate was
+    /// issued for `role`.
+    pub fn expecting(endpoint: Endpoint, addr: SocketAddr, role: PeerRole) -> Peer {
+        Peer::with_expectation(endpoint, addr, Some(role))
+    }
+
+    fn with_expectation(endpoint: Endpoint, addr: SocketAddr, expect: Option<PeerRole>) -> Peer {
         Peer {
             endpoint,
             addr,
+            expect,
             conn: Mutex::new(None),
             mux: std::sync::Mutex::new(None),
             opening: Mutex::new(()),
@@ -53,9 +69,11 @@ impl Peer {
                 return Ok(conn.clone());
             }
         }
+        // Every certificate carries SERVER_NAME; only one issued for a role carries its name.
+        let name = self.expect.map_or_else(|| SERVER_NAME.to_string(), PeerRole::dns_name);
         let connecting = self
             .endpoint
-            .connect(self.addr, SERVER_NAME)
+            .connect(self.addr, &name)
             .map_err(|e| TransportError::Connect { addr: self.addr, reason: e.to_string() })?;
         let conn = tokio::time::timeout(self.connect_timeout, connecting)
             .await
@@ -63,7 +81,15 @@ impl Peer {
                 addr: self.addr,
                 reason: format!("no answer within {:?}", self.connect_timeout),
             })?
-            .map_err(|e| TransportError::Connect { addr: self.addr, reason: e.to_string() })?;
+            .map_err(|e| {
+                let reason = match self.expect {
+                    Some(role) => {
+                        format!("{e} (a {role} was expected there, with a certificate issued for one)")
+                    }
+                    None => e.to_string(),
+                };
+                TransportError::Connect { addr: self.addr, reason }
+            })?;
         *guard = Some(conn.clone());
         Ok(conn)
     }

@@ -1,9 +1,12 @@
 //! The accept loop every server tier runs: one task per connection, one per stream. The first
 //! frame of a stream says what it is for: a request with an id opens a multiplexed stream,
 //! whose requests the service answers one by one ([`Service::request`]); without an id the
-//! stream is the service's own ([`Service::handle`]: replication, tailing).
+//! stream is the service's own ([`Service::handle`]: replication, tailing). Before any of
+//! that, the service says whether the peer's role ([`PeerRole`], from its certificate) may make
+//! the request at all ([`Service::permits`]); a refused request is answered `Forbidden`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,13 +18,15 @@ use triad_protocol::frame::{frame_request, HEADER_LEN};
 use triad_protocol::{ErrorCode, Message, MAX_FRAME_DEFAULT};
 
 use crate::mux::{write_batches, Outgoing};
-use crate::{read_request, write_msg, TransportError};
+use crate::{read_request, write_msg, PeerRole, TransportError};
 
 /// A stream handed to a service after its first message was read.
 pub struct Stream {
     pub send: SendStream,
     pub recv: RecvStream,
     pub peer: SocketAddr,
+    /// What the peer's certificate lets it do; its first message was permitted for it.
+    pub role: PeerRole,
 }
 
 impl Stream {
@@ -99,6 +104,12 @@ impl Drop for Reply {
 }
 
 pub trait Service: Send + Sync + 'static {
+    /// Whether a peer in `role` may make request `msg`; `Err` says who may, for the refusal
+    /// the peer gets (`Forbidden`). Asked of every request and of every stream's first message
+    /// before the service sees it. Required, so that no service is open to every role by
+    /// forgetting it.
+    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str>;
+
     /// Answers one request with one message. Requests on a multiplexed stream (what
     /// [`crate::Peer::call`] sends) come here; so does the first message of a stream of its
     /// own, unless [`Service::handle`] is overridden.
@@ -143,6 +154,8 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                 }
             };
             let peer = conn.remote_address();
+            let role = PeerRole::of_connection(&conn);
+            let refused_before = Arc::new(AtomicBool::new(false));
             loop {
                 let (send, mut recv) = match conn.accept_bi().await {
                     Ok(s) => s,
@@ -152,10 +165,14 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                     }
                 };
                 let service = service.clone();
+                let refused_before = refused_before.clone();
                 tokio::spawn(async move {
                     let first = match read_request(&mut recv, MAX_FRAME_DEFAULT).await {
                         Ok(Some((0, m))) => m,
-                        Ok(Some((id, m))) => return serve_mux(service, id, m, send, recv, peer).await,
+                        Ok(Some((id, m))) => {
+                            let caller = Caller { peer, role, refused_before };
+                            return serve_mux(service, id, m, send, recv, caller).await;
+                        }
                         Ok(None) => return,
                         Err(e) => {
                             warn!(%peer, "rejected stream: {e}");
@@ -169,7 +186,14 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                             return;
                         }
                     };
-                    let stream = Stream { send, recv, peer };
+                    let caller = Caller { peer, role, refused_before };
+                    if let Some(refusal) = caller.refusal(&*service, &first) {
+                        let mut send = send;
+                        let _ = write_msg(&mut send, &refusal).await;
+                        let _ = send.finish();
+                        return;
+                    }
+                    let stream = Stream { send, recv, peer, role };
                     if let Err(e) = service.handle(first, stream).await {
                         debug!(%peer, "stream ended with error: {e}");
                     }
@@ -196,8 +220,9 @@ async fn serve_mux<S: Service>(
     first: Message,
     send: SendStream,
     mut recv: RecvStream,
-    peer: SocketAddr,
+    caller: Caller,
 ) {
+    let peer = caller.peer;
     let (frames, rx) = mpsc::unbounded_channel();
     tokio::spawn(write_batches(send, rx, None));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
@@ -229,6 +254,45 @@ async fn serve_mux<S: Service>(
             let _ = frames.send(Answer { frame: Bytes::from(frame_request(&refusal, 0)), permit: None });
             return;
         }
-        service.clone().dispatch(msg, Reply { id, frames: frames.clone(), permit: Some(permit) });
+        let reply = Reply { id, frames: frames.clone(), permit: Some(permit) };
+        match caller.refusal(&*service, &msg) {
+            None => service.clone().dispatch(msg, reply),
+            Some(refusal) => reply.send(&refusal),
+        }
+    }
+}
+
+/// Who is at the other end of a connection, as far as authorization goes.
+struct Caller {
+    peer: SocketAddr,
+    role: PeerRole,
+    /// Whether a request of this connection was refused already: only the first refusal is a
+    /// warning, so a misconfigured member that keeps retrying (or a hostile one) cannot flood
+    /// the log.
+    refused_before: Arc<AtomicBool>,
+}
+
+impl Caller {
+    /// [`Service::permits`] for one request: `None` when it is permitted, else the refusal
+    /// the peer gets.
+    fn refusal<S: Service>(&self, service: &S, msg: &Message) -> Option<Message> {
+        let (peer, role) = (self.peer, self.role);
+        let who = service.permits(role, msg).err()?;
+        if self.refused_before.swap(true, Ordering::Relaxed) {
+            debug!(%peer, %role, request = msg.kind(), "refused a request the peer's role does not allow: {who}");
+        } else {
+            warn!(%peer, %role, request = msg.kind(), "refused a request the peer's role does not allow: {who}");
+        }
+        Some(Message::error(
+            ErrorCode::Forbidden,
+            format!(
+                "{} refused: {who}, and this connection's certificate is a {role}'s \
+                 (roles come from `triad certs`: a name's prefix journal, sequencer or replayer \
+                 gives that role, any other name a client's)",
+                msg.kind()
+            ),
+            Default::default(),
+            0,
+        ))
     }
 }

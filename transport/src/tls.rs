@@ -2,7 +2,8 @@
 //! accepts only peers that do the same: an unknown peer fails the handshake.
 //!
 //! `triad certs` writes `ca.pem`, `ca.key` and a `NAME.pem`/`NAME.key` pair per node into one
-//! directory; `triad dev` generates the same in memory.
+//! directory; `triad dev` generates the same in memory. Each certificate also names the role
+//! its holder plays (see `role`), which servers check request by request.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::{TransportError, ALPN, SERVER_NAME};
+use crate::{PeerRole, TransportError, ALPN, SERVER_NAME};
 
 /// A freshly generated cluster certificate authority.
 pub struct ClusterCa {
@@ -51,11 +52,24 @@ impl ClusterCa {
         self.key.serialize_pem()
     }
 
-    /// Issues a certificate for node `name`, valid both as a server and as a client.
+    /// Issues a certificate for node `name`, valid both as a server and as a client, in the
+    /// role its name gives it ([`PeerRole::of_name`]).
     pub fn issue(&self, name: &str) -> Result<NodeCert, TransportError> {
+        self.issue_as(name, PeerRole::of_name(name))
+    }
+
+    /// Issues a certificate for node `name` in `role`, whatever its name.
+    pub fn issue_as(&self, name: &str, role: PeerRole) -> Result<NodeCert, TransportError> {
+        self.issue_with_names(name, &[role.dns_name()])
+    }
+
+    /// A certificate for `name` carrying `extra` subject alternative names beside the two every
+    /// node has: how roles are written, and how tests make certificates with none or several.
+    pub(crate) fn issue_with_names(&self, name: &str, extra: &[String]) -> Result<NodeCert, TransportError> {
         let key = KeyPair::generate().map_err(tls_err)?;
-        let mut params =
-            CertificateParams::new(vec![SERVER_NAME.to_string(), name.to_string()]).map_err(tls_err)?;
+        let mut names = vec![SERVER_NAME.to_string(), name.to_string()];
+        names.extend_from_slice(extra);
+        let mut params = CertificateParams::new(names).map_err(tls_err)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -94,6 +108,12 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
+    /// The role the certificate in `cert_pem` was issued for; `None` when it is not a
+    /// certificate.
+    pub fn role_of_pem(cert_pem: &str) -> Option<PeerRole> {
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok().map(|der| PeerRole::of_certificate(&der))
+    }
+
     /// Loads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME.key`.
     pub fn load(dir: &Path, name: &str) -> Result<TlsConfig, TransportError> {
         let read = |file: String| {

@@ -2,8 +2,9 @@
 //! is refused at the handshake, a malformed frame gets an error answer (the server keeps
 //! serving both times), calls sharing one multiplexed stream each get their own answer, a
 //! request the server drops unanswered is answered `Unavailable`, a request or answer too
-//! large for a frame fails that call alone, and a client that stops reading its answers stops
-//! having its requests read.
+//! large for a frame fails that call alone, a client that stops reading its answers stops
+//! having its requests read, and a request the peer's role may not make is refused
+//! `Forbidden`, on a multiplexed stream and on a stream of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use triad_protocol::{ErrorCode, FrameError, Message, MAX_FRAME_DEFAULT};
-use triad_transport::{read_msg, read_request, serve, ClusterCa, Peer, Reply, Service, TlsConfig};
+use triad_transport::{read_msg, read_request, serve, ClusterCa, Peer, PeerRole, Reply, Service, TlsConfig};
 
 /// Answers a status request with a default status, and a get of `key` at `read_lsn` after
 /// `read_lsn` milliseconds with `key` as the value — so answers finish out of order. A get at
@@ -23,6 +24,14 @@ const FORGET: u64 = u64::MAX;
 const HUGE: u64 = u64::MAX - 1;
 
 impl Service for Echo {
+    /// Seals stand for a request only one role may make.
+    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str> {
+        match msg {
+            Message::SealRequest { .. } => role.must_be(PeerRole::Sequencer, "seals are for sequencers only"),
+            _ => Ok(()),
+        }
+    }
+
     fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {
         match msg {
             Message::GetRequest { read_lsn: FORGET, .. } => drop(reply),
@@ -73,6 +82,56 @@ async fn a_peer_from_another_ca_is_refused_and_the_server_keeps_serving() {
     let member = TlsConfig::issue(&ca, "client").unwrap();
     let peer = Peer::new(member.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
     let answer = peer.call_timeout(&Message::StatusRequest, Duration::from_secs(3)).await.unwrap();
+    assert!(matches!(answer, Message::StatusResponse(_)));
+}
+
+#[tokio::test]
+async fn a_request_the_peers_role_may_not_make_is_refused_and_the_stream_goes_on() {
+    let ca = ClusterCa::generate().unwrap();
+    let addr = server(&ca).await;
+    let seal = Message::SealRequest { epoch: triad_protocol::Epoch::new(9, 1) };
+    let forbidden = |answer: Message| match answer {
+        Message::Error(e) => {
+            assert_eq!(e.code, ErrorCode::Forbidden);
+            assert!(e.message.contains("seals are for sequencers only"), "{}", e.message);
+            assert!(e.message.contains("a client's"), "the refusal names the role it saw: {}", e.message);
+        }
+        other => panic!("a client's seal must be refused, got {other:?}"),
+    };
+
+    // A client's certificate, even under a sequencer's name: the role is what it was issued for.
+    let client = ca.issue_as("sequencer-1", PeerRole::Client).unwrap();
+    let client = TlsConfig::from_pem(&ca.cert_pem(), &client.cert_pem, &client.key_pem).unwrap();
+    let peer = Peer::new(client.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
+    forbidden(peer.call_timeout(&seal, Duration::from_secs(3)).await.unwrap());
+    // The multiplexed stream still serves what the role allows.
+    let answer = peer.call_timeout(&get(7, 0), Duration::from_secs(3)).await.unwrap();
+    assert_answers(answer, 7, 0);
+    // As the first message of a stream of its own: refused there too, before the service.
+    let (_send, mut recv) = peer.open(&seal).await.unwrap();
+    forbidden(read_msg(&mut recv, 1 << 20).await.unwrap().expect("an answer"));
+
+    let sequencer = TlsConfig::issue(&ca, "sequencer-1").unwrap();
+    let peer = Peer::new(sequencer.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
+    let answer = peer.call_timeout(&seal, Duration::from_secs(3)).await.unwrap();
+    assert!(
+        matches!(answer, Message::StatusResponse(_)),
+        "a sequencer's seal reaches the service: {answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_handle_made_for_a_role_refuses_a_server_whose_certificate_holds_another() {
+    let ca = ClusterCa::generate().unwrap();
+    // The echo server's certificate ("server") is a client's.
+    let addr = server(&ca).await;
+    let member = TlsConfig::issue(&ca, "client").unwrap();
+    let endpoint = member.client_endpoint([127, 0, 0, 1].into()).unwrap();
+    let posing = Peer::expecting(endpoint.clone(), addr, PeerRole::Journal);
+    let err = posing.call_timeout(&Message::StatusRequest, Duration::from_secs(3)).await.unwrap_err();
+    assert!(err.to_string().contains("a journal was expected there"), "{err}");
+    let genuine = Peer::expecting(endpoint, addr, PeerRole::Client);
+    let answer = genuine.call_timeout(&Message::StatusRequest, Duration::from_secs(3)).await.unwrap();
     assert!(matches!(answer, Message::StatusResponse(_)));
 }
 

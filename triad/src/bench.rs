@@ -305,8 +305,16 @@ where
     let max_lag = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tls = triad_transport::TlsConfig::load(&cluster.tls_dir(), "client")?;
     let endpoint = tls.client_endpoint([127, 0, 0, 1].into())?;
-    let sequencer = triad_transport::Peer::new(endpoint.clone(), cluster.addr(Role::Sequencer(0)));
-    let replayer = triad_transport::Peer::new(endpoint, cluster.addr(Role::Replayer));
+    let sequencer = triad_transport::Peer::expecting(
+        endpoint.clone(),
+        cluster.addr(Role::Sequencer(0)),
+        triad_transport::PeerRole::Sequencer,
+    );
+    let replayer = triad_transport::Peer::expecting(
+        endpoint,
+        cluster.addr(Role::Replayer),
+        triad_transport::PeerRole::Replayer,
+    );
     let progress = {
         let done = done.clone();
         let say = say.clone();

@@ -277,7 +277,8 @@ pub async fn logs_agree(
     let endpoint = tls.client_endpoint(std::net::Ipv4Addr::UNSPECIFIED.into())?;
     let mut tips = Vec::new();
     for (addr, name) in journals.iter().zip(names) {
-        let peer = triad_transport::Peer::new(endpoint.clone(), *addr);
+        let peer =
+            triad_transport::Peer::expecting(endpoint.clone(), *addr, triad_transport::PeerRole::Journal);
         let s = match peer
             .call_timeout(&triad_protocol::Message::StatusRequest, std::time::Duration::from_secs(5))
             .await

@@ -12,13 +12,24 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use triad_protocol::{Message, NodeStatus};
 use triad_shim::{Client, ClientConfig};
-use triad_transport::{ClusterCa, Peer, TlsConfig};
+use triad_transport::{ClusterCa, Peer, PeerRole, TlsConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     Journal(usize),
     Sequencer(usize),
     Replayer,
+}
+
+impl Role {
+    /// The role this member's certificate is issued for.
+    pub fn peer_role(self) -> PeerRole {
+        match self {
+            Role::Journal(_) => PeerRole::Journal,
+            Role::Sequencer(_) => PeerRole::Sequencer,
+            Role::Replayer => PeerRole::Replayer,
+        }
+    }
 }
 
 impl std::fmt::Display for Role {
@@ -82,7 +93,14 @@ impl LocalCluster {
         std::fs::create_dir_all(spec.dir.join("logs"))
             .with_context(|| format!("creating {}", spec.dir.display()))?;
         let tls_dir = spec.dir.join("tls");
-        if !tls_dir.join("ca.pem").exists() {
+        // Material from before certificates carried roles would have every member refused as
+        // a client: a directory `dev` made itself is simply made again.
+        let sequencer_pem = tls_dir.join(format!("{}.pem", Role::Sequencer(0)));
+        let current = std::fs::read_to_string(&sequencer_pem)
+            .ok()
+            .and_then(|pem| TlsConfig::role_of_pem(&pem))
+            .is_some_and(|role| role == PeerRole::Sequencer);
+        if !tls_dir.join("ca.pem").exists() || !current {
             let names: Vec<String> = LocalCluster::roles_of(&spec)
                 .iter()
                 .map(Role::to_string)
@@ -128,7 +146,7 @@ impl LocalCluster {
     /// A client's handle on one member, with the cluster's client certificate.
     pub fn peer(&self, role: Role) -> Result<Peer> {
         let endpoint = self.client_tls.client_endpoint([127, 0, 0, 1].into())?;
-        Ok(Peer::new(endpoint, self.addr(role)))
+        Ok(Peer::expecting(endpoint, self.addr(role), role.peer_role()))
     }
 
     /// Asks a member for its status.

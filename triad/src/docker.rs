@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use triad_protocol::{Message, NodeStatus};
 use triad_shim::{Client, ClientConfig};
-use triad_transport::{Peer, TlsConfig};
+use triad_transport::{Peer, PeerRole, TlsConfig};
 
 use crate::chaos::{start_workload, Verdict};
 
@@ -336,7 +336,12 @@ impl DockerCluster {
     pub async fn status(&self, m: &Member) -> Result<NodeStatus> {
         // A fresh connection each time: one cached across a crash would first have to time out.
         let endpoint = self.tls.client_endpoint(Ipv4Addr::UNSPECIFIED.into())?;
-        let peer = Peer::new(endpoint, m.addr());
+        let peer = match m.tier {
+            Tier::Journal => Peer::expecting(endpoint, m.addr(), PeerRole::Journal),
+            Tier::Sequencer => Peer::expecting(endpoint, m.addr(), PeerRole::Sequencer),
+            Tier::Replayer => Peer::expecting(endpoint, m.addr(), PeerRole::Replayer),
+            Tier::Sql => Peer::new(endpoint, m.addr()),
+        };
         match peer.call_timeout(&Message::StatusRequest, Duration::from_secs(1)).await? {
             Message::StatusResponse(s) => Ok(s),
             other => bail!("{} answered {other:?}", m.service),

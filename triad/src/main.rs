@@ -394,7 +394,11 @@ struct CertsArgs {
     /// Output directory.
     #[arg(long)]
     dir: PathBuf,
-    /// Node names, comma separated (each gets NAME.pem and NAME.key).
+    /// Node names, comma separated (each gets NAME.pem and NAME.key). A name's prefix gives
+    /// the role its certificate is issued for, which servers check on every request: `journal…`
+    /// stores the log, `sequencer…` orders and writes it, `replayer…` tails it and serves reads;
+    /// any other name (`client`, `sql`, `app-1`) is a client, which may run transactions and
+    /// read but never write the log directly.
     #[arg(long, value_delimiter = ',', required = true)]
     names: Vec<String>,
 }
@@ -617,7 +621,10 @@ async fn sql(a: SqlArgs) -> Result<()> {
 
 fn certs(a: CertsArgs) -> Result<()> {
     ClusterCa::generate()?.write_cluster(&a.dir, &a.names)?;
-    println!("wrote ca.pem, ca.key and {} node certificate(s) to {}", a.names.len(), a.dir.display());
+    println!("wrote ca.pem, ca.key and {} node certificate(s) to {}:", a.names.len(), a.dir.display());
+    for name in &a.names {
+        println!("  {name}.pem: {}", triad_transport::PeerRole::of_name(name));
+    }
     Ok(())
 }
 
@@ -726,11 +733,16 @@ async fn status(a: StatusArgs) -> Result<()> {
         "{:<10} {:<22} {:>10} {:>12} {:>12} {:>10}  notes",
         "role", "address", "epoch", "last lsn", "commit", "first"
     );
-    let groups = [("journal", &a.journal), ("sequencer", &a.sequencer), ("replayer", &a.replayer)];
+    use triad_transport::PeerRole;
+    let groups = [
+        ("journal", PeerRole::Journal, &a.journal),
+        ("sequencer", PeerRole::Sequencer, &a.sequencer),
+        ("replayer", PeerRole::Replayer, &a.replayer),
+    ];
     let mut learners = std::collections::BTreeMap::new();
-    for (role, addrs) in groups {
+    for (role, expected, addrs) in groups {
         for addr in addrs {
-            let peer = triad_transport::Peer::new(endpoint.clone(), *addr);
+            let peer = triad_transport::Peer::expecting(endpoint.clone(), *addr, expected);
             match peer.call_timeout(&triad_protocol::Message::StatusRequest, Duration::from_secs(2)).await {
                 Ok(triad_protocol::Message::StatusResponse(s)) => {
                     commit = commit.max(s.commit_lsn);

@@ -424,3 +424,90 @@ async fn a_journal_node_that_lost_its_data_refuses_to_start_empty() {
     assert!(log.contains("holds no journal log"), "{log}");
     assert!(!c.data_dir(lost).join("meta").exists(), "nothing was initialized");
 }
+
+/// Fencing only protects the log if only sequencers can promise epochs and append: a client's
+/// certificate (what applications and the SQL front end hold) is refused a seal, an append and
+/// a recovery read at every journal node, commits and reads by a member's certificate are
+/// refused too, and the cluster goes on in the same epoch with nothing of the intruder's in
+/// the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_cannot_depose_the_sequencer_or_write_the_log() {
+    use triad_protocol::{Entry, EntryId, Epoch, ErrorCode, Message};
+    let _serial = SERIAL.lock().await;
+    let (mut c, _dir) = cluster(23300);
+    c.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let client = Client::connect(c.client_config()).unwrap();
+    let before = client.write(vec![(b"roles/before".to_vec(), Some(b"1".to_vec()))]).await.unwrap();
+    let epoch = status_of(&c, Role::Sequencer(0)).await.epoch;
+
+    let forbidden = |what: &str, answer: Result<Message, triad_transport::TransportError>| match answer {
+        Ok(Message::Error(e)) if e.code == ErrorCode::Forbidden => {}
+        other => panic!("{what} with a client's certificate must be refused as forbidden, got {other:?}"),
+    };
+    let tls = triad_transport::TlsConfig::load(&c.tls_dir(), "client").unwrap();
+    let endpoint = tls.client_endpoint([127, 0, 0, 1].into()).unwrap();
+    let higher = Epoch::new(epoch.counter() + 100, 99);
+    let planted = Entry { epoch: higher, lsn: before + 1, payload: bytes::Bytes::from_static(b"planted") };
+    for addr in c.journal_addrs() {
+        let node = triad_transport::Peer::new(endpoint.clone(), addr);
+        let timeout = Duration::from_secs(5);
+        forbidden("a seal", node.call_timeout(&Message::SealRequest { epoch: higher }, timeout).await);
+        forbidden(
+            "a heartbeat",
+            node.call_timeout(&Message::HeartbeatRequest { epoch: higher }, timeout).await,
+        );
+        let append = Message::AppendRequest {
+            epoch: higher,
+            prev: EntryId::new(epoch, before),
+            entries: vec![planted.clone()],
+            commit_lsn: before + 1,
+        };
+        let (_send, mut recv) = node.open(&append).await.unwrap();
+        let answer = triad_transport::read_msg(&mut recv, triad_protocol::MAX_FRAME_DEFAULT).await;
+        forbidden("an append", answer.map(|m| m.expect("an answer")));
+        let recovery =
+            Message::FetchRequest { from_lsn: 1, max_entries: 16, follow: false, epoch: Some(higher) };
+        let (_send, mut recv) = node.open(&recovery).await.unwrap();
+        let answer = triad_transport::read_msg(&mut recv, triad_protocol::MAX_FRAME_DEFAULT).await;
+        forbidden("a recovery read", answer.map(|m| m.expect("an answer")));
+    }
+    // A member's certificate is no client's: a journal node's key cannot commit or read.
+    let member = triad_transport::TlsConfig::load(&c.tls_dir(), &Role::Journal(0).to_string()).unwrap();
+    let member = member.client_endpoint([127, 0, 0, 1].into()).unwrap();
+    let sequencer = triad_transport::Peer::new(member.clone(), c.addr(Role::Sequencer(0)));
+    forbidden("a begin", sequencer.call_timeout(&Message::BeginRequest, Duration::from_secs(5)).await);
+    let replayer = triad_transport::Peer::new(member, c.addr(Role::Replayer));
+    let get = Message::GetRequest { key: b"roles/before".to_vec(), read_lsn: before };
+    forbidden("a read", replayer.call_timeout(&get, Duration::from_secs(5)).await);
+
+    // Nothing changed hands: the same epoch commits on, and the log holds no planted entry.
+    for i in 0..3 {
+        assert_eq!(status_of(&c, Role::Journal(i)).await.epoch, epoch, "journal-{} was deposed", i + 1);
+    }
+    let after = client.write(vec![(b"roles/after".to_vec(), Some(b"2".to_vec()))]).await.unwrap();
+    assert_eq!(status_of(&c, Role::Sequencer(0)).await.epoch, epoch);
+    let mut txn = client.begin().await.unwrap();
+    assert!(txn.read_lsn() >= after);
+    let got = txn.get_many(&[b"roles/before", b"roles/after"]).await.unwrap();
+    assert_eq!(got, vec![Some(b"1".to_vec()), Some(b"2".to_vec())]);
+    let names: Vec<String> = (0..3).map(|i| Role::Journal(i).to_string()).collect();
+    triad::chaos::logs_agree(&tls, &c.journal_addrs(), &names).await.unwrap();
+    let journal = triad_journal::JournalClient::new(&endpoint, &c.journal_addrs());
+    for i in 0..3 {
+        // A node no learner tails hears of the new watermark with the next heartbeat, and
+        // serves a plain fetch only up to the watermark it knows.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let log = loop {
+            match journal.fetch_range(i, before + 1, before + 1, None).await {
+                Ok(log) => break log,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "journal-{}: {e}", i + 1),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            log.iter().all(|e| e.payload.as_ref() != b"planted"),
+            "journal-{} holds the planted entry",
+            i + 1
+        );
+    }
+}

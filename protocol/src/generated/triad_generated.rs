@@ -100,10 +100,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for Isolation {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u8 = 9;
+pub const ENUM_MAX_ERROR_CODE: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 10] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 11] = [
   ErrorCode::Internal,
   ErrorCode::Malformed,
   ErrorCode::StaleEpoch,
@@ -114,6 +114,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 10] = [
   ErrorCode::Unsupported,
   ErrorCode::StorageFailed,
   ErrorCode::NotLeader,
+  ErrorCode::Forbidden,
 ];
 
 /// Why a request failed; see the Rust `ErrorCode` for what each one promises about the
@@ -133,9 +134,10 @@ impl ErrorCode {
   pub const Unsupported: Self = Self(7);
   pub const StorageFailed: Self = Self(8);
   pub const NotLeader: Self = Self(9);
+  pub const Forbidden: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Internal,
     Self::Malformed,
@@ -147,6 +149,7 @@ impl ErrorCode {
     Self::Unsupported,
     Self::StorageFailed,
     Self::NotLeader,
+    Self::Forbidden,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -161,6 +164,7 @@ impl ErrorCode {
       Self::Unsupported => Some("Unsupported"),
       Self::StorageFailed => Some("StorageFailed"),
       Self::NotLeader => Some("NotLeader"),
+      Self::Forbidden => Some("Forbidden"),
       _ => None,
     }
   }

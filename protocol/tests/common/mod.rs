@@ -59,7 +59,7 @@ pub fn isolation() -> impl Strategy<Value = Isolation> {
     prop_oneof![Just(Isolation::Snapshot), Just(Isolation::Serializable)]
 }
 
-pub const ALL_ERROR_CODES: [ErrorCode; 10] = [
+pub const ALL_ERROR_CODES: [ErrorCode; 11] = [
     ErrorCode::Internal,
     ErrorCode::Malformed,
     ErrorCode::StaleEpoch,
@@ -70,6 +70,7 @@ pub const ALL_ERROR_CODES: [ErrorCode; 10] = [
     ErrorCode::Unsupported,
     ErrorCode::StorageFailed,
     ErrorCode::NotLeader,
+    ErrorCode::Forbidden,
 ];
 
 pub fn error_code() -> impl Strategy<Value = ErrorCode> {

@@ -1,0 +1,140 @@
+//! What a certificate lets its holder do. Being signed by the cluster CA only says that a peer
+//! belongs to the cluster; the role it was issued for says which requests it may make. Without
+//! roles, any holder of a client's key pair (an application server, the SQL front end) could
+//! promise journal nodes a new epoch and append records of its choosing, deposing the real
+//! sequencer, or report itself a learner and hold back trimming.
+//!
+//! The role travels in the certificate as a subject alternative name `<role>.role.triad`, so it
+//! is covered by the CA's signature, checked by the same library that verified the chain, and
+//! needs no certificate parsing of our own. Servers look it up once per connection; each
+//! service decides per request ([`crate::Service::permits`]).
+
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// A peer's place in the cluster, as its certificate states it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerRole {
+    /// Stores the log; talks to nobody on its own.
+    Journal,
+    /// Orders commits and writes them into the journal: the only role that may promise epochs,
+    /// append, rebase or send heartbeats to journal nodes.
+    Sequencer,
+    /// A learner: tails the journal and serves reads.
+    Replayer,
+    /// Everything outside the cluster's own tiers: applications through the compute shim, the
+    /// SQL front end, benchmarks and checks. Also what a certificate without a role (issued
+    /// before roles existed) or with more than one counts as.
+    Client,
+}
+
+impl PeerRole {
+    pub const ALL: [PeerRole; 4] =
+        [PeerRole::Journal, PeerRole::Sequencer, PeerRole::Replayer, PeerRole::Client];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerRole::Journal => "journal",
+            PeerRole::Sequencer => "sequencer",
+            PeerRole::Replayer => "replayer",
+            PeerRole::Client => "client",
+        }
+    }
+
+    /// The subject alternative name that carries this role in a certificate.
+    pub fn dns_name(self) -> String {
+        format!("{}.role.triad", self.as_str())
+    }
+
+    /// The role `triad certs` gives a node by its name: names starting with `journal`,
+    /// `sequencer` or `replayer` get that role, every other name a client's.
+    pub fn of_name(name: &str) -> PeerRole {
+        [PeerRole::Journal, PeerRole::Sequencer, PeerRole::Replayer]
+            .into_iter()
+            .find(|r| name.starts_with(r.as_str()))
+            .unwrap_or(PeerRole::Client)
+    }
+
+    /// The role a certificate (already verified against the cluster CA) was issued for. One
+    /// without a role name, or with several, is a client: the least a member can do.
+    pub fn of_certificate(der: &CertificateDer<'_>) -> PeerRole {
+        let Ok(cert) = webpki::EndEntityCert::try_from(der) else {
+            return PeerRole::Client;
+        };
+        let mut held = PeerRole::ALL.into_iter().filter(|role| {
+            ServerName::try_from(role.dns_name())
+                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+        });
+        match (held.next(), held.next()) {
+            (Some(role), None) => role,
+            _ => PeerRole::Client,
+        }
+    }
+
+    /// `Ok` when this is `allowed`, else `who` (the refusal's reason: who may do it).
+    pub fn must_be(self, allowed: PeerRole, who: &'static str) -> Result<(), &'static str> {
+        if self == allowed {
+            Ok(())
+        } else {
+            Err(who)
+        }
+    }
+
+    /// The role of the peer at the other end of an established connection.
+    pub fn of_connection(conn: &quinn::Connection) -> PeerRole {
+        conn.peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|chain| chain.first().map(PeerRole::of_certificate))
+            .unwrap_or(PeerRole::Client)
+    }
+}
+
+impl std::fmt::Display for PeerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClusterCa;
+    use rustls::pki_types::pem::PemObject;
+
+    fn role_of_issued(ca: &ClusterCa, name: &str, role: PeerRole) -> PeerRole {
+        let pem = ca.issue_as(name, role).unwrap().cert_pem;
+        PeerRole::of_certificate(&CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn a_certificate_says_the_role_it_was_issued_for() {
+        let ca = ClusterCa::generate().unwrap();
+        for role in PeerRole::ALL {
+            // The name plays no part once issued: a journal-looking name with a client's role
+            // is a client.
+            assert_eq!(role_of_issued(&ca, "journal-9", role), role);
+        }
+    }
+
+    #[test]
+    fn names_give_roles_by_their_prefix() {
+        assert_eq!(PeerRole::of_name("journal-2"), PeerRole::Journal);
+        assert_eq!(PeerRole::of_name("sequencer-1"), PeerRole::Sequencer);
+        assert_eq!(PeerRole::of_name("replayer-eu"), PeerRole::Replayer);
+        for name in ["client", "sql", "app-journal", "Sequencer-1", ""] {
+            assert_eq!(PeerRole::of_name(name), PeerRole::Client, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_without_a_role_or_with_two_is_a_client() {
+        let ca = ClusterCa::generate().unwrap();
+        let pem = ca.issue_with_names("old", &[]).unwrap().cert_pem;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(PeerRole::of_certificate(&der), PeerRole::Client);
+        let both = [PeerRole::Sequencer.dns_name(), PeerRole::Journal.dns_name()];
+        let pem = ca.issue_with_names("greedy", &both).unwrap().cert_pem;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(PeerRole::of_certificate(&der), PeerRole::Client);
+        assert_eq!(PeerRole::of_certificate(&CertificateDer::from(vec![1, 2, 3])), PeerRole::Client);
+    }
+}
