@@ -22,7 +22,7 @@ struct DroppingSequencer {
 }
 
 impl Service for DroppingSequencer {
-    fn permits(&self, _: triad_transport::PeerRole, _: &Message) -> Result<(), &'static str> {
+    fn permits(&self, _: &triad_transport::PeerIdentity, _: &Message) -> Result<(), &'static str> {
         Ok(())
     }
 

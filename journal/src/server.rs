@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use triad_protocol::{
     Entry, EntryId, Epoch, ErrorCode, LearnerStatus, Lsn, Message, NodeStatus, MAX_FRAME_DEFAULT, MAX_LSN,
 };
-use triad_transport::{read_msg, write_msg, PeerRole, Service, Stream, TransportError};
+use triad_transport::{read_msg, write_msg, PeerIdentity, PeerRole, Service, Stream, TransportError};
 
 use crate::acceptor::{self, AcceptorState, AppendDecision, FetchDecision, RebaseDecision, SealDecision};
 use crate::storage::{LogStore, Meta, StoreError, StoreView};
@@ -791,9 +791,12 @@ async fn ack_writer(
 
 /// Who may ask a journal node what. Everything that changes the log or the node's promise, and
 /// reads of the uncommitted tail, are a sequencer's; registering as a learner (which holds
-/// trimming back) and tailing are a replayer's. Status and reads of the committed log are open
-/// to every member: they show no more than reads through a replayer do.
-pub fn permits(role: PeerRole, msg: &Message) -> Result<(), &'static str> {
+/// trimming back) and tailing are a replayer's, and a replayer reports under its own
+/// certificate's name only: one that reported for another could let the journal trim what
+/// that one has yet to apply. Status and reads of the committed log are open to every member:
+/// they show no more than reads through a replayer do.
+pub fn permits(peer: &PeerIdentity, msg: &Message) -> Result<(), &'static str> {
+    let role = peer.role();
     match msg {
         Message::SealRequest { .. }
         | Message::AppendRequest { .. }
@@ -804,15 +807,21 @@ pub fn permits(role: PeerRole, msg: &Message) -> Result<(), &'static str> {
             "seals, appends, rebases, heartbeats and reads of the uncommitted log are for sequencers only",
         ),
         Message::LearnerReport { .. } | Message::FetchRequest { follow: true, .. } => {
-            role.must_be(PeerRole::Replayer, "learner reports and tailing are for replayers only")
+            role.must_be(PeerRole::Replayer, "learner reports and tailing are for replayers only")?;
+            match msg {
+                Message::LearnerReport { name, .. } if !peer.is_named(name) => {
+                    Err("a learner reports under its own certificate's name only")
+                }
+                _ => Ok(()),
+            }
         }
         _ => Ok(()),
     }
 }
 
 impl Service for JournalNode {
-    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str> {
-        permits(role, msg)
+    fn permits(&self, peer: &PeerIdentity, msg: &Message) -> Result<(), &'static str> {
+        permits(peer, msg)
     }
 
     fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {
@@ -870,6 +879,9 @@ mod tests {
 
     #[test]
     fn only_sequencers_change_the_log_and_only_replayers_tail_it() {
+        let ca = triad_transport::ClusterCa::generate().unwrap();
+        let identity =
+            |name: &str, role| PeerIdentity::of_pem(&ca.issue_as(name, role).unwrap().cert_pem).unwrap();
         let e = Epoch::new(1, 1);
         let fetch = |follow, epoch| Message::FetchRequest { from_lsn: 1, max_entries: 8, follow, epoch };
         let sequencers = [
@@ -879,19 +891,26 @@ mod tests {
             Message::HeartbeatRequest { epoch: e },
             fetch(false, Some(e)),
         ];
-        let replayers = [Message::LearnerReport { name: "r".into(), durable_lsn: 1 }, fetch(true, None)];
+        let report = |name: &str| Message::LearnerReport { name: name.into(), durable_lsn: 1 };
+        let replayers = [report("replayer-1"), fetch(true, None)];
         let anyone = [Message::StatusRequest, fetch(false, None)];
         for role in PeerRole::ALL {
+            let peer = identity("replayer-1", role);
             for m in &sequencers {
-                assert_eq!(permits(role, m).is_ok(), role == PeerRole::Sequencer, "{role} {m:?}");
+                assert_eq!(permits(&peer, m).is_ok(), role == PeerRole::Sequencer, "{role} {m:?}");
             }
             for m in &replayers {
-                assert_eq!(permits(role, m).is_ok(), role == PeerRole::Replayer, "{role} {m:?}");
+                assert_eq!(permits(&peer, m).is_ok(), role == PeerRole::Replayer, "{role} {m:?}");
             }
             for m in &anyone {
-                assert!(permits(role, m).is_ok(), "{role} {m:?}");
+                assert!(permits(&peer, m).is_ok(), "{role} {m:?}");
             }
         }
+        // A replayer reports for itself, never for another learner.
+        let other = identity("replayer-2", PeerRole::Replayer);
+        assert!(permits(&other, &report("replayer-2")).is_ok());
+        assert!(permits(&other, &report("replayer-1")).is_err());
+        assert!(permits(&PeerIdentity::bare(PeerRole::Replayer), &report("replayer-1")).is_err());
     }
 
     fn node_with_log(n: u64, retain: u64) -> Arc<JournalNode> {

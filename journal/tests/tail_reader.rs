@@ -77,7 +77,7 @@ async fn a_node_that_trimmed_sends_the_reader_to_one_that_did_not() {
 struct Misordered;
 
 impl Service for Misordered {
-    fn permits(&self, _: triad_transport::PeerRole, _: &Message) -> Result<(), &'static str> {
+    fn permits(&self, _: &triad_transport::PeerIdentity, _: &Message) -> Result<(), &'static str> {
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use rand::Rng;
 use tracing::{debug, info, warn};
 use triad_journal::JournalClient;
 use triad_protocol::{CommitOutcome, Epoch, ErrorCode, Message, NodeStatus};
-use triad_transport::{PeerRole, Reply, Service};
+use triad_transport::{PeerIdentity, PeerRole, Reply, Service};
 
 use crate::{Sequencer, SequencerConfig};
 
@@ -131,8 +131,8 @@ pub fn permits(role: PeerRole, msg: &Message) -> Result<(), &'static str> {
 }
 
 impl Service for SequencerNode {
-    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str> {
-        permits(role, msg)
+    fn permits(&self, peer: &PeerIdentity, msg: &Message) -> Result<(), &'static str> {
+        permits(peer.role(), msg)
     }
 
     fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {

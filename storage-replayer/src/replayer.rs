@@ -21,7 +21,7 @@ use triad_journal::{JournalClient, JournalError, TailReader};
 use triad_protocol::{
     decode_record, Epoch, ErrorCode, Lsn, Message, NodeStatus, ReadValue, Row, MAX_MULTI_GET_KEYS,
 };
-use triad_transport::{PeerRole, Service};
+use triad_transport::{PeerIdentity, PeerRole, Service};
 
 use crate::format::{CommittedRecord, FormatError, StorageFormat};
 
@@ -358,8 +358,8 @@ pub fn permits(role: PeerRole, msg: &Message) -> Result<(), &'static str> {
 }
 
 impl Service for Replayer {
-    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str> {
-        permits(role, msg)
+    fn permits(&self, peer: &PeerIdentity, msg: &Message) -> Result<(), &'static str> {
+        permits(peer.role(), msg)
     }
 
     fn request(self: Arc<Self>, msg: Message) -> BoxFuture<'static, Message> {

@@ -17,7 +17,7 @@ pub mod tls;
 pub use error::TransportError;
 pub use framed::{read_msg, read_request, write_msg, write_raw_frame};
 pub use peer::Peer;
-pub use role::PeerRole;
+pub use role::{PeerIdentity, PeerRole};
 pub use server::{serve, Reply, Service, Stream};
 pub use tls::{ClusterCa, TlsConfig};
 

@@ -78,13 +78,54 @@ impl PeerRole {
             Err(who)
         }
     }
+}
 
-    /// The role of the peer at the other end of an established connection.
-    pub fn of_connection(conn: &quinn::Connection) -> PeerRole {
+/// Who the peer at the other end of a connection is: the role its certificate was issued for,
+/// and the certificate, which also names the node (a learner may only report under its own
+/// name, say).
+#[derive(Clone, Debug)]
+pub struct PeerIdentity {
+    role: PeerRole,
+    cert: Option<CertificateDer<'static>>,
+}
+
+impl PeerIdentity {
+    /// The identity a certificate (already verified against the cluster CA) gives.
+    pub fn of_certificate(cert: CertificateDer<'static>) -> PeerIdentity {
+        PeerIdentity { role: PeerRole::of_certificate(&cert), cert: Some(cert) }
+    }
+
+    /// The identity the PEM-encoded certificate `pem` gives; `None` when it is no certificate.
+    pub fn of_pem(pem: &str) -> Option<PeerIdentity> {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(PeerIdentity::of_certificate)
+    }
+
+    /// The peer at the other end of an established connection.
+    pub fn of_connection(conn: &quinn::Connection) -> PeerIdentity {
         conn.peer_identity()
             .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .and_then(|chain| chain.first().map(PeerRole::of_certificate))
-            .unwrap_or(PeerRole::Client)
+            .and_then(|chain| chain.into_iter().next())
+            .map_or(PeerIdentity::bare(PeerRole::Client), PeerIdentity::of_certificate)
+    }
+
+    /// A role without a certificate, so without a name: for checking policies in tests.
+    pub fn bare(role: PeerRole) -> PeerIdentity {
+        PeerIdentity { role, cert: None }
+    }
+
+    pub fn role(&self) -> PeerRole {
+        self.role
+    }
+
+    /// Whether the certificate was issued for the node called `name` (it carries the name as a
+    /// subject alternative name, which `triad certs` writes).
+    pub fn is_named(&self, name: &str) -> bool {
+        let Some(cert) = &self.cert else { return false };
+        let (Ok(cert), Ok(name)) = (webpki::EndEntityCert::try_from(cert), ServerName::try_from(name)) else {
+            return false;
+        };
+        cert.verify_is_valid_for_subject_name(&name).is_ok()
     }
 }
 
@@ -123,6 +164,18 @@ mod tests {
         for name in ["client", "sql", "app-journal", "Sequencer-1", ""] {
             assert_eq!(PeerRole::of_name(name), PeerRole::Client, "{name}");
         }
+    }
+
+    #[test]
+    fn an_identity_holds_its_own_name_only() {
+        let ca = ClusterCa::generate().unwrap();
+        let id = PeerIdentity::of_pem(&ca.issue("replayer-1").unwrap().cert_pem).unwrap();
+        assert_eq!(id.role(), PeerRole::Replayer);
+        assert!(id.is_named("replayer-1"));
+        for other in ["replayer-2", "replayer", "client", "", "not a name"] {
+            assert!(!id.is_named(other), "{other}");
+        }
+        assert!(!PeerIdentity::bare(PeerRole::Replayer).is_named("replayer-1"));
     }
 
     #[test]

@@ -18,15 +18,15 @@ use triad_protocol::frame::{frame_request, HEADER_LEN};
 use triad_protocol::{ErrorCode, Message, MAX_FRAME_DEFAULT};
 
 use crate::mux::{write_batches, Outgoing};
-use crate::{read_request, write_msg, PeerRole, TransportError};
+use crate::{read_request, write_msg, PeerIdentity, TransportError};
 
 /// A stream handed to a service after its first message was read.
 pub struct Stream {
     pub send: SendStream,
     pub recv: RecvStream,
     pub peer: SocketAddr,
-    /// What the peer's certificate lets it do; its first message was permitted for it.
-    pub role: PeerRole,
+    /// Who the peer is; its first message was permitted for it.
+    pub identity: Arc<PeerIdentity>,
 }
 
 impl Stream {
@@ -104,11 +104,11 @@ impl Drop for Reply {
 }
 
 pub trait Service: Send + Sync + 'static {
-    /// Whether a peer in `role` may make request `msg`; `Err` says who may, for the refusal
-    /// the peer gets (`Forbidden`). Asked of every request and of every stream's first message
-    /// before the service sees it. Required, so that no service is open to every role by
-    /// forgetting it.
-    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str>;
+    /// Whether `peer` (its role above all) may make request `msg`; `Err` says who may, for the
+    /// refusal the peer gets (`Forbidden`). Asked of every request and of every stream's first
+    /// message before the service sees it. Required, so that no service is open to every role
+    /// by forgetting it.
+    fn permits(&self, peer: &PeerIdentity, msg: &Message) -> Result<(), &'static str>;
 
     /// Answers one request with one message. Requests on a multiplexed stream (what
     /// [`crate::Peer::call`] sends) come here; so does the first message of a stream of its
@@ -154,7 +154,7 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                 }
             };
             let peer = conn.remote_address();
-            let role = PeerRole::of_connection(&conn);
+            let identity = Arc::new(PeerIdentity::of_connection(&conn));
             let refused_before = Arc::new(AtomicBool::new(false));
             loop {
                 let (send, mut recv) = match conn.accept_bi().await {
@@ -166,11 +166,12 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                 };
                 let service = service.clone();
                 let refused_before = refused_before.clone();
+                let identity = identity.clone();
                 tokio::spawn(async move {
                     let first = match read_request(&mut recv, MAX_FRAME_DEFAULT).await {
                         Ok(Some((0, m))) => m,
                         Ok(Some((id, m))) => {
-                            let caller = Caller { peer, role, refused_before };
+                            let caller = Caller { peer, identity: identity.clone(), refused_before };
                             return serve_mux(service, id, m, send, recv, caller).await;
                         }
                         Ok(None) => return,
@@ -186,14 +187,14 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                             return;
                         }
                     };
-                    let caller = Caller { peer, role, refused_before };
+                    let caller = Caller { peer, identity: identity.clone(), refused_before };
                     if let Some(refusal) = caller.refusal(&*service, &first) {
                         let mut send = send;
                         let _ = write_msg(&mut send, &refusal).await;
                         let _ = send.finish();
                         return;
                     }
-                    let stream = Stream { send, recv, peer, role };
+                    let stream = Stream { send, recv, peer, identity };
                     if let Err(e) = service.handle(first, stream).await {
                         debug!(%peer, "stream ended with error: {e}");
                     }
@@ -265,7 +266,7 @@ async fn serve_mux<S: Service>(
 /// Who is at the other end of a connection, as far as authorization goes.
 struct Caller {
     peer: SocketAddr,
-    role: PeerRole,
+    identity: Arc<PeerIdentity>,
     /// Whether a request of this connection was refused already: only the first refusal is a
     /// warning, so a misconfigured member that keeps retrying (or a hostile one) cannot flood
     /// the log.
@@ -276,8 +277,8 @@ impl Caller {
     /// [`Service::permits`] for one request: `None` when it is permitted, else the refusal
     /// the peer gets.
     fn refusal<S: Service>(&self, service: &S, msg: &Message) -> Option<Message> {
-        let (peer, role) = (self.peer, self.role);
-        let who = service.permits(role, msg).err()?;
+        let (peer, role) = (self.peer, self.identity.role());
+        let who = service.permits(&self.identity, msg).err()?;
         if self.refused_before.swap(true, Ordering::Relaxed) {
             debug!(%peer, %role, request = msg.kind(), "refused a request the peer's role does not allow: {who}");
         } else {

@@ -15,7 +15,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::{PeerRole, TransportError, ALPN, SERVER_NAME};
+use crate::{PeerIdentity, PeerRole, TransportError, ALPN, SERVER_NAME};
 
 /// A freshly generated cluster certificate authority.
 pub struct ClusterCa {
@@ -111,7 +111,7 @@ impl TlsConfig {
     /// The role the certificate in `cert_pem` was issued for; `None` when it is not a
     /// certificate.
     pub fn role_of_pem(cert_pem: &str) -> Option<PeerRole> {
-        CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok().map(|der| PeerRole::of_certificate(&der))
+        PeerIdentity::of_pem(cert_pem).map(|id| id.role())
     }
 
     /// Loads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME.key`.

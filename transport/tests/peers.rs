@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use triad_protocol::{ErrorCode, FrameError, Message, MAX_FRAME_DEFAULT};
-use triad_transport::{read_msg, read_request, serve, ClusterCa, Peer, PeerRole, Reply, Service, TlsConfig};
+use triad_transport::{
+    read_msg, read_request, serve, ClusterCa, Peer, PeerIdentity, PeerRole, Reply, Service, TlsConfig,
+};
 
 /// Answers a status request with a default status, and a get of `key` at `read_lsn` after
 /// `read_lsn` milliseconds with `key` as the value — so answers finish out of order. A get at
@@ -25,9 +27,11 @@ const HUGE: u64 = u64::MAX - 1;
 
 impl Service for Echo {
     /// Seals stand for a request only one role may make.
-    fn permits(&self, role: PeerRole, msg: &Message) -> Result<(), &'static str> {
+    fn permits(&self, peer: &PeerIdentity, msg: &Message) -> Result<(), &'static str> {
         match msg {
-            Message::SealRequest { .. } => role.must_be(PeerRole::Sequencer, "seals are for sequencers only"),
+            Message::SealRequest { .. } => {
+                peer.role().must_be(PeerRole::Sequencer, "seals are for sequencers only")
+            }
             _ => Ok(()),
         }
     }

@@ -427,9 +427,9 @@ async fn a_journal_node_that_lost_its_data_refuses_to_start_empty() {
 
 /// Fencing only protects the log if only sequencers can promise epochs and append: a client's
 /// certificate (what applications and the SQL front end hold) is refused a seal, an append and
-/// a recovery read at every journal node, commits and reads by a member's certificate are
-/// refused too, and the cluster goes on in the same epoch with nothing of the intruder's in
-/// the log.
+/// a recovery read at every journal node, a replayer may not report for another learner,
+/// commits and reads by a member's certificate are refused too, and the cluster goes on in the
+/// same epoch with nothing of the intruder's in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_cannot_depose_the_sequencer_or_write_the_log() {
     use triad_protocol::{Entry, EntryId, Epoch, ErrorCode, Message};
@@ -471,6 +471,14 @@ async fn a_client_certificate_cannot_depose_the_sequencer_or_write_the_log() {
         let answer = triad_transport::read_msg(&mut recv, triad_protocol::MAX_FRAME_DEFAULT).await;
         forbidden("a recovery read", answer.map(|m| m.expect("an answer")));
     }
+    // A replayer reports as the learner its certificate names, never as another: a report for
+    // a learner it is not could let the journal trim entries that learner still needs.
+    let replayer_tls = triad_transport::TlsConfig::load(&c.tls_dir(), &Role::Replayer.to_string()).unwrap();
+    let replayer_ep = replayer_tls.client_endpoint([127, 0, 0, 1].into()).unwrap();
+    let node = triad_transport::Peer::new(replayer_ep, c.journal_addrs()[0]);
+    let impostor = Message::LearnerReport { name: "replayer-9".into(), durable_lsn: before };
+    forbidden("a report for another learner", node.call_timeout(&impostor, Duration::from_secs(5)).await);
+
     // A member's certificate is no client's: a journal node's key cannot commit or read.
     let member = triad_transport::TlsConfig::load(&c.tls_dir(), &Role::Journal(0).to_string()).unwrap();
     let member = member.client_endpoint([127, 0, 0, 1].into()).unwrap();
