@@ -21,6 +21,21 @@ pub enum Role {
     Replayer,
 }
 
+/// Whether `dir` holds a CA and, for every member of `spec` and the client, a certificate
+/// issued for its role. Material from before certificates carried roles would have every
+/// member refused as a client, so a directory `dev` made itself and finds so is made again.
+fn tls_material_current(dir: &Path, spec: &ClusterSpec) -> bool {
+    let holds = |name: String, role: PeerRole| {
+        std::fs::read_to_string(dir.join(format!("{name}.pem")))
+            .ok()
+            .and_then(|pem| TlsConfig::role_of_pem(&pem))
+            .is_some_and(|held| held == role)
+    };
+    dir.join("ca.pem").exists()
+        && holds(CLIENT_NAME.to_string(), PeerRole::Client)
+        && LocalCluster::roles_of(spec).into_iter().all(|r| holds(r.to_string(), r.peer_role()))
+}
+
 impl Role {
     /// The role this member's certificate is issued for.
     pub fn peer_role(self) -> PeerRole {
@@ -93,14 +108,7 @@ impl LocalCluster {
         std::fs::create_dir_all(spec.dir.join("logs"))
             .with_context(|| format!("creating {}", spec.dir.display()))?;
         let tls_dir = spec.dir.join("tls");
-        // Material from before certificates carried roles would have every member refused as
-        // a client: a directory `dev` made itself is simply made again.
-        let sequencer_pem = tls_dir.join(format!("{}.pem", Role::Sequencer(0)));
-        let current = std::fs::read_to_string(&sequencer_pem)
-            .ok()
-            .and_then(|pem| TlsConfig::role_of_pem(&pem))
-            .is_some_and(|role| role == PeerRole::Sequencer);
-        if !tls_dir.join("ca.pem").exists() || !current {
+        if !tls_material_current(&tls_dir, &spec) {
             let names: Vec<String> = LocalCluster::roles_of(&spec)
                 .iter()
                 .map(Role::to_string)
@@ -364,4 +372,30 @@ pub async fn serves_reads(client: &Client) -> Result<(), triad_shim::ShimError> 
     let mut txn = client.begin().await?;
     txn.get(b"\0ready").await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_material_without_roles_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ClusterSpec::local(dir.path().to_path_buf(), 7000, 2, "triad".into());
+        let tls = dir.path().join("tls");
+        assert!(!tls_material_current(&tls, &spec), "nothing there yet");
+        let names: Vec<String> = LocalCluster::roles_of(&spec)
+            .iter()
+            .map(Role::to_string)
+            .chain([CLIENT_NAME.to_string()])
+            .collect();
+        let ca = ClusterCa::generate().unwrap();
+        ca.write_cluster(&tls, &names).unwrap();
+        assert!(tls_material_current(&tls, &spec));
+        // A certificate without a role counts as a client's: a standby sequencer holding one
+        // could never seal, so the whole set is stale.
+        let old = ca.issue_as("sequencer-2", PeerRole::Client).unwrap();
+        std::fs::write(tls.join("sequencer-2.pem"), old.cert_pem).unwrap();
+        assert!(!tls_material_current(&tls, &spec));
+    }
 }
