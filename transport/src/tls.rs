@@ -35,7 +35,20 @@ fn tls_err(e: impl std::fmt::Display) -> TransportError {
 
 impl ClusterCa {
     pub fn generate() -> Result<ClusterCa, TransportError> {
-        let key = KeyPair::generate().map_err(tls_err)?;
+        ClusterCa::with_key(KeyPair::generate().map_err(tls_err)?)
+    }
+
+    /// The CA whose key [`ClusterCa::write_cluster`] wrote into `dir`, to issue more
+    /// certificates from without replacing the CA the cluster's members trust. Certificates
+    /// name their issuer by its subject and key, both of which are the same as the original's,
+    /// so they verify against the `ca.pem` already in place.
+    pub fn load(dir: &Path) -> Result<ClusterCa, TransportError> {
+        let path = dir.join("ca.key");
+        let pem = std::fs::read_to_string(&path).map_err(|source| TransportError::File { path, source })?;
+        ClusterCa::with_key(KeyPair::from_pem(&pem).map_err(tls_err)?)
+    }
+
+    fn with_key(key: KeyPair) -> Result<ClusterCa, TransportError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, "Triad cluster CA");
@@ -79,21 +92,30 @@ impl ClusterCa {
 
     /// Writes the CA and one certificate per name into `dir` (created if missing).
     pub fn write_cluster(&self, dir: &Path, names: &[String]) -> Result<(), TransportError> {
-        let write = |file: String, contents: &str| {
-            let path = dir.join(file);
-            std::fs::write(&path, contents).map_err(|source| TransportError::File { path, source })
-        };
+        self.write_ca(dir)?;
+        names.iter().try_for_each(|name| self.write_cert(dir, name))
+    }
+
+    /// Writes `ca.pem` and `ca.key` into `dir` (created if missing).
+    pub fn write_ca(&self, dir: &Path) -> Result<(), TransportError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| TransportError::File { path: dir.to_path_buf(), source })?;
-        write("ca.pem".into(), &self.cert_pem())?;
-        write("ca.key".into(), &self.key_pem())?;
-        for name in names {
-            let node = self.issue(name)?;
-            write(format!("{name}.pem"), &node.cert_pem)?;
-            write(format!("{name}.key"), &node.key_pem)?;
-        }
-        Ok(())
+        write_file(dir, "ca.pem", &self.cert_pem())?;
+        write_file(dir, "ca.key", &self.key_pem())
     }
+
+    /// Issues a certificate for `name` in the role its name gives and writes `NAME.pem` and
+    /// `NAME.key` into `dir`, replacing any there.
+    pub fn write_cert(&self, dir: &Path, name: &str) -> Result<(), TransportError> {
+        let node = self.issue(name)?;
+        write_file(dir, &format!("{name}.pem"), &node.cert_pem)?;
+        write_file(dir, &format!("{name}.key"), &node.key_pem)
+    }
+}
+
+fn write_file(dir: &Path, file: &str, contents: &str) -> Result<(), TransportError> {
+    let path = dir.join(file);
+    std::fs::write(&path, contents).map_err(|source| TransportError::File { path, source })
 }
 
 /// Ready-to-use QUIC configurations for one node, as server and as client.

@@ -140,6 +140,22 @@ async fn a_handle_made_for_a_role_refuses_a_server_whose_certificate_holds_anoth
 }
 
 #[tokio::test]
+async fn a_certificate_from_the_reloaded_ca_is_trusted_by_members_of_the_original() {
+    let ca = ClusterCa::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    ca.write_cluster(dir.path(), &[]).unwrap();
+    let addr = server(&ca).await;
+    // Issued later, by the CA read back from its key file (as `triad certs` does for a new member).
+    let reloaded = ClusterCa::load(dir.path()).unwrap();
+    let newcomer = reloaded.issue("client").unwrap();
+    let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let tls = TlsConfig::from_pem(&ca_pem, &newcomer.cert_pem, &newcomer.key_pem).unwrap();
+    let peer = Peer::new(tls.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
+    let answer = peer.call_timeout(&Message::StatusRequest, Duration::from_secs(3)).await.unwrap();
+    assert!(matches!(answer, Message::StatusResponse(_)));
+}
+
+#[tokio::test]
 async fn a_malformed_frame_gets_an_error_answer_and_the_server_keeps_serving() {
     let ca = ClusterCa::generate().unwrap();
     let addr = server(&ca).await;

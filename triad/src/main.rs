@@ -56,7 +56,9 @@ enum Cmd {
     Replayer(ReplayerArgs),
     /// Serve SQL over the PostgreSQL wire protocol (psql, pgbench, drivers) on the compute shim.
     Sql(SqlArgs),
-    /// Generate the cluster's TLS material: a CA and one certificate per node name.
+    /// Make the cluster's TLS material: a CA (kept if the directory has one) and a certificate
+    /// per node name, in the role the name gives. Safe to run again: certificates that hold
+    /// their role are kept, so it also issues certificates for new members.
     Certs(CertsArgs),
     /// Show every member's state: epochs, log tails, commit watermarks, learners and their lag.
     Status(StatusArgs),
@@ -401,6 +403,12 @@ struct CertsArgs {
     /// read but never write the log directly.
     #[arg(long, value_delimiter = ',', required = true)]
     names: Vec<String>,
+    /// Issue every named certificate anew, also those that already hold their role. Without
+    /// it, a name whose certificate holds its role keeps it, and only missing ones and those
+    /// without the right role (made before roles existed) are issued. Either way an existing
+    /// CA is kept: its `ca.key` signs the new certificates.
+    #[arg(long)]
+    reissue: bool,
 }
 
 #[derive(Args, Clone)]
@@ -620,10 +628,51 @@ async fn sql(a: SqlArgs) -> Result<()> {
 }
 
 fn certs(a: CertsArgs) -> Result<()> {
-    ClusterCa::generate()?.write_cluster(&a.dir, &a.names)?;
-    println!("wrote ca.pem, ca.key and {} node certificate(s) to {}:", a.names.len(), a.dir.display());
-    for name in &a.names {
-        println!("  {name}.pem: {}", triad_transport::PeerRole::of_name(name));
+    use triad_transport::PeerRole;
+    let dir = &a.dir;
+    let held = |name: &str| {
+        let pem = std::fs::read_to_string(dir.join(format!("{name}.pem"))).ok()?;
+        dir.join(format!("{name}.key")).exists().then(|| TlsConfig::role_of_pem(&pem)).flatten()
+    };
+    // What each name needs: nothing when its certificate already holds its role (a member keeps
+    // its identity across `docker/up`s), else a new one.
+    let plan: Vec<(&String, PeerRole, Option<PeerRole>)> =
+        a.names.iter().map(|name| (name, PeerRole::of_name(name), held(name))).collect();
+    let issue = |(_, role, held): &&(&String, PeerRole, Option<PeerRole>)| a.reissue || *held != Some(*role);
+    let ca = if dir.join("ca.pem").exists() {
+        if !plan.iter().any(|p| issue(&p)) {
+            None
+        } else if dir.join("ca.key").exists() {
+            println!("issuing from the CA already in {} (ca.pem stays as it is)", dir.display());
+            Some(ClusterCa::load(dir)?)
+        } else {
+            bail!(
+                "{} has ca.pem but no ca.key, and some certificates need issuing: put the CA's key \
+                 back (a new CA would not be trusted by the members that hold the old one's \
+                 certificates), or use an empty directory for a new cluster",
+                dir.display()
+            );
+        }
+    } else {
+        let ca = ClusterCa::generate()?;
+        ca.write_ca(dir)?;
+        println!("made a new cluster CA: {}/ca.pem and ca.key (keep ca.key offline)", dir.display());
+        Some(ca)
+    };
+    for entry in &plan {
+        let (name, role, held) = entry;
+        match &ca {
+            Some(ca) if issue(&entry) => {
+                ca.write_cert(dir, name)?;
+                let why = match held {
+                    None => String::new(),
+                    Some(h) if h == role => " (reissued)".into(),
+                    Some(h) => format!(" (reissued: the old one held {h})"),
+                };
+                println!("  {name}.pem: {role}{why}");
+            }
+            _ => println!("  {name}.pem: {role} (kept)"),
+        }
     }
     Ok(())
 }
