@@ -119,9 +119,11 @@ impl PeerIdentity {
     }
 
     /// Whether the certificate was issued for the node called `name` (it carries the name as a
-    /// subject alternative name, which `triad certs` writes).
+    /// subject alternative name, which `triad certs` writes). The names every certificate or
+    /// every certificate of a role carries name no node.
     pub fn is_named(&self, name: &str) -> bool {
-        let Some(cert) = &self.cert else { return false };
+        let shared = name == crate::SERVER_NAME || PeerRole::ALL.iter().any(|r| r.dns_name() == name);
+        let Some(cert) = self.cert.as_ref().filter(|_| !shared) else { return false };
         let (Ok(cert), Ok(name)) = (webpki::EndEntityCert::try_from(cert), ServerName::try_from(name)) else {
             return false;
         };
@@ -172,7 +174,7 @@ mod tests {
         let id = PeerIdentity::of_pem(&ca.issue("replayer-1").unwrap().cert_pem).unwrap();
         assert_eq!(id.role(), PeerRole::Replayer);
         assert!(id.is_named("replayer-1"));
-        for other in ["replayer-2", "replayer", "client", "", "not a name"] {
+        for other in ["replayer-2", "replayer", "client", "", "not a name", "triad", "replayer.role.triad"] {
             assert!(!id.is_named(other), "{other}");
         }
         assert!(!PeerIdentity::bare(PeerRole::Replayer).is_named("replayer-1"));
