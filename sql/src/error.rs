@@ -62,6 +62,14 @@ impl SqlError {
                 "42P07"
             }
             SqlError::Engine(msg) if msg.contains("duplicate") || msg.contains("Duplicate") => "23505",
+            // PostgreSQL's foreign_key_violation: a delete of a referenced row, or a reference
+            // to a row that does not exist.
+            SqlError::Engine(msg)
+                if msg.contains("referencing column exists")
+                    || msg.contains("cannot find referenced value") =>
+            {
+                "23503"
+            }
             SqlError::Engine(msg)
                 if msg.contains("unsupported")
                     || msg.contains("Unsupported")

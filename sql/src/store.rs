@@ -17,12 +17,14 @@
 //! [`Handle::block_on`]: no runtime worker thread ever waits, and each session has its own
 //! store and transaction — there is no lock shared between sessions.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 use gluesql_core::ast::{IndexOperator, OrderByExpr};
 use gluesql_core::chrono::Utc;
 use gluesql_core::data::{Key, Schema, SchemaIndex, SchemaIndexOrd, Value};
 use gluesql_core::error::{Error, Result};
+use gluesql_core::executor::DeleteError;
 use gluesql_core::plan::StatementPlan;
 use gluesql_core::planner::{
     fetch_schema_map, plan_aggregate, plan_hash_join, plan_index, plan_primary_key, plan_schemaless, validate,
@@ -90,6 +92,33 @@ pub fn unique_claim(table: &str, column: &str, value: &Value) -> Result<Vec<u8>>
 pub fn deleted_parent(table: &str, key: &Key) -> Result<Vec<u8>> {
     check_name(table)?;
     Ok([DELETED_PARENT_PREFIX, table.as_bytes(), &[0], &key.to_cmp_be_bytes()?].concat())
+}
+
+/// A table's foreign keys to itself (an employee's manager, a comment's parent): positions of
+/// the referencing and the referenced column, and the referencing column's name.
+#[derive(Default)]
+struct SelfReferences(Vec<(usize, usize, String)>);
+
+impl SelfReferences {
+    fn of(schema: &Schema) -> SelfReferences {
+        let columns: Vec<&str> = schema.column_defs.iter().flatten().map(|c| c.name.as_str()).collect();
+        let at = |name: &str| columns.iter().position(|c| *c == name);
+        SelfReferences(
+            schema
+                .foreign_keys
+                .iter()
+                .filter(|fk| fk.referenced_table_name == schema.table_name)
+                .filter_map(|fk| {
+                    let referencing = at(&fk.referencing_column_name)?;
+                    Some((referencing, at(&fk.referenced_column_name)?, fk.referencing_column_name.clone()))
+                })
+                .collect(),
+        )
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What a write to a table must maintain besides its rows: secondary index entries, claims on
@@ -508,6 +537,52 @@ impl<B: Backend> ShimStore<B> {
         Ok((!upkeep.is_empty()).then_some(upkeep))
     }
 
+    /// Refuses to delete `keys` of `table` while a row of the same table that stays references
+    /// one of them. GlueSQL looks for referencing rows in other tables only (its
+    /// `fetch_referencings` leaves the table itself out), so without this a self-referencing
+    /// foreign key would be left pointing at nothing. The check runs once the statement's rows
+    /// are all known, as PostgreSQL checks at the end of the statement: a row whose referencing
+    /// rows go in the same statement, or that references itself, may go.
+    fn refuse_orphans(&self, table: &str, refs: &SelfReferences, keys: &[Key]) -> Result<()> {
+        if refs.is_empty() || keys.is_empty() {
+            return Ok(());
+        }
+        let deleted: HashSet<Vec<u8>> = keys.iter().map(|k| row_key(table, k)).collect::<Result<_>>()?;
+        // The referenced values of the rows going, per foreign key, encoded as index values are
+        // (values equal in SQL compare equal).
+        let mut gone: Vec<HashSet<Vec<u8>>> = vec![HashSet::new(); refs.0.len()];
+        let encoded = |value: &Value| -> Result<Option<Vec<u8>>> {
+            if matches!(value, Value::Null) {
+                return Ok(None);
+            }
+            let mut out = Vec::new();
+            index::encode_value(value, &mut out)?;
+            Ok(Some(out))
+        };
+        for row_key in &deleted {
+            let Some((_, values)) = self.stored_row(row_key)? else { continue };
+            for (i, (_, referenced, _)) in refs.0.iter().enumerate() {
+                if let Some(v) = values.get(*referenced).map(encoded).transpose()?.flatten() {
+                    gone[i].insert(v);
+                }
+            }
+        }
+        for entry in self.scan_range(table_range(table)?) {
+            let (key, bytes) = entry?;
+            if deleted.contains(&key) {
+                continue;
+            }
+            let (_, values) = decode_row(&bytes)?;
+            for (i, (referencing, _, column)) in refs.0.iter().enumerate() {
+                let Some(v) = values.get(*referencing).map(encoded).transpose()?.flatten() else { continue };
+                if gone[i].contains(&v) {
+                    return Err(DeleteError::ReferencingColumnExists(format!("{table}.{column}")).into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The row stored under `row_key` now, if there is one.
     fn stored_row(&self, row_key: &[u8]) -> Result<Option<(Key, Vec<Value>)>> {
         self.get(row_key)?.map(|bytes| decode_row(&bytes)).transpose()
@@ -728,11 +803,19 @@ impl<B: Backend> StoreMut for ShimStore<B> {
     fn delete_data(&mut self, table_name: &str, keys: Vec<Key>) -> Result<()> {
         let upkeep = self.upkeep_of(table_name)?;
         let indexes = upkeep.as_ref().and_then(|u| u.indexes.as_ref());
-        // Rows other tables may reference: see `deleted_parent` for both halves of the check.
-        let referenced = !keys.is_empty() && !self.fetch_referencings(table_name)?.is_empty();
+        let self_references = match self.fetch_schema(table_name)? {
+            Some(schema) => SelfReferences::of(&schema),
+            None => SelfReferences::default(),
+        };
+        // Rows other tables, or other rows of this one, may reference: see `deleted_parent` for
+        // both halves of the check.
+        let referenced = !keys.is_empty()
+            && (!self_references.is_empty() || !self.fetch_referencings(table_name)?.is_empty());
         if referenced {
+            // Before the check below reads the table, so that its read is checked at commit.
             self.serializable()?;
         }
+        self.refuse_orphans(table_name, &self_references, &keys)?;
         let mut writes = Writes::new();
         for key in keys {
             let row_key = row_key(table_name, &key)?;

@@ -720,3 +720,38 @@ fn a_child_and_the_delete_of_its_parent_never_both_commit() {
     assert_eq!(c.ids("SELECT pid FROM ch ORDER BY id"), [Some(2), Some(3), Some(3)]);
     assert!(kv.keys_with_prefix(b"sql/p/").is_empty(), "marks are deletes: nothing is stored");
 }
+
+#[test]
+fn a_row_that_rows_of_its_own_table_reference_is_not_deleted_from_under_them() {
+    let (kv, rt, mut c) = setup();
+    c.run("CREATE TABLE emp (id INTEGER PRIMARY KEY, boss INTEGER, FOREIGN KEY (boss) REFERENCES emp (id))");
+    // GlueSQL checks each new row's reference before the statement's other rows are written.
+    for row in ["(1, NULL)", "(2, 1)", "(3, 2)", "(4, NULL)"] {
+        c.run(&format!("INSERT INTO emp VALUES {row}"));
+    }
+
+    // GlueSQL itself looks only in other tables; the store refuses, as PostgreSQL does (23503).
+    let e = c.exec("DELETE FROM emp WHERE id = 1").unwrap_err();
+    assert!(e.to_string().contains("referencing column exists: emp.boss"), "{e}");
+    assert_eq!(crate::error::SqlError::from(e).sqlstate(), "23503");
+    c.rollback();
+    // Rows whose referencing rows go in the same statement may go, as at PostgreSQL's end of
+    // statement; a row nobody references goes alone.
+    c.run("DELETE FROM emp WHERE id >= 2");
+    assert_eq!(c.ids("SELECT id FROM emp ORDER BY id"), [Some(1)]);
+    c.run("INSERT INTO emp VALUES (2, 1)");
+
+    // A new reference and the delete of its row, in two transactions: never both commit.
+    let (mut a, mut b) = (Conn::new(&kv, &rt), Conn::new(&kv, &rt));
+    c.run("INSERT INTO emp VALUES (5, NULL)");
+    a.exec("INSERT INTO emp VALUES (6, 5)").unwrap();
+    b.exec("DELETE FROM emp WHERE id = 5").unwrap();
+    b.commit().unwrap();
+    assert!(matches!(a.commit().unwrap_err(), ShimError::Conflict { .. }));
+    c.run("INSERT INTO emp VALUES (7, NULL)");
+    a.exec("INSERT INTO emp VALUES (8, 7)").unwrap();
+    b.exec("DELETE FROM emp WHERE id = 7").unwrap();
+    a.commit().unwrap();
+    assert!(matches!(b.commit().unwrap_err(), ShimError::Conflict { .. }));
+    assert_eq!(c.ids("SELECT id FROM emp ORDER BY id"), [1, 2, 7, 8].map(Some));
+}
