@@ -562,7 +562,7 @@ impl JournalNode {
     }
 
     async fn append_stream(self: Arc<Self>, first: Message, stream: Stream) -> Result<(), TransportError> {
-        let Stream { send, mut recv, peer, .. } = stream;
+        let Stream { send, mut recv, peer } = stream;
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(ack_writer(send, rx, self.durable.subscribe(), self.followers.clone()));
         let mut next = Some(first);
@@ -806,13 +806,15 @@ pub fn permits(peer: &PeerIdentity, msg: &Message) -> Result<(), &'static str> {
             PeerRole::Sequencer,
             "seals, appends, rebases, heartbeats and reads of the uncommitted log are for sequencers only",
         ),
-        Message::LearnerReport { .. } | Message::FetchRequest { follow: true, .. } => {
+        Message::FetchRequest { follow: true, .. } => {
+            role.must_be(PeerRole::Replayer, "learner reports and tailing are for replayers only")
+        }
+        Message::LearnerReport { name, .. } => {
             role.must_be(PeerRole::Replayer, "learner reports and tailing are for replayers only")?;
-            match msg {
-                Message::LearnerReport { name, .. } if !peer.is_named(name) => {
-                    Err("a learner reports under its own certificate's name only")
-                }
-                _ => Ok(()),
+            if peer.is_named(name) {
+                Ok(())
+            } else {
+                Err("a learner reports under its own certificate's name only")
             }
         }
         _ => Ok(()),

@@ -94,40 +94,17 @@ pub fn deleted_parent(table: &str, key: &Key) -> Result<Vec<u8>> {
     Ok([DELETED_PARENT_PREFIX, table.as_bytes(), &[0], &key.to_cmp_be_bytes()?].concat())
 }
 
-/// A table's foreign keys to itself (an employee's manager, a comment's parent): positions of
-/// the referencing and the referenced column, and the referencing column's name.
-#[derive(Default)]
-struct SelfReferences(Vec<(usize, usize, String)>);
-
-impl SelfReferences {
-    fn of(schema: &Schema) -> SelfReferences {
-        let columns: Vec<&str> = schema.column_defs.iter().flatten().map(|c| c.name.as_str()).collect();
-        let at = |name: &str| columns.iter().position(|c| *c == name);
-        SelfReferences(
-            schema
-                .foreign_keys
-                .iter()
-                .filter(|fk| fk.referenced_table_name == schema.table_name)
-                .filter_map(|fk| {
-                    let referencing = at(&fk.referencing_column_name)?;
-                    Some((referencing, at(&fk.referenced_column_name)?, fk.referencing_column_name.clone()))
-                })
-                .collect(),
-        )
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 /// What a write to a table must maintain besides its rows: secondary index entries, claims on
-/// the values of its UNIQUE columns other than the primary key (position, name), and guards
-/// for its foreign keys (position, referenced table).
+/// the values of its UNIQUE columns other than the primary key (position, name), guards for
+/// its foreign keys (position, referenced table), and, for its foreign keys to itself (an
+/// employee's manager), the check a delete makes (see [`ShimStore::refuse_orphans`]).
 struct TableUpkeep {
     indexes: Option<TableIndexes>,
     unique: Vec<(usize, String)>,
     foreign: Vec<(usize, String)>,
+    /// Foreign keys to the table itself: positions of the referencing and the referenced
+    /// column, and the referencing column's name.
+    self_references: Vec<(usize, usize, String)>,
 }
 
 impl TableUpkeep {
@@ -142,15 +119,27 @@ impl TableUpkeep {
             .map(|(i, c)| (i, c.name.clone()))
             .collect();
         let columns: Vec<&str> = schema.column_defs.iter().flatten().map(|c| c.name.as_str()).collect();
+        let at = |name: &str| columns.iter().position(|c| *c == name);
         let foreign = schema
             .foreign_keys
             .iter()
+            .filter_map(|fk| Some((at(&fk.referencing_column_name)?, fk.referenced_table_name.clone())))
+            .collect();
+        let self_references = schema
+            .foreign_keys
+            .iter()
+            .filter(|fk| fk.referenced_table_name == schema.table_name)
             .filter_map(|fk| {
-                let i = columns.iter().position(|c| *c == fk.referencing_column_name)?;
-                Some((i, fk.referenced_table_name.clone()))
+                let referencing = at(&fk.referencing_column_name)?;
+                Some((referencing, at(&fk.referenced_column_name)?, fk.referencing_column_name.clone()))
             })
             .collect();
-        Ok(TableUpkeep { indexes: (!indexes.is_empty()).then_some(indexes), unique, foreign })
+        Ok(TableUpkeep {
+            indexes: (!indexes.is_empty()).then_some(indexes),
+            unique,
+            foreign,
+            self_references,
+        })
     }
 
     fn is_empty(&self) -> bool {
@@ -538,49 +527,45 @@ impl<B: Backend> ShimStore<B> {
     }
 
     /// Refuses to delete `keys` of `table` while a row of the same table that stays references
-    /// one of them. GlueSQL looks for referencing rows in other tables only (its
-    /// `fetch_referencings` leaves the table itself out), so without this a self-referencing
-    /// foreign key would be left pointing at nothing. The check runs once the statement's rows
-    /// are all known, as PostgreSQL checks at the end of the statement: a row whose referencing
-    /// rows go in the same statement, or that references itself, may go.
-    fn refuse_orphans(&self, table: &str, refs: &SelfReferences, keys: &[Key]) -> Result<()> {
+    /// one of them (`refs`: the table's foreign keys to itself, as in [`TableUpkeep`]). GlueSQL
+    /// looks for referencing rows in other tables only (its `fetch_referencings` leaves the
+    /// table itself out), so without this a self-referencing foreign key would be left
+    /// pointing at nothing. The check runs once the statement's rows are all known, as
+    /// PostgreSQL checks at the end of the statement: a row whose referencing rows go in the
+    /// same statement, or that references itself, may go.
+    fn refuse_orphans(&self, table: &str, refs: &[(usize, usize, String)], keys: &[Key]) -> Result<()> {
         if refs.is_empty() || keys.is_empty() {
             return Ok(());
         }
         let deleted: HashSet<Vec<u8>> = keys.iter().map(|k| row_key(table, k)).collect::<Result<_>>()?;
-        // The referenced values of the rows going, per foreign key, encoded as index values are
-        // (values equal in SQL compare equal).
-        let mut gone: Vec<HashSet<Vec<u8>>> = vec![HashSet::new(); refs.0.len()];
-        let encoded = |value: &Value| -> Result<Option<Vec<u8>>> {
-            if matches!(value, Value::Null) {
-                return Ok(None);
-            }
-            let mut out = Vec::new();
-            index::encode_value(value, &mut out)?;
-            Ok(Some(out))
-        };
-        for row_key in &deleted {
-            let Some((_, values)) = self.stored_row(row_key)? else { continue };
-            for (i, (_, referenced, _)) in refs.0.iter().enumerate() {
-                if let Some(v) = values.get(*referenced).map(encoded).transpose()?.flatten() {
-                    gone[i].insert(v);
-                }
-            }
-        }
+        // Per foreign key, the referenced values of the rows going and the referencing values
+        // of the rows staying, encoded as index values are (values equal in SQL are equal
+        // here), from one pass over the table.
+        let mut gone: Vec<HashSet<Vec<u8>>> = vec![HashSet::new(); refs.len()];
+        let mut pointed_at: Vec<HashSet<Vec<u8>>> = vec![HashSet::new(); refs.len()];
         for entry in self.scan_range(table_range(table)?) {
             let (key, bytes) = entry?;
-            if deleted.contains(&key) {
-                continue;
-            }
+            let going = deleted.contains(&key);
             let (_, values) = decode_row(&bytes)?;
-            for (i, (referencing, _, column)) in refs.0.iter().enumerate() {
-                let Some(v) = values.get(*referencing).map(encoded).transpose()?.flatten() else { continue };
-                if gone[i].contains(&v) {
-                    return Err(DeleteError::ReferencingColumnExists(format!("{table}.{column}")).into());
+            for (i, (referencing, referenced, _)) in refs.iter().enumerate() {
+                let (column, into) =
+                    if going { (referenced, &mut gone[i]) } else { (referencing, &mut pointed_at[i]) };
+                match values.get(*column) {
+                    None | Some(Value::Null) => {}
+                    Some(value) => {
+                        let mut encoded = Vec::new();
+                        index::encode_value(value, &mut encoded)?;
+                        into.insert(encoded);
+                    }
                 }
             }
         }
-        Ok(())
+        match refs.iter().zip(gone.iter().zip(&pointed_at)).find(|(_, (g, p))| !g.is_disjoint(p)) {
+            Some(((_, _, column), _)) => {
+                Err(DeleteError::ReferencingColumnExists(format!("{table}.{column}")).into())
+            }
+            None => Ok(()),
+        }
     }
 
     /// The row stored under `row_key` now, if there is one.
@@ -803,10 +788,7 @@ impl<B: Backend> StoreMut for ShimStore<B> {
     fn delete_data(&mut self, table_name: &str, keys: Vec<Key>) -> Result<()> {
         let upkeep = self.upkeep_of(table_name)?;
         let indexes = upkeep.as_ref().and_then(|u| u.indexes.as_ref());
-        let self_references = match self.fetch_schema(table_name)? {
-            Some(schema) => SelfReferences::of(&schema),
-            None => SelfReferences::default(),
-        };
+        let self_references = upkeep.as_ref().map_or(&[][..], |u| &u.self_references[..]);
         // Rows other tables, or other rows of this one, may reference: see `deleted_parent` for
         // both halves of the check.
         let referenced = !keys.is_empty()
@@ -815,7 +797,7 @@ impl<B: Backend> StoreMut for ShimStore<B> {
             // Before the check below reads the table, so that its read is checked at commit.
             self.serializable()?;
         }
-        self.refuse_orphans(table_name, &self_references, &keys)?;
+        self.refuse_orphans(table_name, self_references, &keys)?;
         let mut writes = Writes::new();
         for key in keys {
             let row_key = row_key(table_name, &key)?;

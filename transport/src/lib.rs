@@ -1,6 +1,7 @@
 //! QUIC transport shared by every tier: the cluster's TLS material (a CA that `triad` generates,
-//! mutual authentication between tiers, a role per certificate that servers check per request), framed messages on QUIC streams, a reconnecting peer
-//! handle for clients, and an accept loop for servers.
+//! mutual authentication between tiers, a role per certificate that servers check per
+//! request), framed messages on QUIC streams, a reconnecting peer handle for clients, and an
+//! accept loop for servers.
 //!
 //! Requests that get one answer share one long-lived multiplexed stream per peer (see `mux`);
 //! replication and tailing get a bidirectional stream of their own, whose first message says

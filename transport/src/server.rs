@@ -25,8 +25,6 @@ pub struct Stream {
     pub send: SendStream,
     pub recv: RecvStream,
     pub peer: SocketAddr,
-    /// Who the peer is; its first message was permitted for it.
-    pub identity: Arc<PeerIdentity>,
 }
 
 impl Stream {
@@ -171,7 +169,7 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                     let first = match read_request(&mut recv, MAX_FRAME_DEFAULT).await {
                         Ok(Some((0, m))) => m,
                         Ok(Some((id, m))) => {
-                            let caller = Caller { peer, identity: identity.clone(), refused_before };
+                            let caller = Caller { peer, identity, refused_before };
                             return serve_mux(service, id, m, send, recv, caller).await;
                         }
                         Ok(None) => return,
@@ -187,14 +185,14 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
                             return;
                         }
                     };
-                    let caller = Caller { peer, identity: identity.clone(), refused_before };
+                    let caller = Caller { peer, identity, refused_before };
                     if let Some(refusal) = caller.refusal(&*service, &first) {
                         let mut send = send;
                         let _ = write_msg(&mut send, &refusal).await;
                         let _ = send.finish();
                         return;
                     }
-                    let stream = Stream { send, recv, peer, identity };
+                    let stream = Stream { send, recv, peer };
                     if let Err(e) = service.handle(first, stream).await {
                         debug!(%peer, "stream ended with error: {e}");
                     }

@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::{PeerIdentity, PeerRole, TransportError, ALPN, SERVER_NAME};
 
-/// A freshly generated cluster certificate authority.
+/// The cluster's certificate authority: freshly generated, or loaded from its key to issue more.
 pub struct ClusterCa {
     cert: rcgen::Certificate,
     key: KeyPair,
@@ -43,9 +43,7 @@ impl ClusterCa {
     /// name their issuer by its subject and key, both of which are the same as the original's,
     /// so they verify against the `ca.pem` already in place.
     pub fn load(dir: &Path) -> Result<ClusterCa, TransportError> {
-        let path = dir.join("ca.key");
-        let pem = std::fs::read_to_string(&path).map_err(|source| TransportError::File { path, source })?;
-        ClusterCa::with_key(KeyPair::from_pem(&pem).map_err(tls_err)?)
+        ClusterCa::with_key(KeyPair::from_pem(&read_file(dir, "ca.key")?).map_err(tls_err)?)
     }
 
     fn with_key(key: KeyPair) -> Result<ClusterCa, TransportError> {
@@ -113,6 +111,11 @@ impl ClusterCa {
     }
 }
 
+fn read_file(dir: &Path, file: &str) -> Result<String, TransportError> {
+    let path = dir.join(file);
+    std::fs::read_to_string(&path).map_err(|source| TransportError::File { path, source })
+}
+
 fn write_file(dir: &Path, file: &str, contents: &str) -> Result<(), TransportError> {
     let path = dir.join(file);
     std::fs::write(&path, contents).map_err(|source| TransportError::File { path, source })
@@ -136,16 +139,19 @@ impl TlsConfig {
         PeerIdentity::of_pem(cert_pem).map(|id| id.role())
     }
 
+    /// The role of the certificate `DIR/NAME.pem` when `DIR/NAME.key` is there too: `None`
+    /// when either is missing or the certificate unreadable.
+    pub fn role_in(dir: &Path, name: &str) -> Option<PeerRole> {
+        let pem = read_file(dir, &format!("{name}.pem")).ok()?;
+        dir.join(format!("{name}.key")).exists().then(|| TlsConfig::role_of_pem(&pem)).flatten()
+    }
+
     /// Loads `DIR/ca.pem`, `DIR/NAME.pem` and `DIR/NAME.key`.
     pub fn load(dir: &Path, name: &str) -> Result<TlsConfig, TransportError> {
-        let read = |file: String| {
-            let path = dir.join(file);
-            std::fs::read_to_string(&path).map_err(|source| TransportError::File { path, source })
-        };
         TlsConfig::from_pem(
-            &read("ca.pem".into())?,
-            &read(format!("{name}.pem"))?,
-            &read(format!("{name}.key"))?,
+            &read_file(dir, "ca.pem")?,
+            &read_file(dir, &format!("{name}.pem"))?,
+            &read_file(dir, &format!("{name}.key"))?,
         )
     }
 

@@ -25,12 +25,7 @@ pub enum Role {
 /// issued for its role. Material from before certificates carried roles would have every
 /// member refused as a client, so a directory `dev` made itself and finds so is made again.
 fn tls_material_current(dir: &Path, spec: &ClusterSpec) -> bool {
-    let holds = |name: String, role: PeerRole| {
-        std::fs::read_to_string(dir.join(format!("{name}.pem")))
-            .ok()
-            .and_then(|pem| TlsConfig::role_of_pem(&pem))
-            .is_some_and(|held| held == role)
-    };
+    let holds = |name: String, role: PeerRole| TlsConfig::role_in(dir, &name) == Some(role);
     dir.join("ca.pem").exists()
         && holds(CLIENT_NAME.to_string(), PeerRole::Client)
         && LocalCluster::roles_of(spec).into_iter().all(|r| holds(r.to_string(), r.peer_role()))

@@ -630,17 +630,18 @@ async fn sql(a: SqlArgs) -> Result<()> {
 fn certs(a: CertsArgs) -> Result<()> {
     use triad_transport::PeerRole;
     let dir = &a.dir;
-    let held = |name: &str| {
-        let pem = std::fs::read_to_string(dir.join(format!("{name}.pem"))).ok()?;
-        dir.join(format!("{name}.key")).exists().then(|| TlsConfig::role_of_pem(&pem)).flatten()
-    };
-    // What each name needs: nothing when its certificate already holds its role (a member keeps
-    // its identity across `docker/up`s), else a new one.
-    let plan: Vec<(&String, PeerRole, Option<PeerRole>)> =
-        a.names.iter().map(|name| (name, PeerRole::of_name(name), held(name))).collect();
-    let issue = |(_, role, held): &&(&String, PeerRole, Option<PeerRole>)| a.reissue || *held != Some(*role);
+    // Per name: the role it gets, the role its certificate holds now, and whether to issue one
+    // (not when it already holds its role: a member keeps its identity across `docker/up`s).
+    let plan: Vec<(&String, PeerRole, Option<PeerRole>, bool)> = a
+        .names
+        .iter()
+        .map(|name| {
+            let (role, held) = (PeerRole::of_name(name), TlsConfig::role_in(dir, name));
+            (name, role, held, a.reissue || held != Some(role))
+        })
+        .collect();
     let ca = if dir.join("ca.pem").exists() {
-        if !plan.iter().any(|p| issue(&p)) {
+        if !plan.iter().any(|p| p.3) {
             None
         } else if dir.join("ca.key").exists() {
             println!("issuing from the CA already in {} (ca.pem stays as it is)", dir.display());
@@ -659,10 +660,9 @@ fn certs(a: CertsArgs) -> Result<()> {
         println!("made a new cluster CA: {}/ca.pem and ca.key (keep ca.key offline)", dir.display());
         Some(ca)
     };
-    for entry in &plan {
-        let (name, role, held) = entry;
+    for (name, role, held, issue) in &plan {
         match &ca {
-            Some(ca) if issue(&entry) => {
+            Some(ca) if *issue => {
                 ca.write_cert(dir, name)?;
                 let why = match held {
                     None => String::new(),
@@ -784,12 +784,13 @@ async fn status(a: StatusArgs) -> Result<()> {
     );
     use triad_transport::PeerRole;
     let groups = [
-        ("journal", PeerRole::Journal, &a.journal),
-        ("sequencer", PeerRole::Sequencer, &a.sequencer),
-        ("replayer", PeerRole::Replayer, &a.replayer),
+        (PeerRole::Journal, &a.journal),
+        (PeerRole::Sequencer, &a.sequencer),
+        (PeerRole::Replayer, &a.replayer),
     ];
     let mut learners = std::collections::BTreeMap::new();
-    for (role, expected, addrs) in groups {
+    for (expected, addrs) in groups {
+        let role = expected.as_str();
         for addr in addrs {
             let peer = triad_transport::Peer::expecting(endpoint.clone(), *addr, expected);
             match peer.call_timeout(&triad_protocol::Message::StatusRequest, Duration::from_secs(2)).await {
