@@ -40,6 +40,12 @@ impl PeerRole {
         }
     }
 
+    /// The role named `s` (`journal`, `sequencer`, `replayer` or `client`), as `triad certs`
+    /// takes it in `NAME=ROLE`.
+    pub fn parse(s: &str) -> Option<PeerRole> {
+        PeerRole::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     /// The subject alternative name that carries this role in a certificate.
     pub fn dns_name(self) -> String {
         format!("{}.role.triad", self.as_str())
@@ -165,6 +171,16 @@ mod tests {
         assert_eq!(PeerRole::of_name("replayer-eu"), PeerRole::Replayer);
         for name in ["client", "sql", "app-journal", "Sequencer-1", ""] {
             assert_eq!(PeerRole::of_name(name), PeerRole::Client, "{name}");
+        }
+    }
+
+    #[test]
+    fn roles_are_read_back_from_their_names_only() {
+        for role in PeerRole::ALL {
+            assert_eq!(PeerRole::parse(role.as_str()), Some(role));
+        }
+        for other in ["", "Journal", "journal-1", "learner", "role.triad"] {
+            assert_eq!(PeerRole::parse(other), None, "{other}");
         }
     }
 

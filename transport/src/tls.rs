@@ -88,10 +88,11 @@ impl ClusterCa {
         Ok(NodeCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
-    /// Writes the CA and one certificate per name into `dir` (created if missing).
+    /// Writes the CA and one certificate per name into `dir` (created if missing), each in the
+    /// role its name gives ([`PeerRole::of_name`]).
     pub fn write_cluster(&self, dir: &Path, names: &[String]) -> Result<(), TransportError> {
         self.write_ca(dir)?;
-        names.iter().try_for_each(|name| self.write_cert(dir, name))
+        names.iter().try_for_each(|name| self.write_cert(dir, name, PeerRole::of_name(name)))
     }
 
     /// Writes `ca.pem` and `ca.key` into `dir` (created if missing).
@@ -102,10 +103,10 @@ impl ClusterCa {
         write_file(dir, "ca.key", &self.key_pem())
     }
 
-    /// Issues a certificate for `name` in the role its name gives and writes `NAME.pem` and
-    /// `NAME.key` into `dir`, replacing any there.
-    pub fn write_cert(&self, dir: &Path, name: &str) -> Result<(), TransportError> {
-        let node = self.issue(name)?;
+    /// Issues a certificate for `name` in `role` and writes `NAME.pem` and `NAME.key` into
+    /// `dir`, replacing any there.
+    pub fn write_cert(&self, dir: &Path, name: &str, role: PeerRole) -> Result<(), TransportError> {
+        let node = self.issue_as(name, role)?;
         write_file(dir, &format!("{name}.pem"), &node.cert_pem)?;
         write_file(dir, &format!("{name}.key"), &node.key_pem)
     }

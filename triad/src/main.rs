@@ -57,8 +57,9 @@ enum Cmd {
     /// Serve SQL over the PostgreSQL wire protocol (psql, pgbench, drivers) on the compute shim.
     Sql(SqlArgs),
     /// Make the cluster's TLS material: a CA (kept if the directory has one) and a certificate
-    /// per node name, in the role the name gives. Safe to run again: certificates that hold
-    /// their role are kept, so it also issues certificates for new members.
+    /// per node name, in the role given with it or by its prefix. Safe to run again:
+    /// certificates that hold their role are kept, so it also issues certificates for new
+    /// members.
     Certs(CertsArgs),
     /// Show every member's state: epochs, log tails, commit watermarks, learners and their lag.
     Status(StatusArgs),
@@ -396,13 +397,15 @@ struct CertsArgs {
     /// Output directory.
     #[arg(long)]
     dir: PathBuf,
-    /// Node names, comma separated (each gets NAME.pem and NAME.key). A name's prefix gives
-    /// the role its certificate is issued for, which servers check on every request: `journal…`
-    /// stores the log, `sequencer…` orders and writes it, `replayer…` tails it and serves reads;
-    /// any other name (`client`, `sql`, `app-1`) is a client, which may run transactions and
-    /// read but never write the log directly.
-    #[arg(long, value_delimiter = ',', required = true)]
-    names: Vec<String>,
+    /// Node names, comma separated (each gets NAME.pem and NAME.key), each optionally with the
+    /// role its certificate is issued for as NAME=ROLE (e.g. `j1=journal,seq-a=sequencer`).
+    /// Servers check the role on every request: `journal` stores the log, `sequencer` orders
+    /// and writes it, `replayer` tails it and serves reads, `client` may run transactions and
+    /// read but never write the log directly. Without `=ROLE` the name's prefix gives the
+    /// role: `journal…`, `sequencer…`, `replayer…`, and any other name (`client`, `sql`,
+    /// `app-1`) is a client.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_cert_name)]
+    names: Vec<(String, triad_transport::PeerRole)>,
     /// Issue every named certificate anew, also those that already hold their role. Without
     /// it, a name whose certificate holds its role keeps it, and only missing ones and those
     /// without the right role (made before roles existed) are issued. Either way an existing
@@ -627,17 +630,48 @@ async fn sql(a: SqlArgs) -> Result<()> {
     }
 }
 
+/// `NAME` or `NAME=ROLE` of `triad certs --names`: the name becomes file names and a name in
+/// the certificate, so it is kept to what is safe as both.
+fn parse_cert_name(s: &str) -> std::result::Result<(String, triad_transport::PeerRole), String> {
+    use triad_transport::PeerRole;
+    let (name, role) = match s.split_once('=') {
+        None => (s, PeerRole::of_name(s)),
+        Some((name, role)) => {
+            let role = PeerRole::parse(role).ok_or_else(|| {
+                let known: Vec<&str> = PeerRole::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown role {role:?} for {name:?}; roles are {}", known.join(", "))
+            })?;
+            (name, role)
+        }
+    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || !name.chars().all(allowed) || name.starts_with(['-', '.']) {
+        return Err(format!(
+            "{name:?} is not a usable node name: use letters, digits, '-', '_' and '.', starting with a \
+             letter or digit"
+        ));
+    }
+    Ok((name.to_string(), role))
+}
+
 fn certs(a: CertsArgs) -> Result<()> {
     use triad_transport::PeerRole;
     let dir = &a.dir;
+    let mut seen = std::collections::HashMap::new();
+    for (name, role) in &a.names {
+        if let Some(other) = seen.insert(name, role).filter(|other| *other != role) {
+            bail!("{name} is named twice, as {other} and as {role}");
+        }
+    }
     // Per name: the role it gets, the role its certificate holds now, and whether to issue one
     // (not when it already holds its role: a member keeps its identity across `docker/up`s).
     let plan: Vec<(&String, PeerRole, Option<PeerRole>, bool)> = a
         .names
         .iter()
-        .map(|name| {
-            let (role, held) = (PeerRole::of_name(name), TlsConfig::role_in(dir, name));
-            (name, role, held, a.reissue || held != Some(role))
+        .filter(|(name, _)| seen.remove(name).is_some())
+        .map(|(name, role)| {
+            let held = TlsConfig::role_in(dir, name);
+            (name, *role, held, a.reissue || held != Some(*role))
         })
         .collect();
     let ca = if dir.join("ca.pem").exists() {
@@ -663,7 +697,7 @@ fn certs(a: CertsArgs) -> Result<()> {
     for (name, role, held, issue) in &plan {
         match &ca {
             Some(ca) if *issue => {
-                ca.write_cert(dir, name)?;
+                ca.write_cert(dir, name, *role)?;
                 let why = match held {
                     None => String::new(),
                     Some(h) if h == role => " (reissued)".into(),

@@ -58,3 +58,40 @@ fn certs_keeps_the_ca_and_what_holds_its_role_and_reissues_the_rest() {
     );
     assert_eq!(read(dir, "ca.pem"), ca);
 }
+
+#[test]
+fn certs_takes_a_role_given_with_the_name_and_refuses_bad_names_and_roles() {
+    use triad_transport::{PeerRole, TlsConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A role given with the name wins over the name's prefix, both ways.
+    let out = certs(dir, "j1=journal,seq-a=sequencer,replayer-x=client,app");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (name, role) in [
+        ("j1", PeerRole::Journal),
+        ("seq-a", PeerRole::Sequencer),
+        ("replayer-x", PeerRole::Client),
+        ("app", PeerRole::Client),
+    ] {
+        assert_eq!(TlsConfig::role_in(dir, name), Some(role), "{name}");
+    }
+    // Asked again with the same roles, everything is kept; with another role, that one is
+    // reissued in it.
+    let j1 = read(dir, "j1.pem");
+    let out = certs(dir, "j1=journal,replayer-x=replayer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read(dir, "j1.pem"), j1);
+    assert_eq!(TlsConfig::role_in(dir, "replayer-x"), Some(PeerRole::Replayer));
+
+    let refused = |names: &str, says: &str| {
+        let out = certs(dir, names);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{names}: {stderr}");
+    };
+    refused("j2=jornal", "unknown role \"jornal\"");
+    refused("../outside=journal", "not a usable node name");
+    refused("=journal", "not a usable node name");
+    refused("j3=journal,j3=client", "j3 is named twice");
+    assert!(!dir.join("j2.pem").exists() && !dir.join("j3.pem").exists());
+    assert!(!tmp.path().parent().unwrap().join("outside.pem").exists());
+}
