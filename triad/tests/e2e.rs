@@ -519,3 +519,132 @@ async fn a_client_certificate_cannot_depose_the_sequencer_or_write_the_log() {
         );
     }
 }
+
+/// A sequencer paused across a failover resumes not knowing it was deposed, with requests that
+/// arrived meanwhile to answer. Its own state would answer them wrongly: its watermark is older
+/// than commits its successor acknowledged, and it has never seen the successor's commits. So a
+/// begin must not get a snapshot that misses a commit acknowledged before it was asked
+/// (linearizability), and an outcome query must not be told "aborted" for a transaction the
+/// successor committed (clear outcomes): both are answered only after a heartbeat round proves
+/// the epoch current, which here fails.
+///
+/// Whether the paused sequencer reads the waiting requests before the answers to its own
+/// overdue heartbeats tell it that it was deposed is a race, so the failover is done four
+/// times, the two sequencers taking turns, and the request asked first alternates. With
+/// `begin` answering from the watermark alone, or `outcome` skipping its round, most runs fail
+/// (checked by breaking each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_sequencer_that_does_not_know_it_gives_no_stale_snapshot_or_outcome() {
+    use triad_protocol::{CommitOutcome, CommitRequest, Isolation, Message, TxnId, TxnOutcome, Write};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::Builder::new().prefix("triad-e2e-").tempdir().unwrap();
+    let mut spec = ClusterSpec::local(dir.path().to_path_buf(), 23400, 2, env!("CARGO_BIN_EXE_triad").into());
+    // A short lease: the paused sequencer must be back before its connections' idle timeout
+    // (2 s) closes them, or nothing would be left waiting for it.
+    spec.sequencer_args = vec!["--lease=300ms".into()];
+    let mut c = LocalCluster::start(spec).unwrap();
+    c.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let begin_at = |peer: std::sync::Arc<triad_transport::Peer>, who: Role| async move {
+        match peer.call_timeout(&Message::BeginRequest, Duration::from_secs(10)).await {
+            Ok(Message::BeginResponse { read_lsn }) => read_lsn,
+            other => panic!("{who} does not begin: {other:?}"),
+        }
+    };
+    for round in 0..4u64 {
+        let old = c.active_sequencer().await.expect("a sequencer is active");
+        let new = if old == Role::Sequencer(0) { Role::Sequencer(1) } else { Role::Sequencer(0) };
+        let to_old = std::sync::Arc::new(c.peer(old).unwrap());
+        let to_new = std::sync::Arc::new(c.peer(new).unwrap());
+        let before = begin_at(to_old.clone(), old).await;
+
+        c.signal_pause(old, true).unwrap();
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !to_new
+            .call_timeout(&Message::StatusRequest, Duration::from_millis(200))
+            .await
+            .is_ok_and(|m| matches!(m, Message::StatusResponse(s) if s.active))
+        {
+            assert!(tokio::time::Instant::now() < deadline, "{new} never took over");
+        }
+        // Read at the successor's snapshot: its conflict check starts at its own epoch.
+        let read_lsn = begin_at(to_new.clone(), new).await;
+        let txn = TxnId(0xdead_5eed_0000 + u128::from(round));
+        let commit = CommitRequest {
+            txn_id: txn,
+            read_lsn,
+            isolation: Isolation::Snapshot,
+            read_keys: vec![],
+            read_ranges: vec![],
+            writes: vec![Write { key: b"zombie/k".to_vec(), value: Some(b"v".to_vec()) }],
+            guard_keys: vec![],
+        };
+        let acked = match to_new.call_timeout(&Message::CommitRequest(commit), Duration::from_secs(10)).await
+        {
+            Ok(Message::CommitResponse(CommitOutcome::Committed { lsn, .. })) => lsn,
+            other => panic!("{new} did not commit: {other:?}"),
+        };
+
+        // Asked while it is still paused; it finds both waiting in its socket when it resumes.
+        let queued_before = udp_receive_queue(c.addr(old).port());
+        let ask = |msg: Message| {
+            let peer = to_old.clone();
+            tokio::spawn(async move { peer.call_timeout(&msg, Duration::from_secs(10)).await })
+        };
+        let asks = [Message::BeginRequest, Message::OutcomeRequest { txn_id: txn, read_lsn: before }];
+        let (begin, outcome) = if round % 2 == 0 {
+            let begin = ask(asks[0].clone());
+            (begin, ask(asks[1].clone()))
+        } else {
+            let outcome = ask(asks[1].clone());
+            (ask(asks[0].clone()), outcome)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while udp_receive_queue(c.addr(old).port()) <= queued_before && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        c.signal_pause(old, false).unwrap();
+        let paused = started.elapsed();
+        let (begin, outcome) = (begin.await.unwrap(), outcome.await.unwrap());
+        let inconclusive = |e: &dyn std::fmt::Debug| {
+            panic!("{old} (paused {paused:?}) gave no answer, so nothing was checked: {e:?}")
+        };
+        match begin {
+            Ok(Message::BeginResponse { read_lsn }) => assert!(
+                read_lsn >= acked,
+                "{old}, deposed, handed out snapshot {read_lsn} after {new} acknowledged lsn {acked}"
+            ),
+            Ok(Message::CommitResponse(CommitOutcome::Unavailable { .. })) | Ok(Message::Error(_)) => {}
+            other => inconclusive(&other),
+        }
+        match outcome {
+            Ok(Message::OutcomeResponse(TxnOutcome::Committed { lsn })) => assert_eq!(lsn, acked),
+            Ok(Message::OutcomeResponse(TxnOutcome::Aborted)) => {
+                panic!("{old}, deposed, called aborted a transaction {new} committed at lsn {acked}")
+            }
+            Ok(Message::Error(_)) => {}
+            other => inconclusive(&other),
+        }
+        // The old sequencer goes back to standby; the next round pauses the new one.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while c.status(old).await.map_or(true, |s| s.active) {
+            assert!(tokio::time::Instant::now() < deadline, "{old} still says it is active");
+        }
+    }
+}
+
+/// Bytes waiting in the receive buffer of the UDP socket bound to `port` on 127.0.0.1, from
+/// /proc/net/udp (0 if none is found).
+fn udp_receive_queue(port: u16) -> u64 {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (_, rx) = fields.get(4)?.split_once(':')?;
+            (fields.get(1) == Some(&local.as_str())).then(|| u64::from_str_radix(rx, 16).ok())?
+        })
+        .sum()
+}
