@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use triad_protocol::{Entry, EntryId, Epoch, Lsn};
 
-use super::{check_append, LogStore, Meta, ReadBudget, Shared, StoreError, SyncHandle};
+use super::{check_append, LogStore, Meta, ReadBudget, Shared, StoreError, SyncGate, SyncHandle};
 
 /// An in-memory [`LogStore`]. Metadata and truncations are "durable" at once; appended entries
 /// only once a [`SyncHandle`] covering them has completed.
@@ -54,6 +54,12 @@ impl MemoryStore {
     /// Makes the next [`SyncHandle::sync`] fail as a failed fdatasync would, poisoning the store.
     pub fn fail_next_sync(&self) {
         self.shared.inject_failure.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds every flush back until the returned gate is released: appends are then written
+    /// but never durable, as on a disk that has not finished a flush yet.
+    pub fn hold_syncs(&self) -> SyncGate {
+        self.shared.hold()
     }
 
     /// Whether an earlier failure poisoned the store.

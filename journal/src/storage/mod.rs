@@ -21,7 +21,7 @@ mod segment;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use triad_protocol::{Entry, EntryId, Epoch, Lsn};
 
@@ -170,6 +170,7 @@ impl SyncHandle {
     /// [`LogStore::durable`]); that is at least `upto()` unless a truncation intervened. Any
     /// failure poisons the store for good.
     pub fn sync(self) -> io::Result<EntryId> {
+        self.shared.wait_while_held();
         if self.shared.is_poisoned() {
             return Err(poisoned_io());
         }
@@ -210,7 +211,33 @@ struct Shared {
     poisoned: AtomicBool,
     /// Fault injection for tests: the next `SyncHandle::sync` fails.
     inject_failure: AtomicBool,
+    /// Fault injection for tests: while set, every `SyncHandle::sync` waits, as behind a flush
+    /// that takes its time ([`SyncGate`]).
+    held: Mutex<bool>,
+    released: Condvar,
     state: Mutex<DurableState>,
+}
+
+/// Holds back the flushes of a [`MemoryStore`] until released (or dropped), for tests of what a
+/// node does before its appends are durable.
+#[derive(Debug)]
+pub struct SyncGate(Arc<Shared>);
+
+impl SyncGate {
+    /// Lets waiting and later flushes through.
+    pub fn release(self) {}
+
+    /// The store's durable tail: what completed flushes made durable.
+    pub fn durable(&self) -> EntryId {
+        self.0.durable()
+    }
+}
+
+impl Drop for SyncGate {
+    fn drop(&mut self) {
+        *self.0.held.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.0.released.notify_all();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +261,16 @@ impl Shared {
 
     fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
+    }
+
+    fn hold(self: &Arc<Self>) -> SyncGate {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        SyncGate(Arc::clone(self))
+    }
+
+    fn wait_while_held(&self) {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.released.wait_while(held, |held| *held).unwrap_or_else(|e| e.into_inner()));
     }
 
     fn poison(&self) {
