@@ -916,10 +916,18 @@ mod tests {
     }
 
     fn node_with_log(n: u64, retain: u64) -> Arc<JournalNode> {
+        node_with_log_and_learners(n, retain, None)
+    }
+
+    fn node_with_log_and_learners(
+        n: u64,
+        retain: u64,
+        learners_file: Option<std::path::PathBuf>,
+    ) -> Arc<JournalNode> {
         let node = JournalNode::new(
             1,
             Box::new(MemoryStore::new()),
-            NodeOptions { learners_file: None, retain_entries: retain },
+            NodeOptions { learners_file, retain_entries: retain },
         );
         let e = Epoch::new(1, 1);
         let entries: Vec<Entry> =
@@ -980,6 +988,29 @@ mod tests {
         // A learner's progress never goes backwards, and a registered learner holds the trim.
         node.learner_report("slow".into(), 10);
         assert_eq!(node.status().learners.iter().find(|l| l.name == "slow").unwrap().durable_lsn, 300);
+    }
+
+    /// A learner that reported once holds trimming back across restarts of the node, also
+    /// while it is silent: the node that forgot it would trim below the fast learner only, and
+    /// the slow one could never catch up from this node.
+    #[test]
+    fn registered_learners_hold_trimming_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("learners");
+        let node = node_with_log_and_learners(1000, 0, Some(file.clone()));
+        node.learner_report("fast".into(), 900);
+        node.learner_report("slow".into(), 300);
+        node.maintain().unwrap();
+        drop(node);
+
+        let restarted = node_with_log_and_learners(1000, 0, Some(file));
+        let known: Vec<(String, Lsn)> =
+            restarted.status().learners.into_iter().map(|l| (l.name, l.durable_lsn)).collect();
+        assert_eq!(known, vec![("fast".to_string(), 900), ("slow".to_string(), 300)]);
+        restarted.learner_report("fast".into(), 950);
+        restarted.maintain().unwrap();
+        let first = first_lsn(&restarted);
+        assert!(first <= 301, "trimmed past the silent slow learner (300): first lsn {first}");
     }
 
     #[test]
