@@ -14,9 +14,11 @@ use triad_shim::{Client, ClientConfig};
 use triad_transport::{serve, ClusterCa, Reply, Service, TlsConfig};
 
 /// Drops every commit request unanswered (its reply handle then answers `Unavailable`) and
-/// reports every transaction asked about as committed at LSN 42.
+/// reports every transaction asked about as committed at LSN 42, or with `aborted` as not in
+/// the log (and fenced).
 #[derive(Default)]
 struct DroppingSequencer {
+    aborted: bool,
     commits: AtomicU32,
     outcome_queries: AtomicU32,
 }
@@ -43,7 +45,11 @@ impl Service for DroppingSequencer {
             match msg {
                 Message::OutcomeRequest { .. } => {
                     self.outcome_queries.fetch_add(1, Ordering::SeqCst);
-                    Message::OutcomeResponse(TxnOutcome::Committed { lsn: 42 })
+                    Message::OutcomeResponse(if self.aborted {
+                        TxnOutcome::Aborted
+                    } else {
+                        TxnOutcome::Committed { lsn: 42 }
+                    })
                 }
                 Message::BeginRequest => Message::BeginResponse { read_lsn: 0 },
                 _ => Message::error(ErrorCode::Unsupported, "not in this test", Default::default(), 0),
@@ -55,11 +61,17 @@ impl Service for DroppingSequencer {
 
 /// The stub sequencer on loopback, and what a client of it needs.
 fn stub_sequencer() -> (ClusterCa, std::net::SocketAddr, Arc<DroppingSequencer>) {
+    stub_sequencer_with(DroppingSequencer::default())
+}
+
+fn stub_sequencer_with(
+    sequencer: DroppingSequencer,
+) -> (ClusterCa, std::net::SocketAddr, Arc<DroppingSequencer>) {
     let ca = ClusterCa::generate().unwrap();
     let server = TlsConfig::issue(&ca, "sequencer").unwrap();
     let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let sequencer = Arc::new(DroppingSequencer::default());
+    let sequencer = Arc::new(sequencer);
     tokio::spawn(serve(endpoint, sequencer.clone()));
     (ca, addr, sequencer)
 }
@@ -78,6 +90,27 @@ async fn a_commit_the_sequencer_dropped_is_resolved_by_its_outcome() {
         .await
         .expect("the dropped commit request is answered, not left waiting");
     assert_eq!(lsn.unwrap(), 42, "the outcome from the log, not an error");
+    assert_eq!(sequencer.commits.load(Ordering::SeqCst), 1);
+    assert_eq!(sequencer.outcome_queries.load(Ordering::SeqCst), 1);
+}
+
+/// The other answer the log can give: the transaction is not there, and the outcome query
+/// fenced it, so it never will be. The client says so (a retryable `NotCommitted`), never
+/// that it committed, and does not send the commit again on its own: that would be a second
+/// transaction the caller did not ask for.
+#[tokio::test]
+async fn a_dropped_commit_the_log_does_not_hold_is_reported_not_committed() {
+    let (ca, addr, sequencer) =
+        stub_sequencer_with(DroppingSequencer { aborted: true, ..Default::default() });
+    let mut cfg = ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap());
+    cfg.attempt_timeout = Duration::from_secs(60);
+    cfg.request_timeout = Duration::from_secs(60);
+    let client = Client::connect(cfg).unwrap();
+    let write = client.write(vec![(b"k".to_vec(), Some(b"v".to_vec()))]);
+    match tokio::time::timeout(Duration::from_secs(10), write).await.expect("answered, not left waiting") {
+        Err(e @ triad_shim::ShimError::NotCommitted(_)) => assert!(e.is_retryable()),
+        other => panic!("expected not committed, got {other:?}"),
+    }
     assert_eq!(sequencer.commits.load(Ordering::SeqCst), 1);
     assert_eq!(sequencer.outcome_queries.load(Ordering::SeqCst), 1);
 }
