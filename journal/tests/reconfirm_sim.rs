@@ -1,9 +1,10 @@
 //! Deterministic simulation of epochs over in-memory acceptors, driven by the same pure rules
 //! the journal and sequencer run (`acceptor`, `recovery`): sequencers append to random subsets
 //! of nodes, die at random points — including half-way through reconfirmation — and successors
-//! seal random majorities. Whatever happens, every entry that was acknowledged (durable on a
-//! majority in its epoch) stays in the log at its LSN, and no LSN ever holds two different
-//! committed records.
+//! seal random majorities, while deposed sequencers that do not know it yet go on appending.
+//! Whatever happens, every entry that was acknowledged (durable on a majority in its epoch)
+//! stays in the log at its LSN, a deposed sequencer never gathers a majority, and no LSN ever
+//! holds two different committed records.
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -28,6 +29,9 @@ enum Step {
     /// A new sequencer seals the majority `majority` (bit set, ≥ 2 nodes) and copies the
     /// suffix to them, dying after `crash_after` appends if set.
     Failover { majority: u8, crash_after: Option<u8> },
+    /// The sequencer the last failover deposed, not knowing it, appends one entry of its own
+    /// (carrying its own commit watermark) to the nodes in `targets`.
+    Zombie { targets: u8 },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -35,6 +39,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (1u8..8).prop_map(|targets| Step::Append { targets }),
         1 => (prop_oneof![Just(3u8), Just(5), Just(6), Just(7)], proptest::option::of(0u8..4))
             .prop_map(|(majority, crash_after)| Step::Failover { majority, crash_after }),
+        1 => (1u8..8).prop_map(|targets| Step::Zombie { targets }),
     ]
 }
 
@@ -104,6 +109,8 @@ fn run(schedule: Vec<Step>) {
     let mut commit: Lsn = 0;
     let mut alive = true;
     let mut acked: Vec<Entry> = Vec::new();
+    // The last deposed sequencer that was serving: its epoch, its log, its watermark.
+    let mut zombie: Option<(Epoch, Vec<Entry>, Lsn)> = None;
     for n in nodes.iter_mut() {
         n.state.promised = epoch;
     }
@@ -129,6 +136,26 @@ fn run(schedule: Vec<Step>) {
                 }
             }
             Step::Append { .. } => {}
+            Step::Zombie { targets } => {
+                if let Some((old_epoch, old_log, old_commit)) = zombie.as_mut() {
+                    payload_id += 1;
+                    let e = Entry {
+                        epoch: *old_epoch,
+                        lsn: old_log.len() as Lsn + 1,
+                        payload: Bytes::from(payload_id.to_be_bytes().to_vec()),
+                    };
+                    old_log.push(e.clone());
+                    let took = members(targets)
+                        .into_iter()
+                        .filter(|&i| replicate(&mut nodes[i], *old_epoch, old_log, *old_commit))
+                        .count();
+                    assert!(
+                        took < MAJORITY,
+                        "a deposed sequencer (epoch {old_epoch}) got lsn {} onto a majority",
+                        e.lsn
+                    );
+                }
+            }
             Step::Failover { majority, crash_after } => {
                 counter += 1;
                 let new_epoch = Epoch::new(counter, 1);
@@ -169,6 +196,9 @@ fn run(schedule: Vec<Step>) {
                     assert!(replicate(&mut nodes[i], new_epoch, &new_log, p.committed));
                     copied += 1;
                 }
+                if alive {
+                    zombie = Some((epoch, log.clone(), commit));
+                }
                 epoch = new_epoch;
                 log = new_log;
                 if crashed || usize::from(copied) < MAJORITY {
@@ -180,13 +210,30 @@ fn run(schedule: Vec<Step>) {
                 }
             }
         }
-        // Unique order: wherever two nodes both hold a committed LSN, they hold the same entry.
-        let committed_everywhere =
-            nodes.iter().map(|n| n.state.commit_lsn.min(n.store.last().lsn)).min().unwrap();
-        for lsn in 1..=committed_everywhere {
-            let e0 = nodes[0].store.epoch_at(lsn);
-            for n in &nodes[1..] {
-                assert_eq!(n.store.epoch_at(lsn), e0, "nodes disagree at committed lsn {lsn}");
+        // Unique order: wherever two nodes both hold an LSN both know committed, they hold the
+        // same entry (epoch and payload), and it is the acknowledged one if there is one.
+        let committed: Vec<Lsn> = nodes.iter().map(|n| n.state.commit_lsn.min(n.store.last().lsn)).collect();
+        for a in 0..NODES {
+            for b in a + 1..NODES {
+                let upto = committed[a].min(committed[b]);
+                if upto > 0 {
+                    let (ea, eb) = (entries(&nodes[a].store, 1), entries(&nodes[b].store, 1));
+                    assert_eq!(
+                        ea[..upto as usize],
+                        eb[..upto as usize],
+                        "nodes {a} and {b} disagree below their common commit point {upto}"
+                    );
+                }
+            }
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            for a in acked.iter().filter(|a| a.lsn <= committed[i]) {
+                assert_eq!(
+                    entries(&n.store, a.lsn).first(),
+                    Some(a),
+                    "node {i} holds another entry at acknowledged lsn {}",
+                    a.lsn
+                );
             }
         }
     }
