@@ -38,6 +38,14 @@ pub const TAIL_KEEPALIVE: Duration = Duration::from_millis(200);
 pub enum NodeError {
     #[error("storage failed, refusing to acknowledge anything again: {0}")]
     Failed(String),
+    /// The learners file cannot be read back. Starting without it would trim below learners
+    /// the node has forgotten, so the node does not start.
+    #[error(
+        "learners file {path}: {reason}. It lists the learners (replayers) this node keeps log \
+         entries for, one `NAME DURABLE_LSN` per line; fix or restore it (a learner missing \
+         from it may find the log trimmed past what it needs)"
+    )]
+    Learners { path: PathBuf, reason: String },
 }
 
 /// How a node keeps and trims its log for learners.
@@ -91,14 +99,20 @@ enum AckEvent {
 
 impl JournalNode {
     /// Wraps a recovered store. Everything in it is taken as durable: it was read back from disk.
-    pub fn new(id: u32, store: Box<dyn LogStore>, opts: NodeOptions) -> Arc<JournalNode> {
-        let learners = opts.learners_file.as_ref().map(|p| load_learners(p)).unwrap_or_default();
+    /// Fails when the learners file exists but cannot be read back whole.
+    pub fn new(id: u32, store: Box<dyn LogStore>, opts: NodeOptions) -> Result<Arc<JournalNode>, NodeError> {
+        let learners = match &opts.learners_file {
+            Some(path) => {
+                load_learners(path).map_err(|reason| NodeError::Learners { path: path.clone(), reason })?
+            }
+            None => BTreeMap::new(),
+        };
         let meta = store.meta();
         let last = store.last();
         let state = AcceptorState { promised: meta.promised, commit_lsn: meta.commit_lsn.min(last.lsn) };
         info!(node = id, promised = %state.promised, last_lsn = last.lsn, last_epoch = %last.epoch,
               commit_lsn = state.commit_lsn, "journal log recovered");
-        Arc::new(JournalNode {
+        Ok(Arc::new(JournalNode {
             id,
             opts,
             inner: Mutex::new(Inner {
@@ -117,7 +131,7 @@ impl JournalNode {
             failed: AtomicBool::new(false),
             fatal: watch::channel(None).0,
             followers: Arc::new(AtomicUsize::new(0)),
-        })
+        }))
     }
 
     pub fn id(&self) -> u32 {
@@ -703,12 +717,22 @@ impl JournalNode {
 }
 
 /// Learners are kept as `name lsn` lines; written atomically (temp file, fsync, rename).
-fn load_learners(path: &std::path::Path) -> BTreeMap<String, Lsn> {
-    let Ok(text) = std::fs::read_to_string(path) else { return BTreeMap::new() };
+/// The learners `save_learners` wrote: none when the file does not exist (a node that never
+/// had one), an error naming the line when it cannot be read back whole.
+fn load_learners(path: &std::path::Path) -> Result<BTreeMap<String, Lsn>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e.to_string()),
+    };
     text.lines()
-        .filter_map(|l| {
-            let (name, lsn) = l.rsplit_once(' ')?;
-            Some((name.to_string(), lsn.parse().ok()?))
+        .enumerate()
+        .map(|(i, line)| {
+            let parsed = line.rsplit_once(' ').and_then(|(name, lsn)| Some((name, lsn.parse::<Lsn>().ok()?)));
+            match parsed {
+                Some((name, lsn)) if !name.is_empty() => Ok((name.to_string(), lsn)),
+                _ => Err(format!("line {} is not `NAME DURABLE_LSN`: {line:?}", i + 1)),
+            }
         })
         .collect()
 }
@@ -928,7 +952,8 @@ mod tests {
             1,
             Box::new(MemoryStore::new()),
             NodeOptions { learners_file, retain_entries: retain },
-        );
+        )
+        .unwrap();
         let e = Epoch::new(1, 1);
         let entries: Vec<Entry> =
             (1..=n).map(|lsn| Entry { epoch: e, lsn, payload: Bytes::from_static(b"x") }).collect();
@@ -957,7 +982,8 @@ mod tests {
         let store = MemoryStore::new();
         store.fail_next_sync();
         let node =
-            JournalNode::new(2, Box::new(store), NodeOptions { learners_file: None, retain_entries: 0 });
+            JournalNode::new(2, Box::new(store), NodeOptions { learners_file: None, retain_entries: 0 })
+                .unwrap();
         let e = Epoch::new(1, 1);
         let entry = Entry { epoch: e, lsn: 1, payload: Bytes::from_static(b"x") };
         node.append(e, EntryId::ZERO, std::slice::from_ref(&entry), 0).expect("append");
@@ -1011,6 +1037,32 @@ mod tests {
         restarted.maintain().unwrap();
         let first = first_lsn(&restarted);
         assert!(first <= 301, "trimmed past the silent slow learner (300): first lsn {first}");
+    }
+
+    /// A learners file that cannot be read back whole stops the node from starting: one that
+    /// went on without the learners it lost would trim below them. A missing file is a node
+    /// that never had learners.
+    #[test]
+    fn a_damaged_learners_file_is_refused_at_start_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("learners");
+        let open = || {
+            JournalNode::new(
+                1,
+                Box::new(MemoryStore::new()),
+                NodeOptions { learners_file: Some(file.clone()), retain_entries: 0 },
+            )
+        };
+        assert!(open().unwrap().status().learners.is_empty());
+        std::fs::write(&file, "replayer-1 40\nreplayer-2 4x\n").unwrap();
+        let e = open().err().expect("a damaged learners file must be refused");
+        assert!(e.to_string().contains("line 2"), "{e}");
+        std::fs::write(&file, "replayer-1 40\n 7\n").unwrap();
+        assert!(open().is_err());
+        std::fs::write(&file, "replayer-1 40\nreplayer-2 41\n").unwrap();
+        let learners = open().unwrap().status().learners;
+        let read: Vec<(&str, Lsn)> = learners.iter().map(|l| (l.name.as_str(), l.durable_lsn)).collect();
+        assert_eq!(read, [("replayer-1", 40), ("replayer-2", 41)]);
     }
 
     #[test]

@@ -47,7 +47,7 @@ async fn entries_are_acknowledged_only_once_flushed() {
     let addr = endpoint.local_addr().unwrap();
     let store = MemoryStore::new();
     let gate = store.hold_syncs();
-    let node = JournalNode::new(1, Box::new(store), NodeOptions::default());
+    let node = JournalNode::new(1, Box::new(store), NodeOptions::default()).unwrap();
     tokio::spawn(serve(endpoint, node.clone()));
     let background = tokio::spawn(node.clone().run_background());
 

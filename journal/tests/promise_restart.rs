@@ -15,7 +15,7 @@ fn open(dir: &std::path::Path) -> Arc<JournalNode> {
     if !store.is_initialized() {
         store.save_meta(&Meta::default()).unwrap();
     }
-    JournalNode::new(1, Box::new(store), NodeOptions::default())
+    JournalNode::new(1, Box::new(store), NodeOptions::default()).unwrap()
 }
 
 async fn ask(node: &Arc<JournalNode>, msg: Message) -> Message {

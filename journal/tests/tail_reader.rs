@@ -24,7 +24,8 @@ async fn node_holding_100(ca: &ClusterCa, trim_below: Option<u64>) -> SocketAddr
         1,
         Box::new(MemoryStore::new()),
         NodeOptions { learners_file: None, retain_entries: 0 },
-    );
+    )
+    .unwrap();
     tokio::spawn(serve(endpoint, node.clone()));
     let epoch = Epoch::new(1, 1);
     let entries: Vec<Entry> =

@@ -38,7 +38,7 @@ async fn acknowledgements_say_whether_a_learner_follows_the_node() {
     let server = TlsConfig::issue(&ca, "journal").unwrap();
     let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let node = JournalNode::new(1, Box::new(MemoryStore::new()), NodeOptions::default());
+    let node = JournalNode::new(1, Box::new(MemoryStore::new()), NodeOptions::default()).unwrap();
     tokio::spawn(serve(endpoint, node.clone()));
 
     let client = TlsConfig::issue(&ca, "sequencer").unwrap();

@@ -28,7 +28,7 @@ fn journal(ca: &ClusterCa) -> Journal {
     for i in 1..=3 {
         let tls = TlsConfig::issue(ca, &format!("journal-{i}")).unwrap();
         let endpoint = tls.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-        let node = JournalNode::new(i, Box::new(MemoryStore::new()), NodeOptions::default());
+        let node = JournalNode::new(i, Box::new(MemoryStore::new()), NodeOptions::default()).unwrap();
         tokio::spawn(serve(endpoint.clone(), node.clone()));
         tokio::spawn(node.clone().run_background());
         j.addrs.push(endpoint.local_addr().unwrap());

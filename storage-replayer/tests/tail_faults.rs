@@ -27,7 +27,8 @@ async fn journal_with(ca: &ClusterCa, payloads: Vec<Bytes>) -> (SocketAddr, Arc<
         1,
         Box::new(MemoryStore::new()),
         NodeOptions { learners_file: None, retain_entries: 0 },
-    );
+    )
+    .unwrap();
     tokio::spawn(serve(endpoint, node.clone()));
     tokio::spawn(node.clone().run_background());
     let sequencer = TlsConfig::issue(ca, "sequencer").unwrap();

@@ -536,7 +536,7 @@ async fn journal(a: JournalArgs) -> Result<()> {
     let store = open_journal_log(&a.data_dir, opts, a.init)?;
     let node_opts =
         NodeOptions { learners_file: Some(a.data_dir.join("learners")), retain_entries: a.retain_entries };
-    let node = JournalNode::new(a.id, Box::new(store), node_opts);
+    let node = JournalNode::new(a.id, Box::new(store), node_opts)?;
     let endpoint = tls.server_endpoint(a.listen)?;
     info!(id = a.id, listen = %a.listen, data_dir = %a.data_dir.display(), "journal node serving");
     tokio::spawn(triad_transport::serve(endpoint.clone(), node.clone()));
