@@ -44,6 +44,9 @@ pub enum Fault {
     PartitionActiveSequencer,
     /// kill -9 every sequencer and the replayer at once: only the journal survives.
     KillAllButJournal,
+    /// kill -9 a journal node together with every sequencer: the next sequencer recovers from
+    /// the two journal nodes left, the third coming back while it does.
+    KillJournalAndSequencers(usize),
 }
 
 impl std::fmt::Display for Fault {
@@ -57,6 +60,7 @@ impl std::fmt::Display for Fault {
                 write!(f, "partition the active sequencer from a journal majority")
             }
             Fault::KillAllButJournal => write!(f, "kill -9 every sequencer and the replayer"),
+            Fault::KillJournalAndSequencers(i) => write!(f, "kill -9 journal-{} and every sequencer", i + 1),
         }
     }
 }
@@ -97,7 +101,8 @@ pub async fn run(cfg: ChaosConfig, say: impl Fn(String)) -> Result<Verdict> {
     // Leave the last stretch fault-free so the run ends on a healthy cluster.
     while start.elapsed() + cfg.interval * 2 < cfg.duration {
         tokio::time::sleep(cfg.interval).await;
-        let fault = match rng.random_range(0..6) {
+        let fault = match rng.random_range(0..7) {
+            6 => Fault::KillJournalAndSequencers(rng.random_range(0..3)),
             5 => Fault::KillAllButJournal,
             0 => Fault::KillActiveSequencer,
             1 => Fault::PauseActiveSequencer,
@@ -195,7 +200,7 @@ async fn inject(cluster: &mut LocalCluster, fault: Fault, can_partition: bool) -
                 None => return Ok(None),
             }
         }
-        Fault::KillJournal(i) => Role::Journal(i),
+        Fault::KillJournal(i) | Fault::KillJournalAndSequencers(i) => Role::Journal(i),
         Fault::KillReplayer | Fault::KillAllButJournal => Role::Replayer,
     };
     match fault {
@@ -204,9 +209,15 @@ async fn inject(cluster: &mut LocalCluster, fault: Fault, can_partition: bool) -
             tokio::time::sleep(LEASE * 3).await;
             cluster.signal_pause(target, false)?;
         }
-        Fault::KillAllButJournal => {
-            let victims: Vec<Role> =
-                cluster.roles().into_iter().filter(|r| !matches!(r, Role::Journal(_))).collect();
+        Fault::KillAllButJournal | Fault::KillJournalAndSequencers(_) => {
+            let victims: Vec<Role> = cluster
+                .roles()
+                .into_iter()
+                .filter(|&r| match fault {
+                    Fault::KillAllButJournal => !matches!(r, Role::Journal(_)),
+                    _ => r == target || matches!(r, Role::Sequencer(_)),
+                })
+                .collect();
             for &r in &victims {
                 cluster.kill(r)?;
             }

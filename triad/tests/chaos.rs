@@ -1,5 +1,6 @@
 //! The fault schedule of `triad chaos`, run as a test: real processes on loopback, kill -9 and
-//! SIGSTOP of the active sequencer, kill -9 of journal nodes and the replayer, a partition of
+//! SIGSTOP of the active sequencer, kill -9 of journal nodes and the replayer (and of every
+//! sequencer at once, alone or with a journal node), a partition of
 //! the active sequencer from a journal majority (where iptables is available), and the history
 //! checker afterwards. CI runs a short schedule; a soak runs longer:
 //!
