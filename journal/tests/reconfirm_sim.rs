@@ -1,7 +1,8 @@
 //! Deterministic simulation of epochs over in-memory acceptors, driven by the same pure rules
 //! the journal and sequencer run (`acceptor`, `recovery`): sequencers append to random subsets
 //! of nodes, die at random points — including half-way through reconfirmation — and successors
-//! seal random majorities, while deposed sequencers that do not know it yet go on appending.
+//! seal random majorities, while deposed sequencers that do not know it yet go on appending, and
+//! nodes lose power, keeping only what they had flushed.
 //! Whatever happens, every entry that was acknowledged (durable on a majority in its epoch)
 //! stays in the log at its LSN, a deposed sequencer never gathers a majority, and no LSN ever
 //! holds two different committed records.
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use triad_journal::acceptor::{on_append, on_seal, AcceptorState, AppendDecision, LogView, SealDecision};
 use triad_journal::recovery::{plan, Promise};
-use triad_journal::storage::{LogStore, MemoryStore, StoreView};
+use triad_journal::storage::{LogStore, MemoryStore, Meta, StoreView};
 use triad_protocol::{Entry, EntryId, Epoch, Lsn};
 
 const NODES: usize = 3;
@@ -24,22 +25,27 @@ struct Node {
 /// What one step of the schedule does.
 #[derive(Clone, Debug)]
 enum Step {
-    /// The active sequencer appends one entry to the nodes in `targets` (bit set).
-    Append { targets: u8 },
+    /// The active sequencer appends one entry to the nodes in `targets` (bit set); of those,
+    /// the ones in `flushed` make it durable and acknowledge it, the others are cut off first.
+    Append { targets: u8, flushed: u8 },
     /// A new sequencer seals the majority `majority` (bit set, ≥ 2 nodes) and copies the
     /// suffix to them, dying after `crash_after` appends if set.
     Failover { majority: u8, crash_after: Option<u8> },
     /// The sequencer the last failover deposed, not knowing it, appends one entry of its own
     /// (carrying its own commit watermark) to the nodes in `targets`.
     Zombie { targets: u8 },
+    /// Node `node` loses power: what it had not flushed is gone, and it restarts from its disk.
+    Crash { node: usize },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (1u8..8).prop_map(|targets| Step::Append { targets }),
+        4 => (1u8..8, prop_oneof![3 => Just(7u8), 1 => 0u8..8])
+            .prop_map(|(targets, flushed)| Step::Append { targets, flushed }),
         1 => (prop_oneof![Just(3u8), Just(5), Just(6), Just(7)], proptest::option::of(0u8..4))
             .prop_map(|(majority, crash_after)| Step::Failover { majority, crash_after }),
         1 => (1u8..8).prop_map(|targets| Step::Zombie { targets }),
+        1 => (0..NODES).prop_map(|node| Step::Crash { node }),
     ]
 }
 
@@ -57,6 +63,12 @@ fn entries(store: &MemoryStore, from: Lsn) -> Vec<Entry> {
 /// Sends `log[from..]` to node `i` after finding where their logs match, as the sequencer's
 /// replicator does (probe from the tip, follow the node's hints). Returns whether it took.
 fn replicate(node: &mut Node, epoch: Epoch, log: &[Entry], commit: Lsn) -> bool {
+    replicate_and_flush(node, epoch, log, commit, true)
+}
+
+/// [`replicate`], flushing afterwards (and so acknowledging) only if `flush`: a node cut off
+/// between its write and its flush holds the entry only until it loses power.
+fn replicate_and_flush(node: &mut Node, epoch: Epoch, log: &[Entry], commit: Lsn, flush: bool) -> bool {
     let epoch_of = |lsn: Lsn| if lsn == 0 { Epoch::ZERO } else { log[lsn as usize - 1].epoch };
     let mut prev = log.len() as Lsn;
     loop {
@@ -74,6 +86,7 @@ fn replicate(node: &mut Node, epoch: Epoch, log: &[Entry], commit: Lsn) -> bool 
             AppendDecision::Accept { promise, truncate_after, skip, commit_lsn, .. } => {
                 if let Some(p) = promise {
                     node.state.promised = p;
+                    node.store.save_meta(&Meta { promised: p, commit_lsn: node.state.commit_lsn }).unwrap();
                 }
                 if let Some(cut) = truncate_after {
                     node.store.truncate_after(cut).unwrap();
@@ -82,6 +95,11 @@ fn replicate(node: &mut Node, epoch: Epoch, log: &[Entry], commit: Lsn) -> bool 
                     node.store.append(&after[skip..]).unwrap();
                 }
                 node.state.commit_lsn = node.state.commit_lsn.max(commit_lsn);
+                if !flush {
+                    return false;
+                }
+                let durable = node.store.sync_handle().unwrap().sync().unwrap();
+                assert_eq!(durable, node.store.last());
                 return true;
             }
             AppendDecision::Mismatch { retry_from } => {
@@ -118,7 +136,7 @@ fn run(schedule: Vec<Step>) {
 
     for s in schedule {
         match s {
-            Step::Append { targets } if alive => {
+            Step::Append { targets, flushed } if alive => {
                 payload_id += 1;
                 let e = Entry {
                     epoch,
@@ -128,7 +146,9 @@ fn run(schedule: Vec<Step>) {
                 log.push(e.clone());
                 let took = members(targets)
                     .into_iter()
-                    .filter(|&i| replicate(&mut nodes[i], epoch, &log, commit))
+                    .filter(|&i| {
+                        replicate_and_flush(&mut nodes[i], epoch, &log, commit, flushed & (1 << i) != 0)
+                    })
                     .count();
                 if took >= MAJORITY {
                     commit = e.lsn;
@@ -136,6 +156,15 @@ fn run(schedule: Vec<Step>) {
                 }
             }
             Step::Append { .. } => {}
+            Step::Crash { node } => {
+                let n = &mut nodes[node];
+                n.store.crash();
+                let meta = n.store.meta();
+                n.state = AcceptorState {
+                    promised: meta.promised,
+                    commit_lsn: meta.commit_lsn.min(n.store.last().lsn),
+                };
+            }
             Step::Zombie { targets } => {
                 if let Some((old_epoch, old_log, old_commit)) = zombie.as_mut() {
                     payload_id += 1;
@@ -164,6 +193,8 @@ fn run(schedule: Vec<Step>) {
                 for &i in &set {
                     if let SealDecision::Promise { epoch } = on_seal(&nodes[i].state, new_epoch) {
                         nodes[i].state.promised = epoch;
+                        let meta = Meta { promised: epoch, commit_lsn: nodes[i].state.commit_lsn };
+                        nodes[i].store.save_meta(&meta).unwrap();
                         promises.push(Promise {
                             node: i,
                             last: nodes[i].store.last(),
@@ -253,12 +284,12 @@ proptest! {
 #[test]
 fn sequencer_dying_half_way_through_reconfirmation_loses_nothing() {
     run(vec![
-        Step::Append { targets: 0b111 },
-        Step::Append { targets: 0b011 }, // acked on nodes 0,1
-        Step::Append { targets: 0b001 }, // only node 0: not acked
+        Step::Append { targets: 0b111, flushed: 0b111 },
+        Step::Append { targets: 0b011, flushed: 0b111 }, // acked on nodes 0,1
+        Step::Append { targets: 0b001, flushed: 0b111 }, // only node 0: not acked
         Step::Failover { majority: 0b101, crash_after: Some(1) }, // copies to node 0 only, dies
         Step::Failover { majority: 0b110, crash_after: None },
-        Step::Append { targets: 0b110 },
+        Step::Append { targets: 0b110, flushed: 0b111 },
         Step::Failover { majority: 0b101, crash_after: None },
     ]);
 }
