@@ -286,8 +286,8 @@ impl Caller {
             ErrorCode::Forbidden,
             format!(
                 "{} refused: {who}, and this connection's certificate is a {role}'s \
-                 (roles come from `triad certs`: a name's prefix journal, sequencer or replayer \
-                 gives that role, any other name a client's)",
+                 (roles come from `triad certs`: given as NAME=ROLE, or else by a name's prefix \
+                 journal, sequencer or replayer, any other name being a client's)",
                 msg.kind()
             ),
             Default::default(),
