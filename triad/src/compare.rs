@@ -293,13 +293,13 @@ pub async fn postgres(
     let _server = Guard(server);
     let target = PgTarget { port, user: "postgres", password: None, dbname: "postgres" };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !target.psql("SELECT 1")?.status.success() {
+    while !target.psql("SELECT 1").await?.status.success() {
         if Instant::now() > deadline {
             bail!("postgres did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let out = target.psql(PG_SCHEMA)?;
+    let out = target.psql(PG_SCHEMA).await?;
     ensure!(out.status.success(), "creating the tables failed: {}", String::from_utf8_lossy(&out.stderr));
     say(format!("postgres: pgbench TPC-B-like, {clients} clients, {duration:?}, -M {mode}…"));
     pgbench(&target, dir, clients, duration, mode).await
@@ -314,8 +314,10 @@ pub struct PgTarget<'a> {
 }
 
 impl PgTarget<'_> {
-    fn command(&self, binary: &str) -> Command {
-        let mut c = Command::new(binary);
+    // tokio's processes: Triad's SQL front end may be served by this very thread (`bench` runs
+    // one), so waiting for psql or pgbench must not block it.
+    fn command(&self, binary: &str) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(binary);
         c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", self.user]);
         if let Some(p) = self.password {
             c.env("PGPASSWORD", p);
@@ -323,12 +325,13 @@ impl PgTarget<'_> {
         c
     }
 
-    fn psql(&self, sql: &str) -> Result<std::process::Output> {
+    async fn psql(&self, sql: &str) -> Result<std::process::Output> {
         Ok(self
             .command("psql")
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", self.dbname, "-c", sql])
             .stdout(Stdio::null())
-            .output()?)
+            .output()
+            .await?)
     }
 }
 
@@ -360,7 +363,8 @@ async fn pgbench(
         .arg(&script)
         .arg(target.dbname)
         .current_dir(dir)
-        .output()?;
+        .output()
+        .await?;
     ensure!(
         out.status.success(),
         "pgbench failed: {}{}",
@@ -395,30 +399,31 @@ async fn pgbench(
 /// The same schema and rows as [`PG_SCHEMA`], in the SQL Triad's front end runs (no
 /// generate_series): rows inserted in batches, one transaction per batch.
 pub async fn triad_sql_setup(port: u16, password: &str, say: &dyn Fn(String)) -> Result<()> {
-    let target = PgTarget { port, user: "triad", password: Some(password), dbname: "triad" };
-    let run = |sql: String| -> Result<()> {
-        let out = target.psql(&sql)?;
+    let target = &PgTarget { port, user: "triad", password: Some(password), dbname: "triad" };
+    let run = |sql: String| async move {
+        let out = target.psql(&sql).await?;
         ensure!(
             out.status.success(),
             "setting up the tables failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Ok(())
+        Ok::<(), anyhow::Error>(())
     };
     run("CREATE TABLE branches (bid INT PRIMARY KEY, bbalance INT);
          CREATE TABLE tellers (tid INT PRIMARY KEY, bid INT, tbalance INT);
          CREATE TABLE accounts (aid INT PRIMARY KEY, bid INT, abalance INT);
          CREATE TABLE history (tid INT, bid INT, aid INT, delta INT, mtime TIMESTAMP);"
-        .into())?;
+        .into())
+    .await?;
     let batch = |table: &str, from: u32, to: u32, row: &dyn Fn(u32) -> String| {
         let rows: Vec<String> = (from..to).map(row).collect();
         format!("INSERT INTO {table} VALUES {}", rows.join(","))
     };
-    run(batch("branches", 0, 64, &|b| format!("({b},0)")))?;
-    run(batch("tellers", 0, 640, &|t| format!("({t},{},0)", t / 10)))?;
+    run(batch("branches", 0, 64, &|b| format!("({b},0)"))).await?;
+    run(batch("tellers", 0, 640, &|t| format!("({t},{},0)", t / 10))).await?;
     say("triad sql: loading 64,000 accounts…".into());
     for start in (0..64_000).step_by(2000) {
-        run(batch("accounts", start, start + 2000, &|a| format!("({a},{},0)", a / 1000)))?;
+        run(batch("accounts", start, start + 2000, &|a| format!("({a},{},0)", a / 1000))).await?;
     }
     Ok(())
 }
