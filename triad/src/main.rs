@@ -35,6 +35,8 @@ struct Cli {
     /// that share a machine with the rest of their cluster run best with 1 each — fewer threads
     /// handing work to one another — so `triad dev`, `chaos` and `bench` start their children
     /// so, and `bench` runs its own load generator so too (as pgbench runs one thread by default).
+    /// With 1, one thread runs all of the process's work, taking woken tasks in turn (a journal
+    /// node keeps one worker and moves it aside while it flushes).
     #[arg(long, global = true, env = "TRIAD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
 }
@@ -481,6 +483,34 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The async runtime for this process. With one thread (what `dev`, `chaos`, `bench` and the
+/// compose file give every cluster member, and `bench` its own load generator) a current-thread
+/// runtime: tasks woken take their turn in the order they were woken, so the replies and
+/// requests that several tasks write at once are all queued on a connection before its driver
+/// runs and leave in one datagram. A multi-thread runtime, even with one worker, runs the task
+/// woken last first, and so sent a datagram per reply: 6.8 datagrams per TPC-B commit against
+/// 4.8, and 15 % more CPU (docs/benchmarks.md). Journal nodes keep a multi-thread runtime: a
+/// flush runs on the thread that asked for it while the runtime's other work moves to another
+/// thread, which only a multi-thread runtime can do (without it each flush is handed to a
+/// blocking thread and back, measured dearer for one producer's latency).
+fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+    // A load generator on the machine it measures: a second thread mostly hands each answer
+    // from the thread that read it to the one that waits for it, which costs every process on
+    // the path more wake-ups and datagrams (measured in docs/benchmarks.md).
+    let default_threads = matches!(cli.cmd, Cmd::Bench(_)).then_some(1);
+    let threads = cli.worker_threads.or(default_threads);
+    let mut rt = if threads == Some(1) && !matches!(cli.cmd, Cmd::Journal(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = threads {
+            rt.worker_threads(usize::from(n));
+        }
+        rt
+    };
+    rt.enable_all().build()
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let default_level = match cli.cmd {
@@ -493,15 +523,7 @@ fn main() -> Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
         .with_writer(std::io::stderr)
         .init();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    // A load generator on the machine it measures: a second worker thread mostly hands each
-    // answer from the thread that read it to the one that waits for it, which costs every
-    // process on the path more wake-ups and datagrams (measured in docs/benchmarks.md).
-    let default_threads = matches!(cli.cmd, Cmd::Bench(_)).then_some(1);
-    if let Some(n) = cli.worker_threads.or(default_threads) {
-        rt.worker_threads(usize::from(n));
-    }
-    let rt = rt.enable_all().build()?;
+    let rt = runtime(&cli)?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Journal(a) => journal(a).await,
