@@ -895,11 +895,14 @@ impl Sequencer {
         };
         // The recovered suffix counts as committed only with the epoch-start record on a majority.
         if quorum >= self.epoch_start && raise_watermark(&self.commit, quorum) {
-            // Right here rather than in a task the watermark wakes: the answers are then queued
-            // after the replicators were woken, and a runtime worker runs the task it woke last
-            // first (its LIFO slot), so with one worker thread (as `dev` and `bench` run the
-            // sequencer) a client's answer leaves before the new watermark goes to the tailed
-            // node. Answers of one batch may now leave out of LSN order; nothing depends on it.
+            // Right here rather than in a task the watermark wakes: one wake-up fewer on every
+            // commit's path. The watermark is raised first, so no begin can be given a read LSN
+            // below a commit already answered. Which leaves first, the answers or the new
+            // watermark to the tailed node, is the runtime's choice: a multi-thread runtime runs
+            // the task woken last first (the answers), the one-thread runtime that `dev` and
+            // `bench` give the sequencer runs them in turn (the watermark, which a chained
+            // client's next read waits for). Answers of one batch may leave out of LSN order;
+            // nothing depends on it.
             self.answer_waiters(quorum);
         }
     }

@@ -166,7 +166,9 @@ impl Replayer {
     ///
     /// Small batches are applied on the thread that polls this future, so that thread blocks
     /// for a memtable write each time, and for longer if RocksDB stalls writes. `triad replayer`
-    /// polls it on the main thread, outside the runtime's workers that serve reads.
+    /// polls it on the main thread, outside the runtime's workers that serve reads; with one
+    /// thread (`--worker-threads 1`, as `dev`, `bench` and the compose file run it) that thread
+    /// does both, and reads wait out a small batch's write.
     pub async fn run(self: Arc<Self>, endpoint: &Endpoint, journal: &[SocketAddr]) -> ReplayerError {
         let client = JournalClient::new(endpoint, journal);
         self.report_progress(&client).await;
