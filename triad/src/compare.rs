@@ -319,6 +319,9 @@ impl PgTarget<'_> {
     fn command(&self, binary: &str) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(binary);
         c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", self.user]);
+        // A server that takes the connection but never answers fails the attempt instead of
+        // holding the comparison forever.
+        c.env("PGCONNECT_TIMEOUT", "10");
         if let Some(p) = self.password {
             c.env("PGPASSWORD", p);
         }
@@ -467,5 +470,50 @@ impl Row {
             triad,
             peer,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bench` serves Triad's SQL front end on the very thread that waits for psql and pgbench
+    /// (a one-thread runtime), so the wait must leave that thread free to answer them. Here a
+    /// server on a one-thread runtime answers psql's startup with an error of its own; psql
+    /// must come back with it, not with a connect timeout.
+    #[test]
+    fn waiting_for_psql_leaves_the_thread_free_to_serve_it() {
+        assert!(which("psql").is_some(), "this test runs psql (scripts/setup.sh installs it)");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let out = rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("address").port();
+            tokio::spawn(async move {
+                let (mut conn, _) = listener.accept().await.expect("accept");
+                loop {
+                    // SSL and GSS encryption requests are refused with 'N'; the startup message
+                    // that follows gets a FATAL error.
+                    let len = conn.read_u32().await.expect("message length") as usize;
+                    let code = conn.read_u32().await.expect("message code");
+                    let mut rest = vec![0; len.saturating_sub(8)];
+                    conn.read_exact(&mut rest).await.expect("message body");
+                    if code == 80877103 || code == 80877104 {
+                        conn.write_all(b"N").await.expect("refusing encryption");
+                        continue;
+                    }
+                    let fields = b"SFATAL\0C08000\0Manswered by the test server\0\0";
+                    let mut msg = vec![b'E'];
+                    msg.extend_from_slice(&(4 + fields.len() as u32).to_be_bytes());
+                    msg.extend_from_slice(fields);
+                    conn.write_all(&msg).await.expect("answering");
+                    return;
+                }
+            });
+            let target = PgTarget { port, user: "triad", password: Some("x"), dbname: "triad" };
+            target.psql("SELECT 1").await.expect("running psql")
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("answered by the test server"), "psql said: {stderr}");
     }
 }
