@@ -55,11 +55,18 @@ pub struct NodeOptions {
     pub learners_file: Option<PathBuf>,
     /// Entries kept below the slowest learner's durable LSN before trimming.
     pub retain_entries: u64,
+    /// Flush on the runtime's own thread and let everything else wait for it, instead of moving
+    /// the runtime's work aside (multi-thread runtime) or handing the flush to a blocking thread
+    /// (current-thread runtime). For a node that runs on one thread on a machine it shares with
+    /// the rest of its cluster: no thread wakes another for a flush, which cost a quarter of
+    /// such a node's CPU. While a flush runs the node answers nothing, heartbeats included, so
+    /// a disk that stalls for longer than the sequencer's lease looks like a node that stopped.
+    pub flush_inline: bool,
 }
 
 impl Default for NodeOptions {
     fn default() -> Self {
-        NodeOptions { learners_file: None, retain_entries: 100_000 }
+        NodeOptions { learners_file: None, retain_entries: 100_000, flush_inline: false }
     }
 }
 
@@ -207,12 +214,16 @@ impl JournalNode {
                         Err(e) => return self.fail(format!("preparing fsync: {e}")),
                     }
                 };
-                // The flush runs on this very thread, and the runtime's other work moves to
-                // another thread meanwhile (block_in_place), so neither waits for the other:
-                // handing the flush to a blocking thread and its result back cost two thread
-                // wake-ups on an append's path (25 µs of 0.53 ms at one producer). A
-                // current-thread runtime (some tests) cannot move its work away.
-                let res = if tokio::runtime::Handle::current().runtime_flavor()
+                // On a multi-thread runtime the flush runs on this very thread, and the
+                // runtime's other work moves to another thread meanwhile (block_in_place), so
+                // neither waits for the other: handing the flush to a blocking thread and its
+                // result back cost two thread wake-ups on an append's path (25 µs of 0.53 ms at
+                // one producer). A current-thread runtime (some tests) cannot move its work
+                // away, so there the flush goes to a blocking thread, unless the node was told
+                // to flush inline (see `NodeOptions::flush_inline`).
+                let res = if self.opts.flush_inline {
+                    Ok(handle.sync())
+                } else if tokio::runtime::Handle::current().runtime_flavor()
                     == tokio::runtime::RuntimeFlavor::MultiThread
                 {
                     Ok(tokio::task::block_in_place(move || handle.sync()))
@@ -951,7 +962,7 @@ mod tests {
         let node = JournalNode::new(
             1,
             Box::new(MemoryStore::new()),
-            NodeOptions { learners_file, retain_entries: retain },
+            NodeOptions { learners_file, retain_entries: retain, ..NodeOptions::default() },
         )
         .unwrap();
         let e = Epoch::new(1, 1);
@@ -981,9 +992,12 @@ mod tests {
 
         let store = MemoryStore::new();
         store.fail_next_sync();
-        let node =
-            JournalNode::new(2, Box::new(store), NodeOptions { learners_file: None, retain_entries: 0 })
-                .unwrap();
+        let node = JournalNode::new(
+            2,
+            Box::new(store),
+            NodeOptions { learners_file: None, retain_entries: 0, ..NodeOptions::default() },
+        )
+        .unwrap();
         let e = Epoch::new(1, 1);
         let entry = Entry { epoch: e, lsn: 1, payload: Bytes::from_static(b"x") };
         node.append(e, EntryId::ZERO, std::slice::from_ref(&entry), 0).expect("append");
@@ -1050,7 +1064,11 @@ mod tests {
             JournalNode::new(
                 1,
                 Box::new(MemoryStore::new()),
-                NodeOptions { learners_file: Some(file.clone()), retain_entries: 0 },
+                NodeOptions {
+                    learners_file: Some(file.clone()),
+                    retain_entries: 0,
+                    ..NodeOptions::default()
+                },
             )
         };
         assert!(open().unwrap().status().learners.is_empty());

@@ -23,7 +23,7 @@ async fn node_holding_100(ca: &ClusterCa, trim_below: Option<u64>) -> SocketAddr
     let node = JournalNode::new(
         1,
         Box::new(MemoryStore::new()),
-        NodeOptions { learners_file: None, retain_entries: 0 },
+        NodeOptions { learners_file: None, retain_entries: 0, ..NodeOptions::default() },
     )
     .unwrap();
     tokio::spawn(serve(endpoint, node.clone()));

@@ -26,7 +26,7 @@ async fn journal_with(ca: &ClusterCa, payloads: Vec<Bytes>) -> (SocketAddr, Arc<
     let node = JournalNode::new(
         1,
         Box::new(MemoryStore::new()),
-        NodeOptions { learners_file: None, retain_entries: 0 },
+        NodeOptions { learners_file: None, retain_entries: 0, ..NodeOptions::default() },
     )
     .unwrap();
     tokio::spawn(serve(endpoint, node.clone()));

@@ -35,8 +35,8 @@ struct Cli {
     /// that share a machine with the rest of their cluster run best with 1 each — fewer threads
     /// handing work to one another — so `triad dev`, `chaos` and `bench` start their children
     /// so, and `bench` runs its own load generator so too (as pgbench runs one thread by default).
-    /// With 1, one thread runs all of the process's work, taking woken tasks in turn (a journal
-    /// node keeps one worker and moves it aside while it flushes).
+    /// With 1, one thread runs all of the process's work, taking woken tasks in turn; a journal
+    /// node then flushes on that thread, and answers nothing while a flush runs.
     #[arg(long, global = true, env = "TRIAD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
 }
@@ -489,17 +489,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// requests that several tasks write at once are all queued on a connection before its driver
 /// runs and leave in one datagram. A multi-thread runtime, even with one worker, runs the task
 /// woken last first, and so sent a datagram per reply: 6.8 datagrams per TPC-B commit against
-/// 4.8, and 15 % more CPU (docs/benchmarks.md). Journal nodes keep a multi-thread runtime: a
-/// flush runs on the thread that asked for it while the runtime's other work moves to another
-/// thread, which only a multi-thread runtime can do (without it each flush is handed to a
-/// blocking thread and back, measured dearer for one producer's latency).
+/// 4.8, and 15 % more CPU (docs/benchmarks.md). A journal node on one thread flushes on it
+/// (`NodeOptions::flush_inline`), where a multi-thread runtime moved its work to another thread
+/// for every flush: a quarter of the node's CPU.
 fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
     // A load generator on the machine it measures: a second thread mostly hands each answer
     // from the thread that read it to the one that waits for it, which costs every process on
     // the path more wake-ups and datagrams (measured in docs/benchmarks.md).
     let default_threads = matches!(cli.cmd, Cmd::Bench(_)).then_some(1);
     let threads = cli.worker_threads.or(default_threads);
-    let mut rt = if threads == Some(1) && !matches!(cli.cmd, Cmd::Journal(_)) {
+    let mut rt = if threads == Some(1) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -556,8 +555,13 @@ async fn journal(a: JournalArgs) -> Result<()> {
     let opts =
         SegmentOptions { segment_bytes: a.segment_size, recycle: !a.no_recycle, presize: !a.no_presize };
     let store = open_journal_log(&a.data_dir, opts, a.init)?;
-    let node_opts =
-        NodeOptions { learners_file: Some(a.data_dir.join("learners")), retain_entries: a.retain_entries };
+    let node_opts = NodeOptions {
+        learners_file: Some(a.data_dir.join("learners")),
+        retain_entries: a.retain_entries,
+        // One thread (see `runtime`): it flushes, and everything else waits for the flush.
+        flush_inline: tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread,
+    };
     let node = JournalNode::new(a.id, Box::new(store), node_opts)?;
     let endpoint = tls.server_endpoint(a.listen)?;
     info!(id = a.id, listen = %a.listen, data_dir = %a.data_dir.display(), "journal node serving");
