@@ -41,13 +41,24 @@ async fn acknowledged_once_tailed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_are_acknowledged_only_once_flushed() {
+    acknowledged_only_once_flushed(NodeOptions::default()).await;
+}
+
+/// The same for a node that flushes on its runtime's thread (as `triad journal` does on one
+/// thread). The held flush blocks one of the test runtime's two workers; the other serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_flushed_inline_are_acknowledged_only_once_flushed() {
+    acknowledged_only_once_flushed(NodeOptions { flush_inline: true, ..NodeOptions::default() }).await;
+}
+
+async fn acknowledged_only_once_flushed(opts: NodeOptions) {
     let ca = ClusterCa::generate().unwrap();
     let server = TlsConfig::issue(&ca, "journal").unwrap();
     let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let store = MemoryStore::new();
     let gate = store.hold_syncs();
-    let node = JournalNode::new(1, Box::new(store), NodeOptions::default()).unwrap();
+    let node = JournalNode::new(1, Box::new(store), opts).unwrap();
     tokio::spawn(serve(endpoint, node.clone()));
     let background = tokio::spawn(node.clone().run_background());
 
