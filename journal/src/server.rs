@@ -58,9 +58,10 @@ pub struct NodeOptions {
     /// Flush on the runtime's own thread and let everything else wait for it, instead of moving
     /// the runtime's work aside (multi-thread runtime) or handing the flush to a blocking thread
     /// (current-thread runtime). For a node that runs on one thread on a machine it shares with
-    /// the rest of its cluster: no thread wakes another for a flush, which cost a quarter of
-    /// such a node's CPU. While a flush runs the node answers nothing, heartbeats included, so
-    /// a disk that stalls for longer than the sequencer's lease looks like a node that stopped.
+    /// the rest of its cluster: no thread wakes another for a flush, which cost a fifth to a
+    /// quarter of such a node's CPU. While a flush runs the node answers nothing, heartbeats
+    /// included, so a disk that stalls for longer than the sequencer's lease looks like a node
+    /// that stopped.
     pub flush_inline: bool,
 }
 
