@@ -491,7 +491,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// woken last first, and so sent a datagram per reply: 6.8 datagrams per TPC-B commit against
 /// 4.8, and 15 % more CPU (docs/benchmarks.md). A journal node on one thread flushes on it
 /// (`NodeOptions::flush_inline`), where a multi-thread runtime moved its work to another thread
-/// for every flush: a quarter of the node's CPU.
+/// for every flush: a fifth to a quarter of the node's CPU.
 fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
     // A load generator on the machine it measures: a second thread mostly hands each answer
     // from the thread that read it to the one that waits for it, which costs every process on
