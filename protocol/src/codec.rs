@@ -160,32 +160,21 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
             let args = fb::BeginResponseArgs { read_lsn: *read_lsn };
             (B::BeginResponse, fb::BeginResponse::create(fbb, &args).as_union_value())
         }
-        Message::CommitRequest(req) => {
-            let read_keys = key_list(fbb, &req.read_keys);
-            let read_ranges = if req.read_ranges.is_empty() {
-                None
-            } else {
-                let offs: Vec<_> = req.read_ranges.iter().map(|r| key_range(fbb, r)).collect();
-                Some(fbb.create_vector(&offs))
-            };
-            let writes = write_list(fbb, &req.writes);
-            let guard_keys = key_list(fbb, &req.guard_keys);
-            let txn_id = txn_id_to_fb(req.txn_id);
-            let args = fb::CommitRequestArgs {
-                txn_id: Some(&txn_id),
-                read_lsn: req.read_lsn,
-                isolation: isolation_to_fb(req.isolation),
-                read_keys,
-                read_ranges,
-                writes,
-                guard_keys,
-            };
-            (B::CommitRequest, fb::CommitRequest::create(fbb, &args).as_union_value())
-        }
+        Message::CommitRequest(req) => (B::CommitRequest, build_commit_request(fbb, req).as_union_value()),
         Message::CommitResponse(outcome) => {
-            let (outcome_type, outcome) = build_outcome(fbb, outcome);
-            let args = fb::CommitResponseArgs { outcome_type, outcome: Some(outcome) };
-            (B::CommitResponse, fb::CommitResponse::create(fbb, &args).as_union_value())
+            (B::CommitResponse, build_commit_response(fbb, outcome).as_union_value())
+        }
+        Message::CommitBatchRequest(reqs) => {
+            let offs: Vec<_> = reqs.iter().map(|r| build_commit_request(fbb, r)).collect();
+            let commits = Some(fbb.create_vector(&offs));
+            let args = fb::CommitBatchRequestArgs { commits };
+            (B::CommitBatchRequest, fb::CommitBatchRequest::create(fbb, &args).as_union_value())
+        }
+        Message::CommitBatchResponse(outcomes) => {
+            let offs: Vec<_> = outcomes.iter().map(|o| build_commit_response(fbb, o)).collect();
+            let outcomes = Some(fbb.create_vector(&offs));
+            let args = fb::CommitBatchResponseArgs { outcomes };
+            (B::CommitBatchResponse, fb::CommitBatchResponse::create(fbb, &args).as_union_value())
         }
         Message::SealRequest { epoch } => {
             let args = fb::SealRequestArgs { epoch: epoch.0 };
@@ -330,6 +319,37 @@ fn build_body<'a>(fbb: &mut Fbb<'a>, msg: &Message) -> (fb::Body, WIPOffset<Unio
             (B::ErrorResponse, fb::ErrorResponse::create(fbb, &args).as_union_value())
         }
     }
+}
+
+fn build_commit_request<'a>(fbb: &mut Fbb<'a>, req: &CommitRequest) -> WIPOffset<fb::CommitRequest<'a>> {
+    let read_keys = key_list(fbb, &req.read_keys);
+    let read_ranges = if req.read_ranges.is_empty() {
+        None
+    } else {
+        let offs: Vec<_> = req.read_ranges.iter().map(|r| key_range(fbb, r)).collect();
+        Some(fbb.create_vector(&offs))
+    };
+    let writes = write_list(fbb, &req.writes);
+    let guard_keys = key_list(fbb, &req.guard_keys);
+    let txn_id = txn_id_to_fb(req.txn_id);
+    let args = fb::CommitRequestArgs {
+        txn_id: Some(&txn_id),
+        read_lsn: req.read_lsn,
+        isolation: isolation_to_fb(req.isolation),
+        read_keys,
+        read_ranges,
+        writes,
+        guard_keys,
+    };
+    fb::CommitRequest::create(fbb, &args)
+}
+
+fn build_commit_response<'a>(
+    fbb: &mut Fbb<'a>,
+    outcome: &CommitOutcome,
+) -> WIPOffset<fb::CommitResponse<'a>> {
+    let (outcome_type, outcome) = build_outcome(fbb, outcome);
+    fb::CommitResponse::create(fbb, &fb::CommitResponseArgs { outcome_type, outcome: Some(outcome) })
 }
 
 fn build_outcome<'a>(
@@ -518,18 +538,31 @@ fn range_hint(r: &KeyRange) -> usize {
     ITEM_OVERHEAD + bytes_hint(&r.start) + r.end.as_deref().map_or(0, bytes_hint)
 }
 
+fn commit_request_hint(req: &CommitRequest) -> usize {
+    ITEM_OVERHEAD
+        + keys_hint(&req.read_keys)
+        + keys_hint(&req.guard_keys)
+        + req.read_ranges.iter().map(range_hint).sum::<usize>()
+        + writes_hint(&req.writes)
+}
+
+fn outcome_hint(outcome: &CommitOutcome) -> usize {
+    match outcome {
+        CommitOutcome::Conflict { keys } => ITEM_OVERHEAD + keys_hint(keys),
+        CommitOutcome::Unavailable { reason } => ITEM_OVERHEAD + bytes_hint(reason.as_bytes()),
+        CommitOutcome::Committed { .. } | CommitOutcome::TooOld { .. } => ITEM_OVERHEAD,
+    }
+}
+
 fn message_size_hint(msg: &Message) -> usize {
     match msg {
-        Message::CommitRequest(req) => {
-            ITEM_OVERHEAD
-                + keys_hint(&req.read_keys)
-                + keys_hint(&req.guard_keys)
-                + req.read_ranges.iter().map(range_hint).sum::<usize>()
-                + writes_hint(&req.writes)
+        Message::CommitRequest(req) => commit_request_hint(req),
+        Message::CommitResponse(outcome) => outcome_hint(outcome),
+        Message::CommitBatchRequest(reqs) => {
+            ITEM_OVERHEAD + reqs.iter().map(commit_request_hint).sum::<usize>()
         }
-        Message::CommitResponse(CommitOutcome::Conflict { keys }) => ITEM_OVERHEAD + keys_hint(keys),
-        Message::CommitResponse(CommitOutcome::Unavailable { reason }) => {
-            ITEM_OVERHEAD + bytes_hint(reason.as_bytes())
+        Message::CommitBatchResponse(outcomes) => {
+            ITEM_OVERHEAD + outcomes.iter().map(outcome_hint).sum::<usize>()
         }
         Message::AppendRequest { entries, .. } | Message::FetchResponse { entries, .. } => {
             ITEM_OVERHEAD + entries_hint(entries)
@@ -620,7 +653,8 @@ pub fn decode_record(buf: &[u8]) -> Result<LogRecord, DecodeError> {
 /// covers little more than its own length.
 fn verifier_options(len: usize) -> VerifierOptions {
     VerifierOptions {
-        // The deepest honest nesting is 4 tables (Message → CommitResponse → Conflict → Key).
+        // The deepest honest nesting is 5 tables (Message → CommitBatchResponse →
+        // CommitResponse → Conflict → Key).
         max_depth: 8,
         max_tables: len / 4 + 1,
         // Shared vtables are counted once per table that uses them, so an honest buffer's
@@ -672,22 +706,23 @@ fn decode_message_with<'b>(
             }
             B::CommitRequest => {
                 let b = present(msg.body_as_commit_request(), "body")?;
-                Message::CommitRequest(CommitRequest {
-                    txn_id: txn_id_from_fb(b.txn_id()),
-                    read_lsn: b.read_lsn(),
-                    isolation: isolation_from_fb(b.isolation())?,
-                    read_keys: keys(b.read_keys()),
-                    read_ranges: b
-                        .read_ranges()
-                        .map(|v| v.iter().map(key_range_from_fb).collect())
-                        .unwrap_or_default(),
-                    writes: writes(b.writes()),
-                    guard_keys: keys(b.guard_keys()),
-                })
+                Message::CommitRequest(commit_request_from_fb(&b)?)
             }
             B::CommitResponse => {
                 let b = present(msg.body_as_commit_response(), "body")?;
                 Message::CommitResponse(outcome_from_fb(&b)?)
+            }
+            B::CommitBatchRequest => {
+                let b = present(msg.body_as_commit_batch_request(), "body")?;
+                Message::CommitBatchRequest(
+                    b.commits().iter().map(|c| commit_request_from_fb(&c)).collect::<Result<_, _>>()?,
+                )
+            }
+            B::CommitBatchResponse => {
+                let b = present(msg.body_as_commit_batch_response(), "body")?;
+                Message::CommitBatchResponse(
+                    b.outcomes().iter().map(|o| outcome_from_fb(&o)).collect::<Result<_, _>>()?,
+                )
             }
             B::SealRequest => {
                 let b = present(msg.body_as_seal_request(), "body")?;
@@ -850,6 +885,18 @@ fn decode_message_with<'b>(
             other => return Err(DecodeError::UnknownUnionTag { union: "Body", tag: other.0 }),
         },
     ))
+}
+
+fn commit_request_from_fb(b: &fb::CommitRequest<'_>) -> Result<CommitRequest, DecodeError> {
+    Ok(CommitRequest {
+        txn_id: txn_id_from_fb(b.txn_id()),
+        read_lsn: b.read_lsn(),
+        isolation: isolation_from_fb(b.isolation())?,
+        read_keys: keys(b.read_keys()),
+        read_ranges: b.read_ranges().map(|v| v.iter().map(key_range_from_fb).collect()).unwrap_or_default(),
+        writes: writes(b.writes()),
+        guard_keys: keys(b.guard_keys()),
+    })
 }
 
 fn outcome_from_fb(resp: &fb::CommitResponse<'_>) -> Result<CommitOutcome, DecodeError> {

@@ -164,6 +164,10 @@ pub enum CommitOutcome {
 /// answer's size) of one request. Clients split longer lists.
 pub const MAX_MULTI_GET_KEYS: usize = 4096;
 
+/// Most commits one [`Message::CommitBatchRequest`] may carry: a bound on the work one request
+/// makes the sequencer do before it answers.
+pub const MAX_COMMIT_BATCH: usize = 1024;
+
 /// Most bytes of writes one commit may carry, as counted by [`commit_bytes`]: its record must
 /// fit, with an append's headers, in one frame to a journal node.
 pub const MAX_COMMIT_BYTES: usize = crate::frame::MAX_FRAME_DEFAULT - (64 << 10);
@@ -271,6 +275,10 @@ pub enum Message {
     },
     CommitRequest(CommitRequest),
     CommitResponse(CommitOutcome),
+    /// Commits of several transactions in one request, each decided on its own (at most
+    /// [`MAX_COMMIT_BATCH`]); answered with their outcomes in the same order.
+    CommitBatchRequest(Vec<CommitRequest>),
+    CommitBatchResponse(Vec<CommitOutcome>),
 
     // sequencer → journal
     /// Paxos prepare: promise to refuse every epoch below `epoch`.
@@ -407,6 +415,8 @@ impl Message {
             Message::BeginResponse { .. } => "begin response",
             Message::CommitRequest(_) => "commit request",
             Message::CommitResponse(_) => "commit response",
+            Message::CommitBatchRequest(_) => "commit batch request",
+            Message::CommitBatchResponse(_) => "commit batch response",
             Message::SealRequest { .. } => "seal request",
             Message::SealResponse { .. } => "seal response",
             Message::AppendRequest { .. } => "append request",

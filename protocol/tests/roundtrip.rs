@@ -104,6 +104,19 @@ fn dense_messages_pass_the_verifier_limits() {
     let many = 20_000;
     let dense = [
         Message::CommitResponse(CommitOutcome::Conflict { keys: vec![vec![]; many] }),
+        Message::CommitBatchResponse(vec![CommitOutcome::Conflict { keys: vec![vec![]; 4] }; many]),
+        Message::CommitBatchRequest(vec![
+            CommitRequest {
+                txn_id: TxnId(1),
+                read_lsn: 1,
+                isolation: Isolation::Snapshot,
+                read_keys: vec![],
+                read_ranges: vec![],
+                writes: vec![Write { key: vec![], value: None }],
+                guard_keys: vec![],
+            };
+            many
+        ]),
         Message::CommitRequest(CommitRequest {
             txn_id: TxnId(1),
             read_lsn: 1,

@@ -412,10 +412,10 @@ pub struct TxnOutcomeUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 26;
+pub const ENUM_MAX_BODY: u8 = 28;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 27] = [
+pub const ENUM_VALUES_BODY: [Body; 29] = [
   Body::NONE,
   Body::BeginRequest,
   Body::BeginResponse,
@@ -443,6 +443,8 @@ pub const ENUM_VALUES_BODY: [Body; 27] = [
   Body::MultiGetRequest,
   Body::MultiGetResponse,
   Body::RebaseRequest,
+  Body::CommitBatchRequest,
+  Body::CommitBatchResponse,
 ];
 
 /// Every kind of message. A frame carries exactly one. New members go at the end, so that
@@ -479,9 +481,11 @@ impl Body {
   pub const MultiGetRequest: Self = Self(24);
   pub const MultiGetResponse: Self = Self(25);
   pub const RebaseRequest: Self = Self(26);
+  pub const CommitBatchRequest: Self = Self(27);
+  pub const CommitBatchResponse: Self = Self(28);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 26;
+  pub const ENUM_MAX: u8 = 28;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::BeginRequest,
@@ -510,6 +514,8 @@ impl Body {
     Self::MultiGetRequest,
     Self::MultiGetResponse,
     Self::RebaseRequest,
+    Self::CommitBatchRequest,
+    Self::CommitBatchResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -541,6 +547,8 @@ impl Body {
       Self::MultiGetRequest => Some("MultiGetRequest"),
       Self::MultiGetResponse => Some("MultiGetResponse"),
       Self::RebaseRequest => Some("RebaseRequest"),
+      Self::CommitBatchRequest => Some("CommitBatchRequest"),
+      Self::CommitBatchResponse => Some("CommitBatchResponse"),
       _ => None,
     }
   }
@@ -2534,6 +2542,204 @@ impl ::core::fmt::Debug for CommitResponse<'_> {
           ds.field("outcome", &x)
         },
       };
+      ds.finish()
+  }
+}
+pub enum CommitBatchRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Several clients' commits sent as one request (a client library coalesces the commits its
+/// callers make at the same moment). Each is decided on its own, exactly as if sent alone.
+pub struct CommitBatchRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CommitBatchRequest<'a> {
+  type Inner = CommitBatchRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CommitBatchRequest<'a> {
+  pub const VT_COMMITS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CommitBatchRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CommitBatchRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CommitBatchRequest<'bldr>> {
+    let mut builder = CommitBatchRequestBuilder::new(_fbb);
+    if let Some(x) = args.commits { builder.add_commits(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn commits(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitRequest<'a>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitRequest>>>>(CommitBatchRequest::VT_COMMITS, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CommitBatchRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<CommitRequest>>>>("commits", Self::VT_COMMITS, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CommitBatchRequestArgs<'a> {
+    pub commits: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitRequest<'a>>>>>,
+}
+impl<'a> Default for CommitBatchRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CommitBatchRequestArgs {
+      commits: None, // required field
+    }
+  }
+}
+
+pub struct CommitBatchRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CommitBatchRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_commits(&mut self, commits: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<CommitRequest<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CommitBatchRequest::VT_COMMITS, commits);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CommitBatchRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CommitBatchRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CommitBatchRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, CommitBatchRequest::VT_COMMITS,"commits");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CommitBatchRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CommitBatchRequest");
+      ds.field("commits", &self.commits());
+      ds.finish()
+  }
+}
+pub enum CommitBatchResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// The outcomes of a `CommitBatchRequest`, in the order of its commits; sent once every one is
+/// decided.
+pub struct CommitBatchResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CommitBatchResponse<'a> {
+  type Inner = CommitBatchResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CommitBatchResponse<'a> {
+  pub const VT_OUTCOMES: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CommitBatchResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CommitBatchResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CommitBatchResponse<'bldr>> {
+    let mut builder = CommitBatchResponseBuilder::new(_fbb);
+    if let Some(x) = args.outcomes { builder.add_outcomes(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn outcomes(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitResponse<'a>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitResponse>>>>(CommitBatchResponse::VT_OUTCOMES, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CommitBatchResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<CommitResponse>>>>("outcomes", Self::VT_OUTCOMES, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CommitBatchResponseArgs<'a> {
+    pub outcomes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CommitResponse<'a>>>>>,
+}
+impl<'a> Default for CommitBatchResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CommitBatchResponseArgs {
+      outcomes: None, // required field
+    }
+  }
+}
+
+pub struct CommitBatchResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CommitBatchResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_outcomes(&mut self, outcomes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<CommitResponse<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CommitBatchResponse::VT_OUTCOMES, outcomes);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CommitBatchResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CommitBatchResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CommitBatchResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, CommitBatchResponse::VT_OUTCOMES,"outcomes");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CommitBatchResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CommitBatchResponse");
+      ds.field("outcomes", &self.outcomes());
       ds.finish()
   }
 }
@@ -6060,6 +6266,34 @@ impl<'a> Message<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_commit_batch_request(&self) -> Option<CommitBatchRequest<'a>> {
+    if self.body_type() == Body::CommitBatchRequest {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { CommitBatchRequest::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_commit_batch_response(&self) -> Option<CommitBatchResponse<'a>> {
+    if self.body_type() == Body::CommitBatchResponse {
+      let u = self.body();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { CommitBatchResponse::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Message<'_> {
@@ -6096,6 +6330,8 @@ impl ::flatbuffers::Verifiable for Message<'_> {
           Body::MultiGetRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MultiGetRequest>>("Body::MultiGetRequest", pos),
           Body::MultiGetResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MultiGetResponse>>("Body::MultiGetResponse", pos),
           Body::RebaseRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RebaseRequest>>("Body::RebaseRequest", pos),
+          Body::CommitBatchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommitBatchRequest>>("Body::CommitBatchRequest", pos),
+          Body::CommitBatchResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommitBatchResponse>>("Body::CommitBatchResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -6335,6 +6571,20 @@ impl ::core::fmt::Debug for Message<'_> {
         },
         Body::RebaseRequest => {
           if let Some(x) = self.body_as_rebase_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::CommitBatchRequest => {
+          if let Some(x) = self.body_as_commit_batch_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::CommitBatchResponse => {
+          if let Some(x) = self.body_as_commit_batch_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

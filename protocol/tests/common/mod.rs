@@ -146,6 +146,8 @@ pub fn message() -> impl Strategy<Value = Message> {
         lsn().prop_map(|read_lsn| Message::BeginResponse { read_lsn }),
         commit_request().prop_map(Message::CommitRequest),
         commit_outcome().prop_map(Message::CommitResponse),
+        prop::collection::vec(commit_request(), 0..4).prop_map(Message::CommitBatchRequest),
+        list(commit_outcome()).prop_map(Message::CommitBatchResponse),
         epoch().prop_map(|epoch| Message::SealRequest { epoch }),
         (epoch(), entry_id(), lsn()).prop_map(|(promised, last, commit_lsn)| {
             Message::SealResponse { promised, last, commit_lsn }
@@ -211,6 +213,8 @@ pub fn variant_name(msg: &Message) -> &'static str {
         Message::BeginResponse { .. } => "BeginResponse",
         Message::CommitRequest(_) => "CommitRequest",
         Message::CommitResponse(_) => "CommitResponse",
+        Message::CommitBatchRequest(_) => "CommitBatchRequest",
+        Message::CommitBatchResponse(_) => "CommitBatchResponse",
         Message::SealRequest { .. } => "SealRequest",
         Message::SealResponse { .. } => "SealResponse",
         Message::AppendRequest { .. } => "AppendRequest",
@@ -236,7 +240,7 @@ pub fn variant_name(msg: &Message) -> &'static str {
     }
 }
 
-pub const MESSAGE_VARIANTS: usize = 26;
+pub const MESSAGE_VARIANTS: usize = 28;
 
 fn w(key: &[u8], value: Option<&[u8]>) -> Write {
     Write { key: key.to_vec(), value: value.map(<[u8]>::to_vec) }
@@ -278,6 +282,34 @@ pub fn message_examples() -> Vec<Message> {
         Message::CommitResponse(CommitOutcome::TooOld { floor: 3 }),
         Message::CommitResponse(CommitOutcome::Unavailable { reason: "not active ✗".into() }),
         Message::CommitResponse(CommitOutcome::Unavailable { reason: String::new() }),
+        Message::CommitBatchRequest(vec![]),
+        Message::CommitBatchRequest(vec![
+            CommitRequest {
+                txn_id: TxnId(1),
+                read_lsn: 0,
+                isolation: Isolation::Snapshot,
+                read_keys: vec![],
+                read_ranges: vec![],
+                writes: vec![w(b"a", Some(b"1"))],
+                guard_keys: vec![],
+            },
+            CommitRequest {
+                txn_id: TxnId(u128::MAX),
+                read_lsn: u64::MAX,
+                isolation: Isolation::Serializable,
+                read_keys: vec![b"r".to_vec()],
+                read_ranges: vec![KeyRange { start: b"a".to_vec(), end: None }],
+                writes: vec![w(b"b", None)],
+                guard_keys: vec![b"g".to_vec()],
+            },
+        ]),
+        Message::CommitBatchResponse(vec![]),
+        Message::CommitBatchResponse(vec![
+            CommitOutcome::Committed { lsn: 9, next_read_lsn: 11 },
+            CommitOutcome::Conflict { keys: vec![b"x".to_vec()] },
+            CommitOutcome::TooOld { floor: 3 },
+            CommitOutcome::Unavailable { reason: "deposed".into() },
+        ]),
         Message::SealRequest { epoch: e },
         Message::SealResponse { promised: e, last: EntryId::new(e, 5), commit_lsn: 4 },
         Message::AppendRequest {
