@@ -11,7 +11,7 @@ use quinn::Endpoint;
 use rand::Rng;
 use tracing::{debug, info, warn};
 use triad_journal::JournalClient;
-use triad_protocol::{CommitOutcome, Epoch, ErrorCode, Message, NodeStatus};
+use triad_protocol::{CommitOutcome, Epoch, ErrorCode, Message, NodeStatus, MAX_COMMIT_BATCH};
 use triad_transport::{PeerIdentity, PeerRole, Reply, Service};
 
 use crate::{Sequencer, SequencerConfig};
@@ -123,7 +123,10 @@ fn not_leader() -> Message {
 /// end); the cluster's own members never begin or commit one. Status is open to everyone.
 pub fn permits(role: PeerRole, msg: &Message) -> Result<(), &'static str> {
     match msg {
-        Message::BeginRequest | Message::CommitRequest(_) | Message::OutcomeRequest { .. } => {
+        Message::BeginRequest
+        | Message::CommitRequest(_)
+        | Message::CommitBatchRequest(_)
+        | Message::OutcomeRequest { .. } => {
             role.must_be(PeerRole::Client, "transactions are for clients only")
         }
         _ => Ok(()),
@@ -138,6 +141,15 @@ impl Service for SequencerNode {
     fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {
         match (msg, self.active()) {
             (Message::CommitRequest(req), Some(seq)) => seq.submit(req, reply),
+            (Message::CommitBatchRequest(reqs), Some(_)) if reqs.len() > MAX_COMMIT_BATCH => {
+                reply.send(&Message::error(
+                    ErrorCode::Malformed,
+                    format!("a commit batch holds at most {MAX_COMMIT_BATCH} commits, not {}", reqs.len()),
+                    Epoch::ZERO,
+                    0,
+                ))
+            }
+            (Message::CommitBatchRequest(reqs), Some(seq)) => seq.submit_batch(reqs, reply),
             (msg, _) => {
                 tokio::spawn(async move { reply.send(&self.request(msg).await) });
             }
@@ -161,7 +173,10 @@ impl Service for SequencerNode {
                     }
                 }
                 (
-                    Message::BeginRequest | Message::CommitRequest(_) | Message::OutcomeRequest { .. },
+                    Message::BeginRequest
+                    | Message::CommitRequest(_)
+                    | Message::CommitBatchRequest(_)
+                    | Message::OutcomeRequest { .. },
                     None,
                 ) => not_leader(),
                 (other, _) => {

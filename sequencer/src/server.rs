@@ -89,11 +89,13 @@ struct Pending {
     reply: Responder,
 }
 
-/// Who waits for a commit's outcome: a caller of [`Sequencer::commit`], or a client's request
-/// answered straight onto its stream when the outcome is known.
+/// Who waits for a commit's outcome: a caller of [`Sequencer::commit`], a client's request
+/// answered straight onto its stream when the outcome is known, or one commit of a client's
+/// batch, whose answer leaves with the last of the batch's outcomes.
 enum Responder {
     Local(oneshot::Sender<CommitOutcome>),
     Wire(Reply),
+    Batch(BatchMember),
 }
 
 impl Responder {
@@ -103,7 +105,59 @@ impl Responder {
                 let _ = tx.send(outcome);
             }
             Responder::Wire(reply) => reply.send(&Message::CommitResponse(outcome)),
+            Responder::Batch(member) => member.decide(outcome),
         }
+    }
+}
+
+/// The outcomes of a [`Message::CommitBatchRequest`] as they are decided; answered when the
+/// last one is. Every member goes through admission on its own, exactly like a lone commit, so
+/// a batch changes how answers travel and nothing about how commits are decided.
+struct BatchAnswer {
+    reply: Option<Reply>,
+    outcomes: Vec<Option<CommitOutcome>>,
+    undecided: usize,
+}
+
+/// One commit of a batch. Dropped undecided (a path that forgot it), it counts as
+/// `Unavailable`, so the batch is still answered and the client asks for the outcome.
+struct BatchMember {
+    batch: Option<Arc<Mutex<BatchAnswer>>>,
+    index: usize,
+}
+
+impl BatchMember {
+    fn decide(mut self, outcome: CommitOutcome) {
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: CommitOutcome) {
+        let Some(batch) = self.batch.take() else { return };
+        let done = {
+            let mut b = batch.lock().expect("batch answer lock");
+            b.outcomes[self.index] = Some(outcome);
+            b.undecided -= 1;
+            if b.undecided > 0 {
+                return;
+            }
+            let outcomes = std::mem::take(&mut b.outcomes);
+            b.reply.take().map(|reply| (reply, outcomes))
+        };
+        if let Some((reply, outcomes)) = done {
+            let outcomes = outcomes
+                .into_iter()
+                .map(|o| o.expect("every member of a finished batch has its outcome"))
+                .collect();
+            reply.send(&Message::CommitBatchResponse(outcomes));
+        }
+    }
+}
+
+impl Drop for BatchMember {
+    fn drop(&mut self) {
+        self.record(CommitOutcome::Unavailable {
+            reason: "the sequencer dropped the commit undecided".into(),
+        });
     }
 }
 
@@ -694,12 +748,30 @@ impl Sequencer {
     /// known, with no task waiting for it. No timer either: the client bounds each attempt
     /// itself and then asks for the outcome; a deposed sequencer answers every waiter at once.
     pub fn submit(&self, req: CommitRequest, reply: Reply) {
-        if self.stopped.load(Ordering::SeqCst) {
-            return reply.send(&Message::CommitResponse(CommitOutcome::Unavailable {
-                reason: "sequencer deposed".into(),
-            }));
+        self.submit_to(req, Responder::Wire(reply));
+    }
+
+    /// [`Sequencer::submit`] for a batch of commits: each is admitted on its own, and `reply`
+    /// gets their outcomes, in order, once the last is decided.
+    pub fn submit_batch(&self, reqs: Vec<CommitRequest>, reply: Reply) {
+        if reqs.is_empty() {
+            return reply.send(&Message::CommitBatchResponse(Vec::new()));
         }
-        let pending = Pending { req, reply: Responder::Wire(reply) };
+        let batch = Arc::new(Mutex::new(BatchAnswer {
+            reply: Some(reply),
+            outcomes: vec![None; reqs.len()],
+            undecided: reqs.len(),
+        }));
+        for (index, req) in reqs.into_iter().enumerate() {
+            self.submit_to(req, Responder::Batch(BatchMember { batch: Some(batch.clone()), index }));
+        }
+    }
+
+    fn submit_to(&self, req: CommitRequest, reply: Responder) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return reply.send(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
+        }
+        let pending = Pending { req, reply };
         match self.admit.try_send(pending) {
             Ok(()) => {}
             // Admission is behind: this request waits for room like any other.
