@@ -12,6 +12,7 @@ use triad_protocol::{
 use triad_transport::{Peer, PeerRole, TlsConfig};
 
 use crate::cache::ReadCache;
+use crate::coalesce::CommitQueue;
 use crate::{ShimError, Txn};
 
 #[derive(Clone)]
@@ -28,6 +29,9 @@ pub struct ClientConfig {
     pub max_attempts: u32,
     /// How long one sequencer candidate may take to answer before the next one is tried.
     pub attempt_timeout: Duration,
+    /// Send the commits that callers make at the same moment as one request (see the
+    /// `coalesce` module). Off, every commit is a request of its own.
+    pub coalesce_commits: bool,
 }
 
 impl ClientConfig {
@@ -40,6 +44,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(15),
             max_attempts: 50,
             attempt_timeout: Duration::from_secs(1),
+            coalesce_commits: true,
         }
     }
 }
@@ -51,7 +56,9 @@ pub struct Client {
 }
 
 struct Inner {
-    sequencers: Vec<Peer>,
+    sequencers: Vec<Arc<Peer>>,
+    /// One per sequencer candidate, in the same order.
+    commit_queues: Vec<CommitQueue>,
     /// Index of the candidate believed active.
     leader: AtomicUsize,
     /// When each candidate last failed to answer at all.
@@ -78,12 +85,14 @@ impl Client {
             .tls
             .client_endpoint(bind)
             .map_err(|e| ShimError::Unavailable(format!("client endpoint: {e}")))?;
+        let sequencers: Vec<Arc<Peer>> = cfg
+            .sequencers
+            .iter()
+            .map(|&a| Arc::new(Peer::expecting(endpoint.clone(), a, PeerRole::Sequencer)))
+            .collect();
         let inner = Inner {
-            sequencers: cfg
-                .sequencers
-                .iter()
-                .map(|&a| Peer::expecting(endpoint.clone(), a, PeerRole::Sequencer))
-                .collect(),
+            commit_queues: sequencers.iter().map(|p| CommitQueue::new(p.clone())).collect(),
+            sequencers,
             leader: AtomicUsize::new(0),
             unreachable_since: cfg.sequencers.iter().map(|_| std::sync::Mutex::new(None)).collect(),
             replayers: cfg
@@ -356,7 +365,13 @@ impl Client {
             // One candidate gets at most `attempt_timeout`: a sequencer that died or froze must not
             // hold the client for a whole idle timeout. Resending is safe (commits dedup by id).
             let budget = left.min(self.inner.cfg.attempt_timeout).max(Duration::from_millis(1));
-            let unreachable = match peer.call_timeout(req, budget).await {
+            let answer = match req {
+                Message::CommitRequest(commit) if self.inner.cfg.coalesce_commits => {
+                    self.inner.commit_queues[i].commit(commit.clone(), budget).await
+                }
+                _ => peer.call_timeout(req, budget).await,
+            };
+            let unreachable = match answer {
                 Ok(Message::Error(e)) if e.code == ErrorCode::NotLeader => {
                     last = format!("{}: not the leader", peer.addr());
                     false

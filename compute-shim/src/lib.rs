@@ -8,6 +8,7 @@
 
 mod cache;
 mod client;
+mod coalesce;
 mod error;
 mod txn;
 

@@ -28,4 +28,18 @@ pub enum TransportError {
     Unexpected(String),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// The error that ended a request several callers shared (a batch), as each of them sees it.
+    #[error("{0}")]
+    Shared(String),
+}
+
+impl TransportError {
+    /// This error for each caller of a request they shared: a timeout stays one, anything else
+    /// keeps its message.
+    pub fn shared(&self) -> TransportError {
+        match self {
+            TransportError::Timeout(d) => TransportError::Timeout(*d),
+            other => TransportError::Shared(other.to_string()),
+        }
+    }
 }

@@ -1,0 +1,149 @@
+//! Commit coalescing: the commits a client's callers send to one sequencer candidate at the
+//! same moment travel as one `CommitBatchRequest`, and come back as one answer.
+//!
+//! A client shared by many tasks (a SQL front end's sessions, a load generator's producers)
+//! often has dozens of commits ready within one turn of its runtime, typically when one
+//! datagram of answers wakes their callers at once. Sent one by one, each pays a request's
+//! whole cost at both ends: a frame, a request id and timer, a decode, an answer to encode and
+//! write. The queue here collects what is ready and sends it together; when a commit finds the
+//! queue empty it goes alone, at once, so batching grows with load and vanishes when idle. No
+//! timer ever holds a commit back.
+//!
+//! Nothing about deciding commits changes: the sequencer admits every member of a batch on
+//! its own, and each caller gets the very answer (or error) a lone request would have given,
+//! so the retry and outcome logic of [`crate::Client`] is unchanged.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+use triad_protocol::{CommitRequest, Message, MAX_COMMIT_BATCH};
+use triad_transport::{Peer, TransportError};
+
+/// Estimated bytes of commits one batch may carry; a commit larger than this goes alone. Far
+/// below the frame limit, so that a batch never waits behind its own size.
+const BATCH_BYTES: usize = 1 << 20;
+
+struct Queued {
+    req: CommitRequest,
+    budget: Duration,
+    answer: oneshot::Sender<Result<Message, TransportError>>,
+}
+
+/// The commit queue of one sequencer candidate.
+pub(crate) struct CommitQueue {
+    peer: Arc<Peer>,
+    /// The sender's task is started on first use, on the runtime of the caller, and again if
+    /// that runtime has gone.
+    queue: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
+}
+
+impl CommitQueue {
+    pub(crate) fn new(peer: Arc<Peer>) -> CommitQueue {
+        CommitQueue { peer, queue: Mutex::new(None) }
+    }
+
+    /// Sends `req` to the candidate, with whatever other commits are ready, and returns the
+    /// candidate's answer to it, or the error that ended the request it went in.
+    pub(crate) async fn commit(
+        &self,
+        req: CommitRequest,
+        budget: Duration,
+    ) -> Result<Message, TransportError> {
+        let (answer, rx) = oneshot::channel();
+        self.enqueue(Queued { req, budget, answer });
+        rx.await.unwrap_or_else(|_| {
+            Err(TransportError::Shared("the commit queue stopped before the answer came".into()))
+        })
+    }
+
+    fn enqueue(&self, queued: Queued) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let queued = match queue.as_ref() {
+            Some(tx) => match tx.send(queued) {
+                Ok(()) => return,
+                // Its task is gone with the runtime it ran on: start another on this one.
+                Err(mpsc::error::SendError(back)) => back,
+            },
+            None => queued,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(send_batches(self.peer.clone(), rx));
+        // The receiver was just made and lives in the task: this send cannot fail.
+        let _ = tx.send(queued);
+        *queue = Some(tx);
+    }
+}
+
+/// Takes everything queued, in order, splits it into batches within [`MAX_COMMIT_BATCH`] and
+/// [`BATCH_BYTES`], and sends each on a task of its own, so that a slow answer never holds up
+/// the commits queued after it. Ends when the queue's owner is dropped.
+async fn send_batches(peer: Arc<Peer>, mut rx: mpsc::UnboundedReceiver<Queued>) {
+    let mut ready = Vec::new();
+    while rx.recv_many(&mut ready, MAX_COMMIT_BATCH).await > 0 {
+        let mut ready = ready.drain(..).peekable();
+        while ready.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(q) =
+                ready.next_if(|q| batch.is_empty() || bytes + request_bytes(&q.req) <= BATCH_BYTES)
+            {
+                bytes += request_bytes(&q.req);
+                batch.push(q);
+            }
+            tokio::spawn(send_batch(peer.clone(), batch));
+        }
+    }
+}
+
+async fn send_batch(peer: Arc<Peer>, mut batch: Vec<Queued>) {
+    if batch.len() == 1 {
+        let q = batch.pop().expect("one");
+        let answer = peer.call_timeout(&Message::CommitRequest(q.req), q.budget).await;
+        let _ = q.answer.send(answer);
+        return;
+    }
+    let budget = batch.iter().map(|q| q.budget).min().expect("not empty");
+    let n = batch.len();
+    let (reqs, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.req, q.answer)).unzip();
+    debug!(commits = n, "sending a commit batch");
+    match peer.call_timeout(&Message::CommitBatchRequest(reqs), budget).await {
+        Ok(Message::CommitBatchResponse(outcomes)) if outcomes.len() == n => {
+            for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                let _ = answer.send(Ok(Message::CommitResponse(outcome)));
+            }
+        }
+        Ok(Message::CommitBatchResponse(outcomes)) => {
+            let e = format!("{} outcomes for a batch of {n} commits", outcomes.len());
+            for answer in answers {
+                let _ = answer.send(Err(TransportError::Unexpected(e.clone())));
+            }
+        }
+        // An answer about the whole request (not the leader, stopping, refused): each commit
+        // gets it as its own.
+        Ok(other) => {
+            for answer in answers {
+                let _ = answer.send(Ok(other.clone()));
+            }
+        }
+        Err(e) => {
+            for answer in answers {
+                let _ = answer.send(Err(e.shared()));
+            }
+        }
+    }
+}
+
+/// About how many bytes `req` takes in a frame.
+fn request_bytes(req: &CommitRequest) -> usize {
+    let keys = |ks: &[Vec<u8>]| ks.iter().map(|k| k.len() + 16).sum::<usize>();
+    triad_protocol::commit_bytes(&req.writes)
+        + keys(&req.read_keys)
+        + keys(&req.guard_keys)
+        + req
+            .read_ranges
+            .iter()
+            .map(|r| r.start.len() + r.end.as_ref().map_or(0, Vec::len) + 32)
+            .sum::<usize>()
+}
