@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use triad_shim::Client;
+use triad_shim::{Client, ClientConfig};
 
 use crate::cluster::{ClusterSpec, LocalCluster, Role};
 
@@ -219,6 +219,9 @@ pub struct LoadConfig {
     pub chain: bool,
     /// Options for every journal node (`triad journal --help`), e.g. `--no-recycle`.
     pub journal_args: Vec<String>,
+    /// The client sends every commit as a request of its own instead of coalescing the commits
+    /// ready at the same moment (`ClientConfig::coalesce_commits`).
+    pub no_coalesce: bool,
 }
 
 /// The kernel's count of UDP datagrams received (`InDatagrams` in /proc/net/snmp).
@@ -253,7 +256,8 @@ async fn start_cluster(cfg: &LoadConfig) -> Result<(LocalCluster, Client)> {
     };
     let mut cluster = LocalCluster::start(spec)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
-    let client = Client::connect(cluster.client_config())?;
+    let client =
+        Client::connect(ClientConfig { coalesce_commits: !cfg.no_coalesce, ..cluster.client_config() })?;
     Ok((cluster, client))
 }
 

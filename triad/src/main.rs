@@ -149,6 +149,10 @@ struct LoadArgs {
     /// `--journal-arg=--no-recycle` deletes trimmed segment files instead of reusing one.
     #[arg(long, allow_hyphen_values = true)]
     journal_arg: Vec<String>,
+    /// Send every commit as a request of its own. By default the client coalesces the commits
+    /// its producers or clients make at the same moment into one request to the sequencer.
+    #[arg(long)]
+    no_coalesce: bool,
     #[arg(long, default_value_t = 7500)]
     base_port: u16,
     /// Print one JSON object instead of text.
@@ -1047,6 +1051,7 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
         accounts: a.accounts,
         chain: a.chain,
         journal_args: a.journal_arg,
+        no_coalesce: a.no_coalesce,
     };
     let json = a.json;
     let say = progress(json);
@@ -1116,6 +1121,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             accounts: 0,
             chain: false,
             journal_args: Vec::new(),
+            no_coalesce: false,
         };
         let triad = triad::bench::journal(cfg, say.clone()).await?;
         rows.push(triad::compare::Row::new("log", "etcd 3.4 (3 members, fsync)", triad, peer));
@@ -1135,6 +1141,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             accounts: 64_000,
             chain: false,
             journal_args: Vec::new(),
+            no_coalesce: false,
         };
         let triad = triad::bench::txn(cfg.clone(), say.clone()).await?;
         let peer_name = "PostgreSQL 15 pgbench (TPC-B-like)";
@@ -1163,6 +1170,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
             accounts: 64_000,
             chain: false,
             journal_args: Vec::new(),
+            no_coalesce: false,
         };
         std::fs::create_dir_all(&cfg.dir)?;
         let triad = triad::bench::sql(cfg, &a.sql_mode, say.clone()).await?;
