@@ -10,8 +10,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use triad_protocol::{CommitOutcome, CommitRequest, ErrorCode, Message, TxnOutcome};
-use triad_shim::{Client, ClientConfig, ShimError};
-use triad_transport::{serve, ClusterCa, Reply, Service, TlsConfig};
+use triad_shim::{Client, ShimError};
+use triad_transport::{Reply, Service};
+
+mod common;
+use common::serve_stub;
 
 /// Decides every commit by its key: `k<n>` commits at LSN 1000 + n, `c<n>` conflicts on its
 /// key. Records how many commits each request carried (1 for a lone `CommitRequest`). With
@@ -84,16 +87,7 @@ impl Service for KeyedSequencer {
 }
 
 fn client_of(sequencer: KeyedSequencer) -> (Client, Arc<KeyedSequencer>) {
-    let ca = ClusterCa::generate().unwrap();
-    let server = TlsConfig::issue(&ca, "sequencer").unwrap();
-    let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let sequencer = Arc::new(sequencer);
-    tokio::spawn(serve(endpoint, sequencer.clone()));
-    let mut cfg = ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap());
-    // Only answers, never a client timeout, may end the commits within the test's bound.
-    cfg.attempt_timeout = Duration::from_secs(60);
-    cfg.request_timeout = Duration::from_secs(60);
+    let (cfg, sequencer) = serve_stub(sequencer);
     (Client::connect(cfg).unwrap(), sequencer)
 }
 
@@ -157,13 +151,7 @@ async fn a_batch_left_unanswered_leaves_each_commit_to_its_own_outcome() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn with_coalescing_off_every_commit_is_a_request_of_its_own() {
-    let ca = ClusterCa::generate().unwrap();
-    let server = TlsConfig::issue(&ca, "sequencer").unwrap();
-    let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let sequencer = Arc::new(KeyedSequencer::default());
-    tokio::spawn(serve(endpoint, sequencer.clone()));
-    let mut cfg = ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap());
+    let (mut cfg, sequencer) = serve_stub(KeyedSequencer::default());
     cfg.coalesce_commits = false;
     let client = Client::connect(cfg).unwrap();
     client.write(put("k1".into())).await.unwrap();

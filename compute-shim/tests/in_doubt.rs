@@ -10,8 +10,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use triad_protocol::{ErrorCode, Message, TxnOutcome};
-use triad_shim::{Client, ClientConfig};
-use triad_transport::{serve, ClusterCa, Reply, Service, TlsConfig};
+use triad_shim::Client;
+use triad_transport::{Reply, Service};
+
+mod common;
+use common::serve_stub;
 
 /// Drops every commit request unanswered (its reply handle then answers `Unavailable`) and
 /// reports every transaction asked about as committed at LSN 42, or with `aborted` as not in
@@ -59,31 +62,9 @@ impl Service for DroppingSequencer {
     }
 }
 
-/// The stub sequencer on loopback, and what a client of it needs.
-fn stub_sequencer() -> (ClusterCa, std::net::SocketAddr, Arc<DroppingSequencer>) {
-    stub_sequencer_with(DroppingSequencer::default())
-}
-
-fn stub_sequencer_with(
-    sequencer: DroppingSequencer,
-) -> (ClusterCa, std::net::SocketAddr, Arc<DroppingSequencer>) {
-    let ca = ClusterCa::generate().unwrap();
-    let server = TlsConfig::issue(&ca, "sequencer").unwrap();
-    let endpoint = server.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let sequencer = Arc::new(sequencer);
-    tokio::spawn(serve(endpoint, sequencer.clone()));
-    (ca, addr, sequencer)
-}
-
 #[tokio::test]
 async fn a_commit_the_sequencer_dropped_is_resolved_by_its_outcome() {
-    let (ca, addr, sequencer) = stub_sequencer();
-    let mut cfg = ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap());
-    // Long enough that only an answer to the dropped request, not a client timeout, can end the
-    // commit within the bound below.
-    cfg.attempt_timeout = Duration::from_secs(60);
-    cfg.request_timeout = Duration::from_secs(60);
+    let (cfg, sequencer) = serve_stub(DroppingSequencer::default());
     let client = Client::connect(cfg).unwrap();
     let write = client.write(vec![(b"k".to_vec(), Some(b"v".to_vec()))]);
     let lsn = tokio::time::timeout(Duration::from_secs(10), write)
@@ -100,11 +81,7 @@ async fn a_commit_the_sequencer_dropped_is_resolved_by_its_outcome() {
 /// transaction the caller did not ask for.
 #[tokio::test]
 async fn a_dropped_commit_the_log_does_not_hold_is_reported_not_committed() {
-    let (ca, addr, sequencer) =
-        stub_sequencer_with(DroppingSequencer { aborted: true, ..Default::default() });
-    let mut cfg = ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap());
-    cfg.attempt_timeout = Duration::from_secs(60);
-    cfg.request_timeout = Duration::from_secs(60);
+    let (cfg, sequencer) = serve_stub(DroppingSequencer { aborted: true, ..Default::default() });
     let client = Client::connect(cfg).unwrap();
     let write = client.write(vec![(b"k".to_vec(), Some(b"v".to_vec()))]);
     match tokio::time::timeout(Duration::from_secs(10), write).await.expect("answered, not left waiting") {
@@ -117,10 +94,8 @@ async fn a_dropped_commit_the_log_does_not_hold_is_reported_not_committed() {
 
 #[tokio::test]
 async fn a_commit_too_large_to_carry_is_refused_before_it_is_sent() {
-    let (ca, addr, sequencer) = stub_sequencer();
-    let client =
-        Client::connect(ClientConfig::new(vec![addr], vec![addr], TlsConfig::issue(&ca, "client").unwrap()))
-            .unwrap();
+    let (cfg, sequencer) = serve_stub(DroppingSequencer::default());
+    let client = Client::connect(cfg).unwrap();
 
     let big = vec![0u8; triad_protocol::MAX_COMMIT_BYTES / 4];
     let writes: Vec<_> = (0..4u8).map(|k| (vec![k], Some(big.clone()))).collect();

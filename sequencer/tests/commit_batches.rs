@@ -31,6 +31,15 @@ fn journal(ca: &ClusterCa) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Three journal nodes and a sequencer node over them: a client's handle on the sequencer
+/// node, and the sequencer once it is active.
+async fn cluster() -> (Peer, Arc<Sequencer>) {
+    let ca = ClusterCa::generate().unwrap();
+    let (addr, seq) = active_sequencer(&ca, journal(&ca)).await;
+    let client = TlsConfig::issue(&ca, "client").unwrap().client_endpoint([127, 0, 0, 1].into()).unwrap();
+    (Peer::new(client, addr), seq)
+}
+
 /// A sequencer node over `journal`, its address, and the sequencer once it is active.
 async fn active_sequencer(ca: &ClusterCa, journal: Vec<SocketAddr>) -> (SocketAddr, Arc<Sequencer>) {
     let tls = TlsConfig::issue(ca, "sequencer-1").unwrap();
@@ -65,10 +74,7 @@ fn write(txn: u128, read_lsn: u64, key: &[u8]) -> CommitRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_commit_of_a_batch_is_decided_on_its_own_and_answered_in_order() {
-    let ca = ClusterCa::generate().unwrap();
-    let (addr, seq) = active_sequencer(&ca, journal(&ca)).await;
-    let client = TlsConfig::issue(&ca, "client").unwrap().client_endpoint([127, 0, 0, 1].into()).unwrap();
-    let peer = Peer::new(client, addr);
+    let (peer, seq) = cluster().await;
 
     // One commit alone first, to retry inside the batch.
     let earlier = write(1, seq.commit_lsn(), b"a");
@@ -123,10 +129,7 @@ async fn each_commit_of_a_batch_is_decided_on_its_own_and_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_batch_is_answered_and_an_oversized_one_refused() {
-    let ca = ClusterCa::generate().unwrap();
-    let (addr, seq) = active_sequencer(&ca, journal(&ca)).await;
-    let client = TlsConfig::issue(&ca, "client").unwrap().client_endpoint([127, 0, 0, 1].into()).unwrap();
-    let peer = Peer::new(client, addr);
+    let (peer, seq) = cluster().await;
 
     assert_eq!(
         peer.call(&Message::CommitBatchRequest(vec![])).await.unwrap(),
