@@ -407,6 +407,15 @@ impl Message {
         Message::Error(ErrorResponse { code, message: message.into(), epoch, lsn })
     }
 
+    /// How many operations the message asks a server for: the commits of a batch, else one. A
+    /// server bounds what one stream has in flight by this, not by requests.
+    pub fn weight(&self) -> usize {
+        match self {
+            Message::CommitBatchRequest(commits) => commits.len().max(1),
+            _ => 1,
+        }
+    }
+
     /// The message's name in log lines and refusals, without its contents (which may be large
     /// or hold a client's data).
     pub fn kind(&self) -> &'static str {

@@ -203,7 +203,8 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
 }
 
 /// Most requests of one multiplexed stream being served or answered at once: a request counts
-/// until its answer has been written to the stream. Beyond it the stream is not read until one
+/// until its answer has been written to the stream, and counts as many times as it holds
+/// operations ([`Message::weight`]: a commit batch counts each of its commits). Beyond it the stream is not read until one
 /// finishes, so QUIC's flow control pushes back on the sender instead of the server growing
 /// tasks and answers without bound — also when the client stops reading its answers (the limit
 /// a stream per request had from the connection's stream count).
@@ -227,7 +228,7 @@ async fn serve_mux<S: Service>(
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
     let mut next = Some((first_id, first));
     loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(mut permit) = in_flight.clone().acquire_owned().await else { return };
         let (id, msg) = match next.take() {
             Some(request) => request,
             None => match read_request(&mut recv, MAX_FRAME_DEFAULT).await {
@@ -242,6 +243,13 @@ async fn serve_mux<S: Service>(
                 }
             },
         };
+        // The request's other operations wait for room like requests of their own would (a
+        // request heavier than the whole budget takes all of it).
+        let extra = msg.weight().min(MAX_IN_FLIGHT_PER_STREAM) - 1;
+        if extra > 0 {
+            let Ok(more) = in_flight.clone().acquire_many_owned(extra as u32).await else { return };
+            permit.merge(more);
+        }
         if id == 0 {
             warn!(%peer, "multiplexed stream rejected: a request without an id");
             let refusal = Message::error(

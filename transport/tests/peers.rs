@@ -3,7 +3,8 @@
 //! serving both times), calls sharing one multiplexed stream each get their own answer, a
 //! request the server drops unanswered is answered `Unavailable`, a request or answer too
 //! large for a frame fails that call alone, a client that stops reading its answers stops
-//! having its requests read, and a request the peer's role may not make is refused
+//! having its requests read, a commit batch counts each of its commits against the stream's
+//! in-flight bound, and a request the peer's role may not make is refused
 //! `Forbidden`, on a multiplexed stream and on a stream of its own.
 
 use std::sync::Arc;
@@ -369,4 +370,86 @@ async fn a_client_that_stops_reading_answers_stops_having_requests_read() {
     }
     let mut send = tokio::time::timeout(Duration::from_secs(10), writer).await.unwrap().unwrap();
     send.finish().unwrap();
+}
+
+/// Holds every commit batch's reply until told to let them go; answers anything else at once.
+#[derive(Default)]
+struct Holding {
+    held: std::sync::Mutex<Vec<Reply>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Service for Holding {
+    fn permits(&self, _: &PeerIdentity, _: &Message) -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    fn dispatch(self: Arc<Self>, msg: Message, reply: Reply) {
+        match msg {
+            Message::CommitBatchRequest(_) => {
+                self.held.lock().unwrap().push(reply);
+                self.arrived.notify_one();
+            }
+            _ => reply.send(&Message::StatusResponse(Default::default())),
+        }
+    }
+
+    fn request(self: Arc<Self>, _: Message) -> BoxFuture<'static, Message> {
+        async { Message::StatusResponse(Default::default()) }.boxed()
+    }
+}
+
+/// A batch of commits counts against a stream's in-flight bound once per commit: four held
+/// batches of 1024 fill it, so the request behind a fifth is not read until they are answered.
+#[tokio::test]
+async fn each_commit_of_a_batch_counts_against_the_streams_in_flight_bound() {
+    let ca = ClusterCa::generate().unwrap();
+    let tls = TlsConfig::issue(&ca, "server").unwrap();
+    let endpoint = tls.server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let service = Arc::new(Holding::default());
+    tokio::spawn(serve(endpoint, service.clone()));
+    let member = TlsConfig::issue(&ca, "client").unwrap();
+    let peer = Arc::new(Peer::new(member.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr));
+
+    let commit = |i: u128| triad_protocol::CommitRequest {
+        txn_id: triad_protocol::TxnId(i),
+        read_lsn: 0,
+        isolation: triad_protocol::Isolation::Snapshot,
+        read_keys: vec![],
+        read_ranges: vec![],
+        writes: vec![],
+        guard_keys: vec![],
+    };
+    let batch = Message::CommitBatchRequest((0..1024).map(commit).collect());
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let (peer, batch) = (peer.clone(), batch.clone());
+        calls.push(tokio::spawn(async move { peer.call(&batch).await }));
+    }
+    // Four batches fill the bound; the server reads no further.
+    while service.held.lock().unwrap().len() < 4 {
+        service.arrived.notified().await;
+    }
+    let status = tokio::spawn({
+        let peer = peer.clone();
+        async move { peer.call(&Message::StatusRequest).await }
+    });
+    let mut status = status;
+    let unread = tokio::time::timeout(Duration::from_secs(1), &mut status).await;
+    assert!(unread.is_err(), "a request behind a full bound was read and answered");
+    assert_eq!(
+        service.held.lock().unwrap().len(),
+        4,
+        "a fifth batch was read while four held the whole bound"
+    );
+
+    // Answered (dropped replies answer Unavailable), the held batches free the bound.
+    service.held.lock().unwrap().clear();
+    let answered = tokio::time::timeout(Duration::from_secs(10), status).await.unwrap().unwrap().unwrap();
+    assert!(matches!(answered, Message::StatusResponse(_)), "{answered:?}");
+    service.held.lock().unwrap().clear();
+    for call in calls {
+        let _ = tokio::time::timeout(Duration::from_secs(10), call).await.expect("every batch answered");
+    }
 }
