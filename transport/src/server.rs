@@ -204,10 +204,10 @@ pub async fn serve<S: Service>(endpoint: Endpoint, service: Arc<S>) {
 
 /// Most requests of one multiplexed stream being served or answered at once: a request counts
 /// until its answer has been written to the stream, and counts as many times as it holds
-/// operations ([`Message::weight`]: a commit batch counts each of its commits). Beyond it the stream is not read until one
-/// finishes, so QUIC's flow control pushes back on the sender instead of the server growing
-/// tasks and answers without bound — also when the client stops reading its answers (the limit
-/// a stream per request had from the connection's stream count).
+/// operations ([`Message::weight`]: a commit batch counts each of its commits). Beyond it the
+/// stream is not read until one finishes, so QUIC's flow control pushes back on the sender
+/// instead of the server growing tasks and answers without bound — also when the client stops
+/// reading its answers (the limit a stream per request had from the connection's stream count).
 const MAX_IN_FLIGHT_PER_STREAM: usize = 4096;
 
 /// A multiplexed stream: every request is answered by its own task, answers leave in the order
