@@ -11,6 +11,8 @@ pub mod client;
 pub mod recovery;
 pub mod server;
 pub mod storage;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use client::{JournalClient, JournalError, Promise, TailReader};
 pub use server::{JournalNode, NodeError, NodeOptions};

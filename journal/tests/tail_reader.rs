@@ -10,35 +10,15 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use bytes::Bytes;
-use triad_journal::storage::MemoryStore;
-use triad_journal::{JournalClient, JournalError, JournalNode, NodeOptions, TailReader};
-use triad_protocol::{Entry, EntryId, Epoch, Message, MAX_FRAME_DEFAULT};
-use triad_transport::{read_msg, serve, ClusterCa, Peer, Service, Stream, TlsConfig, TransportError};
+use triad_journal::testing::node_holding;
+use triad_journal::{JournalClient, JournalError, TailReader};
+use triad_protocol::{Entry, Epoch, Message};
+use triad_transport::{serve, ClusterCa, Service, Stream, TlsConfig, TransportError};
 
 /// A node on loopback holding entries 1..=100, all committed, trimmed below `trim_below`.
 async fn node_holding_100(ca: &ClusterCa, trim_below: Option<u64>) -> SocketAddr {
-    let endpoint =
-        TlsConfig::issue(ca, "journal").unwrap().server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let node = JournalNode::new(
-        1,
-        Box::new(MemoryStore::new()),
-        NodeOptions { learners_file: None, retain_entries: 0, ..NodeOptions::default() },
-    )
-    .unwrap();
-    tokio::spawn(serve(endpoint, node.clone()));
-    let epoch = Epoch::new(1, 1);
-    let entries: Vec<Entry> =
-        (1..=100).map(|lsn| Entry { epoch, lsn, payload: Bytes::from(format!("entry {lsn}")) }).collect();
-    // Written as a sequencer writes it: appends are refused to any other role.
-    let writer = TlsConfig::issue(ca, "sequencer").unwrap();
-    let peer = Peer::new(writer.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
-    let append = Message::AppendRequest { epoch, prev: EntryId::ZERO, entries, commit_lsn: 100 };
-    let (_send, mut recv) = peer.open(&append).await.unwrap();
-    match read_msg(&mut recv, MAX_FRAME_DEFAULT).await.unwrap() {
-        Some(Message::AppendResponse { .. }) => {}
-        other => panic!("the append must be acknowledged, got {other:?}"),
-    }
+    let payloads = (1..=100).map(|lsn| Bytes::from(format!("entry {lsn}"))).collect();
+    let (addr, node) = node_holding(ca, payloads).await;
     if let Some(below) = trim_below {
         node.learner_report("learner".into(), below);
         node.maintain().unwrap();

@@ -8,48 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use triad_journal::storage::MemoryStore;
-use triad_journal::{JournalNode, NodeOptions};
-use triad_protocol::{
-    encode_record, Entry, EntryId, Epoch, LogRecord, Message, TxnId, Write, MAX_FRAME_DEFAULT,
-};
+use triad_journal::testing::node_holding;
+use triad_protocol::{encode_record, LogRecord, Message, TxnId, Write};
 use triad_replayer::format::{MemoryFormat, StorageFormat};
 use triad_replayer::{Replayer, ReplayerError};
-use triad_transport::{read_msg, serve, ClusterCa, Peer, TlsConfig};
-
-/// A journal node on loopback holding `payloads` at LSNs 1.. as committed entries, appended by
-/// a sequencer's certificate as the sequencer would.
-async fn journal_with(ca: &ClusterCa, payloads: Vec<Bytes>) -> (SocketAddr, Arc<JournalNode>) {
-    let endpoint =
-        TlsConfig::issue(ca, "journal").unwrap().server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
-    let node = JournalNode::new(
-        1,
-        Box::new(MemoryStore::new()),
-        NodeOptions { learners_file: None, retain_entries: 0, ..NodeOptions::default() },
-    )
-    .unwrap();
-    tokio::spawn(serve(endpoint, node.clone()));
-    tokio::spawn(node.clone().run_background());
-    let sequencer = TlsConfig::issue(ca, "sequencer").unwrap();
-    let peer = Peer::new(sequencer.client_endpoint([127, 0, 0, 1].into()).unwrap(), addr);
-    let epoch = Epoch::new(1, 1);
-    let n = payloads.len() as u64;
-    let entries = payloads.into_iter().zip(1..).map(|(payload, lsn)| Entry { epoch, lsn, payload }).collect();
-    let append = Message::AppendRequest { epoch, prev: EntryId::ZERO, entries, commit_lsn: n };
-    let (_send, mut recv) = peer.open(&append).await.unwrap();
-    // Acknowledged once durable; the node then serves them as committed.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(tokio::time::Instant::now() < deadline, "the append was never acknowledged");
-        match read_msg(&mut recv, MAX_FRAME_DEFAULT).await.unwrap() {
-            Some(Message::AppendResponse { durable, .. }) if durable.lsn == n => break,
-            Some(Message::AppendResponse { .. }) => {}
-            other => panic!("append answered {other:?}"),
-        }
-    }
-    (addr, node)
-}
+use triad_transport::{ClusterCa, TlsConfig};
 
 fn commit(key: &str) -> Bytes {
     let writes = vec![Write { key: key.as_bytes().to_vec(), value: Some(b"v".to_vec()) }];
@@ -70,7 +33,7 @@ async fn run_replayer(ca: &ClusterCa, name: &str, journal: SocketAddr) -> (Repla
 async fn an_undecodable_committed_record_stops_the_replayer_at_its_lsn() {
     let ca = ClusterCa::generate().unwrap();
     let garbage = Bytes::from_static(b"\x07 not a flatbuffer log record");
-    let (journal, _node) = journal_with(&ca, vec![commit("a"), garbage, commit("c")]).await;
+    let (journal, _node) = node_holding(&ca, vec![commit("a"), garbage, commit("c")]).await;
     let (stopped, replayer) = run_replayer(&ca, "replayer-1", journal).await;
     assert!(matches!(stopped, ReplayerError::BadRecord { lsn: 2, .. }), "{stopped}");
     assert!(stopped.to_string().contains("log entry 2"), "{stopped}");
@@ -85,7 +48,7 @@ async fn an_undecodable_committed_record_stops_the_replayer_at_its_lsn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayer_the_journal_trimmed_past_stops_and_says_how_to_rebuild() {
     let ca = ClusterCa::generate().unwrap();
-    let (journal, node) = journal_with(&ca, (0..20).map(|i| commit(&format!("k{i}"))).collect()).await;
+    let (journal, node) = node_holding(&ca, (0..20).map(|i| commit(&format!("k{i}"))).collect()).await;
     // Another learner has everything; it is the only one the node knows, so the node trims.
     assert!(matches!(node.learner_report("replayer-fast".into(), 20), Message::LearnerAck { .. }));
     node.maintain().unwrap();
