@@ -76,25 +76,43 @@ impl CommitQueue {
     }
 }
 
-/// Takes everything queued, in order, splits it into batches within [`MAX_COMMIT_BATCH`] and
-/// [`BATCH_BYTES`], and sends each on a task of its own, so that a slow answer never holds up
-/// the commits queued after it. Ends when the queue's owner is dropped.
+/// Takes everything queued, in order, splits it into batches (see [`batch_sizes`]), and sends
+/// each on a task of its own, so that a slow answer never holds up the commits queued after it.
+/// Ends when the queue's owner is dropped.
 async fn send_batches(peer: Arc<Peer>, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let mut ready = Vec::new();
     while rx.recv_many(&mut ready, MAX_COMMIT_BATCH).await > 0 {
-        let mut ready = ready.drain(..).peekable();
-        while ready.peek().is_some() {
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            while let Some(q) =
-                ready.next_if(|q| batch.is_empty() || bytes + request_bytes(&q.req) <= BATCH_BYTES)
-            {
-                bytes += request_bytes(&q.req);
-                batch.push(q);
-            }
-            tokio::spawn(send_batch(peer.clone(), batch));
+        let sizes = batch_sizes(ready.iter().map(|q| (q.budget, request_bytes(&q.req))));
+        let mut ready = ready.drain(..);
+        for size in sizes {
+            tokio::spawn(send_batch(peer.clone(), ready.by_ref().take(size).collect()));
         }
     }
+}
+
+/// How to cut commits, given in queue order as (time budget, bytes), into batches: in order, at
+/// most [`BATCH_BYTES`] each (a larger commit alone), and only commits of about the same time
+/// budget together: within an eighth of the budget of the batch's first. Commits sent with
+/// their callers' whole attempt timeout all have the same budget; one near its caller's
+/// deadline has less, and goes on its own rather than have the others' wait cut short or its
+/// own drawn out. A batch waits for its largest budget, so a commit waits at most about a
+/// quarter longer than its own. Every size is at least one, and they sum to the count.
+fn batch_sizes(commits: impl IntoIterator<Item = (Duration, usize)>) -> Vec<usize> {
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut current: Option<(Duration, usize)> = None;
+    for (budget, bytes) in commits {
+        match current.as_mut() {
+            Some((first, total)) if first.abs_diff(budget) <= *first / 8 && *total + bytes <= BATCH_BYTES => {
+                *total += bytes;
+                *sizes.last_mut().expect("a batch is open") += 1;
+            }
+            _ => {
+                current = Some((budget, bytes));
+                sizes.push(1);
+            }
+        }
+    }
+    sizes
 }
 
 async fn send_batch(peer: Arc<Peer>, mut batch: Vec<Queued>) {
@@ -104,7 +122,8 @@ async fn send_batch(peer: Arc<Peer>, mut batch: Vec<Queued>) {
         let _ = q.answer.send(answer);
         return;
     }
-    let budget = batch.iter().map(|q| q.budget).min().expect("not empty");
+    // All of about one budget (see `batch_sizes`).
+    let budget = batch.iter().map(|q| q.budget).max().expect("not empty");
     let n = batch.len();
     let (reqs, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|q| (q.req, q.answer)).unzip();
     debug!(commits = n, "sending a commit batch");
@@ -146,4 +165,32 @@ fn request_bytes(req: &CommitRequest) -> usize {
             .iter()
             .map(|r| r.start.len() + r.end.as_ref().map_or(0, Vec::len) + 32)
             .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn commits_of_one_budget_go_together_within_the_byte_bound() {
+        assert_eq!(batch_sizes([(FULL, 100); 5]), vec![5]);
+        assert_eq!(batch_sizes(Vec::new()), Vec::<usize>::new());
+        let half = BATCH_BYTES / 2 + 1;
+        assert_eq!(batch_sizes([(FULL, half), (FULL, half), (FULL, half)]), vec![1, 1, 1]);
+        // Larger than a batch's bound: alone, and it does not hold up the others.
+        assert_eq!(batch_sizes([(FULL, 10), (FULL, BATCH_BYTES * 3), (FULL, 10), (FULL, 10)]), vec![1, 1, 2]);
+    }
+
+    #[test]
+    fn a_commit_with_less_time_left_goes_alone() {
+        let short = Duration::from_millis(300);
+        assert_eq!(batch_sizes([(FULL, 10), (FULL, 10), (short, 10), (FULL, 10)]), vec![2, 1, 1]);
+        assert_eq!(batch_sizes([(short, 10), (short, 10)]), vec![2]);
+        // Budgets a few microseconds apart (a deadline computed per call) still go together.
+        let nearly = FULL - Duration::from_micros(5);
+        assert_eq!(batch_sizes([(FULL, 10), (nearly, 10), (FULL, 10)]), vec![3]);
+        assert_eq!(batch_sizes([(FULL, 10), (FULL * 2, 10)]), vec![1, 1]);
+    }
 }
