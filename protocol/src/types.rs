@@ -152,7 +152,8 @@ pub enum CommitOutcome {
         /// just as a `begin`'s read barrier does. 0 when the answer proves nothing of the kind.
         next_read_lsn: Lsn,
     },
-    /// Another transaction committed a write to these keys after the read LSN.
+    /// Another transaction committed a write to these keys after the read LSN (the sequencer
+    /// names the first 64 in key order, at most 8 KiB of them: possibly none of a larger key).
     Conflict { keys: Vec<Vec<u8>> },
     /// The read LSN is below the conflict index's floor; retry with a fresh snapshot.
     TooOld { floor: Lsn },

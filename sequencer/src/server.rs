@@ -870,7 +870,7 @@ impl Sequencer {
                         next_lsn += 1;
                     }
                     Verdict::Conflict { keys } => {
-                        p.reply.send(CommitOutcome::Conflict { keys });
+                        p.reply.send(CommitOutcome::Conflict { keys: reported_conflicts(keys) });
                     }
                     Verdict::TooOld { floor } => {
                         p.reply.send(CommitOutcome::TooOld { floor });
@@ -1210,6 +1210,29 @@ impl Sequencer {
     }
 }
 
+/// Most conflicting keys one answer names, and most bytes of them: a serializable range read
+/// can conflict with a great many writes, and a batch's answer holds up to
+/// [`triad_protocol::MAX_COMMIT_BATCH`] outcomes (8 MiB of keys at most, within a frame).
+const MAX_REPORTED_CONFLICTS: usize = 64;
+const MAX_REPORTED_CONFLICT_BYTES: usize = 8 << 10;
+
+/// The first of the (sorted) conflicting `keys` within [`MAX_REPORTED_CONFLICTS`] and
+/// [`MAX_REPORTED_CONFLICT_BYTES`]: they tell a client what to look at, and the outcome is a
+/// conflict whatever the list holds, even when no key fits.
+fn reported_conflicts(mut keys: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut bytes = 0;
+    let fit = keys
+        .iter()
+        .take(MAX_REPORTED_CONFLICTS)
+        .take_while(|k| {
+            bytes += k.len();
+            bytes <= MAX_REPORTED_CONFLICT_BYTES
+        })
+        .count();
+    keys.truncate(fit);
+    keys
+}
+
 /// Most payload bytes in one append. Counting entries alone, 512 entries of 32 KiB (or 4096
 /// of 4 KiB read from a peer for a lagging node) made an append the node refused as too large
 /// for a frame, and then the same one again after every reconnect: that node never caught up.
@@ -1363,6 +1386,17 @@ mod tests {
             guard_keys: vec![],
         };
         assert_eq!(index.check_and_record(&late, 12), Verdict::TooOld { floor: 11 });
+    }
+
+    #[test]
+    fn a_conflict_names_its_first_keys_within_the_reporting_bounds() {
+        let few = vec![b"a".to_vec(), b"b".to_vec()];
+        assert_eq!(reported_conflicts(few.clone()), few);
+        let many: Vec<Vec<u8>> = (0..1000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        assert_eq!(reported_conflicts(many.clone()), many[..MAX_REPORTED_CONFLICTS].to_vec());
+        let big = vec![vec![1u8; 3 << 10], vec![2u8; 3 << 10], vec![3u8; 3 << 10]];
+        assert_eq!(reported_conflicts(big.clone()), big[..2].to_vec());
+        assert!(reported_conflicts(vec![vec![0u8; MAX_REPORTED_CONFLICT_BYTES + 1]]).is_empty());
     }
 
     #[test]

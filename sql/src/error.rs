@@ -97,6 +97,10 @@ impl SqlError {
                 let mut what: Vec<String> = keys.iter().map(|k| crate::store::describe_key(k)).collect();
                 what.sort();
                 what.dedup();
+                if what.is_empty() {
+                    // The sequencer names at most a few KiB of keys; a larger one goes unnamed.
+                    what.push("what this transaction read or wrote".into());
+                }
                 format!(
                     "OC000: change conflicts with another transaction, please retry: another transaction committed first a change to {}",
                     what.join(", ")

@@ -2047,7 +2047,8 @@ impl ::core::fmt::Debug for Committed<'_> {
 pub enum ConflictOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Later commits wrote these keys; the transaction must retry.
+/// Later commits wrote these keys (the first 64 in key order, at most 8 KiB of them; possibly
+/// none when a single key is larger); the transaction must retry.
 pub struct Conflict<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
