@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
-use triad_protocol::{CommitRequest, Message, MAX_COMMIT_BATCH};
+use triad_protocol::{CommitRequest, Epoch, ErrorCode, ErrorResponse, Message, MAX_COMMIT_BATCH};
 use triad_transport::{Peer, TransportError};
 
 /// Estimated bytes of commits one batch may carry; a commit larger than this goes alone. Far
@@ -31,7 +31,10 @@ struct Queued {
     answer: oneshot::Sender<Result<Message, TransportError>>,
 }
 
-/// The commit queue of one sequencer candidate.
+/// The commit queue of one sequencer candidate. Its task runs on the runtime of the commit
+/// that first needed it (like the QUIC endpoint's driver, on the runtime that made the client),
+/// so that runtime must keep running while the client is used; if it has shut down, the next
+/// commit starts the task again on its own runtime.
 pub(crate) struct CommitQueue {
     peer: Arc<Peer>,
     /// The sender's task is started on first use, on the runtime of the caller, and again if
@@ -133,17 +136,24 @@ async fn send_batch(peer: Arc<Peer>, mut batch: Vec<Queued>) {
                 let _ = answer.send(Ok(Message::CommitResponse(outcome)));
             }
         }
-        Ok(Message::CommitBatchResponse(outcomes)) => {
-            let e = format!("{} outcomes for a batch of {n} commits", outcomes.len());
+        // Said before anything was admitted: each commit tries the next candidate.
+        Ok(not_leader @ Message::Error(ErrorResponse { code: ErrorCode::NotLeader, .. })) => {
             for answer in answers {
-                let _ = answer.send(Err(TransportError::Unexpected(e.clone())));
+                let _ = answer.send(Ok(not_leader.clone()));
             }
         }
-        // An answer about the whole request (not the leader, stopping, refused): each commit
-        // gets it as its own.
+        // Any other answer to the whole batch (an answer too large for a frame, a server
+        // stopping, a wrong count) may come after some of its commits were admitted: each is in
+        // doubt, and its caller asks for its own outcome, as for a lone commit left unanswered.
         Ok(other) => {
+            let doubt = Message::error(
+                ErrorCode::Unavailable,
+                format!("the commit batch this commit went in was answered with a {}", other.kind()),
+                Epoch::ZERO,
+                0,
+            );
             for answer in answers {
-                let _ = answer.send(Ok(other.clone()));
+                let _ = answer.send(Ok(doubt.clone()));
             }
         }
         Err(e) => {

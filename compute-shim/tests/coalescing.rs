@@ -1,7 +1,8 @@
 //! Commits that a client's callers make at the same moment travel as one batch request, and
 //! each caller still gets exactly its own answer: its commit's outcome from the batch's answer,
-//! or, when the batch goes unanswered, the outcome of its own transaction from the log. A
-//! commit that finds nothing else ready goes alone, at once.
+//! or, when the batch goes unanswered or is answered as a whole with an error, the outcome of
+//! its own transaction from the log. A commit that finds nothing else ready goes alone, at
+//! once.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,9 @@ use common::serve_stub;
 #[derive(Default)]
 struct KeyedSequencer {
     drop_batches: bool,
+    /// Batch requests are decided, then answered with one error for the whole batch (as when
+    /// the answer would not fit in a frame).
+    error_batches: bool,
     requests: Mutex<Vec<usize>>,
     ids: Mutex<Vec<(u128, u64)>>,
     outcome_queries: AtomicU32,
@@ -58,6 +62,13 @@ impl Service for KeyedSequencer {
                 let outcomes: Vec<_> = reqs.iter().map(|r| self.decide(r)).collect();
                 if self.drop_batches {
                     drop(reply);
+                } else if self.error_batches {
+                    reply.send(&Message::error(
+                        ErrorCode::Unsupported,
+                        "the answer exceeds the frame limit",
+                        Default::default(),
+                        0,
+                    ));
                 } else {
                     reply.send(&Message::CommitBatchResponse(outcomes));
                 }
@@ -140,6 +151,18 @@ async fn commits_made_at_once_share_a_request_and_each_gets_its_own_outcome() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_batch_left_unanswered_leaves_each_commit_to_its_own_outcome() {
     let (client, sequencer) = client_of(KeyedSequencer { drop_batches: true, ..Default::default() });
+    each_asks_for_its_own_outcome(client, sequencer).await;
+}
+
+/// Some of the batch's commits may have committed before the error: none may be reported
+/// failed, each must learn its own outcome.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_answered_with_an_error_leaves_each_commit_to_its_own_outcome() {
+    let (client, sequencer) = client_of(KeyedSequencer { error_batches: true, ..Default::default() });
+    each_asks_for_its_own_outcome(client, sequencer).await;
+}
+
+async fn each_asks_for_its_own_outcome(client: Client, sequencer: Arc<KeyedSequencer>) {
     client.write(put("k1".into())).await.unwrap();
     let results = commit_at_once(&client, (100..116).map(|i| format!("k{i}")).collect()).await;
     for (i, r) in results.into_iter().enumerate() {
