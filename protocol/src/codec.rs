@@ -43,6 +43,10 @@ pub enum DecodeError {
     UnknownEnumValue { name: &'static str, value: u8 },
     #[error("invalid flatbuffer: {}", .0.to_string().trim_end())]
     InvalidBuffer(InvalidFlatbuffer),
+    /// Refused before decoding it: a list longer than any honest peer sends (its items may all
+    /// point at one table, so the buffer's size does not bound the decoded size).
+    #[error("{what} holds {len} items; at most {max} are allowed")]
+    TooMany { what: &'static str, len: usize, max: usize },
 }
 
 impl From<InvalidFlatbuffer> for DecodeError {
@@ -714,6 +718,10 @@ fn decode_message_with<'b>(
             }
             B::CommitBatchRequest => {
                 let b = present(msg.body_as_commit_batch_request(), "body")?;
+                if b.commits().len() > MAX_COMMIT_BATCH {
+                    let (len, max) = (b.commits().len(), MAX_COMMIT_BATCH);
+                    return Err(DecodeError::TooMany { what: "a commit batch", len, max });
+                }
                 Message::CommitBatchRequest(
                     b.commits().iter().map(|c| commit_request_from_fb(&c)).collect::<Result<_, _>>()?,
                 )

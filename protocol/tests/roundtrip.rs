@@ -112,10 +112,10 @@ fn dense_messages_pass_the_verifier_limits() {
                 isolation: Isolation::Snapshot,
                 read_keys: vec![],
                 read_ranges: vec![],
-                writes: vec![Write { key: vec![], value: None }],
+                writes: vec![Write { key: vec![], value: None }; many / MAX_COMMIT_BATCH + 1],
                 guard_keys: vec![],
             };
-            many
+            MAX_COMMIT_BATCH
         ]),
         Message::CommitRequest(CommitRequest {
             txn_id: TxnId(1),
@@ -227,4 +227,30 @@ proptest! {
         let decoded: Vec<LogRecord> = entries.iter().map(|e| decode_record(&e.payload).unwrap()).collect();
         prop_assert_eq!(decoded, records);
     }
+}
+
+/// A batch longer than any client sends is refused before its commits are decoded: they may
+/// all point at one table, so the frame's size does not bound what decoding them would make.
+#[test]
+fn a_commit_batch_longer_than_allowed_is_refused_before_it_is_decoded() {
+    let commit = CommitRequest {
+        txn_id: TxnId(1),
+        read_lsn: 0,
+        isolation: Isolation::Snapshot,
+        read_keys: vec![],
+        read_ranges: vec![],
+        writes: vec![],
+        guard_keys: vec![],
+    };
+    let over = encode_message(&Message::CommitBatchRequest(vec![commit.clone(); MAX_COMMIT_BATCH + 1]));
+    assert_eq!(
+        decode_message(&over),
+        Err(DecodeError::TooMany {
+            what: "a commit batch",
+            len: MAX_COMMIT_BATCH + 1,
+            max: MAX_COMMIT_BATCH
+        })
+    );
+    let full = Message::CommitBatchRequest(vec![commit; MAX_COMMIT_BATCH]);
+    assert_eq!(decode_message(&encode_message(&full)), Ok(full));
 }
