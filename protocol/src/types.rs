@@ -147,7 +147,8 @@ pub enum CommitOutcome {
     Committed {
         lsn: Lsn,
         /// A read LSN valid for a transaction begun while this commit was in flight: the
-        /// commit watermark when the answer left, at or above `lsn`. The majority that accepted
+        /// commit watermark when the commit was answered (in a batch: when it was decided), at
+        /// or above `lsn`. The majority that accepted
         /// this commit did so after the request arrived, which proves the epoch was current then,
         /// just as a `begin`'s read barrier does. 0 when the answer proves nothing of the kind.
         next_read_lsn: Lsn,

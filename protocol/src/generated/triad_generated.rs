@@ -1970,8 +1970,9 @@ impl<'a> Committed<'a> {
     unsafe { self._tab.get::<u64>(Committed::VT_LSN, Some(0)).unwrap()}
   }
   /// A read LSN for a transaction begun while this commit was in flight (SQL's COMMIT AND
-  /// CHAIN): the commit watermark when the answer left, proven current by the majority that
-  /// accepted this commit after the request arrived. 0 when the answer proves nothing (a retry
+  /// CHAIN): the commit watermark when the commit was answered (for a batch's commit, when it
+  /// was decided, which may be before the batch's answer left), proven current by the majority
+  /// that accepted this commit after the request arrived. 0 when the answer proves nothing (a retry
   /// answered from the transaction index, an outcome query's answer).
   #[inline]
   pub fn next_read_lsn(&self) -> u64 {
