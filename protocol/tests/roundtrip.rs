@@ -233,15 +233,7 @@ proptest! {
 /// all point at one table, so the frame's size does not bound what decoding them would make.
 #[test]
 fn a_commit_batch_longer_than_allowed_is_refused_before_it_is_decoded() {
-    let commit = CommitRequest {
-        txn_id: TxnId(1),
-        read_lsn: 0,
-        isolation: Isolation::Snapshot,
-        read_keys: vec![],
-        read_ranges: vec![],
-        writes: vec![],
-        guard_keys: vec![],
-    };
+    let commit = empty_commit(1);
     let over = encode_message(&Message::CommitBatchRequest(vec![commit.clone(); MAX_COMMIT_BATCH + 1]));
     assert_eq!(
         decode_message(&over),

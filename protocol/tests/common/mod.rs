@@ -242,6 +242,19 @@ pub fn variant_name(msg: &Message) -> &'static str {
 
 pub const MESSAGE_VARIANTS: usize = 28;
 
+/// A commit request of `txn` that reads and writes nothing.
+pub fn empty_commit(txn: u128) -> CommitRequest {
+    CommitRequest {
+        txn_id: TxnId(txn),
+        read_lsn: 0,
+        isolation: Isolation::Snapshot,
+        read_keys: vec![],
+        read_ranges: vec![],
+        writes: vec![],
+        guard_keys: vec![],
+    }
+}
+
 fn w(key: &[u8], value: Option<&[u8]>) -> Write {
     Write { key: key.to_vec(), value: value.map(<[u8]>::to_vec) }
 }
@@ -267,15 +280,7 @@ pub fn message_examples() -> Vec<Message> {
             writes: vec![w(b"", Some(b"")), w(b"k", None), w(b"k2", Some(b"v"))],
             guard_keys: vec![b"sql/s/t".to_vec(), vec![]],
         }),
-        Message::CommitRequest(CommitRequest {
-            txn_id: TxnId(0),
-            read_lsn: 0,
-            isolation: Isolation::Snapshot,
-            read_keys: vec![],
-            read_ranges: vec![],
-            writes: vec![],
-            guard_keys: vec![],
-        }),
+        Message::CommitRequest(empty_commit(0)),
         Message::CommitResponse(CommitOutcome::Committed { lsn: 9, next_read_lsn: 11 }),
         Message::CommitResponse(CommitOutcome::Conflict { keys: vec![vec![], b"x".to_vec()] }),
         Message::CommitResponse(CommitOutcome::Conflict { keys: vec![] }),
