@@ -85,7 +85,8 @@ impl CommitQueue {
 async fn send_batches(peer: Arc<Peer>, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let mut ready = Vec::new();
     while rx.recv_many(&mut ready, MAX_COMMIT_BATCH).await > 0 {
-        let sizes = batch_sizes(ready.iter().map(|q| (q.budget, request_bytes(&q.req))));
+        let sizes =
+            batch_sizes(ready.iter().map(|q| (q.budget, triad_protocol::commit_request_hint(&q.req))));
         let mut ready = ready.drain(..);
         for size in sizes {
             tokio::spawn(send_batch(peer.clone(), ready.by_ref().take(size).collect()));
@@ -162,19 +163,6 @@ async fn send_batch(peer: Arc<Peer>, mut batch: Vec<Queued>) {
             }
         }
     }
-}
-
-/// About how many bytes `req` takes in a frame.
-fn request_bytes(req: &CommitRequest) -> usize {
-    let keys = |ks: &[Vec<u8>]| ks.iter().map(|k| k.len() + 16).sum::<usize>();
-    triad_protocol::commit_bytes(&req.writes)
-        + keys(&req.read_keys)
-        + keys(&req.guard_keys)
-        + req
-            .read_ranges
-            .iter()
-            .map(|r| r.start.len() + r.end.as_ref().map_or(0, Vec::len) + 32)
-            .sum::<usize>()
 }
 
 #[cfg(test)]

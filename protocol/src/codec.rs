@@ -542,7 +542,9 @@ fn range_hint(r: &KeyRange) -> usize {
     ITEM_OVERHEAD + bytes_hint(&r.start) + r.end.as_deref().map_or(0, bytes_hint)
 }
 
-fn commit_request_hint(req: &CommitRequest) -> usize {
+/// About how many bytes `req` takes when encoded (an upper estimate, as the encoder sizes its
+/// buffer with), for a sender that bounds what it puts into one message.
+pub fn commit_request_hint(req: &CommitRequest) -> usize {
     ITEM_OVERHEAD
         + keys_hint(&req.read_keys)
         + keys_hint(&req.guard_keys)

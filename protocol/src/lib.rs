@@ -13,8 +13,8 @@ mod generated;
 pub mod types;
 
 pub use codec::{
-    decode_message, decode_message_bytes, decode_record, decode_request, decode_request_bytes,
-    encode_message, encode_record, DecodeError,
+    commit_request_hint, decode_message, decode_message_bytes, decode_record, decode_request,
+    decode_request_bytes, encode_message, encode_record, DecodeError,
 };
 pub use frame::{FrameError, MAX_FRAME_DEFAULT};
 pub use types::*;
