@@ -762,31 +762,30 @@ impl Sequencer {
             outcomes: vec![None; reqs.len()],
             undecided: reqs.len(),
         }));
-        for (index, req) in reqs.into_iter().enumerate() {
-            self.submit_to(req, Responder::Batch(BatchMember { batch: Some(batch.clone()), index }));
-        }
+        let members = reqs.into_iter().enumerate().map(move |(index, req)| Pending {
+            req,
+            reply: Responder::Batch(BatchMember { batch: Some(batch.clone()), index }),
+        });
+        self.submit_all(members);
     }
 
     fn submit_to(&self, req: CommitRequest, reply: Responder) {
+        self.submit_all(std::iter::once(Pending { req, reply }));
+    }
+
+    /// Hands `pending` to admission in order, or answers each `Unavailable` if the sequencer
+    /// has stopped.
+    fn submit_all<I>(&self, pending: I)
+    where
+        I: Iterator<Item = Pending> + Send + 'static,
+    {
         if self.stopped.load(Ordering::SeqCst) {
-            return reply.send(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
-        }
-        let pending = Pending { req, reply };
-        match self.admit.try_send(pending) {
-            Ok(()) => {}
-            // Admission is behind: this request waits for room like any other.
-            Err(mpsc::error::TrySendError::Full(pending)) => {
-                let admit = self.admit.clone();
-                tokio::spawn(async move {
-                    if let Err(mpsc::error::SendError(p)) = admit.send(pending).await {
-                        p.reply.send(CommitOutcome::Unavailable { reason: "sequencer stopping".into() });
-                    }
-                });
+            for p in pending {
+                p.reply.send(CommitOutcome::Unavailable { reason: "sequencer deposed".into() });
             }
-            Err(mpsc::error::TrySendError::Closed(p)) => {
-                p.reply.send(CommitOutcome::Unavailable { reason: "sequencer stopping".into() })
-            }
+            return;
         }
+        enqueue_in_order(&self.admit, pending);
     }
 
     /// Owns the order: checks each commit against the conflict index and gives it the next LSN.
@@ -1210,6 +1209,39 @@ impl Sequencer {
     }
 }
 
+/// Puts `pending` on the admission queue in order. What does not fit now waits for room in one
+/// task, which keeps their order: a batch of a thousand commits that meets a full queue costs
+/// one task, not one each. Commits that find the queue closed are answered `Unavailable`.
+fn enqueue_in_order<I>(admit: &mpsc::Sender<Pending>, mut pending: I)
+where
+    I: Iterator<Item = Pending> + Send + 'static,
+{
+    let stopping = || CommitOutcome::Unavailable { reason: "sequencer stopping".into() };
+    while let Some(p) = pending.next() {
+        match admit.try_send(p) {
+            Ok(()) => {}
+            // Admission is behind: the rest waits for room like any other request.
+            Err(mpsc::error::TrySendError::Full(p)) => {
+                let admit = admit.clone();
+                tokio::spawn(async move {
+                    for p in std::iter::once(p).chain(pending) {
+                        if let Err(mpsc::error::SendError(p)) = admit.send(p).await {
+                            p.reply.send(stopping());
+                        }
+                    }
+                });
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(p)) => {
+                for p in std::iter::once(p).chain(pending) {
+                    p.reply.send(stopping());
+                }
+                return;
+            }
+        }
+    }
+}
+
 /// Most conflicting keys one answer names, and most bytes of them: a serializable range read
 /// can conflict with a great many writes, and a batch's answer holds up to
 /// [`triad_protocol::MAX_COMMIT_BATCH`] outcomes (8 MiB of keys at most, within a frame).
@@ -1386,6 +1418,49 @@ mod tests {
             guard_keys: vec![],
         };
         assert_eq!(index.check_and_record(&late, 12), Verdict::TooOld { floor: 11 });
+    }
+
+    fn pending(id: u128) -> (Pending, oneshot::Receiver<CommitOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        let req = CommitRequest {
+            txn_id: TxnId(id),
+            read_lsn: 0,
+            isolation: Isolation::Snapshot,
+            read_keys: vec![],
+            read_ranges: vec![],
+            writes: vec![],
+            guard_keys: vec![],
+        };
+        (Pending { req, reply: Responder::Local(tx) }, rx)
+    }
+
+    /// A batch that meets a full admission queue waits for room in one task (not a task per
+    /// commit: a thousand of them per batch, under exactly the load that filled the queue), and
+    /// reaches admission in its own order.
+    #[test]
+    fn commits_that_meet_a_full_admission_queue_wait_in_one_task_in_order() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (admit, mut rx) = mpsc::channel(2);
+            let (batch, _answers): (Vec<_>, Vec<_>) = (0..10).map(pending).unzip();
+            let before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+            enqueue_in_order(&admit, batch.into_iter());
+            let after = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+            assert_eq!(after - before, 1, "the eight that did not fit wait in one task");
+            let mut order = Vec::new();
+            while order.len() < 10 {
+                order.push(rx.recv().await.expect("admission queue open").req.txn_id.0);
+            }
+            assert_eq!(order, (0..10).collect::<Vec<u128>>());
+
+            // A closed queue (a stopping sequencer) answers every one of them at once.
+            drop(rx);
+            let (batch, answers): (Vec<_>, Vec<_>) = (0..3).map(pending).unzip();
+            enqueue_in_order(&admit, batch.into_iter());
+            for answer in answers {
+                assert!(matches!(answer.await, Ok(CommitOutcome::Unavailable { .. })));
+            }
+        });
     }
 
     #[test]
