@@ -73,6 +73,13 @@ struct Inner {
 }
 
 impl Client {
+    /// A client of the cluster `cfg` names. Connections are made when first needed.
+    ///
+    /// Its background tasks run on tokio runtimes it was used from: the QUIC endpoint's on
+    /// the one that calls `connect`, a connection's and a commit queue's on the one that first
+    /// needed them. Those runtimes must keep running while the client is in use, as for any
+    /// tokio network client; a call whose answer a stalled runtime cannot deliver fails when
+    /// its timeouts run out.
     pub fn connect(cfg: ClientConfig) -> Result<Client, ShimError> {
         if cfg.replayers.is_empty() || cfg.sequencers.is_empty() {
             return Err(ShimError::Unavailable(

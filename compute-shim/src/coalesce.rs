@@ -16,6 +16,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::runtime;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 use triad_protocol::{CommitRequest, Epoch, ErrorCode, ErrorResponse, Message, MAX_COMMIT_BATCH};
@@ -32,14 +33,14 @@ struct Queued {
 }
 
 /// The commit queue of one sequencer candidate. Its task runs on the runtime of the commit
-/// that first needed it (like the QUIC endpoint's driver, on the runtime that made the client),
-/// so that runtime must keep running while the client is used; if it has shut down, the next
-/// commit starts the task again on its own runtime.
+/// that first needed it. A commit made on another runtime does not use it, since nothing tells
+/// whether that runtime still runs its tasks (a one-thread runtime runs them only while its
+/// owner drives it): such a commit goes alone, under its own timer, as with coalescing off. If
+/// the queue's runtime has shut down, the next commit starts the task again on its own.
 pub(crate) struct CommitQueue {
     peer: Arc<Peer>,
-    /// The sender's task is started on first use, on the runtime of the caller, and again if
-    /// that runtime has gone.
-    queue: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
+    /// The sender's task, and the runtime it runs on.
+    queue: Mutex<Option<(runtime::Id, mpsc::UnboundedSender<Queued>)>>,
 }
 
 impl CommitQueue {
@@ -55,27 +56,36 @@ impl CommitQueue {
         budget: Duration,
     ) -> Result<Message, TransportError> {
         let (answer, rx) = oneshot::channel();
-        self.enqueue(Queued { req, budget, answer });
+        if let Some(alone) = self.enqueue(Queued { req, budget, answer }) {
+            return self.peer.call_timeout(&Message::CommitRequest(alone.req), alone.budget).await;
+        }
         rx.await.unwrap_or_else(|_| {
             Err(TransportError::Shared("the commit queue stopped before the answer came".into()))
         })
     }
 
-    fn enqueue(&self, queued: Queued) {
+    /// Queues `queued`; gives it back, to go alone, when the queue's task runs on another
+    /// runtime that has not shut down.
+    fn enqueue(&self, queued: Queued) -> Option<Queued> {
+        let here = runtime::Handle::current().id();
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let queued = match queue.as_ref() {
-            Some(tx) => match tx.send(queued) {
-                Ok(()) => return,
-                // Its task is gone with the runtime it ran on: start another on this one.
+            Some((there, tx)) if *there == here => match tx.send(queued) {
+                Ok(()) => return None,
+                // Unreachable while this runtime runs (its task holds the receiver), but
+                // harmless: start another.
                 Err(mpsc::error::SendError(back)) => back,
             },
-            None => queued,
+            Some((_, tx)) if !tx.is_closed() => return Some(queued),
+            // None yet, or its task is gone with the runtime it ran on: start one on this one.
+            _ => queued,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(send_batches(self.peer.clone(), rx));
         // The receiver was just made and lives in the task: this send cannot fail.
         let _ = tx.send(queued);
-        *queue = Some(tx);
+        *queue = Some((here, tx));
+        None
     }
 }
 

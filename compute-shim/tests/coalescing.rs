@@ -182,3 +182,34 @@ async fn with_coalescing_off_every_commit_is_a_request_of_its_own() {
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(*sequencer.requests.lock().unwrap(), vec![1; 9]);
 }
+
+/// A client shared between runtimes: its background tasks (the commit queue's, and the
+/// transport's stream reader) run on the runtime that first needed them, and a one-thread
+/// runtime runs its tasks only while its owner drives it. A commit made on another runtime
+/// then cannot be answered, but it must end, with an error, once its timeouts run out, never
+/// wait forever on a queue that will never be read.
+#[test]
+fn a_commit_ends_when_the_runtime_running_the_queue_is_no_longer_driven() {
+    let rt = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // The stub and the client's QUIC endpoint run on a worker thread of their own.
+    let background =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let client = background.block_on(async {
+        let (mut cfg, _) = serve_stub(KeyedSequencer::default());
+        cfg.attempt_timeout = Duration::from_millis(100);
+        cfg.request_timeout = Duration::from_millis(500);
+        Client::connect(cfg).unwrap()
+    });
+
+    let first = rt();
+    assert_eq!(first.block_on(client.write(put("k1".into()))).unwrap(), 1001);
+    // `first` is never driven again, though it lives on: its tasks cannot run.
+    let other = rt();
+    let ended = other
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), client.write(put("k2".into()))).await
+        })
+        .expect("the commit ended within its timeouts instead of waiting on the queue forever");
+    assert!(ended.is_err(), "nothing can answer it: {ended:?}");
+    drop(first);
+}
