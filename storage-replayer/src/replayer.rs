@@ -42,9 +42,13 @@ pub enum ReplayerError {
     BadRecord { lsn: Lsn, reason: String },
 }
 
-/// How often applied state is made durable (RocksDB WAL fsync). Between syncs a crash of the
-/// machine loses only applied state, which the journal still holds and replays.
-const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the replayer reports its durable LSN to the journal (and sees whether its format
+/// needs a sync). A crash loses only applied state above the durable LSN, which the journal
+/// still holds and replays.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest the durable LSN stands still below the applied one, while records keep coming,
+/// before the replayer syncs its format itself (see [`Durability`]).
+const DURABLE_WITHIN: Duration = Duration::from_secs(10);
 /// Batches of up to this many writes are applied on the thread that polls [`Replayer::run`].
 const INLINE_APPLY_WRITES: usize = 256;
 
@@ -79,6 +83,39 @@ impl Retention {
             Some(&(t, lsn)) if old_enough(t) => lsn,
             _ => 0,
         }
+    }
+}
+
+/// When a replayer makes its applied records durable itself ([`StorageFormat::sync`]) instead
+/// of leaving it to the format ([`StorageFormat::persisted`]): when it has gone idle with
+/// records not yet durable, or when the durable LSN has stood still below the applied one for
+/// [`DURABLE_WITHIN`]. Under a steady load a format that persists on its own (RocksDB, as its
+/// memtables fill) is never asked, so no flush of ours competes with the journal's fsyncs for
+/// the disk; one that does not (the memory image) is synced every `DURABLE_WITHIN`, and the
+/// journal can always trim. A pure function of the observations it is fed.
+#[derive(Debug)]
+pub struct Durability {
+    last_applied: Lsn,
+    last_durable: Lsn,
+    /// Since when the durable LSN has not moved while below the applied one.
+    stuck_since: Instant,
+}
+
+impl Durability {
+    pub fn new(now: Instant, applied: Lsn, durable: Lsn) -> Durability {
+        Durability { last_applied: applied, last_durable: durable, stuck_since: now }
+    }
+
+    /// One report: the applied LSN and what the format says is durable at `now`. True when
+    /// the replayer should sync now.
+    pub fn must_sync(&mut self, now: Instant, applied: Lsn, durable: Lsn) -> bool {
+        let idle = applied == self.last_applied;
+        self.last_applied = applied;
+        if durable > self.last_durable || durable >= applied {
+            self.last_durable = self.last_durable.max(durable);
+            self.stuck_since = now;
+        }
+        durable < applied && (idle || now.saturating_duration_since(self.stuck_since) >= DURABLE_WITHIN)
     }
 }
 
@@ -136,12 +173,25 @@ impl Replayer {
 
     /// Registers with every journal node and reports how far this learner has durably
     /// applied: the journal trims only below the slowest registered learner.
-    async fn report_progress(&self, client: &JournalClient) {
-        // An idle replayer still makes its last batch durable, so the journal can trim.
-        if self.format.durable_lsn() < self.applied_lsn() {
+    async fn report_progress(&self, client: &JournalClient, durability: &mut Durability) {
+        let applied = self.applied_lsn();
+        // Both may touch the disk: off the threads that serve reads.
+        let format = self.format.clone();
+        let durable = match tokio::task::spawn_blocking(move || format.persisted()).await {
+            Ok(Ok(lsn)) => lsn,
+            Ok(Err(e)) => {
+                warn!("reading the persisted applied LSN: {e}");
+                self.format.durable_lsn()
+            }
+            Err(e) => {
+                warn!("persisted-LSN task failed: {e}");
+                self.format.durable_lsn()
+            }
+        };
+        if durability.must_sync(Instant::now(), applied, durable) {
             let format = self.format.clone();
             match tokio::task::spawn_blocking(move || format.sync()).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(lsn)) => debug!(durable_lsn = lsn, "made applied records durable"),
                 Ok(Err(e)) => warn!("syncing applied state: {e}"),
                 Err(e) => warn!("sync task failed: {e}"),
             }
@@ -171,22 +221,22 @@ impl Replayer {
     /// does both, and reads wait out a small batch's write.
     pub async fn run(self: Arc<Self>, endpoint: &Endpoint, journal: &[SocketAddr]) -> ReplayerError {
         let client = JournalClient::new(endpoint, journal);
-        self.report_progress(&client).await;
+        let mut durability = Durability::new(Instant::now(), self.applied_lsn(), self.format.durable_lsn());
+        self.report_progress(&client, &mut durability).await;
         let reporter = {
             let me = self.clone();
             let client = client.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(SYNC_INTERVAL);
+                let mut tick = tokio::time::interval(REPORT_INTERVAL);
                 loop {
                     tick.tick().await;
-                    me.report_progress(&client).await;
+                    me.report_progress(&client, &mut durability).await;
                     me.collect_garbage().await;
                 }
             })
         };
         let _stop_reporter = AbortOnDrop(reporter.abort_handle());
         let mut tail = TailReader::new(client, self.applied_lsn() + 1);
-        let mut last_sync = tokio::time::Instant::now();
         loop {
             let batch = match tail.next_batch().await {
                 Ok(b) => b,
@@ -202,9 +252,9 @@ impl Replayer {
                     Err(e) => return ReplayerError::BadRecord { lsn: entry.lsn, reason: e.to_string() },
                 }
             }
-            // A small batch is applied right here: a write to RocksDB's memtable and an unsynced
-            // WAL append take less time than handing the batch to a blocking thread and back,
-            // and reads at the new LSN wait for exactly this. A large one (catching up, or one
+            // A small batch is applied right here: a write to RocksDB's memtable takes less time
+            // than handing the batch to a blocking thread and back, and reads at the new LSN
+            // wait for exactly this. A large one (catching up, or one
             // huge transaction) goes to a blocking thread, so that it never holds up the tasks
             // that share the polling thread for long.
             let writes: usize = records.iter().map(|r| r.writes.len()).sum();
@@ -223,15 +273,6 @@ impl Replayer {
             };
             debug!(applied, "applied");
             self.applied.send_replace(applied);
-            if last_sync.elapsed() >= SYNC_INTERVAL {
-                last_sync = tokio::time::Instant::now();
-                let format = self.format.clone();
-                match tokio::task::spawn_blocking(move || format.sync()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return e.into(),
-                    Err(e) => warn!("sync task failed: {e}"),
-                }
-            }
         }
     }
 
@@ -379,6 +420,38 @@ impl Drop for AbortOnDrop {
 
 #[cfg(test)]
 mod tests {
+    use super::{Durability, DURABLE_WITHIN};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_busy_replayer_leaves_durability_to_its_format_until_it_stands_still_too_long() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut d = Durability::new(t0, 100, 100);
+        // Records keep coming while the format persists some on its own: no sync of ours.
+        assert!(!d.must_sync(at(1), 150, 100));
+        assert!(!d.must_sync(at(5), 300, 200));
+        // The durable LSN then stands still while more arrives: a sync once it has for
+        // DURABLE_WITHIN since it last moved (at 5).
+        assert!(!d.must_sync(at(5) + DURABLE_WITHIN - Duration::from_millis(1), 900, 200));
+        assert!(d.must_sync(at(5) + DURABLE_WITHIN, 950, 200));
+    }
+
+    #[test]
+    fn an_idle_replayer_syncs_what_only_memory_holds_and_then_nothing() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut d = Durability::new(t0, 100, 100);
+        assert!(!d.must_sync(at(1), 120, 100), "records still coming");
+        assert!(d.must_sync(at(2), 120, 100), "nothing applied since the last report");
+        // Once durable, an idle replayer has nothing to sync.
+        assert!(!d.must_sync(at(3), 120, 120));
+        assert!(!d.must_sync(at(60), 120, 120));
+        // Caught up, the clock starts again when it falls behind.
+        assert!(!d.must_sync(at(61), 130, 120));
+        assert!(!d.must_sync(at(61) + DURABLE_WITHIN - Duration::from_secs(2), 140, 120));
+    }
+
     #[test]
     fn a_scan_answer_is_cut_to_its_byte_budget_and_says_there_is_more() {
         use super::within_bytes;

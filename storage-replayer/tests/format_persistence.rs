@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use triad_protocol::{KeyRange, Lsn, Row, Write};
 use triad_replayer::format::{
-    open_format, CommittedRecord, FormatError, RocksFormat, StorageFormat, Version, FORMATS,
+    open_format, CommittedRecord, FormatError, RocksConfig, RocksFormat, StorageFormat, Version, FORMATS,
 };
 
 fn put(key: &[u8], value: &[u8]) -> Write {
@@ -54,6 +54,38 @@ fn open(name: &str, dir: &Path) -> Arc<dyn StorageFormat> {
     open_format(name, dir).unwrap()
 }
 
+/// The journal is the store's write-ahead log: applied records sit in a memtable, and the
+/// durable LSN (what the learner reports, and the journal trims below) is only what table files
+/// hold. It moves when RocksDB writes a full memtable out on its own, or on a sync.
+#[test]
+fn rocksdb_durable_lsn_is_what_its_table_files_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = RocksConfig { write_buffer_bytes: 64 << 10, ..RocksConfig::default() };
+    let f = RocksFormat::open_with(&tmp.path().join("db"), &config).unwrap();
+    assert_eq!(f.apply(&history()).unwrap(), 3);
+    assert_eq!(f.persisted().unwrap(), 0, "in the memtable only");
+    assert_eq!(f.sync().unwrap(), 3);
+    assert_eq!(f.persisted().unwrap(), 3);
+    assert_eq!(f.apply(&[rec(4, vec![put(b"a", b"4")])]).unwrap(), 4);
+    assert_eq!((f.persisted().unwrap(), f.durable_lsn()), (3, 3), "4 is in memory only");
+
+    // Enough records to fill several 64 KiB memtables: RocksDB writes them out by itself, and
+    // the durable LSN follows without a sync of ours.
+    let value = vec![7u8; 1000];
+    let mut lsn = 4;
+    for _ in 0..400 {
+        lsn += 1;
+        f.apply(&[rec(lsn, vec![put(format!("k{lsn}").as_bytes(), &value)])]).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while f.persisted().unwrap() <= 4 {
+        assert!(std::time::Instant::now() < deadline, "no memtable was written out by RocksDB");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let durable = f.durable_lsn();
+    assert!(durable > 4 && durable <= lsn, "durable {durable}, applied {lsn}");
+}
+
 #[test]
 fn rocksdb_reopen_keeps_data_and_applied_lsn() {
     let tmp = tempfile::tempdir().unwrap();
@@ -61,7 +93,7 @@ fn rocksdb_reopen_keeps_data_and_applied_lsn() {
     let before = {
         let f = open("rocksdb", &dir);
         f.apply(&history()).unwrap();
-        // No sync: the WAL alone must carry the batch across a close.
+        // No sync: closing the database writes out what only its memtable held.
         observe(f.as_ref())
     };
     let f = open("rocksdb", &dir);

@@ -7,8 +7,9 @@
 //! format (page store, change feed, ...) is a plugin chosen by name through [`open_format`].
 //!
 //! Two plugins ship here:
-//! - [`rocks::RocksFormat`] (`"rocksdb"`, the default): MVCC rows in RocksDB, durable across
-//!   `kill -9` through RocksDB's WAL and across power cuts after [`StorageFormat::sync`].
+//! - [`rocks::RocksFormat`] (`"rocksdb"`, the default): MVCC rows in RocksDB, durable once in
+//!   its table files (the journal is its write-ahead log: what only a memtable held when the
+//!   process or machine died is fetched from the journal again).
 //! - [`memory::MemoryFormat`] (`"memory"`): the same semantics over an in-memory `BTreeMap`;
 //!   for tests, and as a second implementation proving the seam does not leak RocksDB.
 //!
@@ -137,8 +138,18 @@ pub trait StorageFormat: Send + Sync + 'static {
     /// consecutive) is [`FormatError::Gap`] and applies nothing. Returns the new applied LSN.
     fn apply(&self, records: &[CommittedRecord]) -> Result<Lsn, FormatError>;
 
-    /// Make everything applied so far durable (e.g. WAL fsync); returns the new durable LSN.
+    /// Make everything applied so far durable now (a memtable flush, an image written);
+    /// returns the new durable LSN. It can cost a great deal of writing, so the replayer calls
+    /// it only when the format has not made its records durable on its own for a while (see
+    /// [`persisted`](Self::persisted)).
     fn sync(&self) -> Result<Lsn, FormatError>;
+
+    /// What the format has made durable on its own since it was last asked (RocksDB writes a
+    /// full memtable to a table file in the background), raising the durable LSN to it;
+    /// returns the durable LSN. Cheap enough to ask about once a second.
+    fn persisted(&self) -> Result<Lsn, FormatError> {
+        Ok(self.durable_lsn())
+    }
 
     /// The newest version of `key` with `lsn ≤ at` (`None` if the key has no version ≤ `at`).
     /// The caller guarantees `at ≤ applied_lsn()`; `at` below [`gc_horizon`](Self::gc_horizon)

@@ -27,9 +27,19 @@
 //!
 //! # Durability
 //!
-//! `apply` writes with `sync = false`: the batch is in RocksDB's WAL file (the OS page cache)
-//! when `apply` returns, which survives `kill -9` but not a power cut. `sync` fsyncs the WAL and
-//! only then advances the durable LSN — the only LSN a learner may report for journal trimming.
+//! The journal is this store's write-ahead log, so RocksDB keeps none of its own for data:
+//! `apply` writes a batch into the memtable only. What a crash or power cut loses of it is
+//! what the memtables held, and a restarted replayer fetches that again from the journal,
+//! which keeps every entry above the durable LSN its learners report. The durable LSN is the
+//! applied LSN stored in table files: RocksDB writes a memtable to a table file (and fsyncs it)
+//! when the memtable fills, and [`StorageFormat::persisted`] reads that LSN back from the files
+//! alone, so the durable LSN moves on without any flush of ours. `sync` flushes the memtables
+//! now, for a replayer that has gone idle with records only in memory.
+//!
+//! Why no WAL: it wrote every record a second time, and its once-a-second fsync sent a second's
+//! worth of writes to the disk the journal nodes fsync on, so every commit in flight waited
+//! behind it (docs/benchmarks.md has the figures). The GC horizon, written rarely, still goes
+//! through a synced WAL write: it must be durable before any compaction uses it.
 //!
 //! # Garbage collection
 //!
@@ -62,7 +72,7 @@ use rocksdb::compaction_filter::{CompactionFilter, Decision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, CompactOptions, DBCompressionType, DBRawIterator,
-    Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    Options, ReadOptions, ReadTier, WriteBatch, WriteOptions, DB,
 };
 use tracing::{debug, error, info, warn};
 use triad_protocol::{KeyRange, Lsn, Row};
@@ -304,7 +314,7 @@ pub struct RocksFormat {
     /// `snapshot` from racing an apply, so the LSN it reports is the checkpoint's. Guards no data,
     /// so a poisoned lock carries no meaning and is ignored.
     writer: Mutex<()>,
-    /// Set when a WAL sync failed; see [`FormatError::Poisoned`].
+    /// Set when a memtable flush failed; see [`FormatError::Poisoned`].
     poisoned: OnceLock<String>,
 }
 
@@ -374,10 +384,10 @@ impl RocksFormat {
         let applied = stored_lsn(META_APPLIED_LSN, "applied LSN")?;
         horizon.store(stored_lsn(META_GC_HORIZON, "GC horizon")?, Ordering::SeqCst);
 
-        // What we just read back may have come from a WAL that was written but never fsynced
-        // (the previous process was killed). Flushing the memtable writes it to SST files, which
-        // RocksDB fsyncs, so everything applied is power-cut durable from here on and we can
-        // start with durable == applied instead of making the learner wait for a first sync.
+        // Applied records are read back from table files (their writes skip the WAL), but the
+        // GC horizon may come from a WAL written and never fsynced (the previous process was
+        // killed). Flushing writes it to a table file, which RocksDB fsyncs, so everything read
+        // back is power-cut durable from here on and we start with durable == applied.
         db.flush().map_err(|e| FormatError::rocks(context("flush after opening"), e))?;
 
         info!(
@@ -500,10 +510,10 @@ impl StorageFormat for RocksFormat {
         }
         batch.put(META_APPLIED_LSN, new_applied.to_be_bytes());
 
-        // No fsync per batch: the WAL write alone survives a process crash, and `sync` makes
-        // batches power-cut durable in bulk (see module docs).
+        // Into the memtable only: the journal holds the records until they reach a table file
+        // (see the module docs).
         let mut opts = WriteOptions::default();
-        opts.set_sync(false);
+        opts.disable_wal(true);
         self.db
             .write_opt(batch, &opts)
             .map_err(|e| FormatError::rocks(format!("apply LSNs {}..={new_applied}", applied + 1), e))?;
@@ -515,21 +525,42 @@ impl StorageFormat for RocksFormat {
 
     fn sync(&self) -> Result<Lsn, FormatError> {
         self.check_poisoned()?;
-        // Everything up to this LSN was written to the WAL before it was published, so the
-        // fsync below covers it; records applied meanwhile wait for the next sync.
+        // Everything up to this LSN was in a memtable before it was published, so the flush
+        // below, which writes every memtable there is, covers it; records applied meanwhile
+        // wait for the next.
         let applied = self.applied.load(Ordering::Acquire);
         if applied <= self.durable.load(Ordering::Acquire) {
             return Ok(self.durable_lsn());
         }
-        if let Err(e) = self.db.flush_wal(true) {
-            let reason = format!("WAL sync in {} failed: {e}", self.dir.display());
-            error!(dir = %self.dir.display(), error = %e, "WAL sync failed; refusing further work");
+        if let Err(e) = self.db.flush() {
+            let reason = format!("memtable flush in {} failed: {e}", self.dir.display());
+            error!(dir = %self.dir.display(), error = %e, "memtable flush failed; refusing further work");
             let _ = self.poisoned.set(reason);
-            return Err(FormatError::rocks("sync WAL", e));
+            return Err(FormatError::rocks("flush memtables", e));
         }
         let durable = self.durable.fetch_max(applied, Ordering::AcqRel).max(applied);
-        debug!(durable_lsn = durable, "synced");
+        debug!(durable_lsn = durable, "flushed");
         Ok(durable)
+    }
+
+    fn persisted(&self) -> Result<Lsn, FormatError> {
+        self.check_poisoned()?;
+        // Table files only: with the WAL off for data, the persisted tier skips the memtables.
+        let mut opts = ReadOptions::default();
+        opts.set_read_tier(ReadTier::Persisted);
+        let stored = self.db.get_opt(META_APPLIED_LSN, &opts).map_err(|e| {
+            FormatError::rocks(format!("read the persisted applied LSN in {}", self.dir.display()), e)
+        })?;
+        let Some(bytes) = stored else { return Ok(self.durable_lsn()) };
+        let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+            FormatError::Corrupt(format!(
+                "persisted applied LSN in {} is {} bytes",
+                self.dir.display(),
+                bytes.len()
+            ))
+        })?;
+        let lsn = u64::from_be_bytes(bytes);
+        Ok(self.durable.fetch_max(lsn, Ordering::AcqRel).max(lsn))
     }
 
     fn get(&self, key: &[u8], at: Lsn) -> Result<Option<Version>, FormatError> {
