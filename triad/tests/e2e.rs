@@ -184,6 +184,10 @@ async fn restarted_replayer_resumes_without_gaps() {
     c.wait_ready(Duration::from_secs(60)).await.unwrap();
     let bank = bank(&c, 4);
     bank.setup().await.unwrap();
+    // The durable LSN a replayer reports is what its table files hold (the journal is its
+    // write-ahead log, and keeps everything above). Idle after the setup, it flushes the
+    // accounts it applied.
+    let durable = learner_durable_lsn_above(&c, 0, Duration::from_secs(30)).await;
     let runner = {
         let bank = bank.clone();
         tokio::spawn(async move { bank.run(|_| {}).await })
@@ -198,11 +202,32 @@ async fn restarted_replayer_resumes_without_gaps() {
     let log = std::fs::read_to_string(c.log_path(Role::Replayer)).unwrap();
     let opened: Vec<&str> = log.lines().filter(|l| l.contains("replayer opened")).collect();
     assert_eq!(opened.len(), 2, "expected two starts of the replayer: {opened:?}");
+    let resumed: u64 = opened[1]
+        .split("applied=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|lsn| lsn.parse().ok())
+        .unwrap_or_else(|| panic!("no applied LSN in {}", opened[1]));
     assert!(
-        !opened[1].contains("applied=0"),
-        "the restarted replayer should resume from its applied lsn: {}",
+        resumed >= durable,
+        "the restarted replayer should resume at or above the durable lsn {durable} it reported: {}",
         opened[1]
     );
+}
+
+/// The durable LSN the first journal node has from the replayer, once it is above `above`.
+async fn learner_durable_lsn_above(c: &LocalCluster, above: u64, within: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(status) = c.status(Role::Journal(0)).await {
+            if let Some(lsn) = status.learners.iter().map(|l| l.durable_lsn).max().filter(|&lsn| lsn > above)
+            {
+                return lsn;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the replayer reported no durable lsn above {above}");
+        tokio::time::sleep(Duration::from_millis(100)).await; // pacing the polls, not synchronizing
+    }
 }
 
 /// With `--history 1s`, a transaction whose snapshot the replayer no longer keeps gets a clear,
