@@ -129,7 +129,7 @@ pub enum Isolation {
     Serializable,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CommitRequest {
     pub txn_id: TxnId,
     pub read_lsn: Lsn,

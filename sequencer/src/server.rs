@@ -1422,15 +1422,7 @@ mod tests {
 
     fn pending(id: u128) -> (Pending, oneshot::Receiver<CommitOutcome>) {
         let (tx, rx) = oneshot::channel();
-        let req = CommitRequest {
-            txn_id: TxnId(id),
-            read_lsn: 0,
-            isolation: Isolation::Snapshot,
-            read_keys: vec![],
-            read_ranges: vec![],
-            writes: vec![],
-            guard_keys: vec![],
-        };
+        let req = CommitRequest { txn_id: TxnId(id), ..Default::default() };
         (Pending { req, reply: Responder::Local(tx) }, rx)
     }
 

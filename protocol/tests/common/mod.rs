@@ -244,15 +244,7 @@ pub const MESSAGE_VARIANTS: usize = 28;
 
 /// A commit request of `txn` that reads and writes nothing.
 pub fn empty_commit(txn: u128) -> CommitRequest {
-    CommitRequest {
-        txn_id: TxnId(txn),
-        read_lsn: 0,
-        isolation: Isolation::Snapshot,
-        read_keys: vec![],
-        read_ranges: vec![],
-        writes: vec![],
-        guard_keys: vec![],
-    }
+    CommitRequest { txn_id: TxnId(txn), ..Default::default() }
 }
 
 fn w(key: &[u8], value: Option<&[u8]>) -> Write {
