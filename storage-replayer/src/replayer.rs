@@ -94,7 +94,7 @@ impl Retention {
 /// the disk; one that does not (the memory image) is synced every `DURABLE_WITHIN`, and the
 /// journal can always trim. A pure function of the observations it is fed.
 #[derive(Debug)]
-pub struct Durability {
+struct Durability {
     last_applied: Lsn,
     last_durable: Lsn,
     /// Since when the durable LSN has not moved while below the applied one.
@@ -102,13 +102,13 @@ pub struct Durability {
 }
 
 impl Durability {
-    pub fn new(now: Instant, applied: Lsn, durable: Lsn) -> Durability {
+    fn new(now: Instant, applied: Lsn, durable: Lsn) -> Durability {
         Durability { last_applied: applied, last_durable: durable, stuck_since: now }
     }
 
     /// One report: the applied LSN and what the format says is durable at `now`. True when
     /// the replayer should sync now.
-    pub fn must_sync(&mut self, now: Instant, applied: Lsn, durable: Lsn) -> bool {
+    fn must_sync(&mut self, now: Instant, applied: Lsn, durable: Lsn) -> bool {
         let idle = applied == self.last_applied;
         self.last_applied = applied;
         if durable > self.last_durable || durable >= applied {
@@ -254,9 +254,9 @@ impl Replayer {
             }
             // A small batch is applied right here: a write to RocksDB's memtable takes less time
             // than handing the batch to a blocking thread and back, and reads at the new LSN
-            // wait for exactly this. A large one (catching up, or one
-            // huge transaction) goes to a blocking thread, so that it never holds up the tasks
-            // that share the polling thread for long.
+            // wait for exactly this. A large one (catching up, or one huge transaction) goes to a
+            // blocking thread, so that it never holds up the tasks that share the polling thread
+            // for long.
             let writes: usize = records.iter().map(|r| r.writes.len()).sum();
             let applied = if writes <= INLINE_APPLY_WRITES {
                 Ok(self.format.apply(&records))
