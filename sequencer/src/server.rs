@@ -762,11 +762,17 @@ impl Sequencer {
             outcomes: vec![None; reqs.len()],
             undecided: reqs.len(),
         }));
-        let members = reqs.into_iter().enumerate().map(move |(index, req)| Pending {
-            req,
-            reply: Responder::Batch(BatchMember { batch: Some(batch.clone()), index }),
-        });
-        self.submit_all(members);
+        // Made before any is queued: a member dropped unqueued (its waiting task ended with the
+        // runtime) then still counts as decided `Unavailable`, and the batch is answered.
+        let members: Vec<Pending> = reqs
+            .into_iter()
+            .enumerate()
+            .map(|(index, req)| Pending {
+                req,
+                reply: Responder::Batch(BatchMember { batch: Some(batch.clone()), index }),
+            })
+            .collect();
+        self.submit_all(members.into_iter());
     }
 
     fn submit_to(&self, req: CommitRequest, reply: Responder) {

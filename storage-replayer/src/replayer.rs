@@ -40,6 +40,9 @@ pub enum ReplayerError {
     FellBehind { name: String, needed: Lsn, first: Lsn },
     #[error("log entry {lsn} is not a valid record: {reason}")]
     BadRecord { lsn: Lsn, reason: String },
+    /// A task of the replayer's own panicked.
+    #[error("replayer task failed: {0}")]
+    TaskFailed(String),
 }
 
 /// How often the replayer reports its durable LSN to the journal (and sees whether its format
@@ -49,6 +52,10 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest the durable LSN stands still below the applied one, while records keep coming,
 /// before the replayer syncs its format itself (see [`Durability`]).
 const DURABLE_WITHIN: Duration = Duration::from_secs(10);
+/// How long nothing new must have been applied before a replayer counts as idle and syncs what
+/// only memory holds. Longer than a report interval, so that a trickle of records (one every
+/// second or two) waits for `DURABLE_WITHIN` instead of costing a memtable flush each time.
+const IDLE_AFTER: Duration = Duration::from_secs(3);
 /// Batches of up to this many writes are applied on the thread that polls [`Replayer::run`].
 const INLINE_APPLY_WRITES: usize = 256;
 
@@ -87,15 +94,18 @@ impl Retention {
 }
 
 /// When a replayer makes its applied records durable itself ([`StorageFormat::sync`]) instead
-/// of leaving it to the format ([`StorageFormat::persisted`]): when it has gone idle with
-/// records not yet durable, or when the durable LSN has stood still below the applied one for
-/// [`DURABLE_WITHIN`]. Under a steady load a format that persists on its own (RocksDB, as its
-/// memtables fill) is never asked, so no flush of ours competes with the journal's fsyncs for
-/// the disk; one that does not (the memory image) is synced every `DURABLE_WITHIN`, and the
-/// journal can always trim. A pure function of the observations it is fed.
+/// of leaving it to the format ([`StorageFormat::persisted`]): when nothing new has been
+/// applied for [`IDLE_AFTER`] and records are not yet durable, or when the durable LSN has
+/// stood still below the applied one for [`DURABLE_WITHIN`]. Under a steady load a format that
+/// persists on its own (RocksDB, as its memtables fill) is never asked, so no flush of ours
+/// competes with the journal's fsyncs for the disk; one that does not (the memory image) is
+/// synced every `DURABLE_WITHIN`, and the journal can always trim. A pure function of the
+/// observations it is fed.
 #[derive(Debug)]
 struct Durability {
     last_applied: Lsn,
+    /// When the applied LSN last moved.
+    applied_since: Instant,
     last_durable: Lsn,
     /// Since when the durable LSN has not moved while below the applied one.
     stuck_since: Instant,
@@ -103,14 +113,17 @@ struct Durability {
 
 impl Durability {
     fn new(now: Instant, applied: Lsn, durable: Lsn) -> Durability {
-        Durability { last_applied: applied, last_durable: durable, stuck_since: now }
+        Durability { last_applied: applied, applied_since: now, last_durable: durable, stuck_since: now }
     }
 
     /// One report: the applied LSN and what the format says is durable at `now`. True when
     /// the replayer should sync now.
     fn must_sync(&mut self, now: Instant, applied: Lsn, durable: Lsn) -> bool {
-        let idle = applied == self.last_applied;
-        self.last_applied = applied;
+        if applied != self.last_applied {
+            self.last_applied = applied;
+            self.applied_since = now;
+        }
+        let idle = now.saturating_duration_since(self.applied_since) >= IDLE_AFTER;
         if durable > self.last_durable || durable >= applied {
             self.last_durable = self.last_durable.max(durable);
             self.stuck_since = now;
@@ -172,13 +185,19 @@ impl Replayer {
     }
 
     /// Registers with every journal node and reports how far this learner has durably
-    /// applied: the journal trims only below the slowest registered learner.
-    async fn report_progress(&self, client: &JournalClient, durability: &mut Durability) {
+    /// applied: the journal trims only below the slowest registered learner. Fails only when
+    /// the format can no longer make anything durable (poisoned): the replayer must stop.
+    async fn report_progress(
+        &self,
+        client: &JournalClient,
+        durability: &mut Durability,
+    ) -> Result<(), FormatError> {
         let applied = self.applied_lsn();
         // Both may touch the disk: off the threads that serve reads.
         let format = self.format.clone();
         let durable = match tokio::task::spawn_blocking(move || format.persisted()).await {
             Ok(Ok(lsn)) => lsn,
+            Ok(Err(e @ FormatError::Poisoned(_))) => return Err(e),
             Ok(Err(e)) => {
                 warn!("reading the persisted applied LSN: {e}");
                 self.format.durable_lsn()
@@ -191,7 +210,8 @@ impl Replayer {
         if durability.must_sync(Instant::now(), applied, durable) {
             let format = self.format.clone();
             match tokio::task::spawn_blocking(move || format.sync()).await {
-                Ok(Ok(lsn)) => debug!(durable_lsn = lsn, "made applied records durable"),
+                Ok(Ok(lsn)) => debug!(durable_lsn = lsn, "synced the format"),
+                Ok(Err(e @ FormatError::Poisoned(_))) => return Err(e),
                 Ok(Err(e)) => warn!("syncing applied state: {e}"),
                 Err(e) => warn!("sync task failed: {e}"),
             }
@@ -205,6 +225,7 @@ impl Replayer {
                 Err(e) => debug!(node = %client.node(i).addr(), "learner report not delivered: {e}"),
             }
         }
+        Ok(())
     }
 
     pub fn applied_lsn(&self) -> Lsn {
@@ -222,15 +243,20 @@ impl Replayer {
     pub async fn run(self: Arc<Self>, endpoint: &Endpoint, journal: &[SocketAddr]) -> ReplayerError {
         let client = JournalClient::new(endpoint, journal);
         let mut durability = Durability::new(Instant::now(), self.applied_lsn(), self.format.durable_lsn());
-        self.report_progress(&client, &mut durability).await;
-        let reporter = {
+        if let Err(e) = self.report_progress(&client, &mut durability).await {
+            return e.into();
+        }
+        // Ends only when the format can no longer make anything durable; so does `run` then.
+        let mut reporter = {
             let me = self.clone();
             let client = client.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(REPORT_INTERVAL);
                 loop {
                     tick.tick().await;
-                    me.report_progress(&client, &mut durability).await;
+                    if let Err(e) = me.report_progress(&client, &mut durability).await {
+                        return e;
+                    }
                     me.collect_garbage().await;
                 }
             })
@@ -238,7 +264,16 @@ impl Replayer {
         let _stop_reporter = AbortOnDrop(reporter.abort_handle());
         let mut tail = TailReader::new(client, self.applied_lsn() + 1);
         loop {
-            let batch = match tail.next_batch().await {
+            let next = tokio::select! {
+                next = tail.next_batch() => next,
+                stopped = &mut reporter => {
+                    return match stopped {
+                        Ok(e) => e.into(),
+                        Err(e) => ReplayerError::TaskFailed(format!("progress reporter: {e}")),
+                    };
+                }
+            };
+            let batch = match next {
                 Ok(b) => b,
                 Err(JournalError::Trimmed { requested, first, .. }) => {
                     return ReplayerError::FellBehind { name: self.name.clone(), needed: requested, first };
@@ -267,9 +302,7 @@ impl Replayer {
             let applied = match applied {
                 Ok(Ok(lsn)) => lsn,
                 Ok(Err(e)) => return e.into(),
-                Err(e) => {
-                    return ReplayerError::BadRecord { lsn: 0, reason: format!("apply task failed: {e}") }
-                }
+                Err(e) => return ReplayerError::TaskFailed(format!("apply: {e}")),
             };
             debug!(applied, "applied");
             self.applied.send_replace(applied);
@@ -420,7 +453,7 @@ impl Drop for AbortOnDrop {
 
 #[cfg(test)]
 mod tests {
-    use super::{Durability, DURABLE_WITHIN};
+    use super::{Durability, DURABLE_WITHIN, IDLE_AFTER};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -443,13 +476,33 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut d = Durability::new(t0, 100, 100);
         assert!(!d.must_sync(at(1), 120, 100), "records still coming");
-        assert!(d.must_sync(at(2), 120, 100), "nothing applied since the last report");
+        assert!(!d.must_sync(at(2), 120, 100), "a second without records is not idle yet");
+        assert!(d.must_sync(at(1) + IDLE_AFTER, 120, 100), "nothing applied for IDLE_AFTER");
         // Once durable, an idle replayer has nothing to sync.
-        assert!(!d.must_sync(at(3), 120, 120));
+        assert!(!d.must_sync(at(5), 120, 120));
         assert!(!d.must_sync(at(60), 120, 120));
         // Caught up, the clock starts again when it falls behind.
         assert!(!d.must_sync(at(61), 130, 120));
-        assert!(!d.must_sync(at(61) + DURABLE_WITHIN - Duration::from_secs(2), 140, 120));
+        assert!(!d.must_sync(at(60) + DURABLE_WITHIN - Duration::from_secs(1), 140, 120));
+    }
+
+    /// A record every two seconds never leaves the replayer idle for long enough: it syncs once
+    /// per `DURABLE_WITHIN`, not after every record.
+    #[test]
+    fn a_trickle_of_records_is_synced_once_per_durable_within() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut d = Durability::new(t0, 100, 100);
+        let mut synced_at = Vec::new();
+        for s in 1..=20u64 {
+            let applied = 100 + s.div_ceil(2);
+            let durable = if synced_at.is_empty() { 100 } else { applied.min(105) };
+            if d.must_sync(at(s), applied, durable) {
+                synced_at.push(s);
+            }
+        }
+        assert_eq!(synced_at.first(), Some(&DURABLE_WITHIN.as_secs()), "{synced_at:?}");
+        assert!(synced_at.len() <= 2, "{synced_at:?}");
     }
 
     #[test]

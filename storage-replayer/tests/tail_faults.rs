@@ -1,16 +1,19 @@
 //! What stops a replayer for good, over real QUIC against a journal node on loopback: a
 //! committed record it cannot decode, and a journal that trimmed what it still needs. Either
 //! way it stops with an error that names the LSN, and applies nothing past the gap: a replayer
-//! that skipped a record would serve reads that miss a commit.
+//! that skipped a record would serve reads that miss a commit. And a format that can no longer
+//! make anything durable stops it too, even when no records arrive.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use triad_journal::testing::node_holding;
-use triad_protocol::{encode_record, LogRecord, Message, TxnId, Write};
-use triad_replayer::format::{MemoryFormat, StorageFormat};
+use triad_protocol::{encode_record, KeyRange, LogRecord, Lsn, Message, Row, TxnId, Write};
+use triad_replayer::format::{CommittedRecord, FormatError, MemoryFormat, StorageFormat, Version};
 use triad_replayer::{Replayer, ReplayerError};
 use triad_transport::{ClusterCa, TlsConfig};
 
@@ -64,4 +67,67 @@ async fn a_replayer_the_journal_trimmed_past_stops_and_says_how_to_rebuild() {
     }
     assert!(stopped.to_string().contains("snapshot"), "{stopped}");
     assert_eq!(replayer.applied_lsn(), 0);
+}
+
+/// A memory format whose disk "fails" after its first durability check: from then on it is
+/// poisoned, as a RocksDB format is after a failed flush.
+struct FailsAfterStart {
+    inner: MemoryFormat,
+    checks: AtomicU32,
+}
+
+impl StorageFormat for FailsAfterStart {
+    fn name(&self) -> &'static str {
+        "fails-after-start"
+    }
+    fn applied_lsn(&self) -> Lsn {
+        self.inner.applied_lsn()
+    }
+    fn durable_lsn(&self) -> Lsn {
+        self.inner.durable_lsn()
+    }
+    fn apply(&self, records: &[CommittedRecord]) -> Result<Lsn, FormatError> {
+        self.inner.apply(records)
+    }
+    fn sync(&self) -> Result<Lsn, FormatError> {
+        self.inner.sync()
+    }
+    fn persisted(&self) -> Result<Lsn, FormatError> {
+        match self.checks.fetch_add(1, Ordering::SeqCst) {
+            0 => self.inner.persisted(),
+            _ => Err(FormatError::Poisoned("the disk went away".into())),
+        }
+    }
+    fn get(&self, key: &[u8], at: Lsn) -> Result<Option<Version>, FormatError> {
+        self.inner.get(key, at)
+    }
+    fn scan(&self, range: &KeyRange, at: Lsn, limit: usize) -> Result<(Vec<Row>, bool), FormatError> {
+        self.inner.scan(range, at, limit)
+    }
+    fn gc_horizon(&self) -> Lsn {
+        self.inner.gc_horizon()
+    }
+    fn raise_gc_horizon(&self, horizon: Lsn) -> Result<Lsn, FormatError> {
+        self.inner.raise_gc_horizon(horizon)
+    }
+    fn snapshot(&self, dir: &Path) -> Result<Lsn, FormatError> {
+        self.inner.snapshot(dir)
+    }
+}
+
+/// Nothing new arrives after the first records, so only the once-a-second progress report can
+/// notice that the format is poisoned: the replayer must stop then, not serve on while the
+/// journal can never trim below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_that_can_no_longer_make_anything_durable_stops_an_idle_replayer() {
+    let ca = ClusterCa::generate().unwrap();
+    let (journal, _node) = node_holding(&ca, vec![commit("a"), commit("b")]).await;
+    let format = Arc::new(FailsAfterStart { inner: MemoryFormat::new(), checks: AtomicU32::new(0) });
+    let replayer = Replayer::new("replayer-1".into(), format, Duration::from_secs(1));
+    let endpoint =
+        TlsConfig::issue(&ca, "replayer-1").unwrap().client_endpoint([127, 0, 0, 1].into()).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(20), replayer.clone().run(&endpoint, &[journal]))
+        .await
+        .expect("the replayer stops instead of serving on with a poisoned format");
+    assert!(matches!(stopped, ReplayerError::Format(FormatError::Poisoned(_))), "{stopped}");
 }

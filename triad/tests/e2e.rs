@@ -186,14 +186,16 @@ async fn restarted_replayer_resumes_without_gaps() {
     bank.setup().await.unwrap();
     // The durable LSN a replayer reports is what its table files hold (the journal is its
     // write-ahead log, and keeps everything above). Idle after the setup, it flushes the
-    // accounts it applied.
-    let durable = learner_durable_lsn_above(&c, 0, Duration::from_secs(30)).await;
+    // accounts it applied, so the resume point checked below is not 0.
+    learner_durable_lsn_above(&c, 0, Duration::from_secs(30)).await;
     let runner = {
         let bank = bank.clone();
         tokio::spawn(async move { bank.run(|_| {}).await })
     };
     let n = bank.wait_commits(0, 100, Duration::from_secs(20)).await.unwrap();
     c.kill(Role::Replayer).unwrap();
+    // The last durable LSN it reported before it died: what it must come back with at least.
+    let durable = learner_durable_lsn_above(&c, 0, Duration::from_secs(5)).await;
     c.restart(Role::Replayer).unwrap();
     bank.wait_commits(n, 100, Duration::from_secs(30)).await.unwrap();
     let (history, elapsed) = runner.await.unwrap().unwrap();

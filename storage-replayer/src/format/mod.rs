@@ -169,7 +169,9 @@ pub trait StorageFormat: Send + Sync + 'static {
     /// Lets the format drop every version that no read at or above `horizon` can see, now or
     /// whenever it compacts. The horizon never moves down, and a value above the applied LSN is
     /// capped there; it is durable before anything is dropped for it. Returns the horizon now
-    /// in force.
+    /// in force. (A format whose durable LSN lags its applied one, as RocksDB's does, may come
+    /// back from a crash with its horizon above its applied LSN, until it has applied again
+    /// what it lost: reads below the horizon stay refused, as they were before the crash.)
     fn raise_gc_horizon(&self, horizon: Lsn) -> Result<Lsn, FormatError>;
 
     /// Write a consistent snapshot into `dir`, which must not exist yet (its parent must), that

@@ -39,7 +39,9 @@
 //! Why no WAL: it wrote every record a second time, and its once-a-second fsync sent a second's
 //! worth of writes to the disk the journal nodes fsync on, so every commit in flight waited
 //! behind it (docs/benchmarks.md has the figures). The GC horizon, written rarely, still goes
-//! through a synced WAL write: it must be durable before any compaction uses it.
+//! through a synced WAL write: it must be durable before any compaction uses it. So a crash can
+//! leave the horizon above the applied LSN recovered from the table files; until the replayer
+//! has applied again what was lost, reads below the horizon stay refused, as before the crash.
 //!
 //! # Garbage collection
 //!
