@@ -1,7 +1,7 @@
 //! `triad bench …`: benchmark programs that print figures. Measured against real processes
 //! on loopback, never inside unit tests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,29 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Where benchmarks print progress and results.
 pub type Say = Arc<dyn Fn(String) + Send + Sync>;
+
+/// Settings of this machine that change what a benchmark measures, read under `sys` (`/sys`),
+/// one sentence each; printed before a run so that its figures can be read for what they are.
+///
+/// So far one: a VM whose idle vCPUs halt at once, without polling first (`cpuidle-haltpoll`
+/// with `guest_halt_poll_ns` at 0). Every hop of a commit then wakes a halted vCPU, which costs
+/// a VM exit; on the twentieth machine of the benchmarks polling (200 µs) took the one-producer
+/// p50 from 0.53–0.58 ms to 0.44–0.51 ms (docs/benchmarks.md).
+pub fn machine_notes(sys: &Path) -> Vec<String> {
+    let read = |rel: &str| std::fs::read_to_string(sys.join(rel)).ok().map(|s| s.trim().to_string());
+    let mut notes = Vec::new();
+    if read("devices/system/cpu/cpuidle/current_driver").as_deref() == Some("haltpoll")
+        && read("module/haltpoll/parameters/guest_halt_poll_ns").as_deref() == Some("0")
+    {
+        notes.push(
+            "this VM's idle vCPUs halt without polling (haltpoll.guest_halt_poll_ns=0), so every \
+             wake-up on a commit's path pays a VM exit; latencies are higher than with polling \
+             (docs/deployment.md)"
+                .into(),
+        );
+    }
+    notes
+}
 
 /// `triad bench sequencer`: the conflict-check core alone, one thread, no I/O.
 #[derive(Clone, Debug)]
@@ -730,6 +753,26 @@ mod tests {
             write_bytes: 256,
             duration: Duration::from_millis(400),
         }
+    }
+
+    #[test]
+    fn machine_notes_name_a_vm_that_halts_idle_vcpus_without_polling() {
+        let sys = tempfile::tempdir().unwrap();
+        let put = |rel: &str, text: &str| {
+            let path = sys.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        assert!(machine_notes(sys.path()).is_empty(), "nothing to read, nothing to say");
+        put("devices/system/cpu/cpuidle/current_driver", "haltpoll\n");
+        put("module/haltpoll/parameters/guest_halt_poll_ns", "200000\n");
+        assert!(machine_notes(sys.path()).is_empty(), "polling is on");
+        put("module/haltpoll/parameters/guest_halt_poll_ns", "0\n");
+        let notes = machine_notes(sys.path());
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("guest_halt_poll_ns=0"), "{notes:?}");
+        put("devices/system/cpu/cpuidle/current_driver", "acpi_idle\n");
+        assert!(machine_notes(sys.path()).is_empty(), "another idle driver");
     }
 
     #[test]

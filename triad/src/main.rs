@@ -1003,6 +1003,13 @@ fn progress(json: bool) -> triad::bench::Say {
     })
 }
 
+/// What of this machine shapes the figures about to be measured (see `bench::machine_notes`).
+fn say_machine_notes(say: &dyn Fn(String)) {
+    for note in triad::bench::machine_notes(std::path::Path::new("/sys")) {
+        say(format!("note: {note}"));
+    }
+}
+
 fn bench_disk(a: DiskArgs) -> Result<()> {
     let cfg = triad::bench::DiskBenchConfig {
         dir: a.dir.unwrap_or_else(std::env::temp_dir),
@@ -1055,6 +1062,7 @@ async fn bench_load(a: LoadArgs, load: Load) -> Result<()> {
     };
     let json = a.json;
     let say = progress(json);
+    say_machine_notes(&*say);
     let r = match load {
         Load::Journal => triad::bench::journal(cfg, say).await?,
         Load::Txn => triad::bench::txn(cfg, say).await?,
@@ -1098,6 +1106,7 @@ async fn bench_compare(a: CompareArgs) -> Result<()> {
     let runs = |w: &str| a.workload == "all" || a.workload == w;
     let json = a.json;
     let say = progress(json);
+    say_machine_notes(&*say);
     let exe = std::env::current_exe()?;
     let mut rows = Vec::new();
     if runs("log") {
