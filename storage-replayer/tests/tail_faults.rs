@@ -69,10 +69,20 @@ async fn a_replayer_the_journal_trimmed_past_stops_and_says_how_to_rebuild() {
     assert_eq!(replayer.applied_lsn(), 0);
 }
 
-/// A memory format whose disk "fails" after its first durability check: from then on it is
+/// Which of a format's two ways to durability fails.
+#[derive(Clone, Copy, Debug)]
+enum Fails {
+    /// Reading what is durable (`persisted`), from the second time on.
+    Persisted,
+    /// Making applied records durable (`sync`), which an idle replayer asks for.
+    Sync,
+}
+
+/// A memory format whose disk "fails" once the replayer is running: from then on it is
 /// poisoned, as a RocksDB format is after a failed flush.
 struct FailsAfterStart {
     inner: MemoryFormat,
+    fails: Fails,
     checks: AtomicU32,
 }
 
@@ -90,12 +100,15 @@ impl StorageFormat for FailsAfterStart {
         self.inner.apply(records)
     }
     fn sync(&self) -> Result<Lsn, FormatError> {
-        self.inner.sync()
+        match self.fails {
+            Fails::Sync => Err(FormatError::Poisoned("the disk went away".into())),
+            Fails::Persisted => self.inner.sync(),
+        }
     }
     fn persisted(&self) -> Result<Lsn, FormatError> {
-        match self.checks.fetch_add(1, Ordering::SeqCst) {
-            0 => self.inner.persisted(),
-            _ => Err(FormatError::Poisoned("the disk went away".into())),
+        match (self.fails, self.checks.fetch_add(1, Ordering::SeqCst)) {
+            (Fails::Persisted, 1..) => Err(FormatError::Poisoned("the disk went away".into())),
+            _ => self.inner.persisted(),
         }
     }
     fn get(&self, key: &[u8], at: Lsn) -> Result<Option<Version>, FormatError> {
@@ -116,18 +129,24 @@ impl StorageFormat for FailsAfterStart {
 }
 
 /// Nothing new arrives after the first records, so only the once-a-second progress report can
-/// notice that the format is poisoned: the replayer must stop then, not serve on while the
-/// journal can never trim below it.
+/// notice that the format is poisoned, whether reading what is durable or (once the replayer
+/// has been idle long enough to sync) making it so: the replayer must stop then, not serve on
+/// while the journal can never trim below it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_format_that_can_no_longer_make_anything_durable_stops_an_idle_replayer() {
     let ca = ClusterCa::generate().unwrap();
-    let (journal, _node) = node_holding(&ca, vec![commit("a"), commit("b")]).await;
-    let format = Arc::new(FailsAfterStart { inner: MemoryFormat::new(), checks: AtomicU32::new(0) });
-    let replayer = Replayer::new("replayer-1".into(), format, Duration::from_secs(1));
-    let endpoint =
-        TlsConfig::issue(&ca, "replayer-1").unwrap().client_endpoint([127, 0, 0, 1].into()).unwrap();
-    let stopped = tokio::time::timeout(Duration::from_secs(20), replayer.clone().run(&endpoint, &[journal]))
-        .await
-        .expect("the replayer stops instead of serving on with a poisoned format");
-    assert!(matches!(stopped, ReplayerError::Format(FormatError::Poisoned(_))), "{stopped}");
+    for fails in [Fails::Persisted, Fails::Sync] {
+        let (journal, _node) = node_holding(&ca, vec![commit("a"), commit("b")]).await;
+        let format =
+            Arc::new(FailsAfterStart { inner: MemoryFormat::new(), fails, checks: AtomicU32::new(0) });
+        let replayer = Replayer::new("replayer-1".into(), format, Duration::from_secs(1));
+        let endpoint =
+            TlsConfig::issue(&ca, "replayer-1").unwrap().client_endpoint([127, 0, 0, 1].into()).unwrap();
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(20), replayer.clone().run(&endpoint, &[journal]))
+                .await
+                .unwrap_or_else(|_| panic!("{fails:?}: the replayer serves on with a poisoned format"));
+        assert!(matches!(stopped, ReplayerError::Format(FormatError::Poisoned(_))), "{fails:?}: {stopped}");
+        assert_eq!(replayer.applied_lsn(), 2, "{fails:?}: it applied what the journal held first");
+    }
 }
