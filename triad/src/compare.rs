@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::bench::{percentile, LoadReport};
+use crate::bench::{Latencies, LoadReport};
 
 /// A child process killed (and reaped) when dropped.
 struct Guard(Child);
@@ -157,30 +157,29 @@ pub async fn etcd_load(
         let value = value.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = EtcdConn::connect(base + (w % 3) as u16).await?;
-            let mut lat = Vec::new();
+            let mut lat = Latencies::new();
             let mut n = 0u64;
             while Instant::now() < end {
                 n += 1;
                 let key = b64(format!("b/{w:04}/{n:012}").as_bytes());
                 let t = Instant::now();
                 conn.post("/v3/kv/put", &format!("{{\"key\":\"{key}\",\"value\":\"{value}\"}}")).await?;
-                lat.push(t.elapsed());
+                lat.record(t.elapsed());
             }
             Ok::<_, anyhow::Error>(lat)
         }));
     }
-    let mut lat = Vec::new();
+    let mut lat = Latencies::new();
     for t in tasks {
-        lat.extend(t.await??);
+        lat.add(&t.await??);
     }
-    Ok(report(lat, 0, start.elapsed(), record_bytes))
+    Ok(report(&lat, 0, start.elapsed(), record_bytes))
 }
 
-fn report(mut lat: Vec<Duration>, aborts: u64, elapsed: Duration, bytes: usize) -> LoadReport {
-    lat.sort();
-    let ops = lat.len() as u64;
+fn report(lat: &Latencies, aborts: u64, elapsed: Duration, bytes: usize) -> LoadReport {
+    let ops = lat.len();
     let seconds = elapsed.as_secs_f64();
-    let ms = |p: f64| percentile(&lat, p).as_secs_f64() * 1000.0;
+    let ms = |p: f64| lat.percentile_ms(p);
     LoadReport {
         ops,
         aborts,
@@ -376,7 +375,7 @@ async fn pgbench(
     );
     // Per-transaction logs: "client txn latency_us script epoch epoch_us [retries]"; failed
     // transactions carry a word instead of a latency.
-    let mut lat = Vec::new();
+    let mut lat = Latencies::new();
     let mut aborts = 0;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -387,7 +386,7 @@ async fn pgbench(
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 match fields.get(2).map(|f| f.parse::<u64>()) {
                     Some(Ok(us)) => {
-                        lat.push(Duration::from_micros(us));
+                        lat.record(Duration::from_micros(us));
                         aborts += fields.get(6).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
                     }
                     _ => aborts += 1,
@@ -396,7 +395,7 @@ async fn pgbench(
             std::fs::remove_file(&path)?;
         }
     }
-    Ok(report(lat, aborts, duration, 0))
+    Ok(report(&lat, aborts, duration, 0))
 }
 
 /// The same schema and rows as [`PG_SCHEMA`], in the SQL Triad's front end runs (no
