@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,7 +71,7 @@ async fn a_replayer_the_journal_trimmed_past_stops_and_says_how_to_rebuild() {
 /// Which of a format's two ways to durability fails.
 #[derive(Clone, Copy, Debug)]
 enum Fails {
-    /// Reading what is durable (`persisted`), from the second time on.
+    /// Reading what is durable (`persisted`), once the journal's records are applied.
     Persisted,
     /// Making applied records durable (`sync`), which an idle replayer asks for.
     Sync,
@@ -83,7 +82,6 @@ enum Fails {
 struct FailsAfterStart {
     inner: MemoryFormat,
     fails: Fails,
-    checks: AtomicU32,
 }
 
 impl StorageFormat for FailsAfterStart {
@@ -106,8 +104,12 @@ impl StorageFormat for FailsAfterStart {
         }
     }
     fn persisted(&self) -> Result<Lsn, FormatError> {
-        match (self.fails, self.checks.fetch_add(1, Ordering::SeqCst)) {
-            (Fails::Persisted, 1..) => Err(FormatError::Poisoned("the disk went away".into())),
+        match self.fails {
+            // Only once the records are in, so that the replayer stops idle, not racing its
+            // first fetch.
+            Fails::Persisted if self.inner.applied_lsn() >= 2 => {
+                Err(FormatError::Poisoned("the disk went away".into()))
+            }
             _ => self.inner.persisted(),
         }
     }
@@ -137,8 +139,7 @@ async fn a_format_that_can_no_longer_make_anything_durable_stops_an_idle_replaye
     let ca = ClusterCa::generate().unwrap();
     for fails in [Fails::Persisted, Fails::Sync] {
         let (journal, _node) = node_holding(&ca, vec![commit("a"), commit("b")]).await;
-        let format =
-            Arc::new(FailsAfterStart { inner: MemoryFormat::new(), fails, checks: AtomicU32::new(0) });
+        let format = Arc::new(FailsAfterStart { inner: MemoryFormat::new(), fails });
         let replayer = Replayer::new("replayer-1".into(), format, Duration::from_secs(1));
         let endpoint =
             TlsConfig::issue(&ca, "replayer-1").unwrap().client_endpoint([127, 0, 0, 1].into()).unwrap();

@@ -108,8 +108,9 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// The latencies of a load run, as a histogram: its memory and its cost per sample stay the
 /// same however long the run (a ten-minute run at 100k operations/s would otherwise keep 60
-/// million samples and sort them). Its percentiles are exact to the microsecond below 2 ms
-/// and within 0.1 % above (three significant digits, rounded up).
+/// million samples and sort them). A sample is cut to whole microseconds, then counted in a
+/// bucket three significant digits wide, and a percentile is read as its bucket's top: exact to
+/// the microsecond below 2 ms, within 0.1 % above.
 #[derive(Clone, Debug)]
 pub struct Latencies(hdrhistogram::Histogram<u64>);
 
@@ -265,6 +266,8 @@ pub struct LoadReport {
     pub datagrams_per_op: f64,
     /// `cpu_s_per_100k` split by process ("bench" is the load generator itself), largest first.
     pub cpu_by_process: Vec<(String, f64)>,
+    /// Settings of the machine that shaped these figures ([`machine_notes`]).
+    pub machine_notes: Vec<String>,
 }
 
 impl LoadReport {
@@ -355,7 +358,8 @@ where
     let start = Instant::now();
     let deadline = start + cfg.duration;
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // One histogram for every task: uncontended on the load generator's one thread.
+    // One histogram for every task: uncontended on the load generator's one thread (the
+    // default; `--worker-threads` can give it more).
     let lat = Arc::new(Mutex::new(Latencies::new()));
     let mut tasks = Vec::new();
     for worker in 0..cfg.concurrency {
@@ -458,6 +462,7 @@ where
         max_replayer_lag: max_lag.load(std::sync::atomic::Ordering::Relaxed),
         cpu_by_process,
         datagrams_per_op: datagrams.map_or(0.0, |d| d as f64 / ops.max(1) as f64),
+        machine_notes: machine_notes(Path::new("/sys")),
     };
     Ok(report)
 }

@@ -103,7 +103,7 @@ pub enum FormatError {
     /// pages while reporting them clean ("fsyncgate"), so nothing this instance holds can be
     /// trusted to be durable any more: it refuses further work and the replayer must reopen the
     /// format from disk (or rebuild from a snapshot).
-    #[error("storage format unusable after an earlier durability failure: {0}")]
+    #[error("unusable after an earlier durability failure: {0}")]
     Poisoned(String),
 }
 
