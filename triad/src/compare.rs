@@ -181,16 +181,15 @@ pub async fn etcd_load(
 fn report(lat: &Latencies, aborts: u64, elapsed: Duration, bytes: usize) -> LoadReport {
     let ops = lat.len();
     let seconds = elapsed.as_secs_f64();
-    let ms = |p: f64| lat.percentile_ms(p);
     LoadReport {
         ops,
         aborts,
         seconds,
         ops_per_s: ops as f64 / seconds,
         mb_per_s: ops as f64 * bytes as f64 / seconds / 1e6,
-        p50_ms: ms(50.0),
-        p99_ms: ms(99.0),
-        p999_ms: ms(99.9),
+        p50_ms: lat.percentile_ms(50.0),
+        p99_ms: lat.percentile_ms(99.0),
+        p999_ms: lat.percentile_ms(99.9),
         abort_rate: aborts as f64 / (ops + aborts).max(1) as f64,
         cpu_s_per_100k: 0.0,
         max_replayer_lag: 0,
